@@ -362,9 +362,12 @@ REGFS_MOUNT_PID=""
 REGFS_MOUNTPOINT=""
 
 # is_mounted DIR — true when DIR is a mount point.
+# Works on a dead FUSE mount too (never stats DIR itself).
 is_mounted() {
-    local d
-    d="$(cd "${1:?}" 2>/dev/null && pwd -P)" || return 1
+    local p="${1:?}" d
+    p="${p%/}"
+    d="$(cd "$(dirname "$p")" 2>/dev/null && pwd -P)" || return 1
+    d="${d%/}/$(basename "$p")"
     awk -v d="$d" '$5 == d { found = 1 } END { exit !found }' /proc/self/mountinfo
 }
 
@@ -424,6 +427,20 @@ regfs_unmount() {
         REGFS_MOUNT_PID=""
         REGFS_MOUNTPOINT=""
     fi
+}
+
+# regfs_daemon_pids CACHE_DIR — pids of regfs processes started with exactly
+# `--cache-dir CACHE_DIR` (a unique temp dir), for daemons started in background mode.
+regfs_daemon_pids() {
+    local cache="${1:?}" f pid
+    for f in /proc/[0-9]*/cmdline; do
+        pid="${f#/proc/}"
+        pid="${pid%/cmdline}"
+        tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- "$cache" || continue
+        tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- "--cache-dir" || continue
+        tr '\0' ' ' <"$f" 2>/dev/null | grep -q 'regfs' || continue
+        printf '%s\n' "$pid"
+    done
 }
 
 # regfs_stat MOUNTPOINT NAME — one counter from MOUNTPOINT/.regfs/stats (empty if absent).
