@@ -1,0 +1,701 @@
+//! Blobs on local disk, fetched lazily by HTTP Range.
+//!
+//! A blob being read lives in a sparse file `<cache>/partial/<hex>.<pid>.<n>` with a
+//! map of which 1 MiB chunks are present. A read fetches the chunks it needs
+//! (and, when reads are sequential, a growing window ahead of them in parallel
+//! parts); bodies stream straight to the file, so memory stays bounded. As the
+//! present prefix grows it is hashed; when the whole blob is present and its
+//! sha256 matches, the file is renamed to `<cache>/blobs/sha256/<hex>` (atomic
+//! commit). A complete file from an earlier run is re-hashed once before it is trusted.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+
+use lru::LruCache;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::Notify;
+
+use super::{FsError, FsResult};
+use crate::registry::{Client, Digest};
+use crate::stats::Stats;
+
+/// Unit of presence tracking, and the smallest fetch (a random 4 KiB read costs one chunk).
+pub const CHUNK: u64 = 1 << 20;
+/// The largest single range request; a bigger window is fetched as parallel parts.
+const PART: u64 = 8 << 20;
+/// How far ahead sequential reads prefetch, at most.
+const MAX_WINDOW: u64 = 64 << 20;
+/// Reads within this distance of the previous one still count as sequential
+/// (the kernel issues readahead out of order).
+const SEQUENTIAL_SLACK: u64 = 4 << 20;
+/// A body cut mid-way is resumed from where it stopped this many times.
+const MAX_RESUMES: u32 = 3;
+/// Partially fetched blobs kept open (and their partial files kept) after use.
+const RECENT_FILES: usize = 64;
+
+#[derive(Clone, Debug)]
+enum ChunkState {
+    Missing,
+    Fetching(u64),
+    Present,
+    /// The fetch with this id failed; callers waiting on it get the error,
+    /// callers arriving later fetch again.
+    Failed(u64, FsError),
+}
+
+struct Chunks {
+    states: Vec<ChunkState>,
+    next_fetch_id: u64,
+    /// Set when the complete content did not match the digest.
+    poisoned: Option<FsError>,
+}
+
+struct HashProgress {
+    hasher: Sha256,
+    /// Chunks `0..upto` are hashed.
+    upto: usize,
+    done: bool,
+}
+
+/// Per open file handle: how sequential the reads are.
+#[derive(Debug)]
+pub struct ReadState {
+    last_end: u64,
+    window: u64,
+}
+
+impl Default for ReadState {
+    fn default() -> Self {
+        // A first read at offset 0 counts as the start of a sequential read.
+        ReadState {
+            last_end: 0,
+            window: 0,
+        }
+    }
+}
+
+impl ReadState {
+    /// Record a read of `offset..end`; return how many bytes after `end` to prefetch.
+    fn advance(&mut self, offset: u64, end: u64) -> u64 {
+        let sequential = offset.abs_diff(self.last_end) <= SEQUENTIAL_SLACK;
+        self.window = if sequential {
+            (self.window * 2).clamp(2 * CHUNK, MAX_WINDOW)
+        } else {
+            0
+        };
+        self.last_end = end.max(if sequential { self.last_end } else { 0 });
+        self.window
+    }
+}
+
+pub struct BlobFile {
+    pub digest: Digest,
+    pub size: u64,
+    repo: String,
+    file: File,
+    /// The partial file's path until the blob is committed.
+    partial_path: Mutex<Option<PathBuf>>,
+    chunks: Mutex<Chunks>,
+    changed: Notify,
+    hash: Mutex<HashProgress>,
+    store: Weak<BlobStore>,
+}
+
+pub struct BlobStore {
+    complete_dir: PathBuf,
+    partial_dir: PathBuf,
+    limit: u64,
+    client: Arc<Client>,
+    stats: Arc<Stats>,
+    /// Complete blobs on disk, least recently used first, with their sizes.
+    index: Mutex<(LruCache<Digest, u64>, u64)>,
+    /// Blob files in use or recently used.
+    files: Mutex<LruCache<Digest, Arc<BlobFile>>>,
+    /// Complete files re-hashed during this run.
+    verified: Mutex<HashSet<Digest>>,
+}
+
+fn chunk_count(size: u64) -> usize {
+    size.div_ceil(CHUNK) as usize
+}
+
+impl BlobStore {
+    pub fn new(
+        cache_dir: &Path,
+        limit: u64,
+        client: Arc<Client>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Arc<Self>> {
+        let complete_dir = cache_dir.join("blobs").join("sha256");
+        let partial_dir = cache_dir.join("partial");
+        std::fs::create_dir_all(&complete_dir)?;
+        std::fs::create_dir_all(&partial_dir)?;
+        // Partial files of an earlier run have no chunk map: start over.
+        for e in std::fs::read_dir(&partial_dir)?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(&complete_dir)?.flatten() {
+            let name = e.file_name();
+            let Some(d) = name.to_str().and_then(Digest::from_hex) else {
+                // Leftover temporary files from a crash: not ours to keep.
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            };
+            if let Ok(meta) = e.metadata() {
+                found.push((meta.modified().ok(), d, meta.len()));
+            }
+        }
+        found.sort();
+        let mut lru = LruCache::unbounded();
+        let mut total = 0;
+        for (_, d, len) in found {
+            lru.put(d, len);
+            total += len;
+        }
+        let store = Arc::new(BlobStore {
+            complete_dir,
+            partial_dir,
+            limit,
+            client,
+            stats,
+            index: Mutex::new((lru, total)),
+            files: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_FILES).unwrap())),
+            verified: Mutex::new(HashSet::new()),
+        });
+        store.evict();
+        Ok(store)
+    }
+
+    fn complete_path(&self, digest: &Digest) -> PathBuf {
+        self.complete_dir.join(digest.hex())
+    }
+
+    /// Is the whole blob on disk (not necessarily verified yet in this run)?
+    pub fn has_complete(&self, digest: &Digest) -> bool {
+        self.index.lock().unwrap().0.contains(digest)
+    }
+
+    /// The blob file for reading: cached and verified, or partial and fetched on demand.
+    pub async fn open(
+        self: &Arc<Self>,
+        repo: &str,
+        digest: Digest,
+        size: u64,
+    ) -> FsResult<Arc<BlobFile>> {
+        if let Some(f) = self.files.lock().unwrap().get(&digest) {
+            return Ok(f.clone());
+        }
+        let file = match self.open_complete(digest, size).await? {
+            Some(f) => f,
+            None => self.open_partial(repo, digest, size)?,
+        };
+        let mut files = self.files.lock().unwrap();
+        // Another opener may have won the race; use theirs.
+        if let Some(f) = files.get(&digest) {
+            return Ok(f.clone());
+        }
+        files.put(digest, file.clone());
+        Ok(file)
+    }
+
+    async fn open_complete(
+        self: &Arc<Self>,
+        digest: Digest,
+        size: u64,
+    ) -> FsResult<Option<Arc<BlobFile>>> {
+        if !self.has_complete(&digest) {
+            return Ok(None);
+        }
+        let path = self.complete_path(&digest);
+        let Ok(file) = File::open(&path) else {
+            self.forget_complete(&digest);
+            return Ok(None);
+        };
+        let len = file.metadata()?.len();
+        let trusted = self.verified.lock().unwrap().contains(&digest);
+        if !trusted {
+            let f = file.try_clone()?;
+            let actual = tokio::task::spawn_blocking(move || hash_file(&f))
+                .await
+                .map_err(|e| FsError::new(libc::EIO, format!("hashing task: {e}")))??;
+            if actual != digest || len != size {
+                tracing::warn!(%digest, %actual, path = %path.display(), "cached blob failed verification; removing it and fetching again");
+                self.stats.record_error(format!(
+                    "cached blob {digest} failed verification; refetching"
+                ));
+                let _ = std::fs::remove_file(&path);
+                self.forget_complete(&digest);
+                return Ok(None);
+            }
+            self.verified.lock().unwrap().insert(digest);
+        }
+        self.index.lock().unwrap().0.promote(&digest);
+        Ok(Some(Arc::new(BlobFile {
+            digest,
+            size,
+            repo: String::new(),
+            file,
+            partial_path: Mutex::new(None),
+            chunks: Mutex::new(Chunks {
+                states: vec![ChunkState::Present; chunk_count(size)],
+                next_fetch_id: 0,
+                poisoned: None,
+            }),
+            changed: Notify::new(),
+            hash: Mutex::new(HashProgress {
+                hasher: Sha256::new(),
+                upto: chunk_count(size),
+                done: true,
+            }),
+            store: Arc::downgrade(self),
+        })))
+    }
+
+    fn open_partial(
+        self: &Arc<Self>,
+        repo: &str,
+        digest: Digest,
+        size: u64,
+    ) -> FsResult<Arc<BlobFile>> {
+        let path = self.partial_dir.join(format!(
+            "{}.{}.{}",
+            digest.hex(),
+            std::process::id(),
+            super::manifests::unique()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.set_len(size)?; // sparse: only fetched ranges take space
+        let blob = Arc::new(BlobFile {
+            digest,
+            size,
+            repo: repo.to_string(),
+            file,
+            partial_path: Mutex::new(Some(path)),
+            chunks: Mutex::new(Chunks {
+                states: vec![ChunkState::Missing; chunk_count(size)],
+                next_fetch_id: 0,
+                poisoned: None,
+            }),
+            changed: Notify::new(),
+            hash: Mutex::new(HashProgress {
+                hasher: Sha256::new(),
+                upto: 0,
+                done: false,
+            }),
+            store: Arc::downgrade(self),
+        });
+        if size == 0 {
+            blob.advance_hash(); // nothing to fetch: verify and commit at once
+        }
+        Ok(blob)
+    }
+
+    fn forget_complete(&self, digest: &Digest) {
+        let mut idx = self.index.lock().unwrap();
+        if let Some(len) = idx.0.pop(digest) {
+            idx.1 -= len;
+        }
+        self.verified.lock().unwrap().remove(digest);
+    }
+
+    fn committed(&self, digest: Digest, size: u64) {
+        {
+            let mut idx = self.index.lock().unwrap();
+            if idx.0.put(digest, size).is_none() {
+                idx.1 += size;
+            }
+        }
+        self.verified.lock().unwrap().insert(digest);
+        self.evict();
+    }
+
+    /// Remove least recently used complete blobs until the cache fits its limit.
+    /// Blobs open right now are skipped.
+    fn evict(&self) {
+        let in_use: HashSet<Digest> = self
+            .files
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, f)| Arc::strong_count(f) > 1)
+            .map(|(d, _)| *d)
+            .collect();
+        let mut idx = self.index.lock().unwrap();
+        let mut skipped = Vec::new();
+        while idx.1 > self.limit {
+            let Some((d, len)) = idx.0.pop_lru() else {
+                break;
+            };
+            if in_use.contains(&d) {
+                skipped.push((d, len));
+                continue;
+            }
+            idx.1 -= len;
+            let _ = std::fs::remove_file(self.complete_path(&d));
+            self.files.lock().unwrap().pop(&d);
+            self.verified.lock().unwrap().remove(&d);
+            tracing::debug!(digest = %d, "evicted from the blob cache");
+        }
+        for (d, len) in skipped {
+            idx.0.put(d, len);
+        }
+    }
+}
+
+fn hash_file(f: &File) -> std::io::Result<Digest> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    loop {
+        let n = f.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(Digest::from_bytes(hasher.finalize().into()))
+}
+
+impl BlobFile {
+    fn store(&self) -> FsResult<Arc<BlobStore>> {
+        self.store
+            .upgrade()
+            .ok_or_else(|| FsError::new(libc::EIO, "blob store is gone"))
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.partial_path.lock().unwrap().is_none()
+    }
+
+    /// Read `len` bytes at `offset` (fewer at the end of the blob).
+    pub async fn read(
+        self: &Arc<Self>,
+        offset: u64,
+        len: u64,
+        rs: &Mutex<ReadState>,
+    ) -> FsResult<Vec<u8>> {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let store = self.store()?;
+        if self.is_complete() {
+            Stats::inc(&store.stats.blob_cache_hits);
+        } else {
+            Stats::inc(&store.stats.blob_cache_misses);
+            let ahead = rs.lock().unwrap().advance(offset, end);
+            self.start_fetches(offset, end);
+            if ahead > 0 {
+                self.start_fetches(end, end.saturating_add(ahead).min(self.size));
+            }
+            self.wait_present(offset, end).await?;
+        }
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn chunk_range(&self, start: u64, end: u64) -> std::ops::Range<usize> {
+        (start / CHUNK) as usize..end.div_ceil(CHUNK) as usize
+    }
+
+    /// Start fetches for every chunk of `start..end` nobody is fetching yet,
+    /// runs of missing chunks grouped into requests of at most `PART` bytes.
+    fn start_fetches(self: &Arc<Self>, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        let range = self.chunk_range(start, end);
+        let mut parts = Vec::new();
+        {
+            let mut c = self.chunks.lock().unwrap();
+            let per_part = (PART / CHUNK) as usize;
+            let mut i = range.start;
+            while i < range.end {
+                if matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..)) {
+                    let first = i;
+                    while i < range.end
+                        && i - first < per_part
+                        && matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..))
+                    {
+                        i += 1;
+                    }
+                    c.next_fetch_id += 1;
+                    let id = c.next_fetch_id;
+                    for s in &mut c.states[first..i] {
+                        *s = ChunkState::Fetching(id);
+                    }
+                    parts.push((first, i, id));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        for (first, last, id) in parts {
+            let this = self.clone();
+            tokio::spawn(async move { this.fetch_part(first, last, id).await });
+        }
+    }
+
+    /// Wait until every chunk of `start..end` is present. Fails with the error of
+    /// a fetch this caller waited on; refetches chunks that failed before.
+    async fn wait_present(self: &Arc<Self>, start: u64, end: u64) -> FsResult<()> {
+        let range = self.chunk_range(start, end);
+        let mut waited_on = HashSet::new();
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let mut refetch = false;
+            {
+                let c = self.chunks.lock().unwrap();
+                if let Some(e) = &c.poisoned {
+                    return Err(e.clone());
+                }
+                let mut all_present = true;
+                for s in &c.states[range.clone()] {
+                    match s {
+                        ChunkState::Present => {}
+                        ChunkState::Fetching(id) => {
+                            all_present = false;
+                            waited_on.insert(*id);
+                        }
+                        ChunkState::Failed(id, e) if waited_on.contains(id) => {
+                            return Err(e.clone())
+                        }
+                        ChunkState::Failed(..) | ChunkState::Missing => {
+                            all_present = false;
+                            refetch = true;
+                        }
+                    }
+                }
+                if all_present {
+                    return Ok(());
+                }
+            }
+            if refetch {
+                self.start_fetches(start, end);
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    async fn fetch_part(self: Arc<Self>, first: usize, last: usize, id: u64) {
+        let start = first as u64 * CHUNK;
+        let end = (last as u64 * CHUNK).min(self.size);
+        if let Err(e) = self.fetch_range(start, end).await {
+            tracing::warn!(digest = %self.digest, start, end, "blob fetch failed: {e}");
+            if let Ok(store) = self.store() {
+                store
+                    .stats
+                    .record_error(format!("GET blob {} bytes {start}-{end}: {e}", self.digest));
+            }
+            let mut c = self.chunks.lock().unwrap();
+            for s in &mut c.states[first..last] {
+                if matches!(s, ChunkState::Fetching(x) if *x == id) {
+                    *s = ChunkState::Failed(id, e.clone());
+                }
+            }
+            drop(c);
+            self.changed.notify_waiters();
+        }
+        self.advance_hash();
+    }
+
+    /// Stream `start..end` into the file, resuming a cut body from where it stopped.
+    async fn fetch_range(&self, start: u64, end: u64) -> FsResult<()> {
+        let store = self.store()?;
+        let mut pos = start;
+        // Bytes `covered_from..pos` are written (a 200 answer starts at 0).
+        let mut covered_from = start;
+        let mut resumes = 0;
+        while pos < end {
+            let body = store
+                .client
+                .get_blob(&self.repo, &self.digest, pos, end)
+                .await?;
+            covered_from = covered_from.min(body.start);
+            let mut off = body.start;
+            let mut resp = body.response;
+            let cut = loop {
+                match resp.chunk().await {
+                    Ok(Some(bytes)) => {
+                        let room = self.size.saturating_sub(off);
+                        if bytes.len() as u64 > room {
+                            return Err(FsError::new(
+                                libc::EIO,
+                                format!(
+                                    "blob {} is longer than its size {}",
+                                    self.digest, self.size
+                                ),
+                            ));
+                        }
+                        self.file.write_all_at(&bytes, off)?;
+                        Stats::add(&store.stats.bytes_fetched, bytes.len() as u64);
+                        off += bytes.len() as u64;
+                        if off > pos {
+                            pos = off;
+                        }
+                        self.mark_present(covered_from, off);
+                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(e.to_string()),
+                }
+            };
+            if pos >= end {
+                break;
+            }
+            resumes += 1;
+            let why = cut.unwrap_or_else(|| "body ended early".into());
+            if resumes > MAX_RESUMES {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("GET blob {}: {why} (gave up at byte {pos})", self.digest),
+                ));
+            }
+            Stats::inc(&store.stats.retries);
+            tracing::info!(digest = %self.digest, pos, "blob body cut ({why}); resuming with Range");
+        }
+        Ok(())
+    }
+
+    /// Mark chunks entirely inside `from..to` present and wake readers.
+    fn mark_present(&self, from: u64, to: u64) {
+        let first = from.div_ceil(CHUNK) as usize;
+        let last = if to >= self.size {
+            chunk_count(self.size)
+        } else {
+            (to / CHUNK) as usize
+        };
+        if first >= last {
+            return;
+        }
+        let mut changed = false;
+        {
+            let mut c = self.chunks.lock().unwrap();
+            for s in &mut c.states[first..last] {
+                if !matches!(s, ChunkState::Present) {
+                    *s = ChunkState::Present;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.changed.notify_waiters();
+            self.advance_hash();
+        }
+    }
+
+    /// Hash the present prefix; when it is the whole blob, verify and commit.
+    fn advance_hash(&self) {
+        let mut h = self.hash.lock().unwrap();
+        if h.done {
+            return;
+        }
+        let n = chunk_count(self.size);
+        let mut buf = Vec::new();
+        while h.upto < n {
+            let present = matches!(
+                self.chunks.lock().unwrap().states[h.upto],
+                ChunkState::Present
+            );
+            if !present {
+                return;
+            }
+            let off = h.upto as u64 * CHUNK;
+            let len = CHUNK.min(self.size - off) as usize;
+            buf.resize(len, 0);
+            if let Err(e) = self.file.read_exact_at(&mut buf, off) {
+                tracing::warn!(digest = %self.digest, "reading back for verification failed: {e}");
+                return;
+            }
+            h.hasher.update(&buf);
+            h.upto += 1;
+        }
+        h.done = true;
+        let actual = Digest::from_bytes(h.hasher.finalize_reset().into());
+        drop(h);
+        if actual == self.digest {
+            self.commit();
+        } else {
+            self.poison(actual);
+        }
+    }
+
+    fn commit(&self) {
+        let Ok(store) = self.store() else { return };
+        let mut partial = self.partial_path.lock().unwrap();
+        let Some(path) = partial.as_ref() else { return };
+        match std::fs::rename(path, store.complete_path(&self.digest)) {
+            Ok(()) => {
+                *partial = None;
+                drop(partial);
+                tracing::debug!(digest = %self.digest, size = self.size, "blob verified and cached");
+                store.committed(self.digest, self.size);
+            }
+            Err(e) => tracing::warn!(digest = %self.digest, "cannot commit blob to the cache: {e}"),
+        }
+    }
+
+    fn poison(&self, actual: Digest) {
+        let msg = format!(
+            "blob {} from {}: content hashes to {actual}",
+            self.digest, self.repo
+        );
+        tracing::error!("digest mismatch: {msg}");
+        let err = FsError::new(libc::EIO, format!("digest mismatch: {msg}"));
+        if let Ok(store) = self.store() {
+            store.stats.record_error(err.message.clone());
+            // A later open starts from scratch (the registry may have been fixed).
+            store.files.lock().unwrap().pop(&self.digest);
+        }
+        self.chunks.lock().unwrap().poisoned = Some(err);
+        self.changed.notify_waiters();
+    }
+}
+
+impl Drop for BlobFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.partial_path.lock().unwrap().take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequential_detection() {
+        let mut rs = ReadState::default();
+        assert_eq!(rs.advance(0, 131072), 2 * CHUNK);
+        assert_eq!(rs.advance(131072, 262144), 4 * CHUNK);
+        for _ in 0..10 {
+            rs.advance(rs.last_end, rs.last_end + 131072);
+        }
+        assert_eq!(rs.window, MAX_WINDOW);
+        assert_eq!(
+            rs.advance(900 << 20, (900 << 20) + 4096),
+            0,
+            "a jump is random"
+        );
+    }
+
+    #[test]
+    fn random_first_read_prefetches_nothing() {
+        let mut rs = ReadState::default();
+        assert_eq!(rs.advance(500 << 20, (500 << 20) + 4096), 0);
+    }
+}

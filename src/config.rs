@@ -1,0 +1,137 @@
+//! Every option with its default, in one place. `main.rs` parses the command
+//! line into a `Config`; nothing else reads arguments or the environment for options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use url::Url;
+
+use crate::registry::credentials::Credentials;
+
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
+pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Base URL of the registry, e.g. `https://ghcr.io` or `http://127.0.0.1:5000`.
+    pub registry: Url,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub read_only: bool,
+    pub allow_delete: bool,
+    pub cache_dir: PathBuf,
+    pub cache_size: u64,
+    /// How long tags, listings and tag→digest are trusted; `None` = forever.
+    pub metadata_ttl: Option<Duration>,
+    pub allow_other: bool,
+    pub uid: u32,
+    pub gid: u32,
+    pub ca_cert: Option<PathBuf>,
+    pub insecure: bool,
+    pub repos: Vec<String>,
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+    pub credentials: Option<Credentials>,
+    /// `n=` for catalog and tag-list pages; `None` lets the registry choose.
+    pub page_size: Option<u32>,
+}
+
+/// `host[:port]` means HTTPS; a full URL may choose the scheme; `docker.io` means Docker Hub.
+pub fn parse_registry(s: &str) -> anyhow::Result<Url> {
+    let with_scheme = if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("https://{s}")
+    };
+    let mut url = Url::parse(&with_scheme).with_context(|| format!("invalid registry {s:?}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("invalid registry {s:?}: scheme must be http or https");
+    }
+    if url.host_str().is_none() {
+        bail!("invalid registry {s:?}: no host");
+    }
+    if matches!(url.host_str(), Some("docker.io" | "index.docker.io")) {
+        url.set_host(Some("registry-1.docker.io"))?;
+    }
+    url.set_path("");
+    url.set_query(None);
+    Ok(url)
+}
+
+/// `1234`, `512K`, `100M`, `10G`, `1T` (binary units).
+pub fn parse_size(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
+    n.checked_mul(mult)
+        .with_context(|| format!("size {s:?} too large"))
+}
+
+/// Seconds, or `indefinite`.
+pub fn parse_ttl(s: &str) -> anyhow::Result<Option<Duration>> {
+    if s == "indefinite" {
+        return Ok(None);
+    }
+    let secs: u64 = s
+        .parse()
+        .with_context(|| format!("invalid --metadata-ttl {s:?}: seconds or 'indefinite'"))?;
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("regfs");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
+    PathBuf::from(home).join(".cache").join("regfs")
+}
+
+impl Config {
+    /// Host and port as used for credential lookup and cache directories.
+    pub fn registry_host(&self) -> String {
+        let host = self.registry.host_str().unwrap_or_default();
+        match self.registry.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registries() {
+        assert_eq!(
+            parse_registry("ghcr.io").unwrap().as_str(),
+            "https://ghcr.io/"
+        );
+        assert_eq!(
+            parse_registry("http://127.0.0.1:5000").unwrap().as_str(),
+            "http://127.0.0.1:5000/"
+        );
+        assert_eq!(
+            parse_registry("docker.io").unwrap().as_str(),
+            "https://registry-1.docker.io/"
+        );
+        assert!(parse_registry("ftp://x").is_err());
+    }
+
+    #[test]
+    fn sizes_and_ttls() {
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("512").unwrap(), 512);
+        assert!(parse_size("x").is_err());
+        assert_eq!(parse_ttl("indefinite").unwrap(), None);
+        assert_eq!(parse_ttl("5").unwrap(), Some(Duration::from_secs(5)));
+        assert!(parse_ttl("-1").is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! Mounting: checks, the background/foreground split, logging, and clean
+//! unmounts on SIGINT/SIGTERM or `fusermount3 -u`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use crate::cache::{BlobStore, ManifestStore};
+use crate::config::Config;
+use crate::fs::view::View;
+use crate::fs::{Options, RegFs};
+use crate::registry::client::ClientOptions;
+use crate::registry::Client;
+use crate::stats::Stats;
+
+/// Set in the daemon a background `regfs mount` starts: it reports readiness on stdout.
+const READY_ENV: &str = "REGFS_NOTIFY_READY";
+const READY_LINE: &str = "ready";
+const FUSE_THREADS: usize = 4;
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    check_mountpoint(&cfg.mountpoint)?;
+    let notify_ready = std::env::var_os(READY_ENV).is_some();
+    if !cfg.foreground && !notify_ready {
+        return start_background(&cfg);
+    }
+    init_logging(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("regfs-io")
+        .build()?;
+    let stats = Arc::new(Stats::default());
+    let client = Arc::new(Client::new(
+        ClientOptions {
+            registry: cfg.registry.clone(),
+            credentials: cfg.credentials.clone(),
+            ca_cert: cfg.ca_cert.clone(),
+            insecure: cfg.insecure,
+            page_size: cfg.page_size,
+        },
+        stats.clone(),
+    )?);
+    rt.block_on(client.ping())
+        .with_context(|| format!("cannot use registry {}", cfg.registry))?;
+
+    std::fs::create_dir_all(&cfg.cache_dir)
+        .with_context(|| format!("cannot create cache dir {}", cfg.cache_dir.display()))?;
+    let manifests = ManifestStore::new(&cfg.cache_dir, stats.clone())?;
+    let blobs = {
+        let _guard = rt.enter();
+        BlobStore::new(
+            &cfg.cache_dir,
+            cfg.cache_size,
+            client.clone(),
+            stats.clone(),
+        )?
+    };
+    let view = View::new(
+        client,
+        manifests,
+        blobs,
+        stats,
+        cfg.repos.clone(),
+        cfg.metadata_ttl,
+    );
+    let fs = RegFs::new(
+        rt.handle().clone(),
+        view,
+        Options {
+            uid: cfg.uid,
+            gid: cfg.gid,
+            name_ttl: cfg
+                .metadata_ttl
+                .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
+        },
+    );
+
+    let mut options = fuser::Config::default();
+    options.mount_options = vec![
+        fuser::MountOption::FSName(format!("regfs:{}", cfg.registry_host())),
+        fuser::MountOption::Subtype("regfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoAtime,
+    ];
+    if cfg.read_only {
+        options.mount_options.push(fuser::MountOption::RO);
+    }
+    if cfg.allow_other {
+        options.acl = fuser::SessionACL::All;
+    }
+    options.n_threads = Some(FUSE_THREADS);
+    options.clone_fd = true;
+    let mut session = fuser::Session::new(fs, &cfg.mountpoint, &options)
+        .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let r = session.run();
+            let _ = done_tx.send(r);
+        })?;
+    tracing::info!(registry = %cfg.registry, mountpoint = %cfg.mountpoint.display(), "mounted");
+    if notify_ready {
+        println!("{READY_LINE}");
+        let _ = std::io::stdout().flush();
+    }
+
+    let ended = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            r = done_rx => Ok::<_, std::io::Error>(Some(r)),
+            _ = term.recv() => Ok(None),
+            _ = int.recv() => Ok(None),
+        }
+    })?;
+    match ended {
+        Some(r) => {
+            tracing::info!("unmounted");
+            r.unwrap_or(Ok(())).context("FUSE session failed")?;
+        }
+        None => {
+            tracing::info!("signal received; unmounting");
+            unmounter.unmount().context("unmount failed")?;
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+/// The mountpoint must be an existing directory that is not mounted on already.
+fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(path).with_context(|| format!("mountpoint {}", path.display()))?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", path.display());
+    }
+    let canonical = std::fs::canonicalize(path)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let busy = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| Path::new(&unescape_mountinfo(m)) == canonical);
+    if busy {
+        bail!(
+            "mountpoint {} is busy: something is mounted there already",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// Start the daemon as a detached child and return once it reports the mount
+/// ready; its error message otherwise.
+fn start_background(cfg: &Config) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let log_file = cfg
+        .log_file
+        .clone()
+        .unwrap_or_else(|| cfg.cache_dir.join("regfs.log"));
+    std::fs::create_dir_all(&cfg.cache_dir)
+        .with_context(|| format!("cannot create cache dir {}", cfg.cache_dir.display()))?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    // The child must not read stdin again: the password travels in its environment.
+    args.retain(|a| a != "--password-stdin");
+    if cfg.log_file.is_none() {
+        args.push("--log-file".into());
+        args.push(log_file.clone().into());
+    }
+    let mut cmd = Command::new(exe);
+    cmd.args(&args)
+        .env(READY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(c) = &cfg.credentials {
+        cmd.env("REGFS_PASSWORD", c.password());
+    }
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our session.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("cannot start the regfs daemon")?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    if line.trim() == READY_LINE {
+        return Ok(());
+    }
+    let output = child.wait_with_output()?;
+    let msg = String::from_utf8_lossy(&output.stderr);
+    let msg = msg.trim().trim_start_matches("regfs: ");
+    if msg.is_empty() {
+        bail!(
+            "the daemon exited ({}) before mounting; see {}",
+            output.status,
+            log_file.display()
+        );
+    }
+    bail!("{msg}");
+}
+
+fn init_logging(cfg: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(format!(
+        "{},fuser=error,hyper=warn,reqwest=warn,rustls=warn",
+        cfg.log_level
+    ))
+    .with_context(|| format!("invalid --log-level {:?}", cfg.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match &cfg.log_file {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open log file {}", path.display()))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}

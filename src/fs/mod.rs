@@ -1,0 +1,542 @@
+//! The fuser `Filesystem`: a thin dispatcher. Each request is resolved to a
+//! `Node`, handed to a tokio task (no FUSE thread ever waits on the network),
+//! and answered from there.
+
+pub mod inodes;
+pub mod node;
+pub mod view;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, Request,
+};
+
+use crate::cache::{BlobFile, FsError, FsResult, ReadState};
+use inodes::Inodes;
+use node::{Kind, Node, StatusFile};
+use view::View;
+
+/// Kernel TTL for content-addressed entries: they never change.
+const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Kernel readahead: large enough for streaming, the prefetcher does the rest.
+const MAX_READAHEAD: u32 = 1 << 20;
+/// Every entry has this mtime: stable across mounts and machines, so a second
+/// `rsync -a` sees nothing changed. (Content-addressed data never changes;
+/// names carry no trustworthy time.)
+const STABLE_MTIME: SystemTime = UNIX_EPOCH;
+
+pub struct Options {
+    pub uid: u32,
+    pub gid: u32,
+    /// Kernel TTL for entries named by tags and listings (`--metadata-ttl`).
+    pub name_ttl: Duration,
+}
+
+enum Handle {
+    Blob {
+        file: Arc<BlobFile>,
+        state: Mutex<ReadState>,
+    },
+    Bytes(Bytes),
+}
+
+struct DirEntry {
+    ino: u64,
+    kind: Kind,
+    name: String,
+}
+
+struct Inner {
+    view: View,
+    inodes: Inodes,
+    opts: Options,
+    next_fh: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+}
+
+pub struct RegFs {
+    rt: tokio::runtime::Handle,
+    inner: Arc<Inner>,
+}
+
+impl RegFs {
+    pub fn new(rt: tokio::runtime::Handle, view: View, opts: Options) -> Self {
+        RegFs {
+            rt,
+            inner: Arc::new(Inner {
+                view,
+                inodes: Inodes::new(),
+                opts,
+                next_fh: AtomicU64::new(1),
+                files: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Run `f` on the runtime with the shared state.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.rt.spawn(f(self.inner.clone()));
+    }
+}
+
+fn errno(e: &FsError) -> Errno {
+    Errno::from_i32(e.errno)
+}
+
+impl Inner {
+    fn node(&self, ino: INodeNo) -> FsResult<Node> {
+        self.inodes
+            .get(ino.0)
+            .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
+    }
+
+    /// Log a failed operation once, with the registry's message; ENOENT is
+    /// a normal answer and only logged at debug.
+    fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Errno {
+        let path = node.map(Node::path).unwrap_or_default();
+        if e.errno == libc::ENOENT {
+            tracing::debug!(op, path, "{e}");
+        } else {
+            tracing::warn!(op, path, errno = e.errno, "{e}");
+            self.view.stats.record_error(format!("{op} {path}: {e}"));
+        }
+        errno(e)
+    }
+
+    fn ttl(&self, node: &Node) -> Duration {
+        match node {
+            Node::Status(_) => Duration::ZERO,
+            n if n.is_immutable() => IMMUTABLE_TTL,
+            _ => self.opts.name_ttl,
+        }
+    }
+
+    fn make_attr(&self, ino: u64, kind: Kind, size: u64) -> FileAttr {
+        let (kind, perm, nlink) = match kind {
+            Kind::Directory => (FileType::Directory, 0o555, 2),
+            Kind::File => (FileType::RegularFile, 0o444, 1),
+            Kind::Symlink => (FileType::Symlink, 0o777, 1),
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: STABLE_MTIME,
+            mtime: STABLE_MTIME,
+            ctime: STABLE_MTIME,
+            crtime: STABLE_MTIME,
+            kind,
+            perm,
+            nlink,
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+
+    fn status_text(&self, f: StatusFile) -> String {
+        match f {
+            StatusFile::Stats => self.view.stats.render(),
+            StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
+            StatusFile::Errors => self.view.stats.render_errors(),
+        }
+    }
+
+    /// Check that `node` exists and compute its attributes (a request at most,
+    /// usually none: sizes come from descriptors and caches).
+    async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
+        let v = &self.view;
+        let not_found = || FsError::new(libc::ENOENT, format!("{} does not exist", node.path()));
+        let size = match node {
+            Node::Root | Node::StatusDir => 0,
+            Node::Status(f) => self.status_text(*f).len() as u64,
+            Node::Dir(p) => {
+                if !v.dir_exists(p).await? {
+                    return Err(not_found());
+                }
+                0
+            }
+            Node::TagsDir(r) | Node::ManifestsDir(r) | Node::BlobsDir(r) => {
+                if !v.is_known_repo(r).await? && !v.is_repo(r).await? {
+                    return Err(not_found());
+                }
+                0
+            }
+            Node::Tag(r, t) => node::tag_target(&v.tag_digest(r, t).await?).len() as u64,
+            Node::ManifestDir(r, d) => {
+                v.manifest(r, *d).await?;
+                0
+            }
+            Node::ManifestFile(r, d) => v.manifest(r, *d).await?.bytes.len() as u64,
+            Node::Blob(r, d) => v.blob_size(r, *d).await?,
+        };
+        Ok(self.make_attr(self.inodes.ino(node), node.kind(), size))
+    }
+
+    /// The entries of a directory node, by name.
+    async fn list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
+        let v = &self.view;
+        let children = |names: Vec<String>| {
+            names
+                .into_iter()
+                .filter_map(|n| Some((n.clone(), node.child(&n)?)))
+                .collect()
+        };
+        Ok(match node {
+            Node::Root => {
+                let mut names: Vec<String> = v
+                    .known_repos()
+                    .await?
+                    .iter()
+                    .filter_map(|r| r.split('/').next().map(str::to_string))
+                    .collect();
+                names.dedup();
+                names.insert(0, node::STATUS_DIR.to_string());
+                children(names)
+            }
+            Node::StatusDir => children(
+                StatusFile::ALL
+                    .iter()
+                    .map(|f| f.name().to_string())
+                    .collect(),
+            ),
+            Node::Dir(p) => {
+                let prefix = format!("{p}/");
+                let repos = v.known_repos().await?;
+                let mut names = Vec::new();
+                if repos.contains(p) || v.is_repo(p).await? {
+                    names.extend([node::TAGS, node::MANIFESTS, node::BLOBS].map(String::from));
+                }
+                let mut nested: Vec<String> = repos
+                    .iter()
+                    .filter_map(|r| r.strip_prefix(&prefix))
+                    .filter_map(|rest| rest.split('/').next().map(str::to_string))
+                    .collect();
+                nested.dedup();
+                names.extend(nested);
+                children(names)
+            }
+            Node::TagsDir(r) => children(v.tags(r).await?.to_vec()),
+            Node::ManifestsDir(r) => children(
+                v.reachable_manifests(r)
+                    .await?
+                    .iter()
+                    .map(|m| m.digest.to_string())
+                    .collect(),
+            ),
+            Node::ManifestDir(r, d) => {
+                v.manifest(r, *d).await?;
+                children(vec![node::MANIFEST_JSON.to_string()])
+            }
+            Node::BlobsDir(r) => children(
+                v.reachable_blobs(r)
+                    .await?
+                    .iter()
+                    .map(|(d, _)| d.to_string())
+                    .collect(),
+            ),
+            _ => {
+                return Err(FsError::new(
+                    libc::ENOTDIR,
+                    format!("{} is not a directory", node.path()),
+                ))
+            }
+        })
+    }
+
+    async fn open(&self, node: &Node) -> FsResult<(Handle, FopenFlags)> {
+        let v = &self.view;
+        Ok(match node {
+            Node::Blob(r, d) => {
+                let size = v.blob_size(r, *d).await?;
+                let file = v.blobs.open(r, *d, size).await?;
+                (
+                    Handle::Blob {
+                        file,
+                        state: Mutex::new(ReadState::default()),
+                    },
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
+            Node::ManifestFile(r, d) => (
+                Handle::Bytes(v.manifest(r, *d).await?.bytes.clone()),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            // Status text changes between reads: no page cache, sizes from the snapshot.
+            Node::Status(f) => (
+                Handle::Bytes(Bytes::from(self.status_text(*f))),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            n if n.kind() == Kind::Directory => {
+                return Err(FsError::new(
+                    libc::EISDIR,
+                    format!("{} is a directory", n.path()),
+                ))
+            }
+            n => {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("{} cannot be opened", n.path()),
+                ))
+            }
+        })
+    }
+}
+
+impl Filesystem for RegFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_readahead(MAX_READAHEAD);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_str().map(str::to_string);
+        self.spawn(move |fs| async move {
+            let parent = match fs.node(parent) {
+                Ok(n) => n,
+                Err(e) => return reply.error(fs.fail("lookup", None, &e)),
+            };
+            let Some(child) = name.as_deref().and_then(|n| parent.child(n)) else {
+                return reply.error(Errno::ENOENT);
+            };
+            match fs.attr(&child).await {
+                Ok(attr) => reply.entry(&fs.ttl(&child), &attr, Generation(0)),
+                Err(e) => reply.error(fs.fail("lookup", Some(&child), &e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(move |fs| async move {
+            let node = match fs.node(ino) {
+                Ok(n) => n,
+                Err(e) => return reply.error(fs.fail("getattr", None, &e)),
+            };
+            match fs.attr(&node).await {
+                Ok(attr) => reply.attr(&fs.ttl(&node), &attr),
+                Err(e) => reply.error(fs.fail("getattr", Some(&node), &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |fs| async move {
+            let node = match fs.node(ino) {
+                Ok(n) => n,
+                Err(e) => return reply.error(fs.fail("readlink", None, &e)),
+            };
+            let result = match &node {
+                Node::Tag(r, t) => fs.view.tag_digest(r, t).await.map(|d| node::tag_target(&d)),
+                n => Err(FsError::new(
+                    libc::EINVAL,
+                    format!("{} is not a symlink", n.path()),
+                )),
+            };
+            match result {
+                Ok(target) => reply.data(target.as_bytes()),
+                Err(e) => reply.error(fs.fail("readlink", Some(&node), &e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            return reply.error(Errno::EROFS);
+        }
+        self.spawn(move |fs| async move {
+            let node = match fs.node(ino) {
+                Ok(n) => n,
+                Err(e) => return reply.error(fs.fail("open", None, &e)),
+            };
+            match fs.open(&node).await {
+                Ok((handle, flags)) => {
+                    let fh = fs.next_fh.fetch_add(1, Ordering::Relaxed);
+                    fs.files.lock().unwrap().insert(fh, Arc::new(handle));
+                    reply.opened(FileHandle(fh), flags);
+                }
+                Err(e) => reply.error(fs.fail("open", Some(&node), &e)),
+            }
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let Some(handle) = self.inner.files.lock().unwrap().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        match &*handle {
+            Handle::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                reply.data(&b[start..end]);
+            }
+            Handle::Blob { .. } => self.spawn(move |fs| async move {
+                let Handle::Blob { file, state } = &*handle else {
+                    unreachable!()
+                };
+                match file.read(offset, u64::from(size), state).await {
+                    Ok(data) => reply.data(&data),
+                    Err(e) => {
+                        let node = fs.node(ino).ok();
+                        reply.error(fs.fail("read", node.as_ref(), &e))
+                    }
+                }
+            }),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: fuser::ReplyXattr,
+    ) {
+        reply.error(Errno::from_i32(libc::ENODATA));
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.inner.files.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn(move |fs| async move {
+            let node = match fs.node(ino) {
+                Ok(n) => n,
+                Err(e) => return reply.error(fs.fail("opendir", None, &e)),
+            };
+            match fs.list(&node).await {
+                Ok(children) => {
+                    let mut entries = vec![
+                        DirEntry {
+                            ino: ino.0,
+                            kind: Kind::Directory,
+                            name: ".".into(),
+                        },
+                        DirEntry {
+                            ino: ino.0,
+                            kind: Kind::Directory,
+                            name: "..".into(),
+                        },
+                    ];
+                    entries.extend(children.into_iter().map(|(name, child)| DirEntry {
+                        ino: fs.inodes.ino(&child),
+                        kind: child.kind(),
+                        name,
+                    }));
+                    if let Node::TagsDir(repo) = &node {
+                        prefetch_tag_digests(&fs, repo);
+                    }
+                    let fh = fs.next_fh.fetch_add(1, Ordering::Relaxed);
+                    fs.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+                    reply.opened(FileHandle(fh), FopenFlags::empty());
+                }
+                Err(e) => reply.error(fs.fail("opendir", Some(&node), &e)),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.inner.dirs.lock().unwrap().get(&fh.0).cloned() else {
+            return reply.error(Errno::EBADF);
+        };
+        for (i, e) in entries.iter().enumerate().skip(offset as usize) {
+            let kind = match e.kind {
+                Kind::Directory => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+                Kind::Symlink => FileType::Symlink,
+            };
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.inner.dirs.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+}
+
+/// `ls -l _tags` reads every link: resolve the tags in the background, with
+/// bounded concurrency, so those reads find their answers cached.
+fn prefetch_tag_digests(fs: &Arc<Inner>, repo: &str) {
+    let Some(tags) = fs.view.peek_tags(repo) else {
+        return;
+    };
+    let fs = fs.clone();
+    let repo = repo.to_string();
+    tokio::spawn(async move {
+        fs.view.resolve_tags(&repo, &tags).await;
+    });
+}

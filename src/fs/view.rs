@@ -1,0 +1,286 @@
+//! The registry as the tree sees it: which repositories exist, tags and their
+//! digests, manifests and blob sizes — each answer cached where it belongs
+//! (immutable content by digest forever, names for `--metadata-ttl`).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures_util::stream::{self, StreamExt};
+
+use crate::cache::{BlobStore, CachedManifest, FsResult, ManifestStore, TtlCache};
+use crate::oci::ManifestKind;
+use crate::registry::{Client, Digest, Reference, RegistryError};
+use crate::stats::Stats;
+
+/// Concurrent registry requests one listing may make (containerd's Dispatch uses a bound too).
+const FETCH_CONCURRENCY: usize = 8;
+
+pub struct View {
+    pub client: Arc<Client>,
+    pub manifests: ManifestStore,
+    pub blobs: Arc<BlobStore>,
+    pub stats: Arc<Stats>,
+    /// `--repo` names: shown even when the registry has no catalog.
+    configured_repos: Vec<String>,
+    /// Repositories confirmed by a tag list during this run.
+    seen_repos: Mutex<BTreeSet<String>>,
+    /// `None` inside: the registry has no usable catalog.
+    catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
+    tags: TtlCache<String, Arc<Vec<String>>>,
+    tag_digests: TtlCache<(String, String), Digest>,
+    /// (repository, digest) pairs known to exist in that repository.
+    present: Mutex<HashSet<(String, Digest)>>,
+    /// Blob sizes from descriptors or HEAD: immutable per digest.
+    sizes: Mutex<HashMap<Digest, u64>>,
+}
+
+impl View {
+    pub fn new(
+        client: Arc<Client>,
+        manifests: ManifestStore,
+        blobs: Arc<BlobStore>,
+        stats: Arc<Stats>,
+        configured_repos: Vec<String>,
+        ttl: Option<std::time::Duration>,
+    ) -> Self {
+        View {
+            client,
+            manifests,
+            blobs,
+            stats,
+            seen_repos: Mutex::new(configured_repos.iter().cloned().collect()),
+            configured_repos,
+            catalog: TtlCache::new(ttl),
+            tags: TtlCache::new(ttl),
+            tag_digests: TtlCache::new(ttl),
+            present: Mutex::new(HashSet::new()),
+            sizes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Every repository in `_catalog`, or `None` when the registry offers none
+    /// (404, 401/403 for the catalog scope, or UNSUPPORTED).
+    pub async fn catalog(&self) -> FsResult<Option<Arc<Vec<String>>>> {
+        self.catalog
+            .get_or_fetch((), || async {
+                match self.client.catalog().await {
+                    Ok(mut repos) => {
+                        repos.sort();
+                        Ok(Some(Arc::new(repos)))
+                    }
+                    Err(
+                        e @ (RegistryError::NotFound(_)
+                        | RegistryError::Denied(_)
+                        | RegistryError::Unsupported(_)),
+                    ) => {
+                        tracing::info!(
+                            "no usable catalog ({e}); listing --repo names and names looked up"
+                        );
+                        Ok(None)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            })
+            .await
+    }
+
+    /// All repositories we can name: catalog, `--repo`, and those looked up.
+    pub async fn known_repos(&self) -> FsResult<BTreeSet<String>> {
+        let mut all: BTreeSet<String> = self.seen_repos.lock().unwrap().clone();
+        all.extend(self.configured_repos.iter().cloned());
+        if let Some(c) = self.catalog().await? {
+            all.extend(c.iter().cloned());
+        }
+        Ok(all)
+    }
+
+    /// Does `path` exist as a directory (a repository or a namespace above one)?
+    pub async fn dir_exists(&self, path: &str) -> FsResult<bool> {
+        let prefix = format!("{path}/");
+        if self
+            .known_repos()
+            .await?
+            .iter()
+            .any(|r| r == path || r.starts_with(&prefix))
+        {
+            return Ok(true);
+        }
+        if self.is_repo(path).await? {
+            return Ok(true);
+        }
+        // Without a catalog a namespace cannot be seen; any valid name can be entered.
+        Ok(self.catalog().await?.is_none())
+    }
+
+    /// Is `repo` a repository? (Its tag list answers.)
+    pub async fn is_repo(&self, repo: &str) -> FsResult<bool> {
+        match self.tags(repo).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.errno == libc::ENOENT => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Is `repo` known to be a repository without asking the registry?
+    pub async fn is_known_repo(&self, repo: &str) -> FsResult<bool> {
+        Ok(self.known_repos().await?.contains(repo))
+    }
+
+    pub async fn tags(&self, repo: &str) -> FsResult<Arc<Vec<String>>> {
+        let tags = self
+            .tags
+            .get_or_fetch(repo.to_string(), || async {
+                Ok(Arc::new(self.client.tags(repo).await?))
+            })
+            .await?;
+        self.seen_repos.lock().unwrap().insert(repo.to_string());
+        Ok(tags)
+    }
+
+    pub fn peek_tags(&self, repo: &str) -> Option<Arc<Vec<String>>> {
+        self.tags.peek(&repo.to_string())
+    }
+
+    /// The digest a tag points at (HEAD, cached for the metadata TTL).
+    pub async fn tag_digest(&self, repo: &str, tag: &str) -> FsResult<Digest> {
+        let d = self
+            .tag_digests
+            .get_or_fetch((repo.to_string(), tag.to_string()), || async {
+                let head = self
+                    .client
+                    .head_manifest(repo, &Reference::Tag(tag.to_string()))
+                    .await?;
+                Ok(head.digest)
+            })
+            .await?;
+        self.mark_present(repo, d);
+        Ok(d)
+    }
+
+    /// Resolve many tags at once with bounded concurrency (so `ls -l _tags`
+    /// finds them ready). Failures are left for the individual lookups to report.
+    pub async fn resolve_tags(&self, repo: &str, tags: &[String]) -> Vec<(String, Digest)> {
+        stream::iter(tags.iter().cloned())
+            .map(|t| async move { self.tag_digest(repo, &t).await.ok().map(|d| (t, d)) })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .filter_map(|x| async move { x })
+            .collect()
+            .await
+    }
+
+    fn mark_present(&self, repo: &str, d: Digest) {
+        self.present.lock().unwrap().insert((repo.to_string(), d));
+    }
+
+    fn is_present(&self, repo: &str, d: &Digest) -> bool {
+        self.present
+            .lock()
+            .unwrap()
+            .contains(&(repo.to_string(), *d))
+    }
+
+    /// A manifest of `repo` by digest: cached bytes when the repository is known
+    /// to hold it, else a HEAD (cached content) or a GET (verified, then cached).
+    pub async fn manifest(&self, repo: &str, digest: Digest) -> FsResult<Arc<CachedManifest>> {
+        let reference = Reference::Digest(digest);
+        if let Some(m) = self.manifests.get(&digest) {
+            if !self.is_present(repo, &digest) {
+                self.client.head_manifest(repo, &reference).await?;
+                self.mark_present(repo, digest);
+            }
+            self.note_blob_sizes(repo, &m);
+            return Ok(m);
+        }
+        Stats::inc(&self.stats.manifest_cache_misses);
+        let fetched = self.client.get_manifest(repo, &reference).await?;
+        let m = self
+            .manifests
+            .put(fetched.digest, fetched.bytes, fetched.media_type);
+        self.mark_present(repo, digest);
+        self.note_blob_sizes(repo, &m);
+        Ok(m)
+    }
+
+    /// A manifest's blobs and children exist in its repository (the registry
+    /// refuses manifests whose references are missing), with the sizes it gives.
+    fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
+        let mut sizes = self.sizes.lock().unwrap();
+        let mut present = self.present.lock().unwrap();
+        for desc in m.parsed.blobs() {
+            if let Some(d) = desc.digest() {
+                sizes.insert(d, desc.size);
+                present.insert((repo.to_string(), d));
+            }
+        }
+    }
+
+    /// Size of a blob in `repo`, from descriptors seen so far, else HEAD.
+    pub async fn blob_size(&self, repo: &str, digest: Digest) -> FsResult<u64> {
+        if self.is_present(repo, &digest) {
+            if let Some(&s) = self.sizes.lock().unwrap().get(&digest) {
+                return Ok(s);
+            }
+        }
+        let size = self.client.head_blob(repo, &digest).await?;
+        self.sizes.lock().unwrap().insert(digest, size);
+        self.mark_present(repo, digest);
+        Ok(size)
+    }
+
+    /// Every manifest reachable from the tags (indexes followed), fetched
+    /// concurrently through the caches.
+    pub async fn reachable_manifests(&self, repo: &str) -> FsResult<Vec<Arc<CachedManifest>>> {
+        let tags = self.tags(repo).await?;
+        let mut frontier: Vec<Digest> = self
+            .resolve_tags(repo, &tags)
+            .await
+            .into_iter()
+            .map(|(_, d)| d)
+            .collect();
+        let mut seen: HashSet<Digest> = HashSet::new();
+        let mut out = Vec::new();
+        while !frontier.is_empty() {
+            frontier.retain(|d| seen.insert(*d));
+            let fetched: Vec<FsResult<Arc<CachedManifest>>> = stream::iter(frontier.drain(..))
+                .map(|d| self.manifest(repo, d))
+                .buffer_unordered(FETCH_CONCURRENCY)
+                .collect()
+                .await;
+            for m in fetched {
+                match m {
+                    Ok(m) => {
+                        if m.parsed.kind == ManifestKind::Index {
+                            frontier.extend(m.parsed.manifests.iter().filter_map(|c| c.digest()));
+                        }
+                        out.push(m);
+                    }
+                    // A dangling reference must not hide the rest of the repository.
+                    Err(e) if e.errno == libc::ENOENT => {
+                        tracing::info!(repo, "a referenced manifest is missing: {e}");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        out.sort_by_key(|m| m.digest);
+        Ok(out)
+    }
+
+    /// Configs and layers of every reachable manifest, with their sizes.
+    pub async fn reachable_blobs(&self, repo: &str) -> FsResult<Vec<(Digest, u64)>> {
+        let mut blobs: Vec<(Digest, u64)> = self
+            .reachable_manifests(repo)
+            .await?
+            .iter()
+            .flat_map(|m| {
+                m.parsed
+                    .blobs()
+                    .filter_map(|d| Some((d.digest()?, d.size)))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        blobs.sort();
+        blobs.dedup_by_key(|b| b.0);
+        Ok(blobs)
+    }
+}

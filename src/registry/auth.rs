@@ -1,0 +1,290 @@
+//! Registry authentication: the `WWW-Authenticate` challenge, then Basic or
+//! Bearer. Bearer tokens are cached per scope and refreshed on 401 or expiry.
+//! Secrets never reach a log line: only scopes and realms are logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::header::HeaderValue;
+use tokio::sync::Mutex;
+
+use super::credentials::Credentials;
+use super::error::{RegistryError, Result};
+use crate::stats::Stats;
+
+/// Tokens are dropped this long before the registry would reject them.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// The token spec's default when the issuer sends no `expires_in`.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the registry asked for in its `WWW-Authenticate` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+        /// The scope named in the challenge, if any (used when it differs from ours).
+        scope: Option<String>,
+    },
+}
+
+/// Parse `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let params = parse_auth_params(rest);
+    match scheme.to_ascii_lowercase().as_str() {
+        "basic" => Some(Challenge::Basic),
+        "bearer" => Some(Challenge::Bearer {
+            realm: params.get("realm")?.clone(),
+            service: params.get("service").cloned(),
+            scope: params.get("scope").cloned(),
+        }),
+        _ => None,
+    }
+}
+
+/// `key=value` pairs separated by commas; values may be quoted and contain commas.
+fn parse_auth_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while matches!(chars.peek(), Some(c) if c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+            value = value.trim().to_string();
+        }
+        out.insert(key, value);
+    }
+    out
+}
+
+struct Token {
+    header: HeaderValue,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    /// Learned from the first 401; `None` while the registry has not asked for auth.
+    challenge: Option<Challenge>,
+    tokens: HashMap<String, Token>,
+}
+
+/// Authentication state shared by every request of one registry client.
+pub struct Auth {
+    http: reqwest::Client,
+    credentials: Option<Credentials>,
+    state: Mutex<State>,
+    stats: Arc<Stats>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+    #[serde(default)]
+    expires_in: Option<u64>,
+}
+
+impl Auth {
+    pub fn new(http: reqwest::Client, credentials: Option<Credentials>, stats: Arc<Stats>) -> Self {
+        Auth {
+            http,
+            credentials,
+            state: Mutex::new(State::default()),
+            stats,
+        }
+    }
+
+    pub fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    fn basic_header(&self) -> Option<HeaderValue> {
+        let c = self.credentials.as_ref()?;
+        let raw = format!("{}:{}", c.username, c.password());
+        let mut v = HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        ))
+        .ok()?;
+        v.set_sensitive(true);
+        Some(v)
+    }
+
+    /// The `Authorization` header to send for `scope`, if the registry wants one
+    /// and we can make it. Fetches a token when none is cached.
+    pub async fn header_for(&self, scope: &str) -> Result<Option<HeaderValue>> {
+        let mut state = self.state.lock().await;
+        match state.challenge.clone() {
+            None => Ok(None),
+            Some(Challenge::Basic) => Ok(self.basic_header()),
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                if let Some(t) = state.tokens.get(scope) {
+                    if t.expires > Instant::now() {
+                        return Ok(Some(t.header.clone()));
+                    }
+                }
+                let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
+                let header = token.header.clone();
+                state.tokens.insert(scope.to_string(), token);
+                Ok(Some(header))
+            }
+        }
+    }
+
+    /// Handle a 401: learn the challenge, drop the stale token for `scope`.
+    /// Returns false when retrying cannot help (no usable challenge).
+    pub async fn on_unauthorized(&self, www_authenticate: Option<&str>, scope: &str) -> bool {
+        let Some(challenge) = www_authenticate.and_then(parse_challenge) else {
+            return false;
+        };
+        let mut state = self.state.lock().await;
+        state.tokens.remove(scope);
+        if challenge == Challenge::Basic && self.credentials.is_none() {
+            state.challenge = Some(challenge);
+            return false;
+        }
+        state.challenge = Some(challenge);
+        true
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Token> {
+        Stats::inc(&self.stats.requests);
+        Stats::inc(&self.stats.requests_token);
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| RegistryError::Invalid(format!("token realm {realm:?}: {e}")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            if !scope.is_empty() {
+                q.append_pair("scope", scope);
+            }
+        }
+        let mut req = self.http.get(url).timeout(TOKEN_TIMEOUT);
+        if let Some(h) = self.basic_header() {
+            req = req.header(reqwest::header::AUTHORIZATION, h);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let body = resp.bytes().await?;
+        if !status.is_success() {
+            let e = RegistryError::from_status(
+                status,
+                &format!("token for scope {scope:?} from {realm}"),
+                &body,
+            );
+            return Err(match e {
+                // A refused login at the token server is an auth failure whatever its status.
+                RegistryError::NotFound(m) | RegistryError::Invalid(m) => RegistryError::Denied(m),
+                other => other,
+            });
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::Invalid(format!("token response from {realm}: {e}")))?;
+        let value = parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!("token response from {realm} has no token"))
+            })?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {value}")).map_err(|_| {
+            RegistryError::Invalid(format!("token from {realm} is not a valid header"))
+        })?;
+        header.set_sensitive(true);
+        let lifetime = parsed
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_TOKEN_LIFETIME);
+        tracing::debug!(
+            scope,
+            realm,
+            lifetime = lifetime.as_secs(),
+            "got a registry token"
+        );
+        Ok(Token {
+            header,
+            expires: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenge() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(
+            c,
+            Challenge::Bearer {
+                realm: "https://auth.example.com/token".into(),
+                service: Some("registry.example.com".into()),
+                scope: Some("repository:a/b:pull,push".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn basic_and_unknown() {
+        assert_eq!(
+            parse_challenge(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(parse_challenge("Negotiate"), None);
+        assert_eq!(
+            parse_challenge(r#"Bearer service="x""#),
+            None,
+            "realm is required"
+        );
+    }
+
+    #[test]
+    fn unquoted_and_escaped_params() {
+        let p = parse_auth_params(r#"realm=https://x/t, service="a\"b", scope="x,y""#);
+        assert_eq!(p["realm"], "https://x/t");
+        assert_eq!(p["service"], "a\"b");
+        assert_eq!(p["scope"], "x,y");
+    }
+}

@@ -1,0 +1,624 @@
+//! One pooled HTTP client for one registry: catalog, tags, manifests and blobs,
+//! with auth, retries with backoff, `Link` pagination and deadlines on every request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+
+use super::auth::Auth;
+use super::credentials::Credentials;
+use super::error::{RegistryError, Result};
+use super::reference::{Digest, Reference};
+use crate::oci;
+use crate::stats::Stats;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for requests whose whole body is small (JSON, HEAD).
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// A blob body may take long, but never stall this long between two reads.
+const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_ATTEMPTS: u32 = 4;
+const BACKOFF_BASE: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A `Retry-After` longer than this is treated as "give up now".
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
+/// Distribution refuses manifests over 4 MiB; so do we, before reading them whole.
+pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+
+/// Which counter a request bumps in `.regfs/stats`.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Ping,
+    Catalog,
+    Tags,
+    ManifestGet,
+    ManifestHead,
+    BlobGet,
+    BlobHead,
+}
+
+pub struct ClientOptions {
+    pub registry: Url,
+    pub credentials: Option<Credentials>,
+    pub ca_cert: Option<std::path::PathBuf>,
+    pub insecure: bool,
+    pub page_size: Option<u32>,
+}
+
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    auth: Auth,
+    stats: Arc<Stats>,
+    page_size: Option<u32>,
+}
+
+/// A manifest as served: exact bytes, the media type the registry declared, its digest.
+#[derive(Clone, Debug)]
+pub struct FetchedManifest {
+    pub bytes: Bytes,
+    pub media_type: Option<String>,
+    pub digest: Digest,
+}
+
+/// What a manifest HEAD tells without the body.
+#[derive(Clone, Debug)]
+pub struct ManifestHead {
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: Option<String>,
+}
+
+/// An open blob body: `start` is where its bytes begin in the blob (a 200 to a
+/// ranged request starts at 0).
+pub struct BlobBody {
+    pub start: u64,
+    pub response: reqwest::Response,
+}
+
+impl Client {
+    pub fn new(opts: ClientOptions, stats: Arc<Stats>) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("regfs/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_IDLE_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(32)
+            // reqwest drops Authorization when a redirect leaves the host (blob
+            // storage backends redirect to S3/CDN URLs that must not see our token).
+            .redirect(reqwest::redirect::Policy::limited(10));
+        if let Some(path) = &opts.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read --ca-cert {}: {e}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                anyhow::anyhow!("--ca-cert {}: not a PEM certificate: {e}", path.display())
+            })? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if opts.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build()?;
+        Ok(Client {
+            auth: Auth::new(http.clone(), opts.credentials, stats.clone()),
+            http,
+            base: opts.registry,
+            stats,
+            page_size: opts.page_size,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    fn url(&self, path: &str) -> Url {
+        self.base.join(path).expect("registry paths are valid URLs")
+    }
+
+    /// `GET /v2/`: is this a registry, and do our credentials work?
+    pub async fn ping(&self) -> Result<()> {
+        let resp = self
+            .send(
+                Method::GET,
+                self.url("/v2/"),
+                "",
+                Kind::Ping,
+                HeaderMap::new(),
+                true,
+            )
+            .await?;
+        drop(resp);
+        // With credentials and a Bearer challenge, a token for no scope proves the login.
+        if self.auth.has_credentials() {
+            self.auth.header_for("").await?;
+        }
+        Ok(())
+    }
+
+    /// Every repository from `_catalog`, following `Link` until there is none.
+    pub async fn catalog(&self) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let first = self.paged_url("/v2/_catalog");
+        self.paginate(first, "registry:catalog:*", Kind::Catalog, |body| {
+            let p: Page = serde_json::from_slice(body)
+                .map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
+            Ok(p.repositories.unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Every tag of `repo`, following `Link` (never stopping at a short page).
+    pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let first = self.paged_url(&format!("/v2/{repo}/tags/list"));
+        let mut tags = self
+            .paginate(first, &pull_scope(repo), Kind::Tags, |body| {
+                let p: Page = serde_json::from_slice(body)
+                    .map_err(|e| RegistryError::Invalid(format!("tag list JSON: {e}")))?;
+                Ok(p.tags.unwrap_or_default())
+            })
+            .await?;
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    fn paged_url(&self, path: &str) -> Url {
+        let mut url = self.url(path);
+        if let Some(n) = self.page_size {
+            url.query_pairs_mut().append_pair("n", &n.to_string());
+        }
+        url
+    }
+
+    async fn paginate(
+        &self,
+        first: Url,
+        scope: &str,
+        kind: Kind,
+        parse: impl Fn(&[u8]) -> Result<Vec<String>>,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > 100_000 {
+                return Err(RegistryError::Invalid("pagination does not end".into()));
+            }
+            let resp = self
+                .send(
+                    Method::GET,
+                    url.clone(),
+                    scope,
+                    kind,
+                    HeaderMap::new(),
+                    true,
+                )
+                .await?;
+            next = next_link(&url, resp.headers());
+            let body = read_limited(resp, 64 << 20).await?;
+            out.extend(parse(&body)?);
+        }
+        Ok(out)
+    }
+
+    fn manifest_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(oci::MANIFEST_ACCEPT),
+        );
+        h
+    }
+
+    pub async fn get_manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send(
+                Method::GET,
+                url,
+                &pull_scope(repo),
+                Kind::ManifestGet,
+                Self::manifest_headers(),
+                true,
+            )
+            .await?;
+        let media_type = content_type(resp.headers());
+        let header_digest = header_digest(resp.headers());
+        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+        let digest = Digest::of(&bytes);
+        // A manifest is trusted only when its bytes hash to the name we asked for,
+        // or, by tag, to the digest the registry claims.
+        let expected = match reference {
+            Reference::Digest(d) => Some(*d),
+            Reference::Tag(_) => header_digest,
+        };
+        if let Some(exp) = expected {
+            if exp != digest {
+                return Err(RegistryError::DigestMismatch {
+                    expected: exp.to_string(),
+                    actual: digest.to_string(),
+                });
+            }
+        }
+        Ok(FetchedManifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    pub async fn head_manifest(&self, repo: &str, reference: &Reference) -> Result<ManifestHead> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let resp = self
+            .send(
+                Method::HEAD,
+                url,
+                &pull_scope(repo),
+                Kind::ManifestHead,
+                Self::manifest_headers(),
+                true,
+            )
+            .await?;
+        let media_type = content_type(resp.headers());
+        let size = content_length(resp.headers());
+        match (header_digest(resp.headers()), size) {
+            (Some(digest), Some(size)) => Ok(ManifestHead {
+                digest,
+                size,
+                media_type,
+            }),
+            // Some registries omit the digest on HEAD: fall back to the body.
+            _ => {
+                let m = self.get_manifest(repo, reference).await?;
+                Ok(ManifestHead {
+                    digest: m.digest,
+                    size: m.bytes.len() as u64,
+                    media_type: m.media_type,
+                })
+            }
+        }
+    }
+
+    pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<u64> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let resp = self
+            .send(
+                Method::HEAD,
+                url,
+                &pull_scope(repo),
+                Kind::BlobHead,
+                HeaderMap::new(),
+                true,
+            )
+            .await?;
+        content_length(resp.headers())
+            .ok_or_else(|| RegistryError::Invalid(format!("HEAD blob {digest}: no Content-Length")))
+    }
+
+    /// Open a blob body for bytes `start..end` (end exclusive). The registry may
+    /// ignore the range and answer 200 with the whole blob: `BlobBody::start` says.
+    /// Retries apply to getting the response; the caller resumes a cut body.
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<BlobBody> {
+        let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::RANGE,
+            HeaderValue::from_str(&format!("bytes={}-{}", start, end - 1)).expect("ascii"),
+        );
+        let resp = self
+            .send(Method::GET, url, &pull_scope(repo), Kind::BlobGet, h, false)
+            .await?;
+        let body_start = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            content_range_start(resp.headers()).ok_or_else(|| {
+                RegistryError::Invalid(format!(
+                    "GET blob {digest}: 206 without a valid Content-Range"
+                ))
+            })?
+        } else {
+            0
+        };
+        if body_start > start {
+            return Err(RegistryError::Invalid(format!(
+                "GET blob {digest}: asked for bytes from {start}, got from {body_start}"
+            )));
+        }
+        Ok(BlobBody {
+            start: body_start,
+            response: resp,
+        })
+    }
+
+    /// Send one request with auth, retries and backoff. Returns a response with
+    /// a success status; anything else becomes a typed error.
+    async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        kind: Kind,
+        headers: HeaderMap,
+        whole_body_deadline: bool,
+    ) -> Result<reqwest::Response> {
+        let what = format!("{method} {}", url.path());
+        let mut attempt = 0;
+        let mut refreshed_auth = false;
+        loop {
+            attempt += 1;
+            self.count(kind);
+            let mut req = self
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if whole_body_deadline {
+                req = req.timeout(METADATA_TIMEOUT);
+            }
+            if let Some(h) = self.auth.header_for(scope).await? {
+                req = req.header(header::AUTHORIZATION, h);
+            }
+            let failure = match req.send().await {
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed_auth => {
+                    refreshed_auth = true;
+                    let challenge = resp
+                        .headers()
+                        .get(header::WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    if self.auth.on_unauthorized(challenge.as_deref(), scope).await {
+                        attempt -= 1; // an auth round trip is not a failed attempt
+                        continue;
+                    }
+                    error_from_response(resp, &what).await
+                }
+                Ok(resp) => {
+                    let retry_after = retry_after(resp.headers());
+                    error_from_response(resp, &what)
+                        .await
+                        .with_delay(retry_after)
+                }
+                Err(e) => Failure::from(RegistryError::from(e)),
+            };
+            let Failure { error, retry_after } = failure;
+            if !error.is_transient() || attempt >= MAX_ATTEMPTS {
+                if matches!(error, RegistryError::NotFound(_)) {
+                    tracing::debug!(request = %what, "{error}");
+                } else {
+                    tracing::warn!(request = %what, attempts = attempt, "{error}");
+                }
+                return Err(error);
+            }
+            let delay = match retry_after {
+                Some(d) if d > RETRY_AFTER_MAX => {
+                    tracing::warn!(request = %what, "Retry-After {}s is too long; giving up", d.as_secs());
+                    return Err(error);
+                }
+                Some(d) => d,
+                None => backoff(attempt),
+            };
+            Stats::inc(&self.stats.retries);
+            tracing::info!(request = %what, attempt, delay_ms = delay.as_millis() as u64, "retrying after: {error}");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn count(&self, kind: Kind) {
+        let s = &self.stats;
+        Stats::inc(&s.requests);
+        let c = match kind {
+            Kind::Ping => return,
+            Kind::Catalog => &s.requests_catalog,
+            Kind::Tags => &s.requests_tags,
+            Kind::ManifestGet => &s.requests_manifest_get,
+            Kind::ManifestHead => &s.requests_manifest_head,
+            Kind::BlobGet => &s.requests_blob_get,
+            Kind::BlobHead => &s.requests_blob_head,
+        };
+        Stats::inc(c);
+    }
+}
+
+/// A failed attempt: the error and how long the registry asked us to wait.
+struct Failure {
+    error: RegistryError,
+    retry_after: Option<Duration>,
+}
+
+impl From<RegistryError> for Failure {
+    fn from(error: RegistryError) -> Self {
+        Failure {
+            error,
+            retry_after: None,
+        }
+    }
+}
+
+impl Failure {
+    fn with_delay(mut self, d: Option<Duration>) -> Self {
+        self.retry_after = d;
+        self
+    }
+}
+
+async fn error_from_response(resp: reqwest::Response, what: &str) -> Failure {
+    let status = resp.status();
+    // Bodies of errors are small; never read more than 64 KiB of one.
+    let body = read_limited(resp, 64 << 10).await.unwrap_or_default();
+    Failure::from(RegistryError::from_status(status, what, &body))
+}
+
+/// Exponential backoff with jitter: 250 ms, 500 ms, 1 s … capped at 5 s.
+fn backoff(attempt: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1 << (attempt - 1).min(10));
+    let capped = exp.min(BACKOFF_MAX);
+    // Jitter from the clock's low bits: enough to spread retries of parallel requests.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    capped + Duration::from_millis(u64::from(nanos % 100))
+}
+
+pub fn pull_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+
+/// Read a whole body, refusing more than `limit` bytes.
+pub async fn read_limited(mut resp: reqwest::Response, limit: u64) -> Result<Bytes> {
+    if let Some(len) = resp.content_length() {
+        if len > limit {
+            return Err(RegistryError::Invalid(format!(
+                "{}: body of {len} bytes exceeds the limit of {limit}",
+                resp.url().path()
+            )));
+        }
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(RegistryError::Invalid(format!(
+                "{}: body exceeds the limit of {limit} bytes",
+                resp.url().path()
+            )));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(out))
+}
+
+fn content_type(h: &HeaderMap) -> Option<String> {
+    let v = h.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let v = v.split(';').next()?.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn header_digest(h: &HeaderMap) -> Option<Digest> {
+    h.get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// `Content-Range: bytes 100-199/1000` → 100.
+fn content_range_start(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare on registries; treated as absent).
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let secs: u64 = h
+        .get(header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs))
+}
+
+/// The `rel="next"` target of a `Link` header, resolved against the current URL
+/// (registries send opaque, usually relative, URLs).
+pub fn next_link(current: &Url, h: &HeaderMap) -> Option<Url> {
+    for value in h.get_all(header::LINK) {
+        let Ok(value) = value.to_str() else { continue };
+        for link in value.split(',') {
+            let mut parts = link.split(';');
+            let target = parts.next()?.trim();
+            let is_next = parts.any(|p| {
+                let p = p.trim().replace(' ', "");
+                p == "rel=\"next\"" || p == "rel=next"
+            });
+            if is_next {
+                let target = target.trim_start_matches('<').trim_end_matches('>');
+                return current.join(target).ok();
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        let base = Url::parse("http://r:5000/v2/_catalog?n=2").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static("</v2/_catalog?last=b&n=2>; rel=\"next\""),
+        );
+        assert_eq!(
+            next_link(&base, &h).unwrap().as_str(),
+            "http://r:5000/v2/_catalog?last=b&n=2"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static("<https://other/v2/x/tags/list?last=z>; rel=next"),
+        );
+        assert_eq!(
+            next_link(&base, &h).unwrap().as_str(),
+            "https://other/v2/x/tags/list?last=z"
+        );
+        assert!(next_link(&base, &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_RANGE,
+            HeaderValue::from_static("bytes 100-199/1000"),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(content_range_start(&h), Some(100));
+        assert_eq!(content_type(&h).as_deref(), Some("application/json"));
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert!(backoff(1) >= Duration::from_millis(250));
+        assert!(backoff(3) >= Duration::from_secs(1));
+        assert!(backoff(30) <= BACKOFF_MAX + Duration::from_millis(100));
+    }
+}

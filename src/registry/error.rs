@@ -1,0 +1,186 @@
+//! One typed error for everything the registry client can fail with, each mapped
+//! to exactly one errno (the table in README.md mirrors `errno()`).
+
+use reqwest::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// 404, or a registry error code such as NAME_UNKNOWN / MANIFEST_UNKNOWN / BLOB_UNKNOWN.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// 401 after a fresh token, or 403: the credentials are refused or lack access.
+    #[error("access denied: {0}")]
+    Denied(String),
+    /// 429 still returned after the retries.
+    #[error("rate limited by the registry: {0}")]
+    RateLimited(String),
+    /// 5xx still returned after the retries, or another unexpected status.
+    #[error("registry error: {0}")]
+    Server(String),
+    /// Connection refused / reset / timed out, after the retries.
+    #[error("network error: {0}")]
+    Network(String),
+    /// Content did not hash to the digest it was asked for.
+    #[error("digest mismatch: expected {expected}, got {actual}")]
+    DigestMismatch { expected: String, actual: String },
+    /// The registry answered something we cannot use (bad JSON, missing header...).
+    #[error("invalid response: {0}")]
+    Invalid(String),
+    /// A name from a path that is not valid per the distribution grammar.
+    #[error("invalid name: {0}")]
+    InvalidName(String),
+    /// The registry does not offer this API (e.g. no `_catalog`).
+    #[error("unsupported by the registry: {0}")]
+    Unsupported(String),
+    /// Local I/O (cache directory) failed.
+    #[error("local I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl RegistryError {
+    /// The errno a filesystem caller sees for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            RegistryError::NotFound(_) => libc::ENOENT,
+            RegistryError::Denied(_) => libc::EACCES,
+            RegistryError::RateLimited(_) => libc::EAGAIN,
+            RegistryError::InvalidName(_) => libc::EINVAL,
+            RegistryError::Unsupported(_) => libc::ENOTSUP,
+            RegistryError::Server(_)
+            | RegistryError::Network(_)
+            | RegistryError::DigestMismatch { .. }
+            | RegistryError::Invalid(_)
+            | RegistryError::Io(_) => libc::EIO,
+        }
+    }
+
+    /// Worth another attempt with backoff?
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::RateLimited(_) | RegistryError::Server(_) | RegistryError::Network(_)
+        )
+    }
+
+    /// Build the error for an unsuccessful HTTP status, using the registry's
+    /// error JSON (`{"errors":[{"code","message","detail"}]}`) when it sent one.
+    pub fn from_status(status: StatusCode, what: &str, body: &[u8]) -> Self {
+        let message = describe_body(body);
+        let text = if message.is_empty() {
+            format!("{what}: HTTP {status}")
+        } else {
+            format!("{what}: HTTP {status}: {message}")
+        };
+        let code = first_error_code(body);
+        match status.as_u16() {
+            404 => RegistryError::NotFound(text),
+            401 | 403 => RegistryError::Denied(text),
+            429 => RegistryError::RateLimited(text),
+            405 if code.as_deref() == Some("UNSUPPORTED") => RegistryError::Unsupported(text),
+            s if s >= 500 => RegistryError::Server(text),
+            _ => match code.as_deref() {
+                Some("NAME_UNKNOWN" | "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN" | "TAG_INVALID") => {
+                    RegistryError::NotFound(text)
+                }
+                Some("DENIED" | "UNAUTHORIZED") => RegistryError::Denied(text),
+                Some("TOOMANYREQUESTS") => RegistryError::RateLimited(text),
+                Some("UNSUPPORTED") => RegistryError::Unsupported(text),
+                _ => RegistryError::Server(text),
+            },
+        }
+    }
+}
+
+impl From<reqwest::Error> for RegistryError {
+    fn from(e: reqwest::Error) -> Self {
+        // Include the source chain: reqwest's top-level message alone says little.
+        let mut msg = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            msg.push_str(": ");
+            msg.push_str(&s.to_string());
+            src = s.source();
+        }
+        RegistryError::Network(msg)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn first_error_code(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<ErrorBody>(body)
+        .ok()
+        .and_then(|b| b.errors.into_iter().next())
+        .map(|e| e.code)
+}
+
+/// A short, single-line description of an error body: the registry's error
+/// messages when it is JSON, else the first bytes of the text.
+fn describe_body(body: &[u8]) -> String {
+    if let Ok(parsed) = serde_json::from_slice::<ErrorBody>(body) {
+        if !parsed.errors.is_empty() {
+            return parsed
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+        }
+    }
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+pub type Result<T> = std::result::Result<T, RegistryError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_json_maps_to_errno() {
+        let body =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        let e = RegistryError::from_status(StatusCode::NOT_FOUND, "GET manifest a:b", body);
+        assert_eq!(e.errno(), libc::ENOENT);
+        assert!(e.to_string().contains("MANIFEST_UNKNOWN manifest unknown"));
+        let e = RegistryError::from_status(
+            StatusCode::BAD_REQUEST,
+            "x",
+            br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#,
+        );
+        assert_eq!(e.errno(), libc::ENOENT);
+    }
+
+    #[test]
+    fn plain_bodies_and_statuses() {
+        let e = RegistryError::from_status(
+            StatusCode::BAD_GATEWAY,
+            "x",
+            b"<html>\n bad gateway </html>",
+        );
+        assert_eq!(e.errno(), libc::EIO);
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("<html> bad gateway </html>"));
+        assert_eq!(
+            RegistryError::from_status(StatusCode::FORBIDDEN, "x", b"").errno(),
+            libc::EACCES
+        );
+        assert_eq!(
+            RegistryError::from_status(StatusCode::TOO_MANY_REQUESTS, "x", b"").errno(),
+            libc::EAGAIN
+        );
+    }
+}
