@@ -1,0 +1,589 @@
+//! A fault-injecting HTTP/1.1 proxy on 127.0.0.1 in front of a plain-HTTP
+//! registry.
+//!
+//! Each client request is forwarded on a fresh upstream connection (the
+//! client side stays keep-alive). At runtime a test can:
+//! - delay every response by N ms ([`FaultProxy::set_delay_ms`]);
+//! - answer the next K (matching) requests with a status of its choice
+//!   ([`FaultProxy::fail_next`]): 500, 429 (with `Retry-After: 1`), 401 (with
+//!   the upstream's own `WWW-Authenticate` challenge), …;
+//! - cut the client connection after N bytes of a response body
+//!   ([`FaultProxy::cut_next_body`]; only responses whose body is longer than
+//!   N are cut, so a rule waits for a large enough response);
+//! - emulate `n=`/`last=` pagination of `tags/list` with `Link` headers
+//!   ([`FaultProxy::paginate_tags`]), which distribution 2.8 does not do
+//!   itself (it ignores `n` there and returns every tag).
+//!
+//! Every request is counted and logged ([`FaultProxy::requests`]).
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::http::{self, Head};
+
+/// What to do to a matching request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultAction {
+    /// Answer with this status without contacting the registry.
+    Status(u16),
+    /// Forward, but close the connection after this many body bytes.
+    CutBodyAfter(u64),
+}
+
+/// Which requests a fault applies to.
+#[derive(Debug, Clone, Default)]
+pub struct Match {
+    /// `GET`, `HEAD`, … (None: any).
+    pub method: Option<String>,
+    /// Substring of the request target (None: any), e.g. `/blobs/`.
+    pub path_contains: Option<String>,
+}
+
+impl Match {
+    pub fn any() -> Match {
+        Match::default()
+    }
+    pub fn path(s: &str) -> Match {
+        Match {
+            method: None,
+            path_contains: Some(s.to_string()),
+        }
+    }
+    pub fn method_path(m: &str, s: &str) -> Match {
+        Match {
+            method: Some(m.to_string()),
+            path_contains: Some(s.to_string()),
+        }
+    }
+    fn matches(&self, head: &Head) -> bool {
+        self.method
+            .as_deref()
+            .map(|m| m.eq_ignore_ascii_case(head.method()))
+            .unwrap_or(true)
+            && self
+                .path_contains
+                .as_deref()
+                .map(|p| head.target().contains(p))
+                .unwrap_or(true)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    action: FaultAction,
+    remaining: u32,
+    matcher: Match,
+}
+
+/// One request as seen by the proxy.
+#[derive(Debug, Clone)]
+pub struct ProxiedRequest {
+    pub method: String,
+    pub target: String,
+    pub range: Option<String>,
+    pub authorization: bool,
+    /// Status sent to the client (0 if the upstream failed).
+    pub status: u16,
+    /// The fault applied, if any.
+    pub fault: Option<FaultAction>,
+}
+
+struct Shared {
+    upstream: String,
+    delay_ms: AtomicU64,
+    rules: Mutex<Vec<Rule>>,
+    count: AtomicU64,
+    log: Mutex<Vec<ProxiedRequest>>,
+    paginate_tags: AtomicBool,
+    stop: AtomicBool,
+    conns: Mutex<Vec<TcpStream>>,
+    challenge: Mutex<Option<String>>,
+}
+
+/// A running proxy; stops and closes its connections on drop.
+pub struct FaultProxy {
+    port: u16,
+    shared: Arc<Shared>,
+}
+
+impl FaultProxy {
+    /// Proxies to `upstream` = `host:port` of a plain-HTTP registry.
+    pub fn start(upstream: &str) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared {
+            upstream: upstream.to_string(),
+            delay_ms: AtomicU64::new(0),
+            rules: Mutex::new(Vec::new()),
+            count: AtomicU64::new(0),
+            log: Mutex::new(Vec::new()),
+            paginate_tags: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+            challenge: Mutex::new(None),
+        });
+        let s2 = shared.clone();
+        thread::Builder::new()
+            .name(format!("fault-proxy-{port}"))
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if s2.stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    if let Ok(c) = conn.try_clone() {
+                        s2.conns.lock().unwrap().push(c);
+                    }
+                    let s3 = s2.clone();
+                    thread::spawn(move || {
+                        let _ = serve_client(&s3, conn);
+                    });
+                }
+            })
+            .unwrap();
+        FaultProxy { port, shared }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn host_port(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Delays every response (before its first byte) by `ms`.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.shared.delay_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Answers the next `k` requests matching `m` with `status`.
+    pub fn fail_next(&self, k: u32, status: u16, m: Match) {
+        self.add_rule(FaultAction::Status(status), k, m);
+    }
+
+    /// Cuts the next `k` matching responses whose body exceeds `after_bytes`
+    /// after `after_bytes` body bytes.
+    pub fn cut_next_body(&self, k: u32, after_bytes: u64, m: Match) {
+        self.add_rule(FaultAction::CutBodyAfter(after_bytes), k, m);
+    }
+
+    fn add_rule(&self, action: FaultAction, remaining: u32, matcher: Match) {
+        self.shared.rules.lock().unwrap().push(Rule {
+            action,
+            remaining,
+            matcher,
+        });
+    }
+
+    /// Drops every pending fault rule.
+    pub fn clear_faults(&self) {
+        self.shared.rules.lock().unwrap().clear();
+    }
+
+    /// How many injected faults are still pending (sum of remaining counts).
+    pub fn pending_faults(&self) -> u32 {
+        self.shared
+            .rules
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.remaining)
+            .sum()
+    }
+
+    /// Turns `tags/list` pagination emulation on or off.
+    pub fn paginate_tags(&self, on: bool) {
+        self.shared.paginate_tags.store(on, Ordering::SeqCst);
+    }
+
+    /// Number of requests received from clients (faulted ones included).
+    pub fn request_count(&self) -> u64 {
+        self.shared.count.load(Ordering::SeqCst)
+    }
+
+    /// Every request so far, in completion order.
+    pub fn requests(&self) -> Vec<ProxiedRequest> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// Closes every client connection currently open (keeps listening).
+    pub fn drop_connections(&self) {
+        for c in self.shared.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        self.drop_connections();
+    }
+}
+
+/// Takes a rule for `head` at request time (status rules only).
+fn take_status_rule(shared: &Shared, head: &Head) -> Option<u16> {
+    let mut rules = shared.rules.lock().unwrap();
+    for r in rules.iter_mut() {
+        if r.remaining > 0 && r.matcher.matches(head) {
+            if let FaultAction::Status(s) = r.action {
+                r.remaining -= 1;
+                return Some(s);
+            }
+        }
+    }
+    None
+}
+
+/// Takes a cut rule for a response of `body_len` bytes to `head`.
+fn take_cut_rule(shared: &Shared, head: &Head, body_len: Option<u64>) -> Option<u64> {
+    let mut rules = shared.rules.lock().unwrap();
+    for r in rules.iter_mut() {
+        if r.remaining > 0 && r.matcher.matches(head) {
+            if let FaultAction::CutBodyAfter(n) = r.action {
+                // Unknown length (chunked / until EOF): cut as well.
+                if body_len.map(|l| l > n).unwrap_or(true) {
+                    r.remaining -= 1;
+                    return Some(n);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
+    let mut reader = http::buffered(&client)?;
+    let mut out = client.try_clone()?;
+    loop {
+        let Some(mut head) = http::read_head(&mut reader)? else {
+            return Ok(());
+        };
+        if shared.stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        shared.count.fetch_add(1, Ordering::SeqCst);
+        if head
+            .header("expect")
+            .map(|v| v.eq_ignore_ascii_case("100-continue"))
+            .unwrap_or(false)
+        {
+            head.remove_header("expect");
+            out.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")?;
+        }
+        let client_close = head
+            .header("connection")
+            .map(|v| v.eq_ignore_ascii_case("close"))
+            .unwrap_or(false);
+        let mut record = ProxiedRequest {
+            method: head.method().to_string(),
+            target: head.target().to_string(),
+            range: head.header("range").map(String::from),
+            authorization: head.header("authorization").is_some(),
+            status: 0,
+            fault: None,
+        };
+
+        if let Some(status) = take_status_rule(shared, &head) {
+            let _ = http::read_body(&mut reader, &head, false)?;
+            record.status = status;
+            record.fault = Some(FaultAction::Status(status));
+            shared.log.lock().unwrap().push(record);
+            sleep_delay(shared);
+            write_fault(shared, &mut out, status)?;
+            if client_close {
+                return Ok(());
+            }
+            continue;
+        }
+
+        let keep_alive = forward(shared, &head, &mut reader, &mut out, &mut record);
+        shared.log.lock().unwrap().push(record);
+        match keep_alive {
+            Ok(true) if !client_close => continue,
+            Ok(_) => {
+                let _ = out.flush();
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            Err(e) => {
+                let _ = client.shutdown(Shutdown::Both);
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn sleep_delay(shared: &Shared) {
+    let ms = shared.delay_ms.load(Ordering::SeqCst);
+    if ms > 0 {
+        thread::sleep(Duration::from_millis(ms));
+    }
+}
+
+fn write_fault(shared: &Shared, out: &mut TcpStream, status: u16) -> io::Result<()> {
+    let (reason, code) = match status {
+        401 => ("Unauthorized", "UNAUTHORIZED"),
+        403 => ("Forbidden", "DENIED"),
+        404 => ("Not Found", "NAME_UNKNOWN"),
+        429 => ("Too Many Requests", "TOOMANYREQUESTS"),
+        500 => ("Internal Server Error", "UNKNOWN"),
+        502 => ("Bad Gateway", "UNKNOWN"),
+        503 => ("Service Unavailable", "UNAVAILABLE"),
+        _ => ("Error", "UNKNOWN"),
+    };
+    let body = format!(
+        "{{\"errors\":[{{\"code\":\"{code}\",\"message\":\"injected by the regfs test fault proxy\",\"detail\":null}}]}}\n"
+    );
+    let mut headers: Vec<(&str, String)> = vec![
+        ("Content-Type", "application/json".into()),
+        ("Docker-Distribution-Api-Version", "registry/2.0".into()),
+    ];
+    if status == 429 || status == 503 {
+        headers.push(("Retry-After", "1".into()));
+    }
+    if status == 401 {
+        headers.push(("WWW-Authenticate", upstream_challenge(shared)));
+    }
+    let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    http::write_response(out, status, reason, &hdrs, body.as_bytes())
+}
+
+/// The upstream's `WWW-Authenticate` for `/v2/` (cached), or a Basic one.
+fn upstream_challenge(shared: &Shared) -> String {
+    if let Some(c) = shared.challenge.lock().unwrap().clone() {
+        return c;
+    }
+    let fetched = (|| -> io::Result<Option<String>> {
+        let mut up = TcpStream::connect(&shared.upstream)?;
+        up.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            up,
+            "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            shared.upstream
+        )?;
+        let mut r = BufReader::new(up);
+        let head = http::read_head(&mut r)?;
+        Ok(head.and_then(|h| h.header("www-authenticate").map(String::from)))
+    })()
+    .ok()
+    .flatten();
+    let c = fetched.unwrap_or_else(|| "Basic realm=\"regfs-fault-proxy\"".to_string());
+    *shared.challenge.lock().unwrap() = Some(c.clone());
+    c
+}
+
+/// Forwards one request and its response. `Ok(true)` if the client
+/// connection can carry another request.
+fn forward(
+    shared: &Shared,
+    head: &Head,
+    reader: &mut BufReader<TcpStream>,
+    out: &mut TcpStream,
+    record: &mut ProxiedRequest,
+) -> io::Result<bool> {
+    let upstream = match TcpStream::connect(&shared.upstream) {
+        Ok(s) => s,
+        Err(_) => {
+            // Registry down: consume the request and answer 502 like a gateway.
+            let _ = http::read_body(reader, head, false);
+            record.status = 502;
+            http::write_response(out, 502, "Bad Gateway", &[], b"upstream unreachable\n")?;
+            return Ok(true);
+        }
+    };
+    upstream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    let mut up_w = upstream.try_clone()?;
+    let mut up_r = BufReader::with_capacity(64 * 1024, upstream);
+
+    // Request head + body.
+    let mut fwd = head.clone();
+    fwd.set_header("Connection", "close");
+    up_w.write_all(&fwd.to_bytes())?;
+    if head.is_chunked() {
+        http::copy_chunked(reader, &mut up_w, None)?;
+    } else if let Some(n) = head.content_length() {
+        let copied = io::copy(&mut reader.by_ref().take(n), &mut up_w)?;
+        if copied != n {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "short request body",
+            ));
+        }
+    }
+    up_w.flush()?;
+
+    // Response head (skipping interim 1xx responses).
+    let mut resp = loop {
+        let Some(h) = http::read_head(&mut up_r)? else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "upstream closed",
+            ));
+        };
+        if (100..200).contains(&h.status()) && h.status() != 101 {
+            continue;
+        }
+        break h;
+    };
+    record.status = resp.status();
+    resp.remove_header("Connection");
+    resp.remove_header("Keep-Alive");
+
+    let no_body = head.method().eq_ignore_ascii_case("HEAD")
+        || (100..200).contains(&resp.status())
+        || resp.status() == 204
+        || resp.status() == 304;
+
+    // Tag pagination emulation rewrites the whole body.
+    if !no_body
+        && resp.status() == 200
+        && shared.paginate_tags.load(Ordering::SeqCst)
+        && head.method().eq_ignore_ascii_case("GET")
+        && http::split_target(head.target()).0.ends_with("/tags/list")
+    {
+        let body = http::read_body(&mut up_r, &resp, true)?;
+        let (new_body, link) = paginate(head.target(), &body);
+        resp.remove_header("Transfer-Encoding");
+        resp.set_header("Content-Length", &new_body.len().to_string());
+        if let Some(l) = link {
+            resp.set_header("Link", &l);
+        }
+        sleep_delay(shared);
+        out.write_all(&resp.to_bytes())?;
+        out.write_all(&new_body)?;
+        out.flush()?;
+        return Ok(true);
+    }
+
+    let body_len = if no_body {
+        Some(0)
+    } else if resp.is_chunked() {
+        None
+    } else {
+        resp.content_length()
+    };
+    let until_eof = !no_body && !resp.is_chunked() && resp.content_length().is_none();
+    if until_eof {
+        resp.set_header("Connection", "close");
+    }
+    let cut = if no_body {
+        None
+    } else {
+        take_cut_rule(shared, head, body_len)
+    };
+    if let Some(n) = cut {
+        record.fault = Some(FaultAction::CutBodyAfter(n));
+    }
+
+    sleep_delay(shared);
+    out.write_all(&resp.to_bytes())?;
+    if no_body {
+        out.flush()?;
+        return Ok(true);
+    }
+    let mut w = CutWriter {
+        inner: &mut *out,
+        remaining: cut,
+    };
+    let result = if resp.is_chunked() {
+        http::copy_chunked(&mut up_r, &mut w, None)
+    } else if let Some(n) = resp.content_length() {
+        io::copy(&mut (&mut up_r).take(n), &mut w).map(|_| ())
+    } else {
+        io::copy(&mut up_r, &mut w).map(|_| ())
+    };
+    match result {
+        Ok(()) => {
+            out.flush()?;
+            Ok(!until_eof)
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && cut.is_some() => {
+            // The injected cut: close the client connection mid-body.
+            let _ = out.flush();
+            let _ = out.shutdown(Shutdown::Both);
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A writer that fails with `ConnectionAborted` once `remaining` bytes went through.
+struct CutWriter<'a> {
+    inner: &'a mut TcpStream,
+    remaining: Option<u64>,
+}
+
+impl Write for CutWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.remaining {
+            None => self.inner.write(buf),
+            Some(0) => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "injected cut",
+            )),
+            Some(r) => {
+                let n = (buf.len() as u64).min(r) as usize;
+                let written = self.inner.write(&buf[..n])?;
+                self.remaining = Some(r - written as u64);
+                Ok(written)
+            }
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Applies `n`/`last` to a tags/list body; returns the new body and Link.
+fn paginate(target: &str, body: &[u8]) -> (Vec<u8>, Option<String>) {
+    let (path, query) = http::split_target(target);
+    let get = |k: &str| query.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.clone());
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return (body.to_vec(), None);
+    };
+    let Some(n) = get("n").and_then(|n| n.parse::<usize>().ok()) else {
+        return (body.to_vec(), None);
+    };
+    let last = get("last");
+    let mut tags: Vec<String> = v
+        .get("tags")
+        .and_then(|t| t.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    tags.sort();
+    let rest: Vec<String> = tags
+        .into_iter()
+        .filter(|t| last.as_deref().map(|l| t.as_str() > l).unwrap_or(true))
+        .collect();
+    let page: Vec<String> = rest.iter().take(n).cloned().collect();
+    let link = (rest.len() > n && n > 0).then(|| {
+        format!(
+            "<{path}?last={}&n={n}>; rel=\"next\"",
+            http::percent_encode(page.last().unwrap())
+        )
+    });
+    v["tags"] = Value::from(page);
+    (serde_json::to_vec(&v).unwrap(), link)
+}
+
+/// Reads a response fully from a raw stream (head + body), for tests of the proxy.
+pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<(Head, Vec<u8>)> {
+    let head = http::read_head(r)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
+    let body = http::read_body(r, &head, true)?;
+    Ok((head, body))
+}

@@ -1,0 +1,368 @@
+//! Self-tests of the integration-test harness (`tests/common`): the real
+//! registry variants, seeding helpers, token issuer, TLS and fault proxy.
+//! They do not involve the regfs binary.
+
+mod common;
+
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::process::Command;
+
+use common::proxy::read_response;
+use common::*;
+
+#[test]
+fn plain_registry_push_and_fetch_back() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let img = c.push_random_image("harness/plain", "v1", &[1000, 70_000]);
+    let (bytes, ct, digest) = c.get_manifest("harness/plain", "v1");
+    assert_eq!(bytes, img.manifest);
+    assert_eq!(ct, OCI_MANIFEST);
+    assert_eq!(digest, img.digest);
+    for l in &img.layers {
+        assert_eq!(c.get_blob("harness/plain", &l.digest), l.bytes);
+    }
+    assert_eq!(
+        c.get_blob("harness/plain", &img.config.digest),
+        img.config.bytes
+    );
+    assert_eq!(c.list_tags("harness/plain"), vec!["v1".to_string()]);
+    assert_eq!(c.catalog(), vec!["harness/plain".to_string()]);
+}
+
+#[test]
+fn indexes_and_manifest_lists_are_pushed() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let amd = c.push_random_image("harness/multi", "amd", &[10]);
+    let arm = c.push_random_image("harness/multi", "arm", &[20]);
+    let idx = c.push_index(
+        "harness/multi",
+        "oci",
+        IndexKind::Oci,
+        &[
+            (&amd, Platform::new("linux", "amd64", None)),
+            (&arm, Platform::new("linux", "arm64", Some("v8"))),
+        ],
+    );
+    let (bytes, ct, digest) = c.get_manifest("harness/multi", "oci");
+    assert_eq!(
+        (bytes, ct.as_str(), digest),
+        (idx.manifest.clone(), OCI_INDEX, idx.digest.clone())
+    );
+
+    // Docker lists must reference Docker schema 2 manifests.
+    let d1 = c.push_image(
+        "harness/multi",
+        None,
+        DOCKER_MANIFEST,
+        image_config("amd64", "d1"),
+        vec![random_bytes(30)],
+    );
+    let list = c.push_index(
+        "harness/multi",
+        "docker",
+        IndexKind::DockerList,
+        &[(&d1, Platform::new("linux", "amd64", None))],
+    );
+    let (_, ct, digest) = c.get_manifest("harness/multi", "docker");
+    assert_eq!(ct, DOCKER_LIST);
+    assert_eq!(digest, list.digest);
+}
+
+#[test]
+fn tar_gz_layer_lists_with_tar() {
+    let layer = make_tar_gz(&[("etc/hello.txt", b"hello\n"), ("bin/tool", b"#!/bin/sh\n")]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("l.tgz");
+    std::fs::write(&p, &layer).unwrap();
+    let out = Command::new("tar").arg("-tzf").arg(&p).output().unwrap();
+    assert!(out.status.success());
+    let mut names: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    names.sort();
+    assert_eq!(names, vec!["bin/tool", "etc/hello.txt"]);
+}
+
+/// Documents distribution 2.8: `_catalog` honours `n`/`last` and sends
+/// `Link` (relative URL); `tags/list` ignores `n` and returns every tag.
+#[test]
+fn distribution_2_8_pagination_behaviour() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let img = c.push_random_image("harness/p0", "t0", &[5]);
+    for i in 1..5 {
+        let repo = format!("harness/p{i}");
+        c.push_image(
+            &repo,
+            Some("t"),
+            OCI_MANIFEST,
+            img.config.bytes.clone(),
+            vec![],
+        );
+    }
+    for i in 1..7 {
+        c.push_manifest("harness/p0", &format!("t{i}"), OCI_MANIFEST, &img.manifest);
+    }
+    let http = reqwest::blocking::Client::new();
+    let r = http
+        .get(format!("{}/v2/_catalog?n=2", reg.url()))
+        .send()
+        .unwrap();
+    let link = r
+        .headers()
+        .get("link")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(link, "</v2/_catalog?last=harness%2Fp1&n=2>; rel=\"next\"");
+    assert_eq!(c.paged("/v2/_catalog?n=2", "repositories").len(), 5);
+
+    let r = http
+        .get(format!("{}/v2/harness/p0/tags/list?n=2", reg.url()))
+        .send()
+        .unwrap();
+    assert!(r.headers().get("link").is_none());
+    let v: serde_json::Value = r.json().unwrap();
+    assert_eq!(
+        v["tags"].as_array().unwrap().len(),
+        7,
+        "2.8 ignores n= on tags/list"
+    );
+
+    // The proxy emulates tag pagination.
+    let proxy = FaultProxy::start(&reg.host_port());
+    proxy.paginate_tags(true);
+    let pc = RegistryClient::new(&proxy.url(), None, None);
+    let r = http
+        .get(format!("{}/v2/harness/p0/tags/list?n=3", proxy.url()))
+        .send()
+        .unwrap();
+    assert_eq!(
+        r.headers().get("link").unwrap().to_str().unwrap(),
+        "</v2/harness/p0/tags/list?last=t2&n=3>; rel=\"next\""
+    );
+    let all = pc.paged("/v2/harness/p0/tags/list?n=3", "tags");
+    assert_eq!(all, vec!["t0", "t1", "t2", "t3", "t4", "t5", "t6"]);
+    assert!(proxy.request_count() >= 4);
+}
+
+#[test]
+fn htpasswd_registry_requires_credentials() {
+    let reg = Registry::start_with(RegistryOptions::htpasswd());
+    assert_eq!(reg.client_anonymous().get_status("/v2/").unwrap(), 401);
+    let c = reg.client();
+    let img = c.push_random_image("harness/basic", "v1", &[100]);
+    assert_eq!(c.get_manifest("harness/basic", "v1").2, img.digest);
+    let wrong = RegistryClient::new(&reg.url(), Some((TEST_USER.into(), "wrong".into())), None);
+    assert_eq!(wrong.manifest_status("harness/basic", "v1"), 401);
+}
+
+#[test]
+fn token_registry_accepts_issued_tokens() {
+    let reg = Registry::start_with(RegistryOptions::token());
+    let issuer = reg.issuer().unwrap();
+    assert_eq!(reg.client_anonymous().get_status("/v2/").unwrap(), 401);
+    let c = reg.client();
+    let img = c.push_random_image("harness/token", "v1", &[100]);
+    assert_eq!(c.get_manifest("harness/token", "v1").0, img.manifest);
+    assert_eq!(c.list_tags("harness/token"), vec!["v1"]);
+    assert_eq!(c.catalog(), vec!["harness/token"]);
+    assert!(
+        issuer.request_count() >= 2,
+        "issuer saw {}",
+        issuer.request_count()
+    );
+    let reqs = issuer.requests();
+    assert!(reqs
+        .iter()
+        .all(|r| r.granted && r.user.as_deref() == Some(TEST_USER)));
+    assert!(reqs.iter().any(|r| r
+        .scopes
+        .iter()
+        .any(|s| s == "repository:harness/token:pull,push")));
+    assert!(reqs
+        .iter()
+        .any(|r| r.scopes.iter().any(|s| s == "registry:catalog:*")));
+
+    // Wrong password: the issuer refuses, the registry stays closed.
+    let before = issuer.request_count();
+    let wrong = RegistryClient::new(&reg.url(), Some((TEST_USER.into(), "nope".into())), None);
+    assert_eq!(wrong.manifest_status("harness/token", "v1"), 401);
+    assert!(issuer.request_count() > before);
+    assert!(!issuer.requests().last().unwrap().granted);
+
+    // Anonymous: refused by default, pull-only when allowed.
+    let anon = reg.client_anonymous();
+    assert_eq!(anon.manifest_status("harness/token", "v1"), 401);
+    issuer.set_options(TokenIssuerOptions {
+        anonymous_pull: true,
+        ..Default::default()
+    });
+    let anon = reg.client_anonymous();
+    assert_eq!(anon.manifest_status("harness/token", "v1"), 200);
+
+    // A minted token works with curl as well.
+    let token = issuer.mint("someone", &["repository:harness/token:pull"]);
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{}/v2/harness/token/manifests/v1", reg.url()))
+        .arg("-H")
+        .arg(format!("Accept: {OCI_MANIFEST}"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+#[test]
+fn tls_registry_with_test_ca() {
+    let reg = Registry::start_with(RegistryOptions::tls());
+    assert!(reg.url().starts_with("https://127.0.0.1:"));
+    let c = reg.client();
+    let img = c.push_random_image("harness/tls", "v1", &[100]);
+    assert_eq!(c.get_manifest("harness/tls", "v1").2, img.digest);
+    let ok = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "--cacert"])
+        .arg(reg.ca_cert().unwrap())
+        .arg(format!("{}/v2/", reg.url()))
+        .status()
+        .unwrap();
+    assert!(ok.success(), "curl with the CA");
+    let bad = Command::new("curl")
+        .args(["-sf", "-o", "/dev/null"])
+        .arg(format!("{}/v2/", reg.url()))
+        .status()
+        .unwrap();
+    assert!(!bad.success(), "curl without the CA must fail");
+}
+
+#[test]
+fn registry_stop_and_start_again_keeps_storage() {
+    let mut reg = Registry::start_with(RegistryOptions::default().with_delete());
+    let c = reg.client();
+    let img = c.push_random_image("harness/restart", "v1", &[10]);
+    let pid = reg.pid().unwrap();
+    reg.stop();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}/exe")).exists() || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            stat.contains(") Z")
+        }
+    );
+    assert!(TcpStream::connect(reg.host_port()).is_err());
+    reg.start_again();
+    let c = reg.client();
+    assert_eq!(c.get_manifest("harness/restart", "v1").2, img.digest);
+    assert_eq!(c.delete_manifest("harness/restart", &img.digest), 202);
+}
+
+#[test]
+fn fault_proxy_forwards_and_injects() {
+    let reg = Registry::start();
+    let proxy = FaultProxy::start(&reg.host_port());
+    // Seeding through the proxy exercises request bodies and Location.
+    let c = RegistryClient::new(&proxy.url(), None, None);
+    let img = c.push_random_image("harness/proxy", "v1", &[3 * 1024 * 1024]);
+    let layer = &img.layers[0];
+    assert_eq!(c.get_blob("harness/proxy", &layer.digest), layer.bytes);
+    let n0 = proxy.request_count();
+    assert!(n0 >= 5);
+
+    // Two 500s then a pass.
+    proxy.fail_next(2, 500, Match::path("/blobs/"));
+    let url = format!("{}/v2/harness/proxy/blobs/{}", proxy.url(), layer.digest);
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(http.get(&url).send().unwrap().status(), 500);
+    assert_eq!(http.get(&url).send().unwrap().status(), 500);
+    assert_eq!(
+        http.get(&url).send().unwrap().bytes().unwrap().as_ref(),
+        &layer.bytes[..]
+    );
+    assert_eq!(proxy.pending_faults(), 0);
+
+    // 429 with Retry-After.
+    proxy.fail_next(1, 429, Match::any());
+    let r = http.get(&url).send().unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers().get("retry-after").unwrap(), "1");
+
+    // 401 carries a challenge.
+    proxy.fail_next(1, 401, Match::any());
+    let r = http.get(&url).send().unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.headers().get("www-authenticate").is_some());
+
+    // Cut after 1000 body bytes: the client sees a short body and EOF.
+    proxy.cut_next_body(1, 1000, Match::method_path("GET", "/blobs/"));
+    let mut s = TcpStream::connect(proxy.host_port()).unwrap();
+    write!(
+        s,
+        "GET /v2/harness/proxy/blobs/{} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        layer.digest,
+        proxy.host_port()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let head = common::http::read_head(&mut r).unwrap().unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.content_length(), Some(layer.size()));
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut r, &mut rest);
+    assert_eq!(rest.len(), 1000);
+    assert_eq!(&rest[..], &layer.bytes[..1000]);
+
+    // Range requests pass through.
+    let mut s = TcpStream::connect(proxy.host_port()).unwrap();
+    write!(
+        s,
+        "GET /v2/harness/proxy/blobs/{} HTTP/1.1\r\nHost: x\r\nRange: bytes=10-19\r\nConnection: close\r\n\r\n",
+        layer.digest
+    )
+    .unwrap();
+    let (head, body) = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(head.status(), 206);
+    assert_eq!(body, &layer.bytes[10..20]);
+    assert!(proxy
+        .requests()
+        .iter()
+        .any(|r| r.range.as_deref() == Some("bytes=10-19")));
+
+    // Delay still forwards.
+    proxy.set_delay_ms(200);
+    assert_eq!(c.get_manifest("harness/proxy", "v1").2, img.digest);
+    proxy.set_delay_ms(0);
+}
+
+#[test]
+fn fault_proxy_in_front_of_stopped_registry_answers_502() {
+    let mut reg = Registry::start();
+    let proxy = FaultProxy::start(&reg.host_port());
+    reg.stop();
+    let http = reqwest::blocking::Client::new();
+    assert_eq!(
+        http.get(format!("{}/v2/", proxy.url()))
+            .send()
+            .unwrap()
+            .status(),
+        502
+    );
+}
+
+#[test]
+fn stats_parser_and_mountinfo_helpers() {
+    let s = common::mount::parse_stats("requests 12\nretries 0\nbogus\nbytes_fetched 4096\n");
+    assert_eq!(s.get("requests"), Some(&12));
+    assert_eq!(s.get("bytes_fetched"), Some(&4096));
+    assert_eq!(s.len(), 3);
+    assert!(!is_fuse_mounted(std::path::Path::new(
+        "/definitely/not/mounted"
+    )));
+    let e = std::fs::read("/definitely/not/there").unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOENT);
+}
