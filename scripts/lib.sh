@@ -112,6 +112,8 @@ REGISTRY_DIR=""
 # 127.0.0.1 port, storing under DIR/storage, logging to DIR/registry.log.
 # Exports REGISTRY_URL (http://127.0.0.1:PORT), REGISTRY_HOST (127.0.0.1:PORT),
 # REGISTRY_PORT, REGISTRY_PID, REGISTRY_DIR.
+# REGFS_REGISTRY_ACCESSLOG_DISABLED=true turns the per-request log off (benchmarks).
+# (The log level stays info: the registry reports its port at that level.)
 # The registry binds port 0 itself and logs the port it got, so there is no
 # race between picking a free port and using it.
 start_registry() {
@@ -123,9 +125,9 @@ start_registry() {
     cat >"$dir/config.yml" <<EOF
 version: 0.1
 log:
-  level: ${REGISTRY_LOG_LEVEL:-info}
+  level: info
   accesslog:
-    disabled: ${REGISTRY_ACCESSLOG_DISABLED:-false}
+    disabled: ${REGFS_REGISTRY_ACCESSLOG_DISABLED:-false}
 storage:
   filesystem:
     rootdirectory: $dir/storage
@@ -140,7 +142,9 @@ http:
   addr: 127.0.0.1:0
   secret: regfs-scripts-$$
 EOF
-    docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+    # docker-registry reads REGISTRY_* variables as config overrides: keep ours out.
+    env -u REGISTRY_URL -u REGISTRY_HOST -u REGISTRY_PORT -u REGISTRY_PID -u REGISTRY_DIR \
+        docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
     REGISTRY_PID=$!
     REGISTRY_DIR="$dir"
     for ((i = 0; i < 150; i++)); do
