@@ -174,8 +174,8 @@ bench_cold_read() {
     done
     tr="$(min "${times[@]}")"
     tc="$(time_curl_blob)"
-    ratio="$(calc "$tc / $tr")"
-    report "cold sequential read $SIZE_LABEL: regfs $tr s ($(calc "$BENCH_SIZE_MB / $tr") MiB/s), curl $tc s ($(calc "$BENCH_SIZE_MB / $tc") MiB/s), ratio (regfs/curl throughput) ${ratio}x (target >= 0.6x) $(verdict "$ratio" '>=' 0.6)"
+    ratio="$(calc "$tc / $tr" 2)"
+    report "cold sequential read $SIZE_LABEL: regfs $tr s ($(calc "$BENCH_SIZE_MB / $tr" 0) MiB/s), curl $tc s ($(calc "$BENCH_SIZE_MB / $tc" 0) MiB/s), ratio (regfs/curl throughput) ${ratio}x (target >= 0.6x) $(verdict "$ratio" '>=' 0.6)"
 }
 
 # b. warm re-read through the same mount vs curl.
@@ -199,8 +199,8 @@ bench_warm_read() {
     bench_unmount
     tr="$(min "${times[@]}")"
     tc="$(time_curl_blob)"
-    ratio="$(calc "$tc / $tr")"
-    report "warm re-read $SIZE_LABEL: regfs $tr s ($(calc "$BENCH_SIZE_MB / $tr") MiB/s), curl $tc s ($(calc "$BENCH_SIZE_MB / $tc") MiB/s), ratio (regfs/curl throughput) ${ratio}x (target >= 1.5x) $(verdict "$ratio" '>=' 1.5)"
+    ratio="$(calc "$tc / $tr" 2)"
+    report "warm re-read $SIZE_LABEL: regfs $tr s ($(calc "$BENCH_SIZE_MB / $tr" 0) MiB/s), curl $tc s ($(calc "$BENCH_SIZE_MB / $tc" 0) MiB/s), ratio (regfs/curl throughput) ${ratio}x (target >= 1.5x) $(verdict "$ratio" '>=' 1.5)"
     [[ $got == "$BLOB_DIGEST" ]] || report "warm re-read: CONTENT MISMATCH: read $got, expected $BLOB_DIGEST"
 }
 
@@ -228,7 +228,7 @@ bench_random_read() {
     r1="$(stat_of requests)"
     bench_unmount
     per="$(calc "($f1 - $f0) / $n / 1048576")"
-    report "random 4 KiB reads ($n) into uncached $SIZE_LABEL blob: $per MiB fetched per read ($(calc "($f1 - $f0) / 1048576") MiB total, $((r1 - r0)) requests, $(calc "$t * 1000 / $n") ms per read) (target <= 2 MiB) $(verdict "$per" '<=' 2)"
+    report "random 4 KiB reads ($n) into uncached $SIZE_LABEL blob: $per MiB fetched per read ($(calc "($f1 - $f0) / 1048576" 1) MiB total, $((r1 - r0)) requests, $(calc "$t * 1000 / $n" 1) ms per read) (target <= 2 MiB) $(verdict "$per" '<=' 2)"
 }
 
 # d. ls -l of a repository's _tags with BENCH_TAGS tags, cold and warm.
@@ -273,21 +273,22 @@ bench_tags_listing() {
     ((heads_ok == BENCH_TAGS)) || log "warning: only $heads_ok of $BENCH_TAGS manifest HEADs answered 200"
     ts="$(min "${skopeo_times[@]}")"
     tc="$(min "${curl_times[@]}")"
-    report "ls -l _tags ($BENCH_TAGS tags): regfs cold $(min "${cold[@]}") s ($rc requests), warm $(min "${warm[@]}") s ($rw requests); skopeo list-tags $ts s; curl tags/list + $BENCH_TAGS HEADs $tc s; ratio cold (curl/regfs time) $(calc "$tc / $(min "${cold[@]}")")x; $n of $BENCH_TAGS tags listed $([[ $n -eq $BENCH_TAGS ]] && echo ok || echo MISSED)"
+    report "ls -l _tags ($BENCH_TAGS tags): regfs cold $(min "${cold[@]}") s ($rc requests), warm $(min "${warm[@]}") s ($rw requests); skopeo list-tags $ts s; curl tags/list + $BENCH_TAGS HEADs $tc s; ratio cold (curl/regfs time) $(calc "$tc / $(min "${cold[@]}")" 2)x; $n of $BENCH_TAGS tags listed $([[ $n -eq $BENCH_TAGS ]] && echo ok || echo MISSED)"
 }
 
 # e. daemon peak RSS (VmHWM) after reading the whole blob once.
 bench_peak_rss() {
     need_blob
     section "e. daemon peak RSS after a cold sequential read of $SIZE_LABEL"
-    local hwm rss name
+    local hwm rss name pid
     bench_mount
-    name="$(awk '$1 == "Name:" { print $2 }' "/proc/$REGFS_MOUNT_PID/status")"
+    pid="$REGFS_MOUNT_PID"
+    name="$(awk '$1 == "Name:" { print $2 }' "/proc/$pid/status")"
     cat "$(blob_path)" >/dev/null
-    hwm="$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$REGFS_MOUNT_PID/status")"
-    rss="$(awk '$1 == "VmRSS:" { print $2 }' "/proc/$REGFS_MOUNT_PID/status")"
+    hwm="$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$pid/status")"
+    rss="$(awk '$1 == "VmRSS:" { print $2 }' "/proc/$pid/status")"
     bench_unmount
-    report "daemon peak RSS after reading $SIZE_LABEL: $(calc "$hwm / 1024") MiB VmHWM, $(calc "$rss / 1024") MiB VmRSS at the end (pid $REGFS_MOUNT_PID, $name) (target < 100 MiB) $(verdict "$(calc "$hwm / 1024")" '<' 100)"
+    report "daemon peak RSS after reading $SIZE_LABEL: $(calc "$hwm / 1024" 1) MiB VmHWM, $(calc "$rss / 1024" 1) MiB VmRSS at the end (pid $pid, $name) (target < 100 MiB) $(verdict "$(calc "$hwm / 1024")" '<' 100)"
 }
 
 # ---------------------------------------------------------------- main

@@ -54,8 +54,8 @@ now() { date +%s.%N; }
 # elapsed START — seconds since START (from `now`), 3 decimals.
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }'; }
 
-# calc EXPR — float arithmetic with awk, e.g. calc "1/3" → 0.333.
-calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
+# calc EXPR [DECIMALS] — float arithmetic with awk, e.g. calc "1/3" → 0.333, calc "1/3" 1 → 0.3.
+calc() { awk "BEGIN { printf \"%.${2:-3}f\", $1 }"; }
 
 # ---------------------------------------------------------------- packages
 
