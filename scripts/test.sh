@@ -63,12 +63,15 @@ if [[ -f src/lib.rs ]]; then
     cargo test --release --doc || step_failed "doc tests"
 fi
 
+# Nothing is printed after the runner: its summary stays the last output.
+runner_rc=0
 if cargo nextest --version >/dev/null 2>&1; then
     section "cargo nextest run --release --no-fail-fast"
-    cargo nextest run --release --no-fail-fast || step_failed "cargo nextest run"
+    cargo nextest run --release --no-fail-fast || runner_rc=$?
 else
     section "cargo test --release --no-fail-fast (cargo-nextest not installed)"
-    cargo test --release --no-fail-fast || step_failed "cargo test"
+    cargo test --release --no-fail-fast || runner_rc=$?
 fi
 
-((${#FAILED[@]} == 0))
+((${#FAILED[@]} == 0)) || exit 1
+exit "$runner_rc"
