@@ -38,6 +38,8 @@ counters!(
     blob_cache_misses,
     manifest_cache_hits,
     manifest_cache_misses,
+    fuse_reads,
+    fuse_read_waits,
 );
 
 const RECENT_ERRORS: usize = 100;

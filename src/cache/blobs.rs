@@ -13,6 +13,7 @@ use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use lru::LruCache;
@@ -26,9 +27,9 @@ use crate::stats::Stats;
 /// Unit of presence tracking, and the smallest fetch (a random 4 KiB read costs one chunk).
 pub const CHUNK: u64 = 1 << 20;
 /// The largest single range request; a bigger window is fetched as parallel parts.
-const PART: u64 = 8 << 20;
+const PART: u64 = 32 << 20;
 /// How far ahead sequential reads prefetch, at most.
-const MAX_WINDOW: u64 = 64 << 20;
+const MAX_WINDOW: u64 = 128 << 20;
 /// Reads within this distance of the previous one still count as sequential
 /// (the kernel issues readahead out of order).
 const SEQUENTIAL_SLACK: u64 = 4 << 20;
@@ -102,6 +103,8 @@ pub struct BlobFile {
     chunks: Mutex<Chunks>,
     changed: Notify,
     hash: Mutex<HashProgress>,
+    /// A hashing task is running (hashing never blocks the fetch tasks).
+    hashing: AtomicBool,
     store: Weak<BlobStore>,
 }
 
@@ -252,6 +255,7 @@ impl BlobStore {
                 upto: chunk_count(size),
                 done: true,
             }),
+            hashing: AtomicBool::new(false),
             store: Arc::downgrade(self),
         })))
     }
@@ -291,6 +295,7 @@ impl BlobStore {
                 upto: 0,
                 done: false,
             }),
+            hashing: AtomicBool::new(false),
             store: Arc::downgrade(self),
         });
         if size == 0 {
@@ -377,18 +382,22 @@ impl BlobFile {
         self.partial_path.lock().unwrap().is_none()
     }
 
-    /// Read `len` bytes at `offset` (fewer at the end of the blob).
-    pub async fn read(
+    /// Read `len` bytes at `offset` (fewer at the end of the blob) if they are
+    /// on disk already; otherwise start fetching them (and the readahead window)
+    /// and return `None`. Never waits on the network, so FUSE threads may call it
+    /// (inside the runtime context: it spawns fetch tasks).
+    pub fn try_read(
         self: &Arc<Self>,
         offset: u64,
         len: u64,
         rs: &Mutex<ReadState>,
-    ) -> FsResult<Vec<u8>> {
+    ) -> FsResult<Option<Vec<u8>>> {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
         let store = self.store()?;
+        Stats::inc(&store.stats.fuse_reads);
         if self.is_complete() {
             Stats::inc(&store.stats.blob_cache_hits);
         } else {
@@ -396,13 +405,45 @@ impl BlobFile {
             let ahead = rs.lock().unwrap().advance(offset, end);
             self.start_fetches(offset, end);
             if ahead > 0 {
-                self.start_fetches(end, end.saturating_add(ahead).min(self.size));
+                // Round the window to whole parts: the frontier then advances a
+                // part at a time instead of a chunk per read.
+                let window_end = end
+                    .saturating_add(ahead)
+                    .div_ceil(PART)
+                    .saturating_mul(PART);
+                self.start_fetches(end, window_end.min(self.size));
             }
-            self.wait_present(offset, end).await?;
+            if !self.all_present(offset, end) {
+                Stats::inc(&store.stats.fuse_read_waits);
+                return Ok(None);
+            }
         }
+        self.read_present(offset, end).map(Some)
+    }
+
+    /// After `try_read` returned `None`: wait for the bytes, then read them.
+    pub async fn wait_and_read(
+        self: &Arc<Self>,
+        offset: u64,
+        end: u64,
+        _rs: &Mutex<ReadState>,
+    ) -> FsResult<Vec<u8>> {
+        let end = end.min(self.size);
+        self.wait_present(offset, end).await?;
+        self.read_present(offset, end)
+    }
+
+    fn read_present(&self, offset: u64, end: u64) -> FsResult<Vec<u8>> {
         let mut buf = vec![0u8; (end - offset) as usize];
         self.file.read_exact_at(&mut buf, offset)?;
         Ok(buf)
+    }
+
+    fn all_present(&self, start: u64, end: u64) -> bool {
+        let c = self.chunks.lock().unwrap();
+        c.states[self.chunk_range(start, end)]
+            .iter()
+            .all(|s| matches!(s, ChunkState::Present))
     }
 
     fn chunk_range(&self, start: u64, end: u64) -> std::ops::Range<usize> {
@@ -424,11 +465,15 @@ impl BlobFile {
             while i < range.end {
                 if matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..)) {
                     let first = i;
+                    // Parts never cross a PART-aligned boundary, so requests stay
+                    // large and aligned however the reads arrive.
                     while i < range.end
-                        && i - first < per_part
                         && matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..))
                     {
                         i += 1;
+                        if i % per_part == 0 {
+                            break;
+                        }
                     }
                     c.next_fetch_id += 1;
                     let id = c.next_fetch_id;
@@ -510,11 +555,10 @@ impl BlobFile {
             drop(c);
             self.changed.notify_waiters();
         }
-        self.advance_hash();
     }
 
     /// Stream `start..end` into the file, resuming a cut body from where it stopped.
-    async fn fetch_range(&self, start: u64, end: u64) -> FsResult<()> {
+    async fn fetch_range(self: &Arc<Self>, start: u64, end: u64) -> FsResult<()> {
         let store = self.store()?;
         let mut pos = start;
         // Bytes `covered_from..pos` are written (a 200 answer starts at 0).
@@ -571,7 +615,7 @@ impl BlobFile {
     }
 
     /// Mark chunks entirely inside `from..to` present and wake readers.
-    fn mark_present(&self, from: u64, to: u64) {
+    fn mark_present(self: &Arc<Self>, from: u64, to: u64) {
         let first = from.div_ceil(CHUNK) as usize;
         let last = if to >= self.size {
             chunk_count(self.size)
@@ -593,8 +637,47 @@ impl BlobFile {
         }
         if changed {
             self.changed.notify_waiters();
-            self.advance_hash();
+            self.kick_hasher();
         }
+    }
+
+    /// Make sure a blocking task is hashing the present prefix. At most one runs
+    /// per blob; it re-checks after finishing so no newly present chunk is missed.
+    fn kick_hasher(self: &Arc<Self>) {
+        if self.hashing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("regfs-hash".into())
+            .spawn(move || {
+                // Verification runs behind the readers: on a busy machine the bytes a
+                // reader waits for come first, the hash catches up from the page cache.
+                // SAFETY: setpriority on our own thread id has no memory effects.
+                unsafe {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                }
+                loop {
+                    this.advance_hash();
+                    this.hashing.store(false, Ordering::Release);
+                    if !this.next_hashable() || this.hashing.swap(true, Ordering::AcqRel) {
+                        break;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            self.hashing.store(false, Ordering::Release);
+            tracing::warn!(digest = %self.digest, "cannot start the hashing thread: {e}");
+        }
+    }
+
+    fn next_hashable(&self) -> bool {
+        let h = self.hash.lock().unwrap();
+        !h.done
+            && matches!(
+                self.chunks.lock().unwrap().states.get(h.upto),
+                Some(ChunkState::Present)
+            )
     }
 
     /// Hash the present prefix; when it is the whole blob, verify and commit.

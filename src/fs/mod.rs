@@ -395,18 +395,33 @@ impl Filesystem for RegFs {
                 let end = start.saturating_add(size as usize).min(b.len());
                 reply.data(&b[start..end]);
             }
-            Handle::Blob { .. } => self.spawn(move |fs| async move {
-                let Handle::Blob { file, state } = &*handle else {
-                    unreachable!()
-                };
-                match file.read(offset, u64::from(size), state).await {
-                    Ok(data) => reply.data(&data),
+            Handle::Blob { file, state } => {
+                // Bytes already on disk are answered right here (a page-cache
+                // read); only reads that must wait for the network go to a task.
+                let _runtime = self.rt.enter();
+                match file.try_read(offset, u64::from(size), state) {
+                    Ok(Some(data)) => return reply.data(&data),
+                    Ok(None) => {}
                     Err(e) => {
-                        let node = fs.node(ino).ok();
-                        reply.error(fs.fail("read", node.as_ref(), &e))
+                        let node = self.inner.node(ino).ok();
+                        return reply.error(self.inner.fail("read", node.as_ref(), &e));
                     }
                 }
-            }),
+                let (file, handle) = (file.clone(), handle.clone());
+                self.spawn(move |fs| async move {
+                    let Handle::Blob { state, .. } = &*handle else {
+                        unreachable!()
+                    };
+                    let end = offset.saturating_add(u64::from(size));
+                    match file.wait_and_read(offset, end, state).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => {
+                            let node = fs.node(ino).ok();
+                            reply.error(fs.fail("read", node.as_ref(), &e))
+                        }
+                    }
+                })
+            }
         }
     }
 

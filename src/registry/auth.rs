@@ -135,7 +135,10 @@ impl Auth {
     }
 
     fn basic_header(&self) -> Option<HeaderValue> {
-        let c = self.credentials.as_ref()?;
+        let c = self
+            .credentials
+            .as_ref()
+            .filter(|c| !c.is_identity_token())?;
         let raw = format!("{}:{}", c.username, c.password());
         let mut v = HeaderValue::from_str(&format!(
             "Basic {}",
@@ -197,11 +200,34 @@ impl Auth {
                 q.append_pair("scope", scope);
             }
         }
-        let mut req = self.http.get(url).timeout(TOKEN_TIMEOUT);
-        if let Some(h) = self.basic_header() {
-            req = req.header(reqwest::header::AUTHORIZATION, h);
-        }
-        let resp = req.send().await?;
+        let req = match &self.credentials {
+            // An identity token (docker login with an IdP) is exchanged with the
+            // OAuth2 refresh-token grant, never sent as a password.
+            Some(c) if c.is_identity_token() => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", c.password()),
+                    ("client_id", "regfs"),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s));
+                }
+                if !scope.is_empty() {
+                    form.push(("scope", scope));
+                }
+                let mut plain = url.clone();
+                plain.set_query(None);
+                self.http.post(plain).form(&form)
+            }
+            _ => {
+                let req = self.http.get(url);
+                match self.basic_header() {
+                    Some(h) => req.header(reqwest::header::AUTHORIZATION, h),
+                    None => req,
+                }
+            }
+        };
+        let resp = req.timeout(TOKEN_TIMEOUT).send().await?;
         let status = resp.status();
         let body = resp.bytes().await?;
         if !status.is_success() {
