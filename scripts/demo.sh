@@ -18,7 +18,7 @@ CREATED_MNT=0
 DEMO_OK=0
 
 cleanup() {
-    local rc=$? pid
+    local rc=$? pid i
     set +e
     trap - EXIT INT TERM
     section "Cleaning up"
@@ -29,9 +29,12 @@ cleanup() {
     if [[ -n $WORK ]]; then
         # The daemon (background mode) exits on unmount; make sure of it.
         for pid in $(regfs_daemon_pids "$WORK/cache"); do
-            sleep 1
+            for ((i = 0; i < 100; i++)); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
             kill -0 "$pid" 2>/dev/null || continue
-            log "regfs daemon $pid did not exit after unmount; stopping it"
+            log "regfs daemon $pid did not exit within 10 s of the unmount; stopping it"
             kill "$pid" 2>/dev/null
         done
         if ((DEMO_OK == 0)) && [[ -s $WORK/cache/regfs.log ]]; then

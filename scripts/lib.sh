@@ -417,12 +417,12 @@ regfs_unmount() {
         is_mounted "$mnt" && { log "unmount of $mnt busy; lazy unmount"; fusermount3 -uz "$mnt" 2>/dev/null || true; }
     fi
     if [[ -n $pid && $mnt == "$REGFS_MOUNTPOINT" ]]; then
-        for ((i = 0; i < 100; i++)); do
+        for ((i = 0; i < 200; i++)); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.05
         done
         if kill -0 "$pid" 2>/dev/null; then
-            log "regfs daemon $pid still running after unmount; sending TERM"
+            log "regfs daemon $pid still running 10 s after unmount; sending TERM"
             kill "$pid" 2>/dev/null || true
             sleep 1
             kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
@@ -436,13 +436,14 @@ regfs_unmount() {
 # regfs_daemon_pids CACHE_DIR — pids of regfs processes started with exactly
 # `--cache-dir CACHE_DIR` (a unique temp dir), for daemons started in background mode.
 regfs_daemon_pids() {
-    local cache="${1:?}" f pid
+    local cache="${1:?}" f pid args
     for f in /proc/[0-9]*/cmdline; do
         pid="${f#/proc/}"
         pid="${pid%/cmdline}"
-        tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- "$cache" || continue
-        tr '\0' '\n' <"$f" 2>/dev/null | grep -qxF -- "--cache-dir" || continue
-        tr '\0' ' ' <"$f" 2>/dev/null | grep -q 'regfs' || continue
+        args="$(tr '\0' '\n' 2>/dev/null <"$f")" || continue # the process may be gone
+        grep -qxF -- "$cache" <<<"$args" || continue
+        grep -qxF -- "--cache-dir" <<<"$args" || continue
+        grep -q 'regfs' <<<"$args" || continue
         printf '%s\n' "$pid"
     done
 }
