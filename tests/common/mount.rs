@@ -313,7 +313,7 @@ impl Mount {
     }
 
     /// `MOUNT/<rel>`.
-    pub fn join(&self, rel: &str) -> PathBuf {
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.mnt.join(rel)
     }
 
@@ -446,7 +446,7 @@ impl BackgroundMount {
     pub fn path(&self) -> &Path {
         &self.mnt
     }
-    pub fn join(&self, rel: &str) -> PathBuf {
+    pub fn join(&self, rel: impl AsRef<Path>) -> PathBuf {
         self.mnt.join(rel)
     }
     pub fn cache_dir(&self) -> &Path {

@@ -18,7 +18,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -101,6 +101,7 @@ struct Shared {
     count: AtomicU64,
     log: Mutex<Vec<ProxiedRequest>>,
     paginate_tags: AtomicBool,
+    tag_page_max: AtomicUsize,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
     challenge: Mutex<Option<String>>,
@@ -124,6 +125,7 @@ impl FaultProxy {
             count: AtomicU64::new(0),
             log: Mutex::new(Vec::new()),
             paginate_tags: AtomicBool::new(false),
+            tag_page_max: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             challenge: Mutex::new(None),
@@ -202,6 +204,12 @@ impl FaultProxy {
     /// Turns `tags/list` pagination emulation on or off.
     pub fn paginate_tags(&self, on: bool) {
         self.shared.paginate_tags.store(on, Ordering::SeqCst);
+    }
+
+    /// With tag pagination on, serve at most `max` tags per page even when
+    /// `n` is larger (short pages that still carry a `Link`); 0 = no cap.
+    pub fn set_tag_page_max(&self, max: usize) {
+        self.shared.tag_page_max.store(max, Ordering::SeqCst);
     }
 
     /// Number of requests received from clients (faulted ones included).
@@ -306,8 +314,14 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
             continue;
         }
 
-        let keep_alive = forward(shared, &head, &mut reader, &mut out, &mut record);
-        shared.log.lock().unwrap().push(record);
+        // Logged before anything is answered, so a client that got its
+        // response always finds its request in the log.
+        let idx = {
+            let mut log = shared.log.lock().unwrap();
+            log.push(record);
+            log.len() - 1
+        };
+        let keep_alive = forward(shared, &head, &mut reader, &mut out, idx);
         match keep_alive {
             Ok(true) if !client_close => continue,
             Ok(_) => {
@@ -389,14 +403,19 @@ fn forward(
     head: &Head,
     reader: &mut BufReader<TcpStream>,
     out: &mut TcpStream,
-    record: &mut ProxiedRequest,
+    idx: usize,
 ) -> io::Result<bool> {
+    let set = |f: &dyn Fn(&mut ProxiedRequest)| {
+        if let Some(r) = shared.log.lock().unwrap().get_mut(idx) {
+            f(r);
+        }
+    };
     let upstream = match TcpStream::connect(&shared.upstream) {
         Ok(s) => s,
         Err(_) => {
             // Registry down: consume the request and answer 502 like a gateway.
             let _ = http::read_body(reader, head, false);
-            record.status = 502;
+            set(&|r| r.status = 502);
             http::write_response(out, 502, "Bad Gateway", &[], b"upstream unreachable\n")?;
             return Ok(true);
         }
@@ -435,7 +454,8 @@ fn forward(
         }
         break h;
     };
-    record.status = resp.status();
+    let status = resp.status();
+    set(&|r| r.status = status);
     resp.remove_header("Connection");
     resp.remove_header("Keep-Alive");
 
@@ -452,7 +472,8 @@ fn forward(
         && http::split_target(head.target()).0.ends_with("/tags/list")
     {
         let body = http::read_body(&mut up_r, &resp, true)?;
-        let (new_body, link) = paginate(head.target(), &body);
+        let cap = shared.tag_page_max.load(Ordering::SeqCst);
+        let (new_body, link) = paginate(head.target(), &body, cap);
         resp.remove_header("Transfer-Encoding");
         resp.set_header("Content-Length", &new_body.len().to_string());
         if let Some(l) = link {
@@ -482,7 +503,7 @@ fn forward(
         take_cut_rule(shared, head, body_len)
     };
     if let Some(n) = cut {
-        record.fault = Some(FaultAction::CutBodyAfter(n));
+        set(&|r| r.fault = Some(FaultAction::CutBodyAfter(n)));
     }
 
     sleep_delay(shared);
@@ -544,8 +565,9 @@ impl Write for CutWriter<'_> {
     }
 }
 
-/// Applies `n`/`last` to a tags/list body; returns the new body and Link.
-fn paginate(target: &str, body: &[u8]) -> (Vec<u8>, Option<String>) {
+/// Applies `n`/`last` to a tags/list body (tags sorted, as distribution 3
+/// does); returns the new body and `Link`. `cap` > 0 limits a page below `n`.
+fn paginate(target: &str, body: &[u8], cap: usize) -> (Vec<u8>, Option<String>) {
     let (path, query) = http::split_target(target);
     let get = |k: &str| query.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.clone());
     let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
@@ -569,8 +591,9 @@ fn paginate(target: &str, body: &[u8]) -> (Vec<u8>, Option<String>) {
         .into_iter()
         .filter(|t| last.as_deref().map(|l| t.as_str() > l).unwrap_or(true))
         .collect();
-    let page: Vec<String> = rest.iter().take(n).cloned().collect();
-    let link = (rest.len() > n && n > 0).then(|| {
+    let take = if cap > 0 { n.min(cap) } else { n };
+    let page: Vec<String> = rest.iter().take(take).cloned().collect();
+    let link = (rest.len() > take && take > 0).then(|| {
         format!(
             "<{path}?last={}&n={n}>; rel=\"next\"",
             http::percent_encode(page.last().unwrap())

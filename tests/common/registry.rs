@@ -178,7 +178,15 @@ impl Registry {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut child = Command::new("docker-registry")
+        let mut cmd = Command::new("docker-registry");
+        // distribution reads REGISTRY_* variables as config overrides (e.g.
+        // podman's REGISTRY_AUTH_FILE would become `auth.file`): drop them.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let mut child = cmd
             .arg("serve")
             .arg(&self.config)
             .stdin(Stdio::null())
