@@ -9,9 +9,6 @@ use url::Url;
 
 use crate::registry::credentials::Credentials;
 
-pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
-pub const DEFAULT_CACHE_SIZE: u64 = 10 << 30;
-
 #[derive(Clone, Debug)]
 pub struct Config {
     /// Base URL of the registry, e.g. `https://ghcr.io` or `http://127.0.0.1:5000`.
@@ -94,6 +91,44 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 impl Config {
+    /// `name value` lines for `.regfs/config`: what an operator needs to know
+    /// about this mount. The password is never included.
+    pub fn describe(&self) -> String {
+        let ttl = self
+            .metadata_ttl
+            .map(|d| d.as_secs().to_string())
+            .unwrap_or_else(|| "indefinite".into());
+        let user = self
+            .credentials
+            .as_ref()
+            .map(|c| c.username.clone())
+            .unwrap_or_else(|| "(anonymous)".into());
+        let mut out = String::new();
+        for (k, v) in [
+            ("registry", self.registry.to_string()),
+            ("mountpoint", self.mountpoint.display().to_string()),
+            ("username", user),
+            ("read_only", self.read_only.to_string()),
+            ("cache_dir", self.cache_dir.display().to_string()),
+            ("cache_size", self.cache_size.to_string()),
+            ("metadata_ttl", ttl),
+            ("insecure", self.insecure.to_string()),
+            (
+                "ca_cert",
+                self.ca_cert
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("repos", self.repos.join(",")),
+            ("log_level", self.log_level.clone()),
+            ("pid", std::process::id().to_string()),
+        ] {
+            out.push_str(&format!("{k} {v}\n"));
+        }
+        out
+    }
+
     /// Host and port as used for credential lookup and cache directories.
     pub fn registry_host(&self) -> String {
         let host = self.registry.host_str().unwrap_or_default();

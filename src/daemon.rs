@@ -76,6 +76,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             name_ttl: cfg
                 .metadata_ttl
                 .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
+            description: cfg.describe(),
         },
     );
 

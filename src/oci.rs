@@ -245,3 +245,208 @@ mod tests {
         assert_eq!(m.kind, ManifestKind::Unknown);
     }
 }
+
+/// Where an index entry leads: another manifest, or (buildx cache indexes) a blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChildTarget {
+    Manifest(Digest),
+    Blob(Digest),
+}
+
+/// Annotation buildx puts on attestation manifests, and the digest they describe.
+const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
+const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";
+
+fn is_manifest_media_type(m: &str) -> bool {
+    is_manifest_type(m) || m == "application/vnd.oci.artifact.manifest.v1+json"
+}
+
+/// `os-arch[-variant][-os.version]`, with anything unsafe in a file name replaced.
+pub fn platform_name(p: &Platform) -> Option<String> {
+    if p.os.is_empty() && p.architecture.is_empty() {
+        return None;
+    }
+    if p.os == "unknown" && p.architecture == "unknown" {
+        return None;
+    }
+    let mut parts = vec![p.os.as_str(), p.architecture.as_str()];
+    parts.extend(p.variant.as_deref().filter(|v| !v.is_empty()));
+    parts.extend(p.os_version.as_deref().filter(|v| !v.is_empty()));
+    Some(sanitize(&parts.join("-")))
+}
+
+/// A file name: no `/`, no NUL, not `.`/`..`, not empty.
+pub fn sanitize(s: &str) -> String {
+    let out: String = s
+        .chars()
+        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
+        .collect();
+    match out.as_str() {
+        "" | "." | ".." => format!("_{out}"),
+        _ => out,
+    }
+}
+
+/// Names for the entries of an index's `manifests/` directory, in index order.
+///
+/// The rule (stable: an index never changes, so neither do its names):
+/// - an entry with a platform is `os-arch[-variant][-os.version]`;
+/// - a buildx attestation manifest is `attestation-<name of the entry it describes>`
+///   (or `attestation-sha256-<12 hex>` when that entry is not in the index);
+/// - an entry without a platform, or a blob entry (buildx cache indexes), is its
+///   digest `sha256:<hex>`;
+/// - when a name is taken already, later entries get `~2`, `~3`, … appended.
+pub fn child_names(index: &Manifest) -> Vec<(String, ChildTarget)> {
+    let mut plain: Vec<Option<String>> = Vec::with_capacity(index.manifests.len());
+    for d in &index.manifests {
+        let is_attestation = annotation(d, REFERENCE_TYPE) == Some("attestation-manifest");
+        plain.push(if is_attestation {
+            None
+        } else {
+            d.platform.as_ref().and_then(platform_name)
+        });
+    }
+    let mut out = Vec::new();
+    let mut taken = std::collections::HashSet::new();
+    for (i, d) in index.manifests.iter().enumerate() {
+        let Some(digest) = d.digest() else { continue };
+        let is_blob = !d.media_type.is_empty() && !is_manifest_media_type(&d.media_type);
+        let target = if is_blob {
+            ChildTarget::Blob(digest)
+        } else {
+            ChildTarget::Manifest(digest)
+        };
+        let base = if is_blob {
+            digest.to_string()
+        } else if annotation(d, REFERENCE_TYPE) == Some("attestation-manifest") {
+            let described = annotation(d, REFERENCE_DIGEST).unwrap_or_default();
+            let sibling = index
+                .manifests
+                .iter()
+                .position(|s| s.digest == described)
+                .and_then(|j| plain[j].clone());
+            match sibling {
+                Some(name) => format!("attestation-{name}"),
+                None => format!("attestation-{}", short_digest(described)),
+            }
+        } else {
+            plain[i].clone().unwrap_or_else(|| digest.to_string())
+        };
+        let mut name = base.clone();
+        let mut n = 1;
+        while !taken.insert(name.clone()) {
+            n += 1;
+            name = format!("{base}~{n}");
+        }
+        out.push((name, target));
+    }
+    out
+}
+
+fn annotation<'a>(d: &'a Descriptor, key: &str) -> Option<&'a str> {
+    d.annotations.as_ref()?.get(key).map(String::as_str)
+}
+
+/// `sha256:abcdef…` → `sha256-abcdef012345` (12 hex digits).
+fn short_digest(d: &str) -> String {
+    let (alg, hex) = d.split_once(':').unwrap_or(("digest", d));
+    sanitize(&format!("{alg}-{}", &hex[..hex.len().min(12)]))
+}
+
+/// Names for `referrers/`: what each referrer is (its artifact type, else its
+/// config media type, without the `application/` prefix), then `-` and 12 hex
+/// digits of its digest, so names stay unique and stable.
+pub fn referrer_names(referrers: &[Descriptor]) -> Vec<(String, Digest)> {
+    let mut out: Vec<(String, Digest)> = referrers
+        .iter()
+        .filter_map(|d| {
+            let digest = d.digest()?;
+            let kind = d
+                .artifact_type
+                .as_deref()
+                .filter(|t| !t.is_empty())
+                .unwrap_or("manifest");
+            let kind = kind.strip_prefix("application/").unwrap_or(kind);
+            Some((sanitize(&format!("{kind}-{}", &digest.hex()[..12])), digest))
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Width of layer names: zero-padded to at least two digits.
+pub fn layer_name(index: usize, count: usize) -> String {
+    let width = count.saturating_sub(1).to_string().len().max(2);
+    format!("{index:0width$}")
+}
+
+#[cfg(test)]
+mod naming_tests {
+    use super::*;
+
+    fn digest(n: u8) -> String {
+        Digest::of(&[n]).to_string()
+    }
+
+    fn index(entries: &[serde_json::Value]) -> Manifest {
+        let j =
+            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+        Manifest::parse(j.to_string().as_bytes(), None)
+    }
+
+    #[test]
+    fn platforms_duplicates_attestations_and_bare_entries() {
+        let m = index(&[
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest(1), "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}),
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest(2), "size": 1, "platform": {"os": "linux", "architecture": "arm64", "variant": "v8"}}),
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest(3), "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}),
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest(4), "size": 1, "platform": {"os": "unknown", "architecture": "unknown"},
+                "annotations": {"vnd.docker.reference.type": "attestation-manifest", "vnd.docker.reference.digest": digest(2)}}),
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest(5), "size": 1}),
+            serde_json::json!({"mediaType": OCI_MANIFEST, "digest": digest(6), "size": 1, "platform": {"os": "windows", "architecture": "amd64", "os.version": "10.0.17763.1"}}),
+        ]);
+        let names: Vec<String> = child_names(&m).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            vec![
+                "linux-amd64".to_string(),
+                "linux-arm64-v8".into(),
+                "linux-amd64~2".into(),
+                "attestation-linux-arm64-v8".into(),
+                digest(5),
+                "windows-amd64-10.0.17763.1".into(),
+            ]
+        );
+    }
+
+    #[test]
+    fn buildx_cache_entries_are_blobs() {
+        let m = index(&[
+            serde_json::json!({"mediaType": "application/vnd.buildkit.cacheconfig.v0", "digest": digest(1), "size": 1}),
+            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(2), "size": 1}),
+        ]);
+        let c = child_names(&m);
+        assert_eq!(
+            c[0],
+            (digest(1), ChildTarget::Blob(digest(1).parse().unwrap()))
+        );
+        assert!(matches!(c[1].1, ChildTarget::Blob(_)));
+    }
+
+    #[test]
+    fn referrer_and_layer_names() {
+        let d: Descriptor = serde_json::from_value(serde_json::json!({
+            "mediaType": OCI_MANIFEST, "digest": digest(7), "size": 1, "artifactType": "application/vnd.example.sbom.v1+json"}))
+        .unwrap();
+        let names = referrer_names(&[d]);
+        assert_eq!(
+            names[0].0,
+            format!("vnd.example.sbom.v1+json-{}", &digest(7)[7..19])
+        );
+        assert_eq!(layer_name(3, 5), "03");
+        assert_eq!(layer_name(7, 120), "007");
+        assert_eq!(sanitize("a/b"), "a_b");
+        assert_eq!(sanitize(".."), "_..");
+    }
+}

@@ -30,6 +30,7 @@ counters!(
     requests_manifest_head,
     requests_blob_get,
     requests_blob_head,
+    requests_referrers,
     requests_token,
     bytes_fetched,
     retries,

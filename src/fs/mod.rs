@@ -4,6 +4,7 @@
 
 pub mod inodes;
 pub mod node;
+mod tree;
 pub mod view;
 
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ pub struct Options {
     pub gid: u32,
     /// Kernel TTL for entries named by tags and listings (`--metadata-ttl`).
     pub name_ttl: Duration,
+    /// `name value` lines for `.regfs/config` (never a secret).
+    pub description: String,
 }
 
 enum Handle {
@@ -155,109 +158,8 @@ impl Inner {
             StatusFile::Stats => self.view.stats.render(),
             StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
             StatusFile::Errors => self.view.stats.render_errors(),
+            StatusFile::Config => self.opts.description.clone(),
         }
-    }
-
-    /// Check that `node` exists and compute its attributes (a request at most,
-    /// usually none: sizes come from descriptors and caches).
-    async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
-        let v = &self.view;
-        let not_found = || FsError::new(libc::ENOENT, format!("{} does not exist", node.path()));
-        let size = match node {
-            Node::Root | Node::StatusDir => 0,
-            Node::Status(f) => self.status_text(*f).len() as u64,
-            Node::Dir(p) => {
-                if !v.dir_exists(p).await? {
-                    return Err(not_found());
-                }
-                0
-            }
-            Node::TagsDir(r) | Node::ManifestsDir(r) | Node::BlobsDir(r) => {
-                if !v.is_known_repo(r).await? && !v.is_repo(r).await? {
-                    return Err(not_found());
-                }
-                0
-            }
-            Node::Tag(r, t) => node::tag_target(&v.tag_digest(r, t).await?).len() as u64,
-            Node::ManifestDir(r, d) => {
-                v.manifest(r, *d).await?;
-                0
-            }
-            Node::ManifestFile(r, d) => v.manifest(r, *d).await?.bytes.len() as u64,
-            Node::Blob(r, d) => v.blob_size(r, *d).await?,
-        };
-        Ok(self.make_attr(self.inodes.ino(node), node.kind(), size))
-    }
-
-    /// The entries of a directory node, by name.
-    async fn list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
-        let v = &self.view;
-        let children = |names: Vec<String>| {
-            names
-                .into_iter()
-                .filter_map(|n| Some((n.clone(), node.child(&n)?)))
-                .collect()
-        };
-        Ok(match node {
-            Node::Root => {
-                let mut names: Vec<String> = v
-                    .known_repos()
-                    .await?
-                    .iter()
-                    .filter_map(|r| r.split('/').next().map(str::to_string))
-                    .collect();
-                names.dedup();
-                names.insert(0, node::STATUS_DIR.to_string());
-                children(names)
-            }
-            Node::StatusDir => children(
-                StatusFile::ALL
-                    .iter()
-                    .map(|f| f.name().to_string())
-                    .collect(),
-            ),
-            Node::Dir(p) => {
-                let prefix = format!("{p}/");
-                let repos = v.known_repos().await?;
-                let mut names = Vec::new();
-                if repos.contains(p) || v.is_repo(p).await? {
-                    names.extend([node::TAGS, node::MANIFESTS, node::BLOBS].map(String::from));
-                }
-                let mut nested: Vec<String> = repos
-                    .iter()
-                    .filter_map(|r| r.strip_prefix(&prefix))
-                    .filter_map(|rest| rest.split('/').next().map(str::to_string))
-                    .collect();
-                nested.dedup();
-                names.extend(nested);
-                children(names)
-            }
-            Node::TagsDir(r) => children(v.tags(r).await?.to_vec()),
-            Node::ManifestsDir(r) => children(
-                v.reachable_manifests(r)
-                    .await?
-                    .iter()
-                    .map(|m| m.digest.to_string())
-                    .collect(),
-            ),
-            Node::ManifestDir(r, d) => {
-                v.manifest(r, *d).await?;
-                children(vec![node::MANIFEST_JSON.to_string()])
-            }
-            Node::BlobsDir(r) => children(
-                v.reachable_blobs(r)
-                    .await?
-                    .iter()
-                    .map(|(d, _)| d.to_string())
-                    .collect(),
-            ),
-            _ => {
-                return Err(FsError::new(
-                    libc::ENOTDIR,
-                    format!("{} is not a directory", node.path()),
-                ))
-            }
-        })
     }
 
     async fn open(&self, node: &Node) -> FsResult<(Handle, FopenFlags)> {
@@ -341,14 +243,7 @@ impl Filesystem for RegFs {
                 Ok(n) => n,
                 Err(e) => return reply.error(fs.fail("readlink", None, &e)),
             };
-            let result = match &node {
-                Node::Tag(r, t) => fs.view.tag_digest(r, t).await.map(|d| node::tag_target(&d)),
-                n => Err(FsError::new(
-                    libc::EINVAL,
-                    format!("{} is not a symlink", n.path()),
-                )),
-            };
-            match result {
+            match fs.link_target(&node).await {
                 Ok(target) => reply.data(target.as_bytes()),
                 Err(e) => reply.error(fs.fail("readlink", Some(&node), &e)),
             }
@@ -439,20 +334,44 @@ impl Filesystem for RegFs {
     fn getxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        size: u32,
         reply: fuser::ReplyXattr,
     ) {
-        reply.error(Errno::from_i32(libc::ENODATA));
+        let name = name.to_str().unwrap_or_default().to_string();
+        self.spawn(move |fs| async move {
+            let attrs = match fs.node(ino) {
+                Ok(node) => fs.xattrs(&node).await,
+                Err(e) => Err(e),
+            };
+            match attrs {
+                Ok(attrs) => match attrs.into_iter().find(|(k, _)| *k == name) {
+                    Some((_, value)) => reply_xattr(reply, size, value.as_bytes()),
+                    None => reply.error(Errno::from_i32(libc::ENODATA)),
+                },
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        self.spawn(move |fs| async move {
+            let attrs = match fs.node(ino) {
+                Ok(node) => fs.xattrs(&node).await,
+                Err(e) => Err(e),
+            };
+            match attrs {
+                Ok(attrs) => {
+                    let names: Vec<u8> = attrs
+                        .iter()
+                        .flat_map(|(k, _)| k.bytes().chain([0]))
+                        .collect();
+                    reply_xattr(reply, size, &names)
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
     }
 
     fn release(
@@ -540,6 +459,18 @@ impl Filesystem for RegFs {
     ) {
         self.inner.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
+    }
+}
+
+/// Answer a getxattr/listxattr: the size when asked for it (size 0), ERANGE
+/// when the caller's buffer is too small, else the bytes.
+fn reply_xattr(reply: fuser::ReplyXattr, size: u32, value: &[u8]) {
+    if size == 0 {
+        reply.size(value.len() as u32);
+    } else if value.len() > size as usize {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(value);
     }
 }
 

@@ -6,7 +6,12 @@
 //!     └── <namespace>/…/<repository>/              Dir (namespace and/or repository)
 //!         ├── _tags/<tag>                          TagsDir, Tag (symlink)
 //!         ├── _manifests/sha256:<hex>/             ManifestsDir, ManifestDir
-//!         │   └── manifest.json                    ManifestFile
+//!         │   ├── manifest.json                    ManifestFile
+//!         │   ├── config.json → ../../_blobs/…     Config (image manifests, artifacts)
+//!         │   ├── layers/<NN> → ../../../_blobs/…  LayersDir, Layer
+//!         │   ├── manifests/<name> → ../../sha256:…  ChildrenDir, Child (indexes)
+//!         │   ├── subject → ../sha256:…            Subject
+//!         │   └── referrers/<name> → ../../sha256:…  ReferrersDir, Referrer
 //!         └── _blobs/sha256:<hex>                  BlobsDir, Blob
 //!
 //! `_`-prefixed names and `.regfs` can never be repository components, so a
@@ -20,22 +25,34 @@ pub const TAGS: &str = "_tags";
 pub const MANIFESTS: &str = "_manifests";
 pub const BLOBS: &str = "_blobs";
 pub const MANIFEST_JSON: &str = "manifest.json";
+pub const CONFIG_JSON: &str = "config.json";
+pub const LAYERS: &str = "layers";
+pub const CHILDREN: &str = "manifests";
+pub const SUBJECT: &str = "subject";
+pub const REFERRERS: &str = "referrers";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StatusFile {
     Stats,
     Version,
     Errors,
+    Config,
 }
 
 impl StatusFile {
-    pub const ALL: [StatusFile; 3] = [StatusFile::Stats, StatusFile::Version, StatusFile::Errors];
+    pub const ALL: [StatusFile; 4] = [
+        StatusFile::Stats,
+        StatusFile::Version,
+        StatusFile::Errors,
+        StatusFile::Config,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             StatusFile::Stats => "stats",
             StatusFile::Version => "version",
             StatusFile::Errors => "errors",
+            StatusFile::Config => "config",
         }
     }
 }
@@ -52,6 +69,16 @@ pub enum Node {
     ManifestsDir(String),
     ManifestDir(String, Digest),
     ManifestFile(String, Digest),
+    /// `config.json` of the manifest `Digest`.
+    Config(String, Digest),
+    LayersDir(String, Digest),
+    /// `layers/<NN>`: the name as written (validated against the manifest by the view).
+    Layer(String, Digest, String),
+    ChildrenDir(String, Digest),
+    Child(String, Digest, String),
+    Subject(String, Digest),
+    ReferrersDir(String, Digest),
+    Referrer(String, Digest, String),
     BlobsDir(String),
     Blob(String, Digest),
 }
@@ -89,9 +116,25 @@ impl Node {
                 .parse()
                 .ok()
                 .map(|d| Node::ManifestDir(repo.clone(), d)),
-            Node::ManifestDir(repo, d) if name == MANIFEST_JSON => {
-                Some(Node::ManifestFile(repo.clone(), *d))
+            Node::ManifestDir(repo, d) => {
+                let (r, d) = (repo.clone(), *d);
+                match name {
+                    MANIFEST_JSON => Some(Node::ManifestFile(r, d)),
+                    CONFIG_JSON => Some(Node::Config(r, d)),
+                    LAYERS => Some(Node::LayersDir(r, d)),
+                    CHILDREN => Some(Node::ChildrenDir(r, d)),
+                    SUBJECT => Some(Node::Subject(r, d)),
+                    REFERRERS => Some(Node::ReferrersDir(r, d)),
+                    _ => None,
+                }
             }
+            Node::LayersDir(repo, d)
+                if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) =>
+            {
+                Some(Node::Layer(repo.clone(), *d, name.to_string()))
+            }
+            Node::ChildrenDir(repo, d) => Some(Node::Child(repo.clone(), *d, name.to_string())),
+            Node::ReferrersDir(repo, d) => Some(Node::Referrer(repo.clone(), *d, name.to_string())),
             Node::BlobsDir(repo) => name.parse().ok().map(|d| Node::Blob(repo.clone(), d)),
             _ => None,
         }
@@ -100,7 +143,12 @@ impl Node {
     pub fn kind(&self) -> Kind {
         match self {
             Node::Status(_) | Node::ManifestFile(..) | Node::Blob(..) => Kind::File,
-            Node::Tag(..) => Kind::Symlink,
+            Node::Tag(..)
+            | Node::Config(..)
+            | Node::Layer(..)
+            | Node::Child(..)
+            | Node::Subject(..)
+            | Node::Referrer(..) => Kind::Symlink,
             _ => Kind::Directory,
         }
     }
@@ -117,6 +165,14 @@ impl Node {
             Node::ManifestsDir(r) => format!("/{r}/{MANIFESTS}"),
             Node::ManifestDir(r, d) => format!("/{r}/{MANIFESTS}/{d}"),
             Node::ManifestFile(r, d) => format!("/{r}/{MANIFESTS}/{d}/{MANIFEST_JSON}"),
+            Node::Config(r, d) => format!("/{r}/{MANIFESTS}/{d}/{CONFIG_JSON}"),
+            Node::LayersDir(r, d) => format!("/{r}/{MANIFESTS}/{d}/{LAYERS}"),
+            Node::Layer(r, d, n) => format!("/{r}/{MANIFESTS}/{d}/{LAYERS}/{n}"),
+            Node::ChildrenDir(r, d) => format!("/{r}/{MANIFESTS}/{d}/{CHILDREN}"),
+            Node::Child(r, d, n) => format!("/{r}/{MANIFESTS}/{d}/{CHILDREN}/{n}"),
+            Node::Subject(r, d) => format!("/{r}/{MANIFESTS}/{d}/{SUBJECT}"),
+            Node::ReferrersDir(r, d) => format!("/{r}/{MANIFESTS}/{d}/{REFERRERS}"),
+            Node::Referrer(r, d, n) => format!("/{r}/{MANIFESTS}/{d}/{REFERRERS}/{n}"),
             Node::BlobsDir(r) => format!("/{r}/{BLOBS}"),
             Node::Blob(r, d) => format!("/{r}/{BLOBS}/{d}"),
         }
@@ -131,17 +187,44 @@ impl Node {
         }
     }
 
+    /// Everything inside a manifest directory is derived from immutable bytes
+    /// (referrers excepted: new ones can be pushed at any time).
     pub fn is_immutable(&self) -> bool {
         matches!(
             self,
-            Node::ManifestDir(..) | Node::ManifestFile(..) | Node::Blob(..)
+            Node::ManifestDir(..)
+                | Node::ManifestFile(..)
+                | Node::Config(..)
+                | Node::LayersDir(..)
+                | Node::Layer(..)
+                | Node::ChildrenDir(..)
+                | Node::Child(..)
+                | Node::Subject(..)
+                | Node::Blob(..)
         )
     }
 }
 
+// Relative symlink targets, so links stay right when the tree is copied.
+
+/// A manifest directory seen from `depth` levels below the repository.
+pub fn manifest_target(depth: usize, digest: &impl std::fmt::Display) -> String {
+    format!("{}{MANIFESTS}/{digest}", "../".repeat(depth))
+}
+
+/// A sibling manifest directory seen from `depth` levels below `_manifests/`.
+pub fn sibling_manifest_target(depth: usize, digest: &impl std::fmt::Display) -> String {
+    format!("{}{digest}", "../".repeat(depth))
+}
+
+/// A blob seen from `depth` levels below the repository.
+pub fn blob_target(depth: usize, digest: &impl std::fmt::Display) -> String {
+    format!("{}{BLOBS}/{digest}", "../".repeat(depth))
+}
+
 /// Target of a tag symlink: relative, so it stays right when copied.
 pub fn tag_target(digest: &Digest) -> String {
-    format!("../{MANIFESTS}/{digest}")
+    manifest_target(1, digest)
 }
 
 #[cfg(test)]
@@ -183,11 +266,32 @@ mod tests {
             Node::StatusDir.child("stats"),
             Some(Node::Status(StatusFile::Stats))
         );
+        let layers = m.child("layers").unwrap();
+        assert_eq!(
+            layers.child("03"),
+            Some(Node::Layer("library/alpine".into(), d, "03".into()))
+        );
+        assert_eq!(layers.child("x3"), None);
+        assert_eq!(
+            m.child("manifests")
+                .unwrap()
+                .child("linux-amd64")
+                .unwrap()
+                .kind(),
+            Kind::Symlink
+        );
+        assert_eq!(m.child("config.json").unwrap().kind(), Kind::Symlink);
+        assert_eq!(m.child("other"), None);
     }
 
     #[test]
     fn tag_targets_are_relative() {
         let d: Digest = format!("sha256:{HEX}").parse().unwrap();
         assert_eq!(tag_target(&d), format!("../_manifests/sha256:{HEX}"));
+        assert_eq!(blob_target(3, &d), format!("../../../_blobs/sha256:{HEX}"));
+        assert_eq!(
+            manifest_target(2, &d),
+            format!("../../_manifests/sha256:{HEX}")
+        );
     }
 }

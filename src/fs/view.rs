@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::stream::{self, StreamExt};
 
 use crate::cache::{BlobStore, CachedManifest, FsResult, ManifestStore, TtlCache};
-use crate::oci::ManifestKind;
+use crate::oci::{self, Manifest, ManifestKind};
 use crate::registry::{Client, Digest, Reference, RegistryError};
 use crate::stats::Stats;
 
@@ -28,10 +28,12 @@ pub struct View {
     catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
+    referrers: TtlCache<(String, Digest), Arc<Vec<(String, Digest)>>>,
     /// (repository, digest) pairs known to exist in that repository.
     present: Mutex<HashSet<(String, Digest)>>,
     /// Blob sizes from descriptors or HEAD: immutable per digest.
     sizes: Mutex<HashMap<Digest, u64>>,
+    media_types: Mutex<HashMap<Digest, String>>,
 }
 
 impl View {
@@ -53,8 +55,10 @@ impl View {
             catalog: TtlCache::new(ttl),
             tags: TtlCache::new(ttl),
             tag_digests: TtlCache::new(ttl),
+            referrers: TtlCache::new(ttl),
             present: Mutex::new(HashSet::new()),
             sizes: Mutex::new(HashMap::new()),
+            media_types: Mutex::new(HashMap::new()),
         }
     }
 
@@ -206,12 +210,61 @@ impl View {
     fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
         let mut sizes = self.sizes.lock().unwrap();
         let mut present = self.present.lock().unwrap();
-        for desc in m.parsed.blobs() {
+        let mut types = self.media_types.lock().unwrap();
+        let blob_children = oci::child_names(&m.parsed)
+            .into_iter()
+            .filter_map(|(_, t)| match t {
+                oci::ChildTarget::Blob(d) => Some(d),
+                oci::ChildTarget::Manifest(_) => None,
+            });
+        let blob_children: HashSet<Digest> = blob_children.collect();
+        let descriptors = m.parsed.blobs().chain(
+            m.parsed
+                .manifests
+                .iter()
+                .filter(|d| d.digest().is_some_and(|d| blob_children.contains(&d))),
+        );
+        for desc in descriptors {
             if let Some(d) = desc.digest() {
                 sizes.insert(d, desc.size);
                 present.insert((repo.to_string(), d));
+                if !desc.media_type.is_empty() {
+                    types.insert(d, desc.media_type.clone());
+                }
             }
         }
+    }
+
+    /// Named referrers of a manifest: the referrers API, else the
+    /// `sha256-<hex>` tag schema (distribution 2.x has no API).
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: Digest,
+    ) -> FsResult<Arc<Vec<(String, Digest)>>> {
+        self.referrers
+            .get_or_fetch((repo.to_string(), digest), || async {
+                let index = match self.client.referrers(repo, &digest).await? {
+                    Some(bytes) => Some(Manifest::parse(&bytes, Some(oci::OCI_INDEX))),
+                    None => {
+                        let tag = Reference::Tag(format!("sha256-{}", digest.hex()));
+                        match self.client.get_manifest(repo, &tag).await {
+                            Ok(m) => Some(Manifest::parse(&m.bytes, m.media_type.as_deref())),
+                            Err(RegistryError::NotFound(_)) => None,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                };
+                let descriptors = index.map(|m| m.manifests).unwrap_or_default();
+                Ok(Arc::new(oci::referrer_names(&descriptors)))
+            })
+            .await
+    }
+
+    /// What is known about a blob without asking: its size and media type
+    /// from the descriptors seen so far.
+    pub fn blob_media_type(&self, digest: &Digest) -> Option<String> {
+        self.media_types.lock().unwrap().get(digest).cloned()
     }
 
     /// Size of a blob in `repo`, from descriptors seen so far, else HEAD.

@@ -38,6 +38,7 @@ pub enum Kind {
     ManifestHead,
     BlobGet,
     BlobHead,
+    Referrers,
 }
 
 pub struct ClientOptions {
@@ -294,6 +295,34 @@ impl Client {
         }
     }
 
+    /// The referrers API (`GET /v2/<repo>/referrers/<digest>`): an OCI index of
+    /// the manifests whose subject is `digest`. `None` when the registry does
+    /// not offer the API (a plain 404/405/400), so the caller can fall back to
+    /// the `sha256-<hex>` tag schema.
+    pub async fn referrers(&self, repo: &str, digest: &Digest) -> Result<Option<Bytes>> {
+        let url = self.url(&format!("/v2/{repo}/referrers/{digest}"));
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_static(oci::OCI_INDEX));
+        match self
+            .send(
+                Method::GET,
+                url,
+                &pull_scope(repo),
+                Kind::Referrers,
+                h,
+                true,
+            )
+            .await
+        {
+            Ok(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
+            Err(RegistryError::NotFound(_) | RegistryError::Unsupported(_)) => Ok(None),
+            Err(RegistryError::Server(m)) if m.contains("HTTP 400") || m.contains("HTTP 405") => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<u64> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let resp = self
@@ -433,6 +462,7 @@ impl Client {
             Kind::ManifestHead => &s.requests_manifest_head,
             Kind::BlobGet => &s.requests_blob_get,
             Kind::BlobHead => &s.requests_blob_head,
+            Kind::Referrers => &s.requests_referrers,
         };
         Stats::inc(c);
     }

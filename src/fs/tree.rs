@@ -1,0 +1,266 @@
+//! What exists, what each directory holds, and where each link points — the
+//! tree of `layout.md` computed from the view (registry + caches).
+
+use fuser::FileAttr;
+
+use super::node::{self, Node, StatusFile};
+use super::Inner;
+use crate::cache::{CachedManifest, FsError, FsResult};
+use crate::oci::{self, ChildTarget, ManifestKind};
+
+impl Inner {
+    /// Check that `node` exists and compute its attributes (a request at most,
+    /// usually none: sizes come from descriptors and caches).
+    pub(super) async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
+        let v = &self.view;
+        let size = match node {
+            Node::Root | Node::StatusDir => 0,
+            Node::Status(f) => self.status_text(*f).len() as u64,
+            Node::Dir(p) => {
+                if !v.dir_exists(p).await? {
+                    return Err(not_found(node));
+                }
+                0
+            }
+            Node::TagsDir(r) | Node::ManifestsDir(r) | Node::BlobsDir(r) => {
+                if !v.is_known_repo(r).await? && !v.is_repo(r).await? {
+                    return Err(not_found(node));
+                }
+                0
+            }
+            Node::ManifestDir(r, d) => {
+                v.manifest(r, *d).await?;
+                0
+            }
+            Node::ManifestFile(r, d) => v.manifest(r, *d).await?.bytes.len() as u64,
+            Node::LayersDir(r, d) | Node::ChildrenDir(r, d) | Node::ReferrersDir(r, d) => {
+                let m = v.manifest(r, *d).await?;
+                if !manifest_entries(&m).contains(&node_name(node)) {
+                    return Err(not_found(node));
+                }
+                0
+            }
+            Node::Blob(r, d) => v.blob_size(r, *d).await?,
+            // A symlink's size is the length of its target.
+            Node::Tag(..)
+            | Node::Config(..)
+            | Node::Layer(..)
+            | Node::Child(..)
+            | Node::Subject(..)
+            | Node::Referrer(..) => self.link_target(node).await?.len() as u64,
+        };
+        Ok(self.make_attr(self.inodes.ino(node), node.kind(), size))
+    }
+
+    /// Where a symlink node points (relative, per layout.md).
+    pub(super) async fn link_target(&self, node: &Node) -> FsResult<String> {
+        let v = &self.view;
+        let target = match node {
+            Node::Tag(r, t) => Some(node::tag_target(&v.tag_digest(r, t).await?)),
+            Node::Config(r, d) => {
+                let m = v.manifest(r, *d).await?;
+                m.parsed
+                    .config
+                    .as_ref()
+                    .filter(|_| m.parsed.kind == ManifestKind::Image)
+                    .map(|c| node::blob_target(2, &c.digest))
+            }
+            Node::Layer(r, d, name) => {
+                let m = v.manifest(r, *d).await?;
+                let n = m.parsed.layers.len();
+                name.parse::<usize>()
+                    .ok()
+                    .filter(|&i| i < n && oci::layer_name(i, n) == *name)
+                    .map(|i| node::blob_target(3, &m.parsed.layers[i].digest))
+            }
+            Node::Child(r, d, name) => {
+                let m = v.manifest(r, *d).await?;
+                oci::child_names(&m.parsed)
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| match t {
+                        ChildTarget::Manifest(c) => node::sibling_manifest_target(2, &c),
+                        ChildTarget::Blob(b) => node::blob_target(3, &b),
+                    })
+            }
+            Node::Subject(r, d) => {
+                let m = v.manifest(r, *d).await?;
+                m.parsed
+                    .subject
+                    .as_ref()
+                    .filter(|_| has_tree(&m))
+                    .map(|s| node::sibling_manifest_target(1, &s.digest))
+            }
+            Node::Referrer(r, d, name) => {
+                v.manifest(r, *d).await?;
+                let refs = v.referrers(r, *d).await?;
+                refs.iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, t)| node::sibling_manifest_target(2, t))
+            }
+            n => {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("{} is not a symlink", n.path()),
+                ))
+            }
+        };
+        target.ok_or_else(|| not_found(node))
+    }
+
+    /// The entries of a directory node, by name.
+    pub(super) async fn list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
+        let v = &self.view;
+        let names: Vec<String> = match node {
+            Node::Root => {
+                let mut names: Vec<String> = v
+                    .known_repos()
+                    .await?
+                    .iter()
+                    .filter_map(|r| r.split('/').next().map(str::to_string))
+                    .collect();
+                names.dedup();
+                names.insert(0, node::STATUS_DIR.to_string());
+                names
+            }
+            Node::StatusDir => StatusFile::ALL
+                .iter()
+                .map(|f| f.name().to_string())
+                .collect(),
+            Node::Dir(p) => {
+                let prefix = format!("{p}/");
+                let repos = v.known_repos().await?;
+                let mut names = Vec::new();
+                if repos.contains(p) || v.is_repo(p).await? {
+                    names.extend([node::TAGS, node::MANIFESTS, node::BLOBS].map(String::from));
+                }
+                let mut nested: Vec<String> = repos
+                    .iter()
+                    .filter_map(|r| r.strip_prefix(&prefix))
+                    .filter_map(|rest| rest.split('/').next().map(str::to_string))
+                    .collect();
+                nested.dedup();
+                names.extend(nested);
+                names
+            }
+            Node::TagsDir(r) => v.tags(r).await?.to_vec(),
+            Node::ManifestsDir(r) => v
+                .reachable_manifests(r)
+                .await?
+                .iter()
+                .map(|m| m.digest.to_string())
+                .collect(),
+            Node::BlobsDir(r) => v
+                .reachable_blobs(r)
+                .await?
+                .iter()
+                .map(|(d, _)| d.to_string())
+                .collect(),
+            Node::ManifestDir(r, d) => {
+                let m = v.manifest(r, *d).await?;
+                manifest_entries(&m).iter().map(|s| s.to_string()).collect()
+            }
+            Node::LayersDir(r, d) => {
+                let m = v.manifest(r, *d).await?;
+                let n = m.parsed.layers.len();
+                (0..n).map(|i| oci::layer_name(i, n)).collect()
+            }
+            Node::ChildrenDir(r, d) => {
+                let m = v.manifest(r, *d).await?;
+                oci::child_names(&m.parsed)
+                    .into_iter()
+                    .map(|(n, _)| n)
+                    .collect()
+            }
+            Node::ReferrersDir(r, d) => v
+                .referrers(r, *d)
+                .await?
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect(),
+            _ => {
+                return Err(FsError::new(
+                    libc::ENOTDIR,
+                    format!("{} is not a directory", node.path()),
+                ))
+            }
+        };
+        Ok(names
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), node.child(&n)?)))
+            .collect())
+    }
+}
+
+impl Inner {
+    /// Extended attributes of manifest and blob entries (`user.regfs.*`).
+    pub(super) async fn xattrs(&self, node: &Node) -> FsResult<Vec<(&'static str, String)>> {
+        let v = &self.view;
+        Ok(match node {
+            Node::ManifestDir(r, d) | Node::ManifestFile(r, d) => {
+                let m = v.manifest(r, *d).await?;
+                vec![
+                    (XATTR_DIGEST, d.to_string()),
+                    (XATTR_MEDIA_TYPE, m.parsed.media_type.clone()),
+                    (XATTR_SIZE, m.bytes.len().to_string()),
+                ]
+            }
+            Node::Blob(r, d) => {
+                let mut attrs = vec![
+                    (XATTR_DIGEST, d.to_string()),
+                    (XATTR_SIZE, v.blob_size(r, *d).await?.to_string()),
+                ];
+                if let Some(t) = v.blob_media_type(d) {
+                    attrs.insert(1, (XATTR_MEDIA_TYPE, t));
+                }
+                attrs
+            }
+            _ => Vec::new(),
+        })
+    }
+}
+
+const XATTR_DIGEST: &str = "user.regfs.digest";
+const XATTR_MEDIA_TYPE: &str = "user.regfs.mediatype";
+const XATTR_SIZE: &str = "user.regfs.size";
+
+/// Schema1 and unknown media types are shown raw: `manifest.json` only.
+fn has_tree(m: &CachedManifest) -> bool {
+    matches!(m.parsed.kind, ManifestKind::Image | ManifestKind::Index)
+}
+
+/// The names inside a manifest directory.
+fn manifest_entries(m: &CachedManifest) -> Vec<&'static str> {
+    let p = &m.parsed;
+    let mut out = vec![node::MANIFEST_JSON];
+    if !has_tree(m) {
+        return out;
+    }
+    if p.config.is_some() {
+        out.push(node::CONFIG_JSON);
+    }
+    match p.kind {
+        ManifestKind::Image => out.push(node::LAYERS),
+        ManifestKind::Index => out.push(node::CHILDREN),
+        _ => {}
+    }
+    if p.subject.is_some() {
+        out.push(node::SUBJECT);
+    }
+    out.push(node::REFERRERS);
+    out
+}
+
+/// The last path component of a node inside a manifest directory.
+fn node_name(node: &Node) -> &'static str {
+    match node {
+        Node::LayersDir(..) => node::LAYERS,
+        Node::ChildrenDir(..) => node::CHILDREN,
+        Node::ReferrersDir(..) => node::REFERRERS,
+        _ => "",
+    }
+}
+
+fn not_found(node: &Node) -> FsError {
+    FsError::new(libc::ENOENT, format!("{} does not exist", node.path()))
+}
