@@ -479,6 +479,53 @@ fn range_reads_at_odd_offsets_on_an_uncached_blob() {
 }
 
 #[test]
+fn concurrent_readers_of_one_uncached_blob_get_exact_bytes() {
+    let reg = Registry::start();
+    let size = 24 * MIB + 4321;
+    let img = reg.client().push_random_image("data/shared", "v1", &[size]);
+    let layer = Arc::new(img.layers[0].bytes.clone());
+    let m = Mount::start(&reg.url());
+    let path = m.join(format!("data/shared/_blobs/{}", img.layers[0].digest));
+    with_deadline(WATCHDOG * 2, "concurrent reads", move || {
+        let mut threads = Vec::new();
+        // Four readers on disjoint quarters (pread, odd chunk size, backwards)
+        // and one whole-file sequential reader, all at once.
+        for q in 0..4usize {
+            let (path, layer) = (path.clone(), layer.clone());
+            threads.push(std::thread::spawn(move || {
+                use std::os::unix::fs::FileExt;
+                let f = File::open(&path).unwrap();
+                let quarter = layer.len() / 4;
+                let (start, end) = (
+                    q * quarter,
+                    if q == 3 {
+                        layer.len()
+                    } else {
+                        (q + 1) * quarter
+                    },
+                );
+                let chunk = 777_777;
+                let mut off = end;
+                while off > start {
+                    let lo = off.saturating_sub(chunk).max(start);
+                    let mut buf = vec![0u8; off - lo];
+                    f.read_exact_at(&mut buf, lo as u64).unwrap();
+                    assert_bytes_eq(&buf, &layer[lo..off], &format!("pread {lo}..{off}"));
+                    off = lo;
+                }
+            }));
+        }
+        let (p2, l2) = (path.clone(), layer.clone());
+        threads.push(std::thread::spawn(move || {
+            assert_bytes_eq(&fs::read(&p2).unwrap(), &l2, "sequential reader");
+        }));
+        for t in threads {
+            t.join().expect("a reader failed");
+        }
+    });
+}
+
+#[test]
 fn gzip_layer_lists_with_tar_through_the_mount() {
     let reg = Registry::start();
     let c = reg.client();
@@ -641,6 +688,55 @@ fn token_auth_reads_work_and_the_issuer_sees_token_requests() {
     assert!(
         !m.log().contains(TEST_PASSWORD),
         "the password appears in the log"
+    );
+}
+
+/// Like Docker Hub: `/v2/` answers 401 even to anonymous clients, and the
+/// issuer hands out pull-only tokens without credentials.
+#[test]
+fn token_auth_anonymous_pull_without_credentials() {
+    let reg = Registry::start_with(RegistryOptions {
+        auth: AuthMode::Token(TokenIssuerOptions {
+            anonymous_pull: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let img = reg
+        .client()
+        .push_random_image("public/app", "v1", &[100_000]);
+    let issuer = reg.issuer().unwrap();
+    let before = issuer.request_count();
+    let m = Mount::start(&reg.url());
+    assert_eq!(ls(&m.join("public/app/_tags")), vec!["v1"]);
+    assert_file_eq(&m.join("public/app/_tags/v1/manifest.json"), &img.manifest);
+    assert_file_eq(
+        &m.join(format!("public/app/_blobs/{}", img.layers[0].digest)),
+        &img.layers[0].bytes,
+    );
+    let seen: Vec<_> = issuer
+        .requests()
+        .into_iter()
+        .skip(before as usize)
+        .collect();
+    assert!(
+        seen.iter().any(|r| r.user.is_none() && r.granted),
+        "no anonymous token request: {seen:?}"
+    );
+}
+
+#[test]
+fn mount_of_an_unreachable_registry_fails_clearly() {
+    let mut reg = Registry::start();
+    reg.stop();
+    let f = Mount::builder(&reg.url())
+        .start_background()
+        .err()
+        .expect("mounting a registry that is down must fail");
+    assert_clear_failure(&f, &["connect", "refused", "unreachable", "network"]);
+    assert!(
+        !f.stderr.trim().is_empty(),
+        "background mode printed nothing: {f}"
     );
 }
 
@@ -867,6 +963,40 @@ fn server_errors_and_rate_limits_are_retried() {
         .count();
     assert_eq!(injected, 5);
     assert!(m.stat("retries") > 0, "stats: {:?}", m.stats());
+}
+
+#[test]
+fn token_is_fetched_again_after_a_401() {
+    let reg = Registry::start_with(RegistryOptions::token());
+    let img = reg
+        .client()
+        .push_random_image("secure/flaky", "v1", &[200_000]);
+    let issuer = reg.issuer().unwrap();
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::builder(&proxy.url())
+        .args(["--username", TEST_USER])
+        .env("REGFS_PASSWORD", TEST_PASSWORD)
+        .start();
+    assert_file_eq(
+        &m.join("secure/flaky/_tags/v1/manifest.json"),
+        &img.manifest,
+    );
+    let tokens_before = issuer.request_count();
+
+    // The registry "forgets" the token once: the mount must get a new one
+    // and retry.
+    proxy.fail_next(1, 401, Match::method_path("GET", "/blobs/"));
+    let p = m.join(format!("secure/flaky/_blobs/{}", img.layers[0].digest));
+    let expected = img.layers[0].bytes.clone();
+    let got = with_deadline(WATCHDOG, "reading through a 401", move || fs::read(p));
+    let got = got.unwrap_or_else(|e| panic!("read after an injected 401: {e}; log:\n{}", m.log()));
+    assert_bytes_eq(&got, &expected, "blob after a 401");
+    assert_eq!(proxy.pending_faults(), 0, "{:?}", proxy.requests());
+    assert!(
+        issuer.request_count() > tokens_before,
+        "no new token request after the 401 (issuer saw {:?})",
+        issuer.requests()
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! - delay every response by N ms ([`FaultProxy::set_delay_ms`]);
 //! - answer the next K (matching) requests with a status of its choice
 //!   ([`FaultProxy::fail_next`]): 500, 429 (with `Retry-After: 1`), 401 (with
-//!   the upstream's own `WWW-Authenticate` challenge), …;
+//!   the challenge the registry itself gives for that request), …;
 //! - cut the client connection after N bytes of a response body
 //!   ([`FaultProxy::cut_next_body`]; only responses whose body is longer than
 //!   N are cut, so a rule waits for a large enough response);
@@ -104,7 +104,6 @@ struct Shared {
     tag_page_max: AtomicUsize,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
-    challenge: Mutex<Option<String>>,
 }
 
 /// A running proxy; stops and closes its connections on drop.
@@ -128,7 +127,6 @@ impl FaultProxy {
             tag_page_max: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
-            challenge: Mutex::new(None),
         });
         let s2 = shared.clone();
         thread::Builder::new()
@@ -307,7 +305,7 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
             record.fault = Some(FaultAction::Status(status));
             shared.log.lock().unwrap().push(record);
             sleep_delay(shared);
-            write_fault(shared, &mut out, status)?;
+            write_fault(shared, &head, &mut out, status)?;
             if client_close {
                 return Ok(());
             }
@@ -344,7 +342,7 @@ fn sleep_delay(shared: &Shared) {
     }
 }
 
-fn write_fault(shared: &Shared, out: &mut TcpStream, status: u16) -> io::Result<()> {
+fn write_fault(shared: &Shared, head: &Head, out: &mut TcpStream, status: u16) -> io::Result<()> {
     let (reason, code) = match status {
         401 => ("Unauthorized", "UNAUTHORIZED"),
         403 => ("Forbidden", "DENIED"),
@@ -366,24 +364,30 @@ fn write_fault(shared: &Shared, out: &mut TcpStream, status: u16) -> io::Result<
         headers.push(("Retry-After", "1".into()));
     }
     if status == 401 {
-        headers.push(("WWW-Authenticate", upstream_challenge(shared)));
+        headers.push(("WWW-Authenticate", upstream_challenge(shared, head)));
     }
     let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     http::write_response(out, status, reason, &hdrs, body.as_bytes())
 }
 
-/// The upstream's `WWW-Authenticate` for `/v2/` (cached), or a Basic one.
-fn upstream_challenge(shared: &Shared) -> String {
-    if let Some(c) = shared.challenge.lock().unwrap().clone() {
-        return c;
-    }
+/// The challenge the registry itself gives for this request without
+/// credentials (same method and target, so a Bearer challenge carries the
+/// right `scope`), or a Basic one when the registry has no auth.
+fn upstream_challenge(shared: &Shared, head: &Head) -> String {
     let fetched = (|| -> io::Result<Option<String>> {
         let mut up = TcpStream::connect(&shared.upstream)?;
         up.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let method = head.method();
+        let len = if method == "GET" || method == "HEAD" {
+            ""
+        } else {
+            "Content-Length: 0\r\n"
+        };
         write!(
             up,
-            "GET /v2/ HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            shared.upstream
+            "{method} {} HTTP/1.1\r\nHost: {}\r\n{len}Connection: close\r\n\r\n",
+            head.target(),
+            head.header("host").unwrap_or(&shared.upstream)
         )?;
         let mut r = BufReader::new(up);
         let head = http::read_head(&mut r)?;
@@ -391,9 +395,7 @@ fn upstream_challenge(shared: &Shared) -> String {
     })()
     .ok()
     .flatten();
-    let c = fetched.unwrap_or_else(|| "Basic realm=\"regfs-fault-proxy\"".to_string());
-    *shared.challenge.lock().unwrap() = Some(c.clone());
-    c
+    fetched.unwrap_or_else(|| "Basic realm=\"regfs-fault-proxy\"".to_string())
 }
 
 /// Forwards one request and its response. `Ok(true)` if the client
