@@ -326,7 +326,6 @@ fn manifest_json_is_byte_exact_and_named_by_its_digest() {
 }
 
 #[test]
-#[ignore = "config.json, layers/ and manifests/<platform> are not implemented by the crate yet"]
 fn manifest_directory_links_config_layers_and_platform_children() {
     let reg = Registry::start();
     let c = reg.client();
