@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use crate::cache::{BlobStore, ManifestStore};
 use crate::config::Config;
 use crate::fs::view::View;
-use crate::fs::{Options, RegFs};
+use crate::fs::{Options, RegFs, Staging};
 use crate::registry::client::ClientOptions;
 use crate::registry::Client;
 use crate::stats::Stats;
@@ -67,9 +67,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.repos.clone(),
         cfg.metadata_ttl,
     );
+    let staging = Staging::new(&cfg.cache_dir)?;
     let fs = RegFs::new(
         rt.handle().clone(),
         view,
+        staging,
         Options {
             uid: cfg.uid,
             gid: cfg.gid,
@@ -77,6 +79,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 .metadata_ttl
                 .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
             description: cfg.describe(),
+            read_only: cfg.read_only,
+            allow_delete: cfg.allow_delete,
         },
     );
 

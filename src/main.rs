@@ -41,7 +41,7 @@ struct MountArgs {
     /// Stay attached to the terminal; log to stderr unless --log-file is given.
     #[arg(long)]
     foreground: bool,
-    /// Refuse every write with EROFS (the only mode so far).
+    /// Refuse every write with EROFS.
     #[arg(long)]
     read_only: bool,
     /// Allow `rm` of tags and manifests (registry DELETE).
@@ -138,7 +138,7 @@ fn build_config(a: MountArgs) -> anyhow::Result<Config> {
         registry,
         mountpoint: a.mountpoint,
         foreground: a.foreground,
-        read_only: a.read_only || true, // writes arrive with the writes issue
+        read_only: a.read_only,
         allow_delete: a.allow_delete,
         cache_dir: a.cache_dir.unwrap_or_else(config::default_cache_dir),
         cache_size: a.cache_size,

@@ -4,8 +4,12 @@
 
 pub mod inodes;
 pub mod node;
+mod push;
 mod tree;
 pub mod view;
+mod write;
+
+pub use write::Staging;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -41,6 +45,8 @@ pub struct Options {
     pub name_ttl: Duration,
     /// `name value` lines for `.regfs/config` (never a secret).
     pub description: String,
+    pub read_only: bool,
+    pub allow_delete: bool,
 }
 
 enum Handle {
@@ -49,6 +55,8 @@ enum Handle {
         state: Mutex<ReadState>,
     },
     Bytes(Bytes),
+    /// A file being written: the staging id.
+    Staged(u64),
 }
 
 struct DirEntry {
@@ -59,6 +67,7 @@ struct DirEntry {
 
 struct Inner {
     view: View,
+    staging: write::Staging,
     inodes: Inodes,
     opts: Options,
     next_fh: AtomicU64,
@@ -72,11 +81,17 @@ pub struct RegFs {
 }
 
 impl RegFs {
-    pub fn new(rt: tokio::runtime::Handle, view: View, opts: Options) -> Self {
+    pub fn new(
+        rt: tokio::runtime::Handle,
+        view: View,
+        staging: write::Staging,
+        opts: Options,
+    ) -> Self {
         RegFs {
             rt,
             inner: Arc::new(Inner {
                 view,
+                staging,
                 inodes: Inodes::new(),
                 opts,
                 next_fh: AtomicU64::new(1),
@@ -122,20 +137,28 @@ impl Inner {
 
     fn ttl(&self, node: &Node) -> Duration {
         match node {
-            Node::Status(_) => Duration::ZERO,
+            // Files being written change size and become links when pushed.
+            Node::Status(_) | Node::Staged(_) => Duration::ZERO,
             n if n.is_immutable() => IMMUTABLE_TTL,
             _ => self.opts.name_ttl,
         }
     }
 
-    fn make_attr(&self, ino: u64, kind: Kind, size: u64) -> FileAttr {
-        let (kind, perm, nlink) = match kind {
+    fn make_attr(&self, node: &Node, size: u64) -> FileAttr {
+        // Directories that take writes say so (the kernel checks modes: the
+        // mount uses default_permissions); content is never writable in place.
+        let writable = !self.opts.read_only;
+        let (kind, perm, nlink) = match node.kind() {
+            Kind::Directory if writable => (FileType::Directory, 0o755, 2),
             Kind::Directory => (FileType::Directory, 0o555, 2),
+            Kind::File if writable && matches!(node, Node::Staged(_)) => {
+                (FileType::RegularFile, 0o644, 1)
+            }
             Kind::File => (FileType::RegularFile, 0o444, 1),
             Kind::Symlink => (FileType::Symlink, 0o777, 1),
         };
         FileAttr {
-            ino: INodeNo(ino),
+            ino: INodeNo(self.inodes.ino(node)),
             size,
             blocks: size.div_ceil(512),
             atime: STABLE_MTIME,
@@ -159,6 +182,7 @@ impl Inner {
             StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
             StatusFile::Errors => self.view.stats.render_errors(),
             StatusFile::Config => self.opts.description.clone(),
+            StatusFile::Held => self.view.render_held(),
         }
     }
 
@@ -214,8 +238,16 @@ impl Filesystem for RegFs {
                 Ok(n) => n,
                 Err(e) => return reply.error(fs.fail("lookup", None, &e)),
             };
-            let Some(child) = name.as_deref().and_then(|n| parent.child(n)) else {
+            let Some(name) = name else {
                 return reply.error(Errno::ENOENT);
+            };
+            // A file being written hides whatever the registry has under its name.
+            let child = match fs.staging.find(&parent, &name) {
+                Some(id) => Node::Staged(id),
+                None => match parent.child(&name) {
+                    Some(c) => c,
+                    None => return reply.error(Errno::ENOENT),
+                },
             };
             match fs.attr(&child).await {
                 Ok(attr) => reply.entry(&fs.ttl(&child), &attr, Generation(0)),
@@ -251,15 +283,20 @@ impl Filesystem for RegFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            return reply.error(Errno::EROFS);
-        }
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        let truncate = flags.0 & libc::O_TRUNC != 0;
         self.spawn(move |fs| async move {
             let node = match fs.node(ino) {
                 Ok(n) => n,
                 Err(e) => return reply.error(fs.fail("open", None, &e)),
             };
-            match fs.open(&node).await {
+            let opened = if writing {
+                fs.open_for_write(&node, truncate)
+                    .map(|id| (Handle::Staged(id), FopenFlags::FOPEN_DIRECT_IO))
+            } else {
+                fs.open(&node).await
+            };
+            match opened {
                 Ok((handle, flags)) => {
                     let fh = fs.next_fh.fetch_add(1, Ordering::Relaxed);
                     fs.files.lock().unwrap().insert(fh, Arc::new(handle));
@@ -285,6 +322,13 @@ impl Filesystem for RegFs {
             return reply.error(Errno::EBADF);
         };
         match &*handle {
+            Handle::Staged(id) => match self.inner.staging.get(*id) {
+                Some(f) => match f.lock().unwrap().read(offset, u64::from(size)) {
+                    Ok(data) => reply.data(&data),
+                    Err(e) => reply.error(errno(&e)),
+                },
+                None => reply.error(Errno::EBADF),
+            },
             Handle::Bytes(b) => {
                 let start = (offset as usize).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());
@@ -320,15 +364,260 @@ impl Filesystem for RegFs {
         }
     }
 
+    /// Every close() of a file being written commits it (pushes), and the
+    /// push's result is what close() returns.
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        self.commit_handle("close", ino, fh, reply);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.commit_handle("fsync", ino, fh, reply);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        let id = match self
+            .inner
+            .files
+            .lock()
+            .unwrap()
+            .get(&fh.0)
+            .map(|h| match **h {
+                Handle::Staged(id) => Some(id),
+                _ => None,
+            }) {
+            Some(Some(id)) => id,
+            _ => return reply.error(Errno::EBADF),
+        };
+        let Some(f) = self.inner.staging.get(id) else {
+            return reply.error(Errno::EBADF);
+        };
+        let result = f.lock().unwrap().write(offset, data);
+        match result {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => {
+                let node = self.inner.node(ino).ok();
+                reply.error(self.inner.fail("write", node.as_ref(), &e))
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        let name = name.to_string_lossy().to_string();
+        let result = self.inner.node(parent).and_then(|parent| {
+            self.inner.check_manifest_dir_writable(&parent)?;
+            write::check_create(&parent, &name)?;
+            self.inner.staging.create(&parent, &name)
+        });
+        match result {
+            Ok(id) => {
+                let node = Node::Staged(id);
+                let attr = self.inner.make_attr(&node, 0);
+                let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .files
+                    .lock()
+                    .unwrap()
+                    .insert(fh, Arc::new(Handle::Staged(id)));
+                reply.created(
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_DIRECT_IO,
+                );
+            }
+            Err(e) => reply.error(self.inner.fail("create", None, &e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        _mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.spawn(move |fs| async move {
+            let node = match fs.node(ino) {
+                Ok(n) => n,
+                Err(e) => return reply.error(fs.fail("setattr", None, &e)),
+            };
+            // Modes, owners and times (rsync -a sets them on everything it
+            // writes) change nothing that matters: accepted, ignored. A size
+            // change is only possible on a file being written.
+            if let Some(size) = size {
+                let result = match &node {
+                    Node::Staged(id) => match fs.staging.get(*id) {
+                        Some(f) => f.lock().unwrap().truncate(size),
+                        None => Err(FsError::new(libc::ENOENT, "file being written is gone")),
+                    },
+                    n => Err(FsError::new(
+                        libc::EPERM,
+                        format!("{} is immutable", n.path()),
+                    )),
+                };
+                if let Err(e) = result {
+                    return reply.error(fs.fail("truncate", Some(&node), &e));
+                }
+            }
+            match fs.attr(&node).await {
+                Ok(attr) => reply.attr(&fs.ttl(&node), &attr),
+                Err(e) => reply.error(fs.fail("setattr", Some(&node), &e)),
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let name = name.to_string_lossy().to_string();
+        self.spawn(move |fs| async move {
+            match fs.mkdir(parent, &name).await {
+                Ok(node) => {
+                    let attr = fs.make_attr(&node, 0);
+                    reply.entry(&Duration::ZERO, &attr, Generation(0))
+                }
+                Err(e) => reply.error(fs.fail("mkdir", None, &e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_string_lossy().to_string();
+        self.spawn(move |fs| async move {
+            match fs.remove(parent, &name, true).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fs.fail("rmdir", None, &e)),
+            }
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.to_string_lossy().to_string();
+        self.spawn(move |fs| async move {
+            match fs.remove(parent, &name, false).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fs.fail("unlink", None, &e)),
+            }
+        });
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
+        let name = link_name.to_string_lossy().to_string();
+        let target = target.to_string_lossy().to_string();
+        self.spawn(move |fs| async move {
+            match fs.symlink(parent, &name, &target).await {
+                Ok(node) => {
+                    let attr = fs.make_attr(&node, target.len() as u64);
+                    reply.entry(&Duration::ZERO, &attr, Generation(0))
+                }
+                Err(e) => reply.error(fs.fail("symlink", None, &e)),
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (name, newname) = (
+            name.to_string_lossy().to_string(),
+            newname.to_string_lossy().to_string(),
+        );
+        self.spawn(move |fs| async move {
+            match fs.rename(parent, &name, newparent, &newname).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(fs.fail("rename", None, &e)),
+            }
+        });
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let newname = newname.to_string_lossy().to_string();
+        self.spawn(move |fs| async move {
+            let result = async {
+                let (src, dst) = (fs.node(ino)?, fs.node(newparent)?);
+                fs.hard_link(&src, &dst, &newname).await
+            };
+            match result.await {
+                Ok(node) => match fs.attr(&node).await {
+                    Ok(attr) => reply.entry(&fs.ttl(&node), &attr, Generation(0)),
+                    Err(e) => reply.error(fs.fail("link", Some(&node), &e)),
+                },
+                Err(e) => reply.error(fs.fail("link", None, &e)),
+            }
+        });
     }
 
     fn getxattr(
@@ -384,8 +673,17 @@ impl Filesystem for RegFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.inner.files.lock().unwrap().remove(&fh.0);
+        let handle = self.inner.files.lock().unwrap().remove(&fh.0);
         reply.ok();
+        if let Some(Handle::Staged(id)) = handle.as_deref() {
+            // Normally flush committed already; commit what a writer left
+            // unflushed (errors can only be logged here), then let the tree serve it.
+            let id = *id;
+            self.spawn(move |fs| async move {
+                let _ = fs.commit(id).await;
+                fs.settle_staged(id);
+            });
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -485,4 +783,30 @@ fn prefetch_tag_digests(fs: &Arc<Inner>, repo: &str) {
     tokio::spawn(async move {
         fs.view.resolve_tags(&repo, &tags).await;
     });
+}
+
+impl RegFs {
+    /// flush/fsync of a file being written: commit it and answer with the result.
+    fn commit_handle(&self, op: &'static str, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
+        let id = self
+            .inner
+            .files
+            .lock()
+            .unwrap()
+            .get(&fh.0)
+            .and_then(|h| match **h {
+                Handle::Staged(id) => Some(id),
+                _ => None,
+            });
+        let Some(id) = id else { return reply.ok() };
+        self.spawn(move |fs| async move {
+            match fs.commit(id).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    let node = fs.node(ino).ok();
+                    reply.error(fs.fail(op, node.as_ref(), &e))
+                }
+            }
+        });
+    }
 }

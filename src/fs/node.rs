@@ -12,7 +12,10 @@
 //!         │   ├── manifests/<name> → ../../sha256:…  ChildrenDir, Child (indexes)
 //!         │   ├── subject → ../sha256:…            Subject
 //!         │   └── referrers/<name> → ../../sha256:…  ReferrersDir, Referrer
-//!         └── _blobs/sha256:<hex>                  BlobsDir, Blob
+//!         ├── _blobs/sha256:<hex>                  BlobsDir, Blob
+//!         └── _uploads/<name>                      UploadsDir, Upload (→ ../_blobs/… once pushed)
+//!
+//! Files being written live as `Staged(id)` nodes until they are committed.
 //!
 //! `_`-prefixed names and `.regfs` can never be repository components, so a
 //! directory can hold both a repository's entries and nested repositories.
@@ -24,6 +27,7 @@ pub const STATUS_DIR: &str = ".regfs";
 pub const TAGS: &str = "_tags";
 pub const MANIFESTS: &str = "_manifests";
 pub const BLOBS: &str = "_blobs";
+pub const UPLOADS: &str = "_uploads";
 pub const MANIFEST_JSON: &str = "manifest.json";
 pub const CONFIG_JSON: &str = "config.json";
 pub const LAYERS: &str = "layers";
@@ -37,10 +41,12 @@ pub enum StatusFile {
     Version,
     Errors,
     Config,
+    Held,
 }
 
 impl StatusFile {
-    pub const ALL: [StatusFile; 4] = [
+    pub const ALL: [StatusFile; 5] = [
+        StatusFile::Held,
         StatusFile::Stats,
         StatusFile::Version,
         StatusFile::Errors,
@@ -53,6 +59,7 @@ impl StatusFile {
             StatusFile::Version => "version",
             StatusFile::Errors => "errors",
             StatusFile::Config => "config",
+            StatusFile::Held => "held",
         }
     }
 }
@@ -81,6 +88,11 @@ pub enum Node {
     Referrer(String, Digest, String),
     BlobsDir(String),
     Blob(String, Digest),
+    UploadsDir(String),
+    /// `_uploads/<name>` after its push: a link to the blob.
+    Upload(String, String),
+    /// A file being written (see write.rs); the number is its staging id.
+    Staged(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +116,7 @@ impl Node {
                 TAGS => Some(Node::TagsDir(repo.clone())),
                 MANIFESTS => Some(Node::ManifestsDir(repo.clone())),
                 BLOBS => Some(Node::BlobsDir(repo.clone())),
+                UPLOADS => Some(Node::UploadsDir(repo.clone())),
                 n if is_valid_component(n) && repo.len() + 1 + n.len() <= 255 => {
                     Some(Node::Dir(format!("{repo}/{n}")))
                 }
@@ -134,6 +147,9 @@ impl Node {
                 Some(Node::Layer(repo.clone(), *d, name.to_string()))
             }
             Node::ChildrenDir(repo, d) => Some(Node::Child(repo.clone(), *d, name.to_string())),
+            Node::UploadsDir(repo) if is_file_name(name) => {
+                Some(Node::Upload(repo.clone(), name.to_string()))
+            }
             Node::ReferrersDir(repo, d) => Some(Node::Referrer(repo.clone(), *d, name.to_string())),
             Node::BlobsDir(repo) => name.parse().ok().map(|d| Node::Blob(repo.clone(), d)),
             _ => None,
@@ -142,13 +158,16 @@ impl Node {
 
     pub fn kind(&self) -> Kind {
         match self {
-            Node::Status(_) | Node::ManifestFile(..) | Node::Blob(..) => Kind::File,
+            Node::Status(_) | Node::ManifestFile(..) | Node::Blob(..) | Node::Staged(_) => {
+                Kind::File
+            }
             Node::Tag(..)
             | Node::Config(..)
             | Node::Layer(..)
             | Node::Child(..)
             | Node::Subject(..)
-            | Node::Referrer(..) => Kind::Symlink,
+            | Node::Referrer(..)
+            | Node::Upload(..) => Kind::Symlink,
             _ => Kind::Directory,
         }
     }
@@ -174,6 +193,9 @@ impl Node {
             Node::ReferrersDir(r, d) => format!("/{r}/{MANIFESTS}/{d}/{REFERRERS}"),
             Node::Referrer(r, d, n) => format!("/{r}/{MANIFESTS}/{d}/{REFERRERS}/{n}"),
             Node::BlobsDir(r) => format!("/{r}/{BLOBS}"),
+            Node::UploadsDir(r) => format!("/{r}/{UPLOADS}"),
+            Node::Upload(r, n) => format!("/{r}/{UPLOADS}/{n}"),
+            Node::Staged(id) => format!("(file being written #{id})"),
             Node::Blob(r, d) => format!("/{r}/{BLOBS}/{d}"),
         }
     }
@@ -220,6 +242,17 @@ pub fn sibling_manifest_target(depth: usize, digest: &impl std::fmt::Display) ->
 /// A blob seen from `depth` levels below the repository.
 pub fn blob_target(depth: usize, digest: &impl std::fmt::Display) -> String {
     format!("{}{BLOBS}/{digest}", "../".repeat(depth))
+}
+
+/// A name a file may have: not empty, no `/`, not `.` or `..`, at most 255 bytes.
+pub fn is_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && name.len() <= 255
+}
+
+/// rsync, cp and editors write to a temporary name starting with `.` and rename
+/// it into place; such names are staged without being pushed.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && is_file_name(name)
 }
 
 /// Target of a tag symlink: relative, so it stays right when copied.

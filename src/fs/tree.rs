@@ -22,15 +22,28 @@ impl Inner {
                 }
                 0
             }
-            Node::TagsDir(r) | Node::ManifestsDir(r) | Node::BlobsDir(r) => {
+            Node::TagsDir(r) | Node::ManifestsDir(r) | Node::BlobsDir(r) | Node::UploadsDir(r) => {
                 if !v.is_known_repo(r).await? && !v.is_repo(r).await? {
                     return Err(not_found(node));
                 }
                 0
             }
             Node::ManifestDir(r, d) => {
-                v.manifest(r, *d).await?;
+                if !self
+                    .staging
+                    .pending_dirs
+                    .lock()
+                    .unwrap()
+                    .contains(&(r.clone(), *d))
+                {
+                    v.manifest_known(r, *d).await?;
+                }
                 0
+            }
+            Node::Staged(id) => {
+                let f = self.staging.get(*id).ok_or_else(|| not_found(node))?;
+                let size = f.lock().unwrap().size;
+                size
             }
             Node::ManifestFile(r, d) => v.manifest(r, *d).await?.bytes.len() as u64,
             Node::LayersDir(r, d) | Node::ChildrenDir(r, d) | Node::ReferrersDir(r, d) => {
@@ -47,16 +60,24 @@ impl Inner {
             | Node::Layer(..)
             | Node::Child(..)
             | Node::Subject(..)
-            | Node::Referrer(..) => self.link_target(node).await?.len() as u64,
+            | Node::Referrer(..)
+            | Node::Upload(..) => self.link_target(node).await?.len() as u64,
         };
-        Ok(self.make_attr(self.inodes.ino(node), node.kind(), size))
+        Ok(self.make_attr(node, size))
     }
 
     /// Where a symlink node points (relative, per layout.md).
     pub(super) async fn link_target(&self, node: &Node) -> FsResult<String> {
         let v = &self.view;
         let target = match node {
-            Node::Tag(r, t) => Some(node::tag_target(&v.tag_digest(r, t).await?)),
+            Node::Tag(r, t) => match self.staging.pending_link(r, t) {
+                Some(d) => Some(node::tag_target(&d)),
+                None => Some(node::tag_target(&v.tag_digest(r, t).await?)),
+            },
+            Node::Upload(r, n) => self
+                .staging
+                .upload_target(r, n)
+                .map(|d| node::blob_target(1, &d)),
             Node::Config(r, d) => {
                 let m = v.manifest(r, *d).await?;
                 m.parsed
@@ -132,7 +153,9 @@ impl Inner {
                 let repos = v.known_repos().await?;
                 let mut names = Vec::new();
                 if repos.contains(p) || v.is_repo(p).await? {
-                    names.extend([node::TAGS, node::MANIFESTS, node::BLOBS].map(String::from));
+                    names.extend(
+                        [node::TAGS, node::MANIFESTS, node::BLOBS, node::UPLOADS].map(String::from),
+                    );
                 }
                 let mut nested: Vec<String> = repos
                     .iter()
@@ -143,22 +166,35 @@ impl Inner {
                 names.extend(nested);
                 names
             }
-            Node::TagsDir(r) => v.tags(r).await?.to_vec(),
-            Node::ManifestsDir(r) => v
-                .reachable_manifests(r)
-                .await?
+            Node::TagsDir(r) => {
+                let mut names = self.existing_or_new(v.tags(r).await.map(|t| t.to_vec()))?;
+                names.extend(self.staging.links_in(r));
+                names
+            }
+            Node::UploadsDir(r) => self.staging.uploads_in(r),
+            Node::ManifestsDir(r) => self
+                .existing_or_new(v.reachable_manifests(r).await)?
                 .iter()
                 .map(|m| m.digest.to_string())
                 .collect(),
-            Node::BlobsDir(r) => v
-                .reachable_blobs(r)
-                .await?
+            Node::BlobsDir(r) => self
+                .existing_or_new(v.reachable_blobs(r).await)?
                 .iter()
                 .map(|(d, _)| d.to_string())
                 .collect(),
             Node::ManifestDir(r, d) => {
-                let m = v.manifest(r, *d).await?;
-                manifest_entries(&m).iter().map(|s| s.to_string()).collect()
+                if self
+                    .staging
+                    .pending_dirs
+                    .lock()
+                    .unwrap()
+                    .contains(&(r.clone(), *d))
+                {
+                    Vec::new()
+                } else {
+                    let m = v.manifest(r, *d).await?;
+                    manifest_entries(&m).iter().map(|s| s.to_string()).collect()
+                }
             }
             Node::LayersDir(r, d) => {
                 let m = v.manifest(r, *d).await?;
@@ -185,10 +221,34 @@ impl Inner {
                 ))
             }
         };
-        Ok(names
+        let mut out: Vec<(String, Node)> = names
             .into_iter()
             .filter_map(|n| Some((n.clone(), node.child(&n)?)))
-            .collect())
+            .collect();
+        if let Node::ManifestsDir(r) = node {
+            let pending = self.staging.pending_dirs.lock().unwrap();
+            for (_, d) in pending.iter().filter(|(pr, _)| pr == r) {
+                out.push((d.to_string(), Node::ManifestDir(r.clone(), *d)));
+            }
+        }
+        // Files being written show under their current names.
+        for name in self.staging.names_in(node) {
+            if let Some(id) = self.staging.find(node, &name) {
+                out.retain(|(n, _)| *n != name);
+                out.push((name, Node::Staged(id)));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.dedup_by(|a, b| a.0 == b.0);
+        Ok(out)
+    }
+
+    /// A repository made with `mkdir` has no tags in the registry yet: list it empty.
+    fn existing_or_new<T: Default>(&self, r: FsResult<T>) -> FsResult<T> {
+        match r {
+            Err(e) if e.errno == libc::ENOENT => Ok(T::default()),
+            other => other,
+        }
     }
 }
 

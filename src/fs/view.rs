@@ -24,6 +24,11 @@ pub struct View {
     configured_repos: Vec<String>,
     /// Repositories confirmed by a tag list during this run.
     seen_repos: Mutex<BTreeSet<String>>,
+    /// Repositories made with `mkdir` during this run (not in the registry until a push).
+    pub(super) created_repos: Mutex<BTreeSet<String>>,
+    /// Manifest pushes waiting for their references (see push.rs).
+    pub(super) held: Mutex<Vec<super::push::Held>>,
+    pub(super) held_changed: tokio::sync::Notify,
     /// `None` inside: the registry has no usable catalog.
     catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
@@ -57,6 +62,9 @@ impl View {
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
             present: Mutex::new(HashSet::new()),
+            created_repos: Mutex::new(BTreeSet::new()),
+            held: Mutex::new(Vec::new()),
+            held_changed: tokio::sync::Notify::new(),
             sizes: Mutex::new(HashMap::new()),
             media_types: Mutex::new(HashMap::new()),
         }
@@ -91,6 +99,7 @@ impl View {
     /// All repositories we can name: catalog, `--repo`, and those looked up.
     pub async fn known_repos(&self) -> FsResult<BTreeSet<String>> {
         let mut all: BTreeSet<String> = self.seen_repos.lock().unwrap().clone();
+        all.extend(self.created_repos.lock().unwrap().iter().cloned());
         all.extend(self.configured_repos.iter().cloned());
         if let Some(c) = self.catalog().await? {
             all.extend(c.iter().cloned());
@@ -141,6 +150,36 @@ impl View {
         Ok(tags)
     }
 
+    /// Forget cached names after a push or delete changed them.
+    pub fn invalidate_tags(&self, repo: &str, tag: Option<&str>) {
+        self.tags.invalidate(&repo.to_string());
+        if let Some(t) = tag {
+            self.tag_digests
+                .invalidate(&(repo.to_string(), t.to_string()));
+        }
+        self.catalog.invalidate(&());
+    }
+
+    pub fn set_tag_digest(&self, repo: &str, tag: &str, digest: Digest) {
+        self.tag_digests
+            .insert((repo.to_string(), tag.to_string()), digest);
+    }
+
+    /// Repositories holding `digest`, as far as this run has seen (mount sources).
+    pub(super) fn repos_holding(&self, digest: &Digest) -> Vec<String> {
+        self.present
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, d)| d == digest)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    pub(super) fn note_blob_size(&self, digest: Digest, size: u64) {
+        self.sizes.lock().unwrap().insert(digest, size);
+    }
+
     pub fn peek_tags(&self, repo: &str) -> Option<Arc<Vec<String>>> {
         self.tags.peek(&repo.to_string())
     }
@@ -172,11 +211,11 @@ impl View {
             .await
     }
 
-    fn mark_present(&self, repo: &str, d: Digest) {
+    pub(super) fn mark_present(&self, repo: &str, d: Digest) {
         self.present.lock().unwrap().insert((repo.to_string(), d));
     }
 
-    fn is_present(&self, repo: &str, d: &Digest) -> bool {
+    pub(super) fn is_present(&self, repo: &str, d: &Digest) -> bool {
         self.present
             .lock()
             .unwrap()
@@ -207,7 +246,7 @@ impl View {
 
     /// A manifest's blobs and children exist in its repository (the registry
     /// refuses manifests whose references are missing), with the sizes it gives.
-    fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
+    pub(super) fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
         let mut sizes = self.sizes.lock().unwrap();
         let mut present = self.present.lock().unwrap();
         let mut types = self.media_types.lock().unwrap();

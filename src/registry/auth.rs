@@ -196,8 +196,10 @@ impl Auth {
             if let Some(s) = service {
                 q.append_pair("service", s);
             }
-            if !scope.is_empty() {
-                q.append_pair("scope", scope);
+            // Several scopes (a push with a cross-repository mount) are sent as
+            // repeated `scope` parameters.
+            for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                q.append_pair("scope", s);
             }
         }
         let req = match &self.credentials {
@@ -212,8 +214,8 @@ impl Auth {
                 if let Some(s) = service {
                     form.push(("service", s));
                 }
-                if !scope.is_empty() {
-                    form.push(("scope", scope));
+                for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                    form.push(("scope", s));
                 }
                 let mut plain = url.clone();
                 plain.set_query(None);

@@ -39,6 +39,10 @@ pub enum Kind {
     BlobGet,
     BlobHead,
     Referrers,
+    /// Upload session requests: POST, PATCH, PUT, status GET, cancel DELETE.
+    BlobPush,
+    ManifestPut,
+    Delete,
 }
 
 pub struct ClientOptions {
@@ -378,8 +382,6 @@ impl Client {
         })
     }
 
-    /// Send one request with auth, retries and backoff. Returns a response with
-    /// a success status; anything else becomes a typed error.
     async fn send(
         &self,
         method: Method,
@@ -388,6 +390,24 @@ impl Client {
         kind: Kind,
         headers: HeaderMap,
         whole_body_deadline: bool,
+    ) -> Result<reqwest::Response> {
+        self.send_body(method, url, scope, kind, headers, whole_body_deadline, None)
+            .await
+    }
+
+    /// Send one request with auth, retries and backoff. Returns a response with
+    /// a success status; anything else becomes a typed error. A body is made
+    /// afresh for every attempt (a file body is re-read, never held in memory).
+    #[allow(clippy::too_many_arguments)]
+    async fn send_body(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        kind: Kind,
+        headers: HeaderMap,
+        whole_body_deadline: bool,
+        body: Option<&Body>,
     ) -> Result<reqwest::Response> {
         let what = format!("{method} {}", url.path());
         let mut attempt = 0;
@@ -404,6 +424,11 @@ impl Client {
             }
             if let Some(h) = self.auth.header_for(scope).await? {
                 req = req.header(header::AUTHORIZATION, h);
+            }
+            if let Some(b) = body {
+                req = req
+                    .header(header::CONTENT_LENGTH, b.len())
+                    .body(b.to_reqwest()?);
             }
             let failure = match req.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
@@ -451,6 +476,275 @@ impl Client {
         }
     }
 
+    /// Does `repo` hold the blob? (HEAD; 404 → false.)
+    pub async fn has_blob(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        match self.head_blob(repo, digest).await {
+            Ok(_) => Ok(true),
+            Err(RegistryError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Try a cross-repository mount of `digest` from `from` into `repo`.
+    /// Returns true when the registry mounted it (201); when it answers with
+    /// an upload session instead (202), the session is cancelled and false returned.
+    pub async fn mount_blob(&self, repo: &str, digest: &Digest, from: &str) -> Result<bool> {
+        let mut url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        url.query_pairs_mut()
+            .append_pair("mount", &digest.to_string())
+            .append_pair("from", from);
+        let scope = format!("{} {}", push_scope(repo), pull_scope(from));
+        let resp = self
+            .send_body(
+                Method::POST,
+                url,
+                &scope,
+                Kind::BlobPush,
+                HeaderMap::new(),
+                true,
+                Some(&Body::Empty),
+            )
+            .await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(true);
+        }
+        if let Ok(location) = self.location(&resp) {
+            self.cancel_upload(repo, location).await;
+        }
+        Ok(false)
+    }
+
+    /// Upload a blob from a local file: one PUT for small blobs, PATCH chunks
+    /// for large ones. The registry verifies `digest`; so did the caller.
+    pub async fn upload_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        path: &std::path::Path,
+        size: u64,
+    ) -> Result<()> {
+        let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
+        let resp = self
+            .send_body(
+                Method::POST,
+                url,
+                &push_scope(repo),
+                Kind::BlobPush,
+                HeaderMap::new(),
+                true,
+                Some(&Body::Empty),
+            )
+            .await?;
+        let min_chunk: Option<u64> = resp
+            .headers()
+            .get("oci-chunk-min-length")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let location = self.location(&resp)?;
+        let result = if size <= MONOLITHIC_MAX {
+            self.put_upload(
+                repo,
+                location.clone(),
+                digest,
+                Some(Body::File {
+                    path: path.to_path_buf(),
+                    offset: 0,
+                    len: size,
+                }),
+            )
+            .await
+        } else {
+            let chunk = CHUNK_SIZE.max(min_chunk.unwrap_or(0));
+            self.upload_chunks(repo, location.clone(), digest, path, size, chunk)
+                .await
+        };
+        if result.is_err() {
+            // Leave the registry as it was: no dangling session.
+            self.cancel_upload(repo, location).await;
+        }
+        result
+    }
+
+    async fn upload_chunks(
+        &self,
+        repo: &str,
+        mut location: Url,
+        digest: &Digest,
+        path: &std::path::Path,
+        size: u64,
+        chunk: u64,
+    ) -> Result<()> {
+        let mut offset = 0;
+        let mut recoveries = 0;
+        while offset < size {
+            let len = chunk.min(size - offset);
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("{}-{}", offset, offset + len - 1)).expect("ascii"),
+            );
+            let body = Body::File {
+                path: path.to_path_buf(),
+                offset,
+                len,
+            };
+            match self
+                .send_body(
+                    Method::PATCH,
+                    location.clone(),
+                    &push_scope(repo),
+                    Kind::BlobPush,
+                    h,
+                    false,
+                    Some(&body),
+                )
+                .await
+            {
+                Ok(resp) => {
+                    location = self.location(&resp)?;
+                    offset = uploaded_end(resp.headers()).unwrap_or(offset + len);
+                }
+                // A 416 (or a lost answer) means we disagree on the offset: ask the
+                // registry where the upload stands and continue from there.
+                Err(e) if recoveries < 3 => {
+                    recoveries += 1;
+                    tracing::info!(repo, %digest, offset, "chunk upload failed ({e}); asking the registry for the upload status");
+                    let resp = self
+                        .send(
+                            Method::GET,
+                            location.clone(),
+                            &push_scope(repo),
+                            Kind::BlobPush,
+                            HeaderMap::new(),
+                            true,
+                        )
+                        .await?;
+                    offset = uploaded_end(resp.headers()).unwrap_or(0);
+                    location = self.location(&resp).unwrap_or(location);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.put_upload(repo, location, digest, None).await
+    }
+
+    /// Close an upload session with `PUT ?digest=` (with the last bytes, or none).
+    async fn put_upload(
+        &self,
+        repo: &str,
+        mut location: Url,
+        digest: &Digest,
+        body: Option<Body>,
+    ) -> Result<()> {
+        location
+            .query_pairs_mut()
+            .append_pair("digest", &digest.to_string());
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        let body = body.unwrap_or(Body::Empty);
+        self.send_body(
+            Method::PUT,
+            location,
+            &push_scope(repo),
+            Kind::BlobPush,
+            h,
+            false,
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn cancel_upload(&self, repo: &str, location: Url) {
+        if let Err(e) = self
+            .send(
+                Method::DELETE,
+                location,
+                &push_scope(repo),
+                Kind::BlobPush,
+                HeaderMap::new(),
+                true,
+            )
+            .await
+        {
+            tracing::debug!(repo, "could not cancel an upload session: {e}");
+        }
+    }
+
+    /// The upload session URL from `Location` (often relative).
+    fn location(&self, resp: &reqwest::Response) -> Result<Url> {
+        let loc = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                RegistryError::Invalid(format!("{}: no Location header", resp.url().path()))
+            })?;
+        resp.url()
+            .join(loc)
+            .map_err(|e| RegistryError::Invalid(format!("bad Location {loc:?}: {e}")))
+    }
+
+    /// PUT a manifest's exact bytes by tag or digest; returns the digest the registry reports.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<Digest> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(media_type)
+                .map_err(|_| RegistryError::InvalidName(format!("media type {media_type:?}")))?,
+        );
+        let expected = Digest::of(&bytes);
+        let resp = self
+            .send_body(
+                Method::PUT,
+                url,
+                &push_scope(repo),
+                Kind::ManifestPut,
+                h,
+                true,
+                Some(&Body::Bytes(bytes)),
+            )
+            .await?;
+        if let Some(d) = header_digest(resp.headers()) {
+            if d != expected {
+                return Err(RegistryError::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual: d.to_string(),
+                });
+            }
+        }
+        Ok(expected)
+    }
+
+    /// DELETE a manifest by digest, or a tag (where the registry supports it).
+    pub async fn delete_manifest(&self, repo: &str, reference: &Reference) -> Result<()> {
+        let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
+        self.send(
+            Method::DELETE,
+            url,
+            &format!("repository:{repo}:delete,pull,push"),
+            Kind::Delete,
+            HeaderMap::new(),
+            true,
+        )
+        .await?;
+        Ok(())
+    }
+
     fn count(&self, kind: Kind) {
         let s = &self.stats;
         Stats::inc(&s.requests);
@@ -463,6 +757,9 @@ impl Client {
             Kind::BlobGet => &s.requests_blob_get,
             Kind::BlobHead => &s.requests_blob_head,
             Kind::Referrers => &s.requests_referrers,
+            Kind::BlobPush => &s.requests_blob_push,
+            Kind::ManifestPut => &s.requests_manifest_put,
+            Kind::Delete => &s.requests_delete,
         };
         Stats::inc(c);
     }
@@ -511,6 +808,68 @@ fn backoff(attempt: u32) -> Duration {
 
 pub fn pull_scope(repo: &str) -> String {
     format!("repository:{repo}:pull")
+}
+
+pub fn push_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull,push")
+}
+
+/// Blobs up to this size go in one PUT; larger ones in PATCH chunks.
+const MONOLITHIC_MAX: u64 = 64 << 20;
+/// Chunk size for chunked uploads (raised to the registry's `OCI-Chunk-Min-Length`).
+const CHUNK_SIZE: u64 = 64 << 20;
+
+/// `Range: 0-1234` on an upload session → 1235 bytes received.
+fn uploaded_end(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::RANGE)?.to_str().ok()?;
+    let v = v.trim().trim_start_matches("bytes=");
+    let end: u64 = v.split('-').nth(1)?.trim().parse().ok()?;
+    Some(end + 1)
+}
+
+/// A request body that can be made again for a retry.
+pub enum Body {
+    Empty,
+    Bytes(Bytes),
+    /// `len` bytes of a local file from `offset`, streamed in 1 MiB reads.
+    File {
+        path: std::path::PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+impl Body {
+    fn len(&self) -> u64 {
+        match self {
+            Body::Empty => 0,
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+
+    fn to_reqwest(&self) -> Result<reqwest::Body> {
+        Ok(match self {
+            Body::Empty => reqwest::Body::from(Bytes::new()),
+            Body::Bytes(b) => reqwest::Body::from(b.clone()),
+            Body::File { path, offset, len } => {
+                use std::os::unix::fs::FileExt;
+                let file = std::fs::File::open(path)?;
+                let (offset, end) = (*offset, offset + len);
+                let stream =
+                    futures_util::stream::unfold((file, offset), move |(file, pos)| async move {
+                        if pos >= end {
+                            return None;
+                        }
+                        let n = (end - pos).min(1 << 20) as usize;
+                        let mut buf = vec![0u8; n];
+                        let r = file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf));
+                        Some((r, (file, pos + n as u64)))
+                    });
+                reqwest::Body::wrap_stream(stream)
+            }
+        })
+    }
 }
 
 /// Read a whole body, refusing more than `limit` bytes.

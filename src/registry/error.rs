@@ -32,6 +32,13 @@ pub enum RegistryError {
     /// The registry does not offer this API (e.g. no `_catalog`).
     #[error("unsupported by the registry: {0}")]
     Unsupported(String),
+    /// The registry refused the request as invalid (a 4xx such as MANIFEST_INVALID).
+    #[error("refused by the registry: {0}")]
+    Rejected(String),
+    /// A manifest PUT refused because blobs or manifests it references are not
+    /// in the repository yet.
+    #[error("references not in the registry yet: {0}")]
+    MissingReferences(String),
     /// Local I/O (cache directory) failed.
     #[error("local I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -44,12 +51,13 @@ impl RegistryError {
             RegistryError::NotFound(_) => libc::ENOENT,
             RegistryError::Denied(_) => libc::EACCES,
             RegistryError::RateLimited(_) => libc::EAGAIN,
-            RegistryError::InvalidName(_) => libc::EINVAL,
+            RegistryError::InvalidName(_) | RegistryError::Rejected(_) => libc::EINVAL,
             RegistryError::Unsupported(_) => libc::ENOTSUP,
             RegistryError::Server(_)
             | RegistryError::Network(_)
             | RegistryError::DigestMismatch { .. }
             | RegistryError::Invalid(_)
+            | RegistryError::MissingReferences(_)
             | RegistryError::Io(_) => libc::EIO,
         }
     }
@@ -78,14 +86,24 @@ impl RegistryError {
             429 => RegistryError::RateLimited(text),
             405 if code.as_deref() == Some("UNSUPPORTED") => RegistryError::Unsupported(text),
             s if s >= 500 => RegistryError::Server(text),
+            s if !(400..500).contains(&s) => RegistryError::Invalid(text),
+            // Any other 4xx is the registry refusing this request: final, not retried.
             _ => match code.as_deref() {
                 Some("NAME_UNKNOWN" | "MANIFEST_UNKNOWN" | "BLOB_UNKNOWN" | "TAG_INVALID") => {
                     RegistryError::NotFound(text)
                 }
+                Some("MANIFEST_BLOB_UNKNOWN") => RegistryError::MissingReferences(text),
                 Some("DENIED" | "UNAUTHORIZED") => RegistryError::Denied(text),
                 Some("TOOMANYREQUESTS") => RegistryError::RateLimited(text),
                 Some("UNSUPPORTED") => RegistryError::Unsupported(text),
-                _ => RegistryError::Server(text),
+                Some(
+                    "MANIFEST_INVALID"
+                    | "NAME_INVALID"
+                    | "DIGEST_INVALID"
+                    | "SIZE_INVALID"
+                    | "BLOB_UPLOAD_INVALID",
+                ) => RegistryError::Rejected(text),
+                _ => RegistryError::Rejected(text),
             },
         }
     }

@@ -1,0 +1,312 @@
+//! Turning local writes into registry pushes: blobs (skip what the registry
+//! has, mount across repositories, else upload), manifests (validated, exact
+//! bytes, held until their references arrive), tags and deletes.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::view::View;
+use crate::cache::{FsError, FsResult};
+use crate::oci::{Manifest, ManifestKind};
+use crate::registry::client::MAX_MANIFEST_SIZE;
+use crate::registry::{Digest, Reference, RegistryError};
+use crate::stats::Stats;
+
+/// How long creating a tag waits for a held manifest to be pushed.
+const HELD_WAIT: Duration = Duration::from_secs(60);
+
+/// A manifest pushed by digest whose blobs or children are not in the registry yet.
+pub struct Held {
+    pub repo: String,
+    pub digest: Digest,
+    media_type: String,
+    bytes: Bytes,
+    pub since: Instant,
+}
+
+/// What a manifest push did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pushed {
+    Done(Digest),
+    /// Held until its references arrive (only pushes by digest are held).
+    Held(Digest),
+}
+
+/// Check bytes written as a manifest: JSON, within the size limit, with a media
+/// type we can name (from the JSON, or detected from its shape).
+pub fn validate_manifest(bytes: &[u8]) -> FsResult<String> {
+    if bytes.len() as u64 > MAX_MANIFEST_SIZE {
+        return Err(FsError::new(
+            libc::EFBIG,
+            format!(
+                "manifest of {} bytes exceeds the {MAX_MANIFEST_SIZE}-byte limit",
+                bytes.len()
+            ),
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| FsError::new(libc::EINVAL, format!("not a manifest: invalid JSON: {e}")))?;
+    let m = Manifest::parse(bytes, None);
+    let declared = json
+        .get("mediaType")
+        .and_then(|t| t.as_str())
+        .is_some_and(|t| !t.is_empty());
+    if m.kind == ManifestKind::Unknown && !declared {
+        return Err(FsError::new(
+            libc::EINVAL,
+            "not a manifest: no mediaType and the JSON looks like no known manifest",
+        ));
+    }
+    Ok(m.media_type)
+}
+
+fn is_missing_references(e: &RegistryError) -> bool {
+    matches!(e, RegistryError::MissingReferences(_))
+        || matches!(e, RegistryError::NotFound(m) if m.contains("MANIFEST_UNKNOWN") || m.contains("MANIFEST_BLOB_UNKNOWN"))
+}
+
+impl View {
+    /// Push the blob in `path` (already verified to hash to `digest`) into `repo`.
+    pub async fn push_blob(
+        &self,
+        repo: &str,
+        digest: Digest,
+        path: &Path,
+        size: u64,
+    ) -> FsResult<()> {
+        let client = &self.client;
+        if self.is_present(repo, &digest) || client.has_blob(repo, &digest).await? {
+            tracing::info!(repo, %digest, "blob already in the registry; nothing uploaded");
+        } else if self.mount_from_known(repo, digest).await? {
+            tracing::info!(repo, %digest, "blob mounted from another repository; nothing uploaded");
+        } else {
+            client.upload_blob(repo, &digest, path, size).await?;
+            Stats::add(&self.stats.bytes_pushed, size);
+            tracing::info!(repo, %digest, size, "blob pushed");
+        }
+        self.note_blob_size(digest, size);
+        self.mark_present(repo, digest);
+        self.retry_held(repo).await;
+        Ok(())
+    }
+
+    /// Cross-repository mount from any repository known to hold the blob.
+    pub async fn mount_from_known(&self, repo: &str, digest: Digest) -> FsResult<bool> {
+        for from in self
+            .repos_holding(&digest)
+            .into_iter()
+            .filter(|r| r != repo)
+        {
+            match self.client.mount_blob(repo, &digest, &from).await {
+                Ok(true) => return Ok(true),
+                Ok(false) => tracing::debug!(repo, from, %digest, "registry declined the mount"),
+                Err(e) => tracing::debug!(repo, from, %digest, "mount failed: {e}"),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Push manifest bytes by tag or digest. A push by digest whose references
+    /// are missing is held and retried as they arrive; a push by tag is not
+    /// (nothing half-pushed is ever tagged).
+    pub async fn push_manifest(
+        &self,
+        repo: &str,
+        reference: Reference,
+        bytes: Bytes,
+    ) -> FsResult<Pushed> {
+        let media_type = validate_manifest(&bytes)?;
+        let digest = Digest::of(&bytes);
+        if let Reference::Digest(name) = &reference {
+            if *name != digest {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("manifest bytes hash to {digest}, not to the name {name}"),
+                ));
+            }
+        }
+        match self
+            .client
+            .put_manifest(repo, &reference, &media_type, bytes.clone())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if is_missing_references(&e) && matches!(reference, Reference::Digest(_)) => {
+                tracing::info!(repo, %digest, "manifest held until its references arrive: {e}");
+                let mut held = self.held.lock().unwrap();
+                if !held.iter().any(|h| h.repo == repo && h.digest == digest) {
+                    held.push(Held {
+                        repo: repo.to_string(),
+                        digest,
+                        media_type,
+                        bytes,
+                        since: Instant::now(),
+                    });
+                }
+                return Ok(Pushed::Held(digest));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.pushed_manifest(repo, &reference, digest, bytes, media_type);
+        self.retry_held(repo).await;
+        Ok(Pushed::Done(digest))
+    }
+
+    fn pushed_manifest(
+        &self,
+        repo: &str,
+        reference: &Reference,
+        digest: Digest,
+        bytes: Bytes,
+        media_type: String,
+    ) {
+        let m = self.manifests.put(digest, bytes, Some(media_type));
+        self.mark_present(repo, digest);
+        self.note_blob_sizes(repo, &m);
+        self.created_repos.lock().unwrap().insert(repo.to_string());
+        match reference {
+            Reference::Tag(t) => {
+                self.invalidate_tags(repo, Some(t));
+                self.set_tag_digest(repo, t, digest);
+            }
+            Reference::Digest(_) => self.invalidate_tags(repo, None),
+        }
+        tracing::info!(repo, %reference, %digest, "manifest pushed");
+    }
+
+    /// Try the held manifests of `repo` again until no more go through.
+    pub async fn retry_held(&self, repo: &str) {
+        loop {
+            let candidates: Vec<(Digest, String, Bytes)> = self
+                .held
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|h| h.repo == repo)
+                .map(|h| (h.digest, h.media_type.clone(), h.bytes.clone()))
+                .collect();
+            let mut progress = false;
+            for (digest, media_type, bytes) in candidates {
+                let reference = Reference::Digest(digest);
+                let result = self
+                    .client
+                    .put_manifest(repo, &reference, &media_type, bytes.clone())
+                    .await;
+                match result {
+                    Err(e) if is_missing_references(&e) => continue,
+                    Err(e) => {
+                        tracing::warn!(repo, %digest, "held manifest push failed: {e}");
+                        self.stats
+                            .record_error(format!("held manifest {repo}@{digest}: {e}"));
+                    }
+                    Ok(_) => self.pushed_manifest(repo, &reference, digest, bytes, media_type),
+                }
+                self.held
+                    .lock()
+                    .unwrap()
+                    .retain(|h| !(h.repo == repo && h.digest == digest));
+                self.held_changed.notify_waiters();
+                progress = true;
+            }
+            if !progress {
+                return;
+            }
+        }
+    }
+
+    fn is_held(&self, repo: &str, digest: &Digest) -> bool {
+        self.held
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|h| h.repo == repo && h.digest == *digest)
+    }
+
+    /// Point `tag` at an existing manifest of `repo` (a retag: no data copied
+    /// beyond the manifest's own bytes). Waits for a held manifest first.
+    pub async fn push_tag(&self, repo: &str, tag: &str, digest: Digest) -> FsResult<()> {
+        let deadline = Instant::now() + HELD_WAIT;
+        while self.is_held(repo, &digest) {
+            let changed = self.held_changed.notified();
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!(
+                        "tag {repo}:{tag}: manifest {digest} is still waiting for its references"
+                    ),
+                ));
+            }
+        }
+        let m = self.manifest(repo, digest).await?;
+        let media_type = m.parsed.media_type.clone();
+        let reference = Reference::Tag(tag.to_string());
+        self.client
+            .put_manifest(repo, &reference, &media_type, m.bytes.clone())
+            .await?;
+        self.pushed_manifest(repo, &reference, digest, m.bytes.clone(), media_type);
+        Ok(())
+    }
+
+    /// Does `repo` hold this manifest, or is it held for pushing?
+    pub async fn manifest_known(&self, repo: &str, digest: Digest) -> FsResult<()> {
+        if self.is_held(repo, &digest) {
+            return Ok(());
+        }
+        self.manifest(repo, digest).await.map(|_| ())
+    }
+
+    pub async fn delete(&self, repo: &str, reference: Reference) -> FsResult<()> {
+        match self.client.delete_manifest(repo, &reference).await {
+            Ok(()) => {}
+            // Distribution 2.x cannot delete a tag (it answers 400 DIGEST_INVALID or UNSUPPORTED).
+            Err(e @ (RegistryError::Rejected(_) | RegistryError::Unsupported(_))) if matches!(reference, Reference::Tag(_)) => {
+                return Err(FsError::new(
+                    libc::ENOTSUP,
+                    format!("this registry cannot delete tags ({e}); delete the manifest instead: rm -r _manifests/<digest>"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        match &reference {
+            Reference::Tag(t) => self.invalidate_tags(repo, Some(t)),
+            Reference::Digest(_) => self.invalidate_tags(repo, None),
+        }
+        tracing::info!(repo, %reference, "deleted");
+        Ok(())
+    }
+
+    /// `held <repo>@<digest> <seconds waiting>` lines for `.regfs/held`.
+    pub fn render_held(&self) -> String {
+        self.held
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| format!("{}@{} {}\n", h.repo, h.digest, h.since.elapsed().as_secs()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_validation() {
+        assert_eq!(validate_manifest(b"{nope").unwrap_err().errno, libc::EINVAL);
+        assert_eq!(validate_manifest(b"{}").unwrap_err().errno, libc::EINVAL);
+        let big = vec![b' '; (MAX_MANIFEST_SIZE + 1) as usize];
+        assert_eq!(validate_manifest(&big).unwrap_err().errno, libc::EFBIG);
+        let ok = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":1},"layers":[]}"#;
+        assert_eq!(validate_manifest(ok).unwrap(), crate::oci::OCI_MANIFEST);
+        let typed = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#;
+        assert_eq!(
+            validate_manifest(typed).unwrap(),
+            "application/vnd.example+json"
+        );
+    }
+}

@@ -1,0 +1,834 @@
+//! Writes: files are staged on local disk (any size, any write order, memory
+//! bounded) and committed — pushed — on close, fsync or rename into their final
+//! name. What a commit means depends on where the file lives:
+//!
+//! | where                              | commit                                         |
+//! |------------------------------------|------------------------------------------------|
+//! | `_uploads/<name>`                  | blob push; the name then links to the blob     |
+//! | `_blobs/sha256:<hex>`              | blob push, refused (EIO) unless the bytes hash to the name |
+//! | `_tags/<tag>`                      | manifest PUT by tag                            |
+//! | `_manifests/sha256:<hex>/manifest.json` | manifest PUT by digest (held until its references arrive) |
+//!
+//! Names starting with `.` (rsync's and editors' temporary files) are staged
+//! and only committed when renamed to a final name. Tag symlinks (`ln -s
+//! ../_manifests/sha256:… _tags/<tag>`) are checked at once and pushed when
+//! they settle: renamed, or left alone for a moment (so `ln -sfn`'s temporary
+//! link never becomes a tag).
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+
+use super::node::{self, Node};
+use super::push::Pushed;
+use super::Inner;
+use crate::cache::{FsError, FsResult};
+use crate::registry::client::MAX_MANIFEST_SIZE;
+use crate::registry::reference::is_valid_tag;
+use crate::registry::{Digest, Reference};
+use fuser::INodeNo;
+
+/// How long a new tag symlink may wait for a rename before it is pushed as it is.
+const LINK_SETTLE: Duration = Duration::from_millis(500);
+
+pub struct StagedFile {
+    pub parent: Node,
+    pub name: String,
+    path: PathBuf,
+    file: File,
+    pub size: u64,
+    /// Written since the last commit.
+    pub(super) dirty: bool,
+    /// Outcome of the last commit, returned to later flushes of the same data.
+    last: Option<FsResult<()>>,
+}
+
+struct PendingLink {
+    digest: Digest,
+    /// Bumped on every change, so a settle timer knows whether it is still current.
+    generation: u64,
+}
+
+pub struct Staging {
+    dir: PathBuf,
+    next_id: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<Mutex<StagedFile>>>>,
+    names: Mutex<HashMap<(Node, String), u64>>,
+    /// `_uploads/<name>` pushed during this run → the blob it became.
+    uploads: Mutex<HashMap<(String, String), Digest>>,
+    /// Tag symlinks not pushed yet: (repo, name) → target.
+    links: Mutex<HashMap<(String, String), PendingLink>>,
+    link_generation: AtomicU64,
+    /// Manifest directories made with mkdir, before their manifest.json arrives.
+    pub pending_dirs: Mutex<HashSet<(String, Digest)>>,
+}
+
+/// What committing a staged file under (parent, name) means; `None`: nothing yet.
+enum Commit {
+    UploadBlob(String),
+    Blob(String, Digest),
+    Tag(String, String),
+    Manifest(String, Digest),
+}
+
+fn commit_kind(parent: &Node, name: &str) -> Option<Commit> {
+    if node::is_temp_name(name) {
+        return None;
+    }
+    match parent {
+        Node::UploadsDir(r) => Some(Commit::UploadBlob(r.clone())),
+        Node::BlobsDir(r) => name.parse().ok().map(|d| Commit::Blob(r.clone(), d)),
+        Node::TagsDir(r) if is_valid_tag(name) => Some(Commit::Tag(r.clone(), name.to_string())),
+        Node::ManifestDir(r, d) if name == node::MANIFEST_JSON => {
+            Some(Commit::Manifest(r.clone(), *d))
+        }
+        _ => None,
+    }
+}
+
+/// May a file called `name` be created in `parent`? (EINVAL for a bad name,
+/// EPERM for a directory that takes no files.)
+pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
+    let writable = matches!(
+        parent,
+        Node::UploadsDir(_) | Node::BlobsDir(_) | Node::TagsDir(_) | Node::ManifestDir(..)
+    );
+    if !writable {
+        return Err(FsError::new(
+            libc::EPERM,
+            format!("cannot create {name:?} in {}: files are written only under _uploads, _blobs, _tags and _manifests/<digest>/", parent.path()),
+        ));
+    }
+    if node::is_temp_name(name)
+        || (matches!(parent, Node::UploadsDir(_)) && node::is_file_name(name))
+    {
+        return Ok(());
+    }
+    if commit_kind(parent, name).is_none() {
+        let want = match parent {
+            Node::BlobsDir(_) => "a digest sha256:<64 hex>",
+            Node::TagsDir(_) => "a valid tag",
+            _ => "manifest.json",
+        };
+        return Err(FsError::new(
+            libc::EINVAL,
+            format!("{}/{name}: the name must be {want}", parent.path()),
+        ));
+    }
+    Ok(())
+}
+
+impl Staging {
+    pub fn new(cache_dir: &std::path::Path) -> std::io::Result<Self> {
+        let dir = cache_dir.join("staging");
+        std::fs::create_dir_all(&dir)?;
+        // Staged files of a daemon that died were never committed: drop them.
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        Ok(Staging {
+            dir,
+            next_id: AtomicU64::new(1),
+            files: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashMap::new()),
+            uploads: Mutex::new(HashMap::new()),
+            links: Mutex::new(HashMap::new()),
+            link_generation: AtomicU64::new(0),
+            pending_dirs: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// A new, empty staged file at (parent, name), replacing any staged there.
+    pub fn create(&self, parent: &Node, name: &str) -> FsResult<u64> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(format!("{}.{id}", std::process::id()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        let staged = StagedFile {
+            parent: parent.clone(),
+            name: name.to_string(),
+            path,
+            file,
+            size: 0,
+            dirty: true,
+            last: None,
+        };
+        if let Some(old) = self
+            .names
+            .lock()
+            .unwrap()
+            .insert((parent.clone(), name.to_string()), id)
+        {
+            self.forget(old);
+        }
+        self.files
+            .lock()
+            .unwrap()
+            .insert(id, Arc::new(Mutex::new(staged)));
+        Ok(id)
+    }
+
+    pub fn get(&self, id: u64) -> Option<Arc<Mutex<StagedFile>>> {
+        self.files.lock().unwrap().get(&id).cloned()
+    }
+
+    pub fn find(&self, parent: &Node, name: &str) -> Option<u64> {
+        self.names
+            .lock()
+            .unwrap()
+            .get(&(parent.clone(), name.to_string()))
+            .copied()
+    }
+
+    /// Names staged in `parent`, for listings.
+    pub fn names_in(&self, parent: &Node) -> Vec<String> {
+        self.names
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(p, _)| p == parent)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    /// Drop a staged file and its data.
+    pub fn forget(&self, id: u64) {
+        if let Some(f) = self.files.lock().unwrap().remove(&id) {
+            let f = f.lock().unwrap();
+            let _ = std::fs::remove_file(&f.path);
+            let mut names = self.names.lock().unwrap();
+            if names.get(&(f.parent.clone(), f.name.clone())) == Some(&id) {
+                names.remove(&(f.parent.clone(), f.name.clone()));
+            }
+        }
+    }
+
+    pub fn rename(&self, id: u64, new_name: &str) {
+        let Some(f) = self.get(id) else { return };
+        let mut f = f.lock().unwrap();
+        let mut names = self.names.lock().unwrap();
+        names.remove(&(f.parent.clone(), f.name.clone()));
+        if let Some(old) = names.insert((f.parent.clone(), new_name.to_string()), id) {
+            if old != id {
+                drop(names);
+                self.files.lock().unwrap().remove(&old);
+            }
+        }
+        f.name = new_name.to_string();
+    }
+
+    pub fn upload_target(&self, repo: &str, name: &str) -> Option<Digest> {
+        self.uploads
+            .lock()
+            .unwrap()
+            .get(&(repo.to_string(), name.to_string()))
+            .copied()
+    }
+
+    pub fn uploads_in(&self, repo: &str) -> Vec<String> {
+        self.uploads
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(r, _)| r == repo)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    pub fn remove_upload(&self, repo: &str, name: &str) -> bool {
+        self.uploads
+            .lock()
+            .unwrap()
+            .remove(&(repo.to_string(), name.to_string()))
+            .is_some()
+    }
+
+    pub fn pending_link(&self, repo: &str, name: &str) -> Option<Digest> {
+        self.links
+            .lock()
+            .unwrap()
+            .get(&(repo.to_string(), name.to_string()))
+            .map(|l| l.digest)
+    }
+
+    pub fn links_in(&self, repo: &str) -> Vec<String> {
+        self.links
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|(r, _)| r == repo)
+            .map(|(_, n)| n.clone())
+            .collect()
+    }
+
+    fn add_link(&self, repo: &str, name: &str, digest: Digest) -> u64 {
+        let generation = self.link_generation.fetch_add(1, Ordering::Relaxed) + 1;
+        self.links.lock().unwrap().insert(
+            (repo.to_string(), name.to_string()),
+            PendingLink { digest, generation },
+        );
+        generation
+    }
+
+    /// Take a pending link out if it is still the one of `generation` (or any, for `None`).
+    fn take_link(&self, repo: &str, name: &str, generation: Option<u64>) -> Option<Digest> {
+        let mut links = self.links.lock().unwrap();
+        let key = (repo.to_string(), name.to_string());
+        match links.get(&key) {
+            Some(l) if generation.is_none_or(|g| g == l.generation) => {
+                links.remove(&key).map(|l| l.digest)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl StagedFile {
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<()> {
+        let end = offset + data.len() as u64;
+        let manifest_like = matches!(self.parent, Node::TagsDir(_) | Node::ManifestDir(..));
+        if manifest_like && end > MAX_MANIFEST_SIZE {
+            return Err(FsError::new(
+                libc::EFBIG,
+                format!("a manifest may not exceed {MAX_MANIFEST_SIZE} bytes"),
+            ));
+        }
+        self.file.write_all_at(data, offset)?;
+        self.size = self.size.max(end);
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub fn truncate(&mut self, size: u64) -> FsResult<()> {
+        self.file.set_len(size)?;
+        self.size = size;
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub fn read(&self, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        let end = offset.saturating_add(len).min(self.size);
+        let mut buf = vec![0u8; end.saturating_sub(offset) as usize];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn hash(&self) -> std::io::Result<Digest> {
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < self.size {
+            let n = self
+                .file
+                .read_at(&mut buf[..(self.size - off).min(1 << 20) as usize], off)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            off += n as u64;
+        }
+        Ok(Digest::from_bytes(h.finalize().into()))
+    }
+
+    fn bytes(&self) -> std::io::Result<Bytes> {
+        let mut buf = vec![0u8; self.size as usize];
+        self.file.read_exact_at(&mut buf, 0)?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+impl Inner {
+    /// Commit staged file `id` if it has a final name and new data; the result
+    /// is what the writer's close/fsync/rename returns.
+    pub(super) async fn commit(&self, id: u64) -> FsResult<()> {
+        let Some(staged) = self.staging.get(id) else {
+            return Ok(());
+        };
+        let (kind, path, size, digest, bytes) = {
+            let mut f = staged.lock().unwrap();
+            let Some(kind) = commit_kind(&f.parent, &f.name) else {
+                return Ok(());
+            };
+            if !f.dirty {
+                return f.last.clone().unwrap_or(Ok(()));
+            }
+            f.dirty = false;
+            let small = matches!(kind, Commit::Tag(..) | Commit::Manifest(..));
+            let bytes = if small { Some(f.bytes()?) } else { None };
+            (kind, f.path.clone(), f.size, f.hash()?, bytes)
+        };
+        let v = &self.view;
+        let result = match kind {
+            Commit::UploadBlob(repo) => v.push_blob(&repo, digest, &path, size).await.map(|_| {
+                let name = staged.lock().unwrap().name.clone();
+                self.staging
+                    .uploads
+                    .lock()
+                    .unwrap()
+                    .insert((repo.clone(), name), digest);
+            }),
+            Commit::Blob(repo, name) if name != digest => Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "{}/_blobs/{name}: the bytes written hash to {digest}; nothing pushed",
+                    repo
+                ),
+            )),
+            Commit::Blob(repo, _) => v.push_blob(&repo, digest, &path, size).await,
+            Commit::Tag(repo, tag) => v
+                .push_manifest(&repo, Reference::Tag(tag), bytes.unwrap_or_default())
+                .await
+                .map(|_| ()),
+            Commit::Manifest(repo, d) => {
+                match v
+                    .push_manifest(&repo, Reference::Digest(d), bytes.unwrap_or_default())
+                    .await
+                {
+                    Ok(Pushed::Done(_)) => {
+                        self.staging.pending_dirs.lock().unwrap().remove(&(repo, d));
+                        Ok(())
+                    }
+                    Ok(Pushed::Held(_)) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = &result {
+            tracing::warn!(path = %staged.lock().unwrap().name, "push failed: {e}");
+            self.view.stats.record_error(format!("push: {e}"));
+        }
+        staged.lock().unwrap().last = Some(result.clone());
+        result
+    }
+
+    /// A committed staged file is done: what it became is served by the tree.
+    pub(super) fn settle_staged(&self, id: u64) {
+        let Some(staged) = self.staging.get(id) else {
+            return;
+        };
+        let done = {
+            let f = staged.lock().unwrap();
+            !f.dirty && matches!(f.last, Some(Ok(()))) && commit_kind(&f.parent, &f.name).is_some()
+        };
+        if done {
+            self.staging.forget(id);
+        }
+    }
+
+    /// `ln -s ../_manifests/sha256:<hex> _tags/<name>`: check the target now,
+    /// push when the link settles.
+    pub(super) async fn create_tag_link(
+        self: &Arc<Self>,
+        repo: &str,
+        name: &str,
+        target: &str,
+    ) -> FsResult<()> {
+        if !is_valid_tag(name) && !node::is_temp_name(name) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{name:?} is not a valid tag"),
+            ));
+        }
+        let digest = parse_tag_target(target).ok_or_else(|| {
+            FsError::new(
+                libc::EINVAL,
+                format!("tag link target {target:?} is not ../_manifests/sha256:<hex>"),
+            )
+        })?;
+        self.view.manifest_known(repo, digest).await?;
+        let generation = self.staging.add_link(repo, name, digest);
+        if !node::is_temp_name(name) {
+            let (fs, repo, name) = (self.clone(), repo.to_string(), name.to_string());
+            tokio::spawn(async move {
+                tokio::time::sleep(LINK_SETTLE).await;
+                if let Some(d) = fs.staging.take_link(&repo, &name, Some(generation)) {
+                    if let Err(e) = fs.view.push_tag(&repo, &name, d).await {
+                        tracing::warn!(repo, tag = name, "tag push failed: {e}");
+                        fs.view
+                            .stats
+                            .record_error(format!("tag {repo}:{name}: {e}"));
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Rename a pending tag link: the tag is pushed now, under its new name.
+    pub(super) async fn rename_tag_link(
+        &self,
+        repo: &str,
+        from: &str,
+        to: &str,
+    ) -> Option<FsResult<()>> {
+        let digest = self.staging.take_link(repo, from, None)?;
+        if !is_valid_tag(to) {
+            return Some(Err(FsError::new(
+                libc::EINVAL,
+                format!("{to:?} is not a valid tag"),
+            )));
+        }
+        Some(self.view.push_tag(repo, to, digest).await)
+    }
+
+    pub(super) fn drop_tag_link(&self, repo: &str, name: &str) -> bool {
+        self.staging.take_link(repo, name, None).is_some()
+    }
+}
+
+fn eperm(msg: impl Into<String>) -> FsError {
+    FsError::new(libc::EPERM, msg)
+}
+
+impl Inner {
+    /// Only a manifest directory made with mkdir (the restore path) takes files:
+    /// the others are the registry's immutable manifests (`cp x _tags/<tag>`
+    /// onto an existing tag lands here, through the link).
+    pub(super) fn check_manifest_dir_writable(&self, parent: &Node) -> FsResult<()> {
+        match parent {
+            Node::ManifestDir(r, d) if !self.staging.pending_dirs.lock().unwrap().contains(&(r.clone(), *d)) => {
+                Err(eperm(format!(
+                    "{} is an immutable manifest; to point a tag at another manifest use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
+                    parent.path()
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Open an existing entry for writing: content-addressed entries are
+    /// written afresh (and verified against their name); anything else is immutable.
+    pub(super) fn open_for_write(&self, node: &Node, truncate: bool) -> FsResult<u64> {
+        match node {
+            Node::Staged(id) => {
+                if truncate {
+                    if let Some(f) = self.staging.get(*id) {
+                        f.lock().unwrap().truncate(0)?;
+                    }
+                }
+                Ok(*id)
+            }
+            Node::Blob(r, d) => self.staging.create(&Node::BlobsDir(r.clone()), &d.to_string()),
+            Node::ManifestFile(r, d) if self.staging.pending_dirs.lock().unwrap().contains(&(r.clone(), *d)) => {
+                self.staging.create(&Node::ManifestDir(r.clone(), *d), node::MANIFEST_JSON)
+            }
+            Node::ManifestFile(..) => Err(eperm(format!(
+                "{} is immutable; to point a tag elsewhere use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
+                node.path()
+            ))),
+            n => Err(eperm(format!("{} cannot be written", n.path()))),
+        }
+    }
+
+    pub(super) async fn mkdir(&self, parent: INodeNo, name: &str) -> FsResult<Node> {
+        let parent = self.node(parent)?;
+        let child = parent.child(name).ok_or_else(|| {
+            FsError::new(
+                libc::EINVAL,
+                format!("{name:?} is not a valid name in {}", parent.path()),
+            )
+        })?;
+        let v = &self.view;
+        match (&parent, &child) {
+            // A new repository (or namespace) path, or a repository's own
+            // directories (rsync recreating a backup): remembered locally
+            // until a push makes it real.
+            (Node::Root | Node::Dir(_), Node::Dir(path)) => {
+                if v.dir_exists(path).await.unwrap_or(false)
+                    && v.known_repos()
+                        .await?
+                        .iter()
+                        .any(|r| r == path || r.starts_with(&format!("{path}/")))
+                {
+                    return Err(FsError::new(
+                        libc::EEXIST,
+                        format!("{} exists", child.path()),
+                    ));
+                }
+                v.created_repos.lock().unwrap().insert(path.clone());
+                Ok(child)
+            }
+            (
+                Node::Dir(repo),
+                Node::TagsDir(_) | Node::ManifestsDir(_) | Node::BlobsDir(_) | Node::UploadsDir(_),
+            ) => {
+                v.created_repos.lock().unwrap().insert(repo.clone());
+                Ok(child)
+            }
+            // The restore path: mkdir _manifests/sha256:<hex>, then write manifest.json.
+            (Node::ManifestsDir(r), Node::ManifestDir(_, d)) => {
+                if v.manifest_known(r, *d).await.is_ok() {
+                    return Err(FsError::new(
+                        libc::EEXIST,
+                        format!("{} exists", child.path()),
+                    ));
+                }
+                self.staging
+                    .pending_dirs
+                    .lock()
+                    .unwrap()
+                    .insert((r.clone(), *d));
+                Ok(child)
+            }
+            // rsync recreating the derived directories of a manifest: nothing to do.
+            (
+                Node::ManifestDir(..),
+                Node::LayersDir(..) | Node::ChildrenDir(..) | Node::ReferrersDir(..),
+            ) => Ok(child),
+            _ => Err(eperm(format!(
+                "cannot create a directory at {}",
+                child.path()
+            ))),
+        }
+    }
+
+    /// unlink (`dir` false) and rmdir (`dir` true).
+    pub(super) async fn remove(&self, parent: INodeNo, name: &str, dir: bool) -> FsResult<()> {
+        let parent = self.node(parent)?;
+        if let Some(id) = self.staging.find(&parent, name) {
+            self.staging.forget(id);
+            return Ok(());
+        }
+        let allow = self.opts.allow_delete;
+        let denied = |what: &str| eperm(format!("{what}: deleting needs --allow-delete"));
+        let v = &self.view;
+        match &parent {
+            Node::TagsDir(r) if !dir => {
+                if self.drop_tag_link(r, name) {
+                    return Ok(());
+                }
+                if !allow {
+                    return Err(denied(&format!("{}/{name}", parent.path())));
+                }
+                v.delete(r, Reference::Tag(name.to_string())).await
+            }
+            Node::UploadsDir(r) if !dir => {
+                if self.staging.remove_upload(r, name) {
+                    Ok(())
+                } else {
+                    Err(FsError::new(
+                        libc::ENOENT,
+                        format!("{}/{name} does not exist", parent.path()),
+                    ))
+                }
+            }
+            Node::ManifestsDir(r) if dir => {
+                let d: Digest = name
+                    .parse()
+                    .map_err(|_| FsError::new(libc::ENOENT, format!("no {name:?}")))?;
+                if self
+                    .staging
+                    .pending_dirs
+                    .lock()
+                    .unwrap()
+                    .remove(&(r.clone(), d))
+                {
+                    return Ok(());
+                }
+                if !allow {
+                    return Err(denied(&format!("{}/{name}", parent.path())));
+                }
+                v.delete(r, Reference::Digest(d)).await
+            }
+            // `rm -r` of a manifest directory empties it first: the entries are
+            // derived, so removing them alone means nothing; the rmdir deletes.
+            Node::ManifestDir(..)
+            | Node::LayersDir(..)
+            | Node::ChildrenDir(..)
+            | Node::ReferrersDir(..) => {
+                if allow {
+                    Ok(())
+                } else {
+                    Err(denied(&format!("{}/{name}", parent.path())))
+                }
+            }
+            Node::Root | Node::Dir(_) if dir => {
+                let path = match &parent {
+                    Node::Dir(p) => format!("{p}/{name}"),
+                    _ => name.to_string(),
+                };
+                if v.created_repos.lock().unwrap().remove(&path)
+                    && !v.is_repo(&path).await.unwrap_or(true)
+                {
+                    Ok(())
+                } else {
+                    Err(eperm(format!(
+                        "/{path}: repositories are removed by deleting their tags and manifests"
+                    )))
+                }
+            }
+            _ => Err(eperm(format!("{}/{name} cannot be removed", parent.path()))),
+        }
+    }
+
+    pub(super) async fn symlink(
+        self: &Arc<Self>,
+        parent: INodeNo,
+        name: &str,
+        target: &str,
+    ) -> FsResult<Node> {
+        let parent = self.node(parent)?;
+        let child = parent.child(name).ok_or_else(|| {
+            FsError::new(
+                libc::EINVAL,
+                format!("{name:?} is not a valid name in {}", parent.path()),
+            )
+        })?;
+        match &parent {
+            Node::TagsDir(r) => {
+                self.create_tag_link(r, name, target).await?;
+                Ok(child)
+            }
+            // rsync recreating the derived links of a manifest directory:
+            // they follow from manifest.json, nothing to do.
+            Node::ManifestDir(..)
+            | Node::LayersDir(..)
+            | Node::ChildrenDir(..)
+            | Node::ReferrersDir(..)
+                if child.kind() == node::Kind::Symlink =>
+            {
+                Ok(child)
+            }
+            _ => Err(eperm(format!(
+                "cannot create a symlink at {}",
+                child.path()
+            ))),
+        }
+    }
+
+    pub(super) async fn rename(
+        &self,
+        parent: INodeNo,
+        name: &str,
+        newparent: INodeNo,
+        newname: &str,
+    ) -> FsResult<()> {
+        if parent != newparent {
+            return Err(FsError::new(
+                libc::EXDEV,
+                "renames only within one directory",
+            ));
+        }
+        let parent = self.node(parent)?;
+        if let Some(id) = self.staging.find(&parent, name) {
+            if !node::is_temp_name(newname) && commit_kind(&parent, newname).is_none() {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("{newname:?} is not a valid name in {}", parent.path()),
+                ));
+            }
+            self.staging.rename(id, newname);
+            if let Some(f) = self.staging.get(id) {
+                f.lock().unwrap().dirty = true;
+            }
+            self.commit(id).await?;
+            self.settle_staged(id);
+            return Ok(());
+        }
+        if let Node::TagsDir(r) = &parent {
+            if let Some(result) = self.rename_tag_link(r, name, newname).await {
+                return result;
+            }
+        }
+        Err(eperm(format!("{}/{name} cannot be renamed", parent.path())))
+    }
+
+    /// `ln a/_blobs/sha256:<hex> b/_blobs/`: a cross-repository mount.
+    pub(super) async fn hard_link(&self, src: &Node, dst: &Node, name: &str) -> FsResult<Node> {
+        let (Node::Blob(from, d), Node::BlobsDir(to)) = (src, dst) else {
+            return Err(eperm("hard links make cross-repository blob mounts: ln REPO/_blobs/sha256:<hex> OTHER/_blobs/"));
+        };
+        if name != d.to_string() {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("the link must keep the blob's name {d}"),
+            ));
+        }
+        let v = &self.view;
+        let size = v.blob_size(from, *d).await?;
+        if !(v.is_present(to, d) || v.client.has_blob(to, d).await?)
+            && !v.client.mount_blob(to, d, from).await?
+        {
+            return Err(FsError::new(
+                libc::EIO,
+                format!("the registry refused to mount {d} from {from} into {to}"),
+            ));
+        }
+        v.note_blob_size(*d, size);
+        v.mark_present(to, *d);
+        v.created_repos.lock().unwrap().insert(to.clone());
+        v.retry_held(to).await;
+        Ok(Node::Blob(to.clone(), *d))
+    }
+}
+
+/// `../_manifests/sha256:<hex>` (with or without a trailing `/`) → the digest.
+pub fn parse_tag_target(target: &str) -> Option<Digest> {
+    let t = target.trim_end_matches('/');
+    t.strip_prefix(&format!("../{}/", node::MANIFESTS))?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creation_rules() {
+        let d = Digest::of(b"x");
+        let repo = "a/b".to_string();
+        assert!(check_create(&Node::UploadsDir(repo.clone()), "layer.tar.gz").is_ok());
+        assert!(check_create(&Node::BlobsDir(repo.clone()), &d.to_string()).is_ok());
+        assert!(check_create(&Node::BlobsDir(repo.clone()), ".sha256:abc.XyZ123").is_ok());
+        assert_eq!(
+            check_create(&Node::BlobsDir(repo.clone()), "foo")
+                .unwrap_err()
+                .errno,
+            libc::EINVAL
+        );
+        assert!(check_create(&Node::TagsDir(repo.clone()), "v1.0").is_ok());
+        assert_eq!(
+            check_create(&Node::TagsDir(repo.clone()), "-bad")
+                .unwrap_err()
+                .errno,
+            libc::EINVAL
+        );
+        assert!(check_create(&Node::ManifestDir(repo.clone(), d), "manifest.json").is_ok());
+        assert_eq!(
+            check_create(&Node::ManifestDir(repo.clone(), d), "other")
+                .unwrap_err()
+                .errno,
+            libc::EINVAL
+        );
+        assert_eq!(
+            check_create(&Node::Dir(repo.clone()), "x")
+                .unwrap_err()
+                .errno,
+            libc::EPERM
+        );
+        assert_eq!(
+            check_create(&Node::Root, "x").unwrap_err().errno,
+            libc::EPERM
+        );
+    }
+
+    #[test]
+    fn tag_targets() {
+        let d = Digest::of(b"x");
+        assert_eq!(parse_tag_target(&format!("../_manifests/{d}")), Some(d));
+        assert_eq!(parse_tag_target(&format!("../_manifests/{d}/")), Some(d));
+        assert_eq!(parse_tag_target(&format!("../_blobs/{d}")), None);
+        assert_eq!(parse_tag_target("/etc/passwd"), None);
+    }
+}
