@@ -455,7 +455,11 @@ impl Client {
             };
             let Failure { error, retry_after } = failure;
             if !error.is_transient() || attempt >= MAX_ATTEMPTS {
-                if matches!(error, RegistryError::NotFound(_)) {
+                // Expected answers are the caller's to report.
+                if matches!(
+                    error,
+                    RegistryError::NotFound(_) | RegistryError::MissingReferences(_)
+                ) {
                     tracing::debug!(request = %what, "{error}");
                 } else {
                     tracing::warn!(request = %what, attempts = attempt, "{error}");
