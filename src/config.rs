@@ -67,8 +67,7 @@ pub fn parse_size(s: &str) -> anyhow::Result<u64> {
         _ => (s, 1),
     };
     let n: u64 = num.parse().with_context(|| format!("invalid size {s:?}"))?;
-    n.checked_mul(mult)
-        .with_context(|| format!("size {s:?} too large"))
+    n.checked_mul(mult).with_context(|| format!("size {s:?} too large"))
 }
 
 /// Seconds, or `indefinite`.
@@ -145,10 +144,7 @@ mod tests {
 
     #[test]
     fn registries() {
-        assert_eq!(
-            parse_registry("ghcr.io").unwrap().as_str(),
-            "https://ghcr.io/"
-        );
+        assert_eq!(parse_registry("ghcr.io").unwrap().as_str(), "https://ghcr.io/");
         assert_eq!(
             parse_registry("http://127.0.0.1:5000").unwrap().as_str(),
             "http://127.0.0.1:5000/"

@@ -52,21 +52,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     let manifests = ManifestStore::new(&cfg.cache_dir, stats.clone())?;
     let blobs = {
         let _guard = rt.enter();
-        BlobStore::new(
-            &cfg.cache_dir,
-            cfg.cache_size,
-            client.clone(),
-            stats.clone(),
-        )?
+        BlobStore::new(&cfg.cache_dir, cfg.cache_size, client.clone(), stats.clone())?
     };
-    let view = View::new(
-        client,
-        manifests,
-        blobs,
-        stats,
-        cfg.repos.clone(),
-        cfg.metadata_ttl,
-    );
+    let view = View::new(client, manifests, blobs, stats, cfg.repos.clone(), cfg.metadata_ttl);
     let staging = Staging::new(&cfg.cache_dir)?;
     let fs = RegFs::new(
         rt.handle().clone(),
@@ -75,9 +63,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         Options {
             uid: cfg.uid,
             gid: cfg.gid,
-            name_ttl: cfg
-                .metadata_ttl
-                .unwrap_or(Duration::from_secs(365 * 24 * 3600)),
+            name_ttl: cfg.metadata_ttl.unwrap_or(Duration::from_secs(365 * 24 * 3600)),
             description: cfg.describe(),
             read_only: cfg.read_only,
             allow_delete: cfg.allow_delete,
@@ -105,12 +91,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("fuse-session".into())
-        .spawn(move || {
-            let r = session.run();
-            let _ = done_tx.send(r);
-        })?;
+    std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
+        let r = session.run();
+        let _ = done_tx.send(r);
+    })?;
     tracing::info!(registry = %cfg.registry, mountpoint = %cfg.mountpoint.display(), "mounted");
     if notify_ready {
         println!("{READY_LINE}");
@@ -174,10 +158,7 @@ fn unescape_mountinfo(s: &str) -> String {
 /// ready; its error message otherwise.
 fn start_background(cfg: &Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let log_file = cfg
-        .log_file
-        .clone()
-        .unwrap_or_else(|| cfg.cache_dir.join("regfs.log"));
+    let log_file = cfg.log_file.clone().unwrap_or_else(|| cfg.cache_dir.join("regfs.log"));
     std::fs::create_dir_all(&cfg.cache_dir)
         .with_context(|| format!("cannot create cache dir {}", cfg.cache_dir.display()))?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
@@ -230,9 +211,7 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
         cfg.log_level
     ))
     .with_context(|| format!("invalid --log-level {:?}", cfg.log_level))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match &cfg.log_file {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -240,10 +219,7 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
-            builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
-                .init();
+            builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
         }
         None => builder.with_writer(std::io::stderr).init(),
     }

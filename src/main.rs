@@ -7,6 +7,7 @@ mod fs;
 mod oci;
 mod registry;
 mod stats;
+mod tarstream;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -17,11 +18,7 @@ use config::Config;
 use registry::credentials::{self, CredentialSources, Credentials};
 
 #[derive(Parser)]
-#[command(
-    name = "regfs",
-    version,
-    about = "Mount a container registry as a filesystem"
-)]
+#[command(name = "regfs", version, about = "Mount a container registry as a filesystem")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -122,11 +119,8 @@ fn build_config(a: MountArgs) -> anyhow::Result<Config> {
                 std::io::stdin().read_to_string(&mut s)?;
                 s.trim_end_matches(['\n', '\r']).to_string()
             } else {
-                std::env::var("REGFS_PASSWORD").map_err(|_| {
-                    anyhow::anyhow!(
-                        "--username needs a password: --password-stdin or $REGFS_PASSWORD"
-                    )
-                })?
+                std::env::var("REGFS_PASSWORD")
+                    .map_err(|_| anyhow::anyhow!("--username needs a password: --password-stdin or $REGFS_PASSWORD"))?
             };
             Some(Credentials::new(user.clone(), password))
         }

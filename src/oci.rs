@@ -217,10 +217,7 @@ mod tests {
         let m = Manifest::parse(j.as_bytes(), Some("application/json"));
         assert_eq!(m.kind, ManifestKind::Index);
         assert_eq!(m.media_type, OCI_INDEX);
-        assert_eq!(
-            m.manifests[0].platform.as_ref().unwrap().variant.as_deref(),
-            Some("v8")
-        );
+        assert_eq!(m.manifests[0].platform.as_ref().unwrap().variant.as_deref(), Some("v8"));
     }
 
     #[test]
@@ -229,10 +226,7 @@ mod tests {
             r#"{{"schemaVersion":2,"config":{{"mediaType":"{DOCKER_CONFIG}","digest":"{D}","size":1}},"layers":[]}}"#
         );
         let m = Manifest::parse(j.as_bytes(), None);
-        assert_eq!(
-            (m.kind, m.media_type.as_str()),
-            (ManifestKind::Image, DOCKER_V2)
-        );
+        assert_eq!((m.kind, m.media_type.as_str()), (ManifestKind::Image, DOCKER_V2));
     }
 
     #[test]
@@ -277,10 +271,7 @@ pub fn platform_name(p: &Platform) -> Option<String> {
 
 /// A file name: no `/`, no NUL, not `.`/`..`, not empty.
 pub fn sanitize(s: &str) -> String {
-    let out: String = s
-        .chars()
-        .map(|c| if c == '/' || c == '\0' { '_' } else { c })
-        .collect();
+    let out: String = s.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
     match out.as_str() {
         "" | "." | ".." => format!("_{out}"),
         _ => out,
@@ -390,8 +381,7 @@ mod naming_tests {
     }
 
     fn index(entries: &[serde_json::Value]) -> Manifest {
-        let j =
-            serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
+        let j = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries});
         Manifest::parse(j.to_string().as_bytes(), None)
     }
 
@@ -427,10 +417,7 @@ mod naming_tests {
             serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest(2), "size": 1}),
         ]);
         let c = child_names(&m);
-        assert_eq!(
-            c[0],
-            (digest(1), ChildTarget::Blob(digest(1).parse().unwrap()))
-        );
+        assert_eq!(c[0], (digest(1), ChildTarget::Blob(digest(1).parse().unwrap())));
         assert!(matches!(c[1].1, ChildTarget::Blob(_)));
     }
 
@@ -440,10 +427,7 @@ mod naming_tests {
             "mediaType": OCI_MANIFEST, "digest": digest(7), "size": 1, "artifactType": "application/vnd.example.sbom.v1+json"}))
         .unwrap();
         let names = referrer_names(&[d]);
-        assert_eq!(
-            names[0].0,
-            format!("vnd.example.sbom.v1+json-{}", &digest(7)[7..19])
-        );
+        assert_eq!(names[0].0, format!("vnd.example.sbom.v1+json-{}", &digest(7)[7..19]));
         assert_eq!(layer_name(3, 5), "03");
         assert_eq!(layer_name(7, 120), "007");
         assert_eq!(sanitize("a/b"), "a_b");

@@ -64,11 +64,7 @@ pub enum TarError {
     #[error("tar member path {0:?} is both a file and a directory")]
     FileDirConflict(String),
     #[error("inline tar member {path:?}: size {size} declared but {actual} bytes given")]
-    SizeMismatch {
-        path: String,
-        size: u64,
-        actual: u64,
-    },
+    SizeMismatch { path: String, size: u64, actual: u64 },
     #[error("tar archive size overflows u64")]
     TooLarge,
     #[error("tar member data source returned {got} bytes where {wanted} were asked for")]
@@ -220,9 +216,7 @@ fn split_name(name: &str) -> Result<usize, TarError> {
     let split = b[..limit].iter().rposition(|&c| c == b'/');
     match split {
         Some(i) if i > 0 && i <= 155 && b.len() - i - 1 <= 100 => Ok(i),
-        _ => Err(TarError::PathTooLong(
-            name.trim_end_matches('/').to_string(),
-        )),
+        _ => Err(TarError::PathTooLong(name.trim_end_matches('/').to_string())),
     }
 }
 
@@ -435,12 +429,7 @@ fn zeros<S>(n: u64) -> Piece<S> {
 /// size), calling `fetch(source, start, len)` for each external range in
 /// order. `fetch` must return exactly `len` bytes; fewer or more is
 /// [`TarError::ShortRead`] (converted into the caller's error type).
-pub async fn read_at<S, F, Fut, B, E>(
-    layout: &TarLayout<S>,
-    offset: u64,
-    len: u64,
-    mut fetch: F,
-) -> Result<Vec<u8>, E>
+pub async fn read_at<S, F, Fut, B, E>(layout: &TarLayout<S>, offset: u64, len: u64, mut fetch: F) -> Result<Vec<u8>, E>
 where
     S: Clone,
     F: FnMut(S, u64, u64) -> Fut,
@@ -544,28 +533,16 @@ mod tests {
     fn sample_members(rng: &mut Rng) -> Vec<(String, Vec<u8>)> {
         let long_dir = format!("deep/{}/{}", "d".repeat(70), "e".repeat(70));
         let mut v = vec![
-            (
-                "oci-layout".to_string(),
-                br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-            ),
+            ("oci-layout".to_string(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()),
             ("empty".to_string(), Vec::new()),
             ("one".to_string(), rng.bytes(1)),
         ];
-        for (i, n) in [511usize, 512, 513, 1000, 1024, 4096 + 7]
-            .iter()
-            .enumerate()
-        {
-            v.push((
-                format!("blobs/sha256/{}", sha256_hex(&[i as u8])),
-                rng.bytes(*n),
-            ));
+        for (i, n) in [511usize, 512, 513, 1000, 1024, 4096 + 7].iter().enumerate() {
+            v.push((format!("blobs/sha256/{}", sha256_hex(&[i as u8])), rng.bytes(*n)));
         }
         v.push((format!("x/{}", "n".repeat(98)), rng.bytes(3))); // exactly 100 bytes
         v.push((format!("{long_dir}/{}", "f".repeat(90)), rng.bytes(700)));
-        v.push((
-            "index.json".to_string(),
-            b"{\"schemaVersion\":2}\n".to_vec(),
-        ));
+        v.push(("index.json".to_string(), b"{\"schemaVersion\":2}\n".to_vec()));
         v
     }
 
@@ -628,11 +605,7 @@ mod tests {
                 assert_eq!(f[1], "0/0");
                 assert_eq!(f[3], "1970-01-01");
                 let kind = f[0].chars().next().unwrap();
-                let mode = if kind == 'd' {
-                    "drwxr-xr-x"
-                } else {
-                    "-rw-r--r--"
-                };
+                let mode = if kind == 'd' { "drwxr-xr-x" } else { "-rw-r--r--" };
                 assert_eq!(f[0], mode, "{l}");
                 (f[5].to_string(), kind, f[2].parse().unwrap())
             })
@@ -642,11 +615,7 @@ mod tests {
         // GNU tar extraction.
         let out = dir.path().join("x");
         std::fs::create_dir(&out).unwrap();
-        let (_, stderr) = run(Command::new("tar")
-            .arg("-xf")
-            .arg(&tar_path)
-            .arg("-C")
-            .arg(&out));
+        let (_, stderr) = run(Command::new("tar").arg("-xf").arg(&tar_path).arg("-C").arg(&out));
         assert_eq!(stderr, "", "GNU tar complained");
         for (p, d) in members {
             assert_eq!(&std::fs::read(out.join(p)).unwrap(), d, "extracted {p}");
@@ -666,8 +635,7 @@ print(json.dumps(out))
 "#;
         let (stdout, _) = run(Command::new("python3").arg("-c").arg(script).arg(&tar_path));
         let got: Vec<serde_json::Value> = serde_json::from_str(&stdout).unwrap();
-        let contents: HashMap<&str, &Vec<u8>> =
-            members.iter().map(|(p, d)| (p.as_str(), d)).collect();
+        let contents: HashMap<&str, &Vec<u8>> = members.iter().map(|(p, d)| (p.as_str(), d)).collect();
         assert_eq!(got.len(), expected.len());
         for (g, (name, kind, size)) in got.iter().zip(&expected) {
             let name = name.trim_end_matches('/');
@@ -721,17 +689,12 @@ print(json.dumps(out))
         assert_eq!(chunked, all);
 
         // A source returning the wrong length is an error.
-        let short = |_: String, _: u64, len: u64| async move {
-            Ok::<_, anyhow::Error>(vec![0u8; len as usize - 1])
-        };
+        let short = |_: String, _: u64, len: u64| async move { Ok::<_, anyhow::Error>(vec![0u8; len as usize - 1]) };
         let err = read_at(&layout, 0, layout.size(), short).await.unwrap_err();
         assert!(err.downcast_ref::<TarError>().is_some(), "{err}");
         // Errors from the source come back as they are.
-        let failing =
-            |_: String, _: u64, _: u64| async move { Err::<Vec<u8>, _>(anyhow::anyhow!("boom")) };
-        let err = read_at(&layout, 0, layout.size(), failing)
-            .await
-            .unwrap_err();
+        let failing = |_: String, _: u64, _: u64| async move { Err::<Vec<u8>, _>(anyhow::anyhow!("boom")) };
+        let err = read_at(&layout, 0, layout.size(), failing).await.unwrap_err();
         assert_eq!(err.to_string(), "boom");
     }
 
@@ -812,8 +775,7 @@ print(json.dumps(out))
 
     #[test]
     fn header_fields() {
-        let layout: TarLayout<String> =
-            TarLayout::new(vec![Member::inline("a/b", &b"hello"[..])]).unwrap();
+        let layout: TarLayout<String> = TarLayout::new(vec![Member::inline("a/b", &b"hello"[..])]).unwrap();
         let all = whole(&layout, &Store::new());
         let dir = &all[..512];
         assert_eq!(&dir[..3], b"a/\0");
@@ -849,22 +811,13 @@ print(json.dumps(out))
         put_size(&mut f, MAX_OCTAL_SIZE + 1);
         assert_eq!(f, [0x80, 0, 0, 0, 0, 0, 0, 0x02, 0, 0, 0, 0]);
         put_size(&mut f, u64::MAX);
-        assert_eq!(
-            f,
-            [0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
-        );
+        assert_eq!(f, [0x80, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
     }
 
     #[test]
     fn path_rules() {
-        let make = |paths: &[&str]| {
-            TarLayout::<String>::new(
-                paths
-                    .iter()
-                    .map(|p| Member::inline(*p, Bytes::new()))
-                    .collect(),
-            )
-        };
+        let make =
+            |paths: &[&str]| TarLayout::<String>::new(paths.iter().map(|p| Member::inline(*p, Bytes::new())).collect());
         assert!(matches!(make(&["a", "a"]), Err(TarError::Duplicate(p)) if p == "a"));
         assert!(matches!(make(&["a/b", "a"]), Err(TarError::FileDirConflict(p)) if p == "a"));
         assert!(matches!(make(&["a", "a/b"]), Err(TarError::FileDirConflict(p)) if p == "a"));
@@ -876,10 +829,7 @@ print(json.dumps(out))
         }
         // 100 bytes fit in `name`; 155 + 1 + 100 = 256 is the most ustar holds.
         assert!(make(&[&"n".repeat(100)]).is_ok());
-        assert!(matches!(
-            make(&[&"n".repeat(101)]),
-            Err(TarError::PathTooLong(_))
-        ));
+        assert!(matches!(make(&[&"n".repeat(101)]), Err(TarError::PathTooLong(_))));
         let prefix = format!("{}/{}", "p".repeat(77), "q".repeat(77));
         let longest = format!("{prefix}/{}", "n".repeat(100));
         let layout = make(&[&longest]).unwrap();
@@ -915,10 +865,7 @@ print(json.dumps(out))
             size: 3,
             data: MemberData::<String>::Inline(Bytes::from_static(b"ab")),
         };
-        assert!(matches!(
-            TarLayout::new(vec![m]),
-            Err(TarError::SizeMismatch { .. })
-        ));
+        assert!(matches!(TarLayout::new(vec![m]), Err(TarError::SizeMismatch { .. })));
     }
 
     #[test]
@@ -968,10 +915,7 @@ print(json.dumps(out))
         .unwrap();
         // oci-layout 1024, two dirs 1024, big 512 + BIG, odd 512 + BIG + 512,
         // index.json 1024, trailer 1024.
-        assert_eq!(
-            layout.size(),
-            1024 + 1024 + 512 + BIG + 512 + BIG + 512 + 1024 + 1024
-        );
+        assert_eq!(layout.size(), 1024 + 1024 + 512 + BIG + 512 + BIG + 512 + 1024 + 1024);
         let big_header = 2048;
         let h = assemble(&layout, &Store::new(), big_header, 512);
         assert_eq!(&h[..13 + 64], format!("blobs/sha256/{hex}").as_bytes());
@@ -1120,10 +1064,7 @@ with tarfile.open(sys.argv[1], "r:") as tf:
         }
         members.push(Member::inline("index.json", index));
         members.push(Member::inline("manifest.json", docker_manifest));
-        members.push(Member::inline(
-            "oci-layout",
-            &br#"{"imageLayoutVersion":"1.0.0"}"#[..],
-        ));
+        members.push(Member::inline("oci-layout", &br#"{"imageLayoutVersion":"1.0.0"}"#[..]));
         let layout = TarLayout::new(members).unwrap();
         let fetch = |src: String, start: u64, len: u64| {
             let data = Bytes::copy_from_slice(&store[&src][start as usize..(start + len) as usize]);
@@ -1147,16 +1088,8 @@ with tarfile.open(sys.argv[1], "r:") as tf:
                 .arg(src)
                 .arg(format!("dir:{}", out.display()))
                 .env("TMPDIR", dir.path()));
-            assert_eq!(
-                std::fs::read(out.join(&layer_digest)).unwrap(),
-                layer,
-                "{src}"
-            );
-            assert_eq!(
-                std::fs::read(out.join(&config_digest)).unwrap(),
-                config,
-                "{src}"
-            );
+            assert_eq!(std::fs::read(out.join(&layer_digest)).unwrap(), layer, "{src}");
+            assert_eq!(std::fs::read(out.join(&config_digest)).unwrap(), config, "{src}");
         }
     }
 }

@@ -72,10 +72,7 @@ pub struct ReadState {
 impl Default for ReadState {
     fn default() -> Self {
         // A first read at offset 0 counts as the start of a sequential read.
-        ReadState {
-            last_end: 0,
-            window: 0,
-        }
+        ReadState { last_end: 0, window: 0 }
     }
 }
 
@@ -127,12 +124,7 @@ fn chunk_count(size: u64) -> usize {
 }
 
 impl BlobStore {
-    pub fn new(
-        cache_dir: &Path,
-        limit: u64,
-        client: Arc<Client>,
-        stats: Arc<Stats>,
-    ) -> std::io::Result<Arc<Self>> {
+    pub fn new(cache_dir: &Path, limit: u64, client: Arc<Client>, stats: Arc<Stats>) -> std::io::Result<Arc<Self>> {
         let complete_dir = cache_dir.join("blobs").join("sha256");
         let partial_dir = cache_dir.join("partial");
         std::fs::create_dir_all(&complete_dir)?;
@@ -184,12 +176,7 @@ impl BlobStore {
     }
 
     /// The blob file for reading: cached and verified, or partial and fetched on demand.
-    pub async fn open(
-        self: &Arc<Self>,
-        repo: &str,
-        digest: Digest,
-        size: u64,
-    ) -> FsResult<Arc<BlobFile>> {
+    pub async fn open(self: &Arc<Self>, repo: &str, digest: Digest, size: u64) -> FsResult<Arc<BlobFile>> {
         if let Some(f) = self.files.lock().unwrap().get(&digest) {
             return Ok(f.clone());
         }
@@ -206,11 +193,7 @@ impl BlobStore {
         Ok(file)
     }
 
-    async fn open_complete(
-        self: &Arc<Self>,
-        digest: Digest,
-        size: u64,
-    ) -> FsResult<Option<Arc<BlobFile>>> {
+    async fn open_complete(self: &Arc<Self>, digest: Digest, size: u64) -> FsResult<Option<Arc<BlobFile>>> {
         if !self.has_complete(&digest) {
             return Ok(None);
         }
@@ -228,9 +211,8 @@ impl BlobStore {
                 .map_err(|e| FsError::new(libc::EIO, format!("hashing task: {e}")))??;
             if actual != digest || len != size {
                 tracing::warn!(%digest, %actual, path = %path.display(), "cached blob failed verification; removing it and fetching again");
-                self.stats.record_error(format!(
-                    "cached blob {digest} failed verification; refetching"
-                ));
+                self.stats
+                    .record_error(format!("cached blob {digest} failed verification; refetching"));
                 let _ = std::fs::remove_file(&path);
                 self.forget_complete(&digest);
                 return Ok(None);
@@ -260,12 +242,7 @@ impl BlobStore {
         })))
     }
 
-    fn open_partial(
-        self: &Arc<Self>,
-        repo: &str,
-        digest: Digest,
-        size: u64,
-    ) -> FsResult<Arc<BlobFile>> {
+    fn open_partial(self: &Arc<Self>, repo: &str, digest: Digest, size: u64) -> FsResult<Arc<BlobFile>> {
         let path = self.partial_dir.join(format!(
             "{}.{}.{}",
             digest.hex(),
@@ -386,12 +363,7 @@ impl BlobFile {
     /// on disk already; otherwise start fetching them (and the readahead window)
     /// and return `None`. Never waits on the network, so FUSE threads may call it
     /// (inside the runtime context: it spawns fetch tasks).
-    pub fn try_read(
-        self: &Arc<Self>,
-        offset: u64,
-        len: u64,
-        rs: &Mutex<ReadState>,
-    ) -> FsResult<Option<Vec<u8>>> {
+    pub fn try_read(self: &Arc<Self>, offset: u64, len: u64, rs: &Mutex<ReadState>) -> FsResult<Option<Vec<u8>>> {
         let end = offset.saturating_add(len).min(self.size);
         if offset >= end {
             return Ok(Some(Vec::new()));
@@ -407,10 +379,7 @@ impl BlobFile {
             if ahead > 0 {
                 // Round the window to whole parts: the frontier then advances a
                 // part at a time instead of a chunk per read.
-                let window_end = end
-                    .saturating_add(ahead)
-                    .div_ceil(PART)
-                    .saturating_mul(PART);
+                let window_end = end.saturating_add(ahead).div_ceil(PART).saturating_mul(PART);
                 self.start_fetches(end, window_end.min(self.size));
             }
             if !self.all_present(offset, end) {
@@ -421,13 +390,16 @@ impl BlobFile {
         self.read_present(offset, end).map(Some)
     }
 
+    /// Read, waiting for the network when needed.
+    pub async fn read(self: &Arc<Self>, offset: u64, len: u64, rs: &Mutex<ReadState>) -> FsResult<Vec<u8>> {
+        match self.try_read(offset, len, rs)? {
+            Some(data) => Ok(data),
+            None => self.wait_and_read(offset, offset.saturating_add(len), rs).await,
+        }
+    }
+
     /// After `try_read` returned `None`: wait for the bytes, then read them.
-    pub async fn wait_and_read(
-        self: &Arc<Self>,
-        offset: u64,
-        end: u64,
-        _rs: &Mutex<ReadState>,
-    ) -> FsResult<Vec<u8>> {
+    pub async fn wait_and_read(self: &Arc<Self>, offset: u64, end: u64, _rs: &Mutex<ReadState>) -> FsResult<Vec<u8>> {
         let end = end.min(self.size);
         self.wait_present(offset, end).await?;
         self.read_present(offset, end)
@@ -467,9 +439,7 @@ impl BlobFile {
                     let first = i;
                     // Parts never cross a PART-aligned boundary, so requests stay
                     // large and aligned however the reads arrive.
-                    while i < range.end
-                        && matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..))
-                    {
+                    while i < range.end && matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..)) {
                         i += 1;
                         if i % per_part == 0 {
                             break;
@@ -515,9 +485,7 @@ impl BlobFile {
                             all_present = false;
                             waited_on.insert(*id);
                         }
-                        ChunkState::Failed(id, e) if waited_on.contains(id) => {
-                            return Err(e.clone())
-                        }
+                        ChunkState::Failed(id, e) if waited_on.contains(id) => return Err(e.clone()),
                         ChunkState::Failed(..) | ChunkState::Missing => {
                             all_present = false;
                             refetch = true;
@@ -565,10 +533,7 @@ impl BlobFile {
         let mut covered_from = start;
         let mut resumes = 0;
         while pos < end {
-            let body = store
-                .client
-                .get_blob(&self.repo, &self.digest, pos, end)
-                .await?;
+            let body = store.client.get_blob(&self.repo, &self.digest, pos, end).await?;
             covered_from = covered_from.min(body.start);
             let mut off = body.start;
             let mut resp = body.response;
@@ -579,10 +544,7 @@ impl BlobFile {
                         if bytes.len() as u64 > room {
                             return Err(FsError::new(
                                 libc::EIO,
-                                format!(
-                                    "blob {} is longer than its size {}",
-                                    self.digest, self.size
-                                ),
+                                format!("blob {} is longer than its size {}", self.digest, self.size),
                             ));
                         }
                         self.file.write_all_at(&bytes, off)?;
@@ -648,23 +610,21 @@ impl BlobFile {
             return;
         }
         let this = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("regfs-hash".into())
-            .spawn(move || {
-                // Verification runs behind the readers: on a busy machine the bytes a
-                // reader waits for come first, the hash catches up from the page cache.
-                // SAFETY: setpriority on our own thread id has no memory effects.
-                unsafe {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+        let spawned = std::thread::Builder::new().name("regfs-hash".into()).spawn(move || {
+            // Verification runs behind the readers: on a busy machine the bytes a
+            // reader waits for come first, the hash catches up from the page cache.
+            // SAFETY: setpriority on our own thread id has no memory effects.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+            }
+            loop {
+                this.advance_hash();
+                this.hashing.store(false, Ordering::Release);
+                if !this.next_hashable() || this.hashing.swap(true, Ordering::AcqRel) {
+                    break;
                 }
-                loop {
-                    this.advance_hash();
-                    this.hashing.store(false, Ordering::Release);
-                    if !this.next_hashable() || this.hashing.swap(true, Ordering::AcqRel) {
-                        break;
-                    }
-                }
-            });
+            }
+        });
         if let Err(e) = spawned {
             self.hashing.store(false, Ordering::Release);
             tracing::warn!(digest = %self.digest, "cannot start the hashing thread: {e}");
@@ -689,10 +649,7 @@ impl BlobFile {
         let n = chunk_count(self.size);
         let mut buf = Vec::new();
         while h.upto < n {
-            let present = matches!(
-                self.chunks.lock().unwrap().states[h.upto],
-                ChunkState::Present
-            );
+            let present = matches!(self.chunks.lock().unwrap().states[h.upto], ChunkState::Present);
             if !present {
                 return;
             }
@@ -732,10 +689,7 @@ impl BlobFile {
     }
 
     fn poison(&self, actual: Digest) {
-        let msg = format!(
-            "blob {} from {}: content hashes to {actual}",
-            self.digest, self.repo
-        );
+        let msg = format!("blob {} from {}: content hashes to {actual}", self.digest, self.repo);
         tracing::error!("digest mismatch: {msg}");
         let err = FsError::new(libc::EIO, format!("digest mismatch: {msg}"));
         if let Ok(store) = self.store() {
@@ -769,11 +723,7 @@ mod tests {
             rs.advance(rs.last_end, rs.last_end + 131072);
         }
         assert_eq!(rs.window, MAX_WINDOW);
-        assert_eq!(
-            rs.advance(900 << 20, (900 << 20) + 4096),
-            0,
-            "a jump is random"
-        );
+        assert_eq!(rs.advance(900 << 20, (900 << 20) + 4096), 0, "a jump is random");
     }
 
     #[test]

@@ -67,8 +67,7 @@ impl ManifestStore {
             let _ = std::fs::remove_file(&path);
             return None;
         }
-        let declared =
-            std::fs::read_to_string(self.dir.join(format!("{}.type", digest.hex()))).ok();
+        let declared = std::fs::read_to_string(self.dir.join(format!("{}.type", digest.hex()))).ok();
         let m = Arc::new(CachedManifest::new(*digest, Bytes::from(bytes), declared));
         self.memory.lock().unwrap().put(*digest, m.clone());
         Stats::inc(&self.stats.manifest_cache_hits);
@@ -76,12 +75,7 @@ impl ManifestStore {
     }
 
     /// Keep a verified manifest (the caller checked `digest` against the bytes).
-    pub fn put(
-        &self,
-        digest: Digest,
-        bytes: Bytes,
-        declared_type: Option<String>,
-    ) -> Arc<CachedManifest> {
+    pub fn put(&self, digest: Digest, bytes: Bytes, declared_type: Option<String>) -> Arc<CachedManifest> {
         if let Err(e) = self.write_disk(&digest, &bytes, declared_type.as_deref()) {
             // The memory copy still serves; a full or read-only disk is not fatal.
             tracing::warn!(%digest, "cannot write manifest to the disk cache: {e}");
@@ -91,12 +85,7 @@ impl ManifestStore {
         m
     }
 
-    fn write_disk(
-        &self,
-        digest: &Digest,
-        bytes: &[u8],
-        declared: Option<&str>,
-    ) -> std::io::Result<()> {
+    fn write_disk(&self, digest: &Digest, bytes: &[u8], declared: Option<&str>) -> std::io::Result<()> {
         let hex = digest.hex();
         if let Some(t) = declared {
             atomic_write(&self.dir.join(format!("{hex}.type")), t.as_bytes())?;
@@ -130,11 +119,9 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let bytes = Bytes::from_static(br#"{"schemaVersion":2,"manifests":[]}"#);
         let d = Digest::of(&bytes);
-        ManifestStore::new(dir.path(), stats.clone()).unwrap().put(
-            d,
-            bytes.clone(),
-            Some("x/y".into()),
-        );
+        ManifestStore::new(dir.path(), stats.clone())
+            .unwrap()
+            .put(d, bytes.clone(), Some("x/y".into()));
 
         let store = ManifestStore::new(dir.path(), stats.clone()).unwrap();
         let m = store.get(&d).unwrap();

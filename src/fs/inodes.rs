@@ -39,9 +39,7 @@ impl Inodes {
         };
         t.by_ino.insert(ROOT, Node::Root);
         t.by_node.insert(Node::Root, ROOT);
-        Inodes {
-            inner: RwLock::new(t),
-        }
+        Inodes { inner: RwLock::new(t) }
     }
 
     pub fn get(&self, ino: u64) -> Option<Node> {

@@ -2,6 +2,7 @@
 //! `Node`, handed to a tokio task (no FUSE thread ever waits on the network),
 //! and answered from there.
 
+mod archive;
 pub mod inodes;
 pub mod node;
 mod push;
@@ -19,9 +20,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
 };
 
 use crate::cache::{BlobFile, FsError, FsResult, ReadState};
@@ -57,6 +57,8 @@ enum Handle {
     Bytes(Bytes),
     /// A file being written: the staging id.
     Staged(u64),
+    /// `_export/<tag>.tar`, made on the fly.
+    Export(Arc<archive::Export>),
 }
 
 struct DirEntry {
@@ -81,12 +83,7 @@ pub struct RegFs {
 }
 
 impl RegFs {
-    pub fn new(
-        rt: tokio::runtime::Handle,
-        view: View,
-        staging: write::Staging,
-        opts: Options,
-    ) -> Self {
+    pub fn new(rt: tokio::runtime::Handle, view: View, staging: write::Staging, opts: Options) -> Self {
         RegFs {
             rt,
             inner: Arc::new(Inner {
@@ -151,9 +148,7 @@ impl Inner {
         let (kind, perm, nlink) = match node.kind() {
             Kind::Directory if writable => (FileType::Directory, 0o755, 2),
             Kind::Directory => (FileType::Directory, 0o555, 2),
-            Kind::File if writable && matches!(node, Node::Staged(_)) => {
-                (FileType::RegularFile, 0o644, 1)
-            }
+            Kind::File if writable && matches!(node, Node::Staged(_)) => (FileType::RegularFile, 0o644, 1),
             Kind::File => (FileType::RegularFile, 0o444, 1),
             Kind::Symlink => (FileType::Symlink, 0o777, 1),
         };
@@ -204,23 +199,22 @@ impl Inner {
                 Handle::Bytes(v.manifest(r, *d).await?.bytes.clone()),
                 FopenFlags::FOPEN_KEEP_CACHE,
             ),
+            Node::OciLayout(_) => (
+                Handle::Bytes(Bytes::from_static(archive::OCI_LAYOUT_BYTES)),
+                FopenFlags::empty(),
+            ),
+            Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), FopenFlags::FOPEN_DIRECT_IO),
+            Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), FopenFlags::empty()),
+            Node::Staged(id) => (Handle::Staged(*id), FopenFlags::FOPEN_DIRECT_IO),
             // Status text changes between reads: no page cache, sizes from the snapshot.
             Node::Status(f) => (
                 Handle::Bytes(Bytes::from(self.status_text(*f))),
                 FopenFlags::FOPEN_DIRECT_IO,
             ),
             n if n.kind() == Kind::Directory => {
-                return Err(FsError::new(
-                    libc::EISDIR,
-                    format!("{} is a directory", n.path()),
-                ))
+                return Err(FsError::new(libc::EISDIR, format!("{} is a directory", n.path())))
             }
-            n => {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!("{} cannot be opened", n.path()),
-                ))
-            }
+            n => return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", n.path()))),
         })
     }
 }
@@ -248,6 +242,10 @@ impl Filesystem for RegFs {
                     Some(c) => c,
                     None => return reply.error(Errno::ENOENT),
                 },
+            };
+            let child = match fs.resolve(child).await {
+                Ok(c) => c,
+                Err(e) => return reply.error(fs.fail("lookup", None, &e)),
             };
             match fs.attr(&child).await {
                 Ok(attr) => reply.entry(&fs.ttl(&child), &attr, Generation(0)),
@@ -322,6 +320,18 @@ impl Filesystem for RegFs {
             return reply.error(Errno::EBADF);
         };
         match &*handle {
+            Handle::Export(export) => {
+                let export = export.clone();
+                self.spawn(move |fs| async move {
+                    match fs.view.read_export(&export, offset, u64::from(size)).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => {
+                            let node = fs.node(ino).ok();
+                            reply.error(fs.fail("read", node.as_ref(), &e))
+                        }
+                    }
+                })
+            }
             Handle::Staged(id) => match self.inner.staging.get(*id) {
                 Some(f) => match f.lock().unwrap().read(offset, u64::from(size)) {
                     Ok(data) => reply.data(&data),
@@ -366,25 +376,11 @@ impl Filesystem for RegFs {
 
     /// Every close() of a file being written commits it (pushes), and the
     /// push's result is what close() returns.
-    fn flush(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         self.commit_handle("close", ino, fh, reply);
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         self.commit_handle("fsync", ino, fh, reply);
     }
 
@@ -400,16 +396,10 @@ impl Filesystem for RegFs {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        let id = match self
-            .inner
-            .files
-            .lock()
-            .unwrap()
-            .get(&fh.0)
-            .map(|h| match **h {
-                Handle::Staged(id) => Some(id),
-                _ => None,
-            }) {
+        let id = match self.inner.files.lock().unwrap().get(&fh.0).map(|h| match **h {
+            Handle::Staged(id) => Some(id),
+            _ => None,
+        }) {
             Some(Some(id)) => id,
             _ => return reply.error(Errno::EBADF),
         };
@@ -496,10 +486,7 @@ impl Filesystem for RegFs {
                         Some(f) => f.lock().unwrap().truncate(size),
                         None => Err(FsError::new(libc::ENOENT, "file being written is gone")),
                     },
-                    n => Err(FsError::new(
-                        libc::EPERM,
-                        format!("{} is immutable", n.path()),
-                    )),
+                    n => Err(FsError::new(libc::EPERM, format!("{} is immutable", n.path()))),
                 };
                 if let Err(e) = result {
                     return reply.error(fs.fail("truncate", Some(&node), &e));
@@ -512,15 +499,7 @@ impl Filesystem for RegFs {
         });
     }
 
-    fn mkdir(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             match fs.mkdir(parent, &name).await {
@@ -553,14 +532,7 @@ impl Filesystem for RegFs {
         });
     }
 
-    fn symlink(
-        &self,
-        _req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &std::path::Path,
-        reply: ReplyEntry,
-    ) {
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
         let name = link_name.to_string_lossy().to_string();
         let target = target.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
@@ -596,14 +568,7 @@ impl Filesystem for RegFs {
         });
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = newname.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             let result = async {
@@ -620,14 +585,7 @@ impl Filesystem for RegFs {
         });
     }
 
-    fn getxattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        name: &OsStr,
-        size: u32,
-        reply: fuser::ReplyXattr,
-    ) {
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
         let name = name.to_str().unwrap_or_default().to_string();
         self.spawn(move |fs| async move {
             let attrs = match fs.node(ino) {
@@ -652,10 +610,7 @@ impl Filesystem for RegFs {
             };
             match attrs {
                 Ok(attrs) => {
-                    let names: Vec<u8> = attrs
-                        .iter()
-                        .flat_map(|(k, _)| k.bytes().chain([0]))
-                        .collect();
+                    let names: Vec<u8> = attrs.iter().flat_map(|(k, _)| k.bytes().chain([0])).collect();
                     reply_xattr(reply, size, &names)
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -723,14 +678,7 @@ impl Filesystem for RegFs {
         });
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let Some(entries) = self.inner.dirs.lock().unwrap().get(&fh.0).cloned() else {
             return reply.error(Errno::EBADF);
         };
@@ -747,14 +695,7 @@ impl Filesystem for RegFs {
         reply.ok();
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.inner.dirs.lock().unwrap().remove(&fh.0);
         reply.ok();
     }
@@ -788,16 +729,10 @@ fn prefetch_tag_digests(fs: &Arc<Inner>, repo: &str) {
 impl RegFs {
     /// flush/fsync of a file being written: commit it and answer with the result.
     fn commit_handle(&self, op: &'static str, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
-        let id = self
-            .inner
-            .files
-            .lock()
-            .unwrap()
-            .get(&fh.0)
-            .and_then(|h| match **h {
-                Handle::Staged(id) => Some(id),
-                _ => None,
-            });
+        let id = self.inner.files.lock().unwrap().get(&fh.0).and_then(|h| match **h {
+            Handle::Staged(id) => Some(id),
+            _ => None,
+        });
         let Some(id) = id else { return reply.ok() };
         self.spawn(move |fs| async move {
             match fs.commit(id).await {

@@ -15,6 +15,12 @@
 //!         ├── _blobs/sha256:<hex>                  BlobsDir, Blob
 //!         └── _uploads/<name>                      UploadsDir, Upload (→ ../_blobs/… once pushed)
 //!
+//!
+//! Reachable by name only (not listed, so copying a repository copies no data twice):
+//!
+//!         ├── _oci/{oci-layout,index.json,blobs/sha256/<hex>}   Oci* (an OCI image layout)
+//!         └── _export/<tag>.tar                                  ExportDir, ExportTar
+//!
 //! Files being written live as `Staged(id)` nodes until they are committed.
 //!
 //! `_`-prefixed names and `.regfs` can never be repository components, so a
@@ -28,6 +34,13 @@ pub const TAGS: &str = "_tags";
 pub const MANIFESTS: &str = "_manifests";
 pub const BLOBS: &str = "_blobs";
 pub const UPLOADS: &str = "_uploads";
+pub const OCI: &str = "_oci";
+pub const EXPORT: &str = "_export";
+pub const OCI_LAYOUT: &str = "oci-layout";
+pub const OCI_INDEX_JSON: &str = "index.json";
+pub const OCI_BLOBS: &str = "blobs";
+pub const OCI_ALG: &str = "sha256";
+pub const TAR_SUFFIX: &str = ".tar";
 pub const MANIFEST_JSON: &str = "manifest.json";
 pub const CONFIG_JSON: &str = "config.json";
 pub const LAYERS: &str = "layers";
@@ -93,6 +106,17 @@ pub enum Node {
     Upload(String, String),
     /// A file being written (see write.rs); the number is its staging id.
     Staged(u64),
+    OciDir(String),
+    OciLayout(String),
+    OciIndex(String),
+    OciBlobsDir(String),
+    OciAlgDir(String),
+    /// `_oci/blobs/sha256/<hex>` before lookup tells whether it is a manifest
+    /// (then it is served as `ManifestFile`) or a blob (`Blob`): one inode per digest.
+    OciBlob(String, Digest),
+    ExportDir(String),
+    /// `_export/<tag>.tar`: the tag as a tar made on the fly.
+    ExportTar(String, String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,27 +132,19 @@ impl Node {
         match self {
             Node::Root if name == STATUS_DIR => Some(Node::StatusDir),
             Node::Root => is_valid_component(name).then(|| Node::Dir(name.to_string())),
-            Node::StatusDir => StatusFile::ALL
-                .into_iter()
-                .find(|f| f.name() == name)
-                .map(Node::Status),
+            Node::StatusDir => StatusFile::ALL.into_iter().find(|f| f.name() == name).map(Node::Status),
             Node::Dir(repo) => match name {
                 TAGS => Some(Node::TagsDir(repo.clone())),
                 MANIFESTS => Some(Node::ManifestsDir(repo.clone())),
                 BLOBS => Some(Node::BlobsDir(repo.clone())),
                 UPLOADS => Some(Node::UploadsDir(repo.clone())),
-                n if is_valid_component(n) && repo.len() + 1 + n.len() <= 255 => {
-                    Some(Node::Dir(format!("{repo}/{n}")))
-                }
+                OCI => Some(Node::OciDir(repo.clone())),
+                EXPORT => Some(Node::ExportDir(repo.clone())),
+                n if is_valid_component(n) && repo.len() + 1 + n.len() <= 255 => Some(Node::Dir(format!("{repo}/{n}"))),
                 _ => None,
             },
-            Node::TagsDir(repo) => {
-                is_valid_tag(name).then(|| Node::Tag(repo.clone(), name.to_string()))
-            }
-            Node::ManifestsDir(repo) => name
-                .parse()
-                .ok()
-                .map(|d| Node::ManifestDir(repo.clone(), d)),
+            Node::TagsDir(repo) => is_valid_tag(name).then(|| Node::Tag(repo.clone(), name.to_string())),
+            Node::ManifestsDir(repo) => name.parse().ok().map(|d| Node::ManifestDir(repo.clone(), d)),
             Node::ManifestDir(repo, d) => {
                 let (r, d) = (repo.clone(), *d);
                 match name {
@@ -141,15 +157,23 @@ impl Node {
                     _ => None,
                 }
             }
-            Node::LayersDir(repo, d)
-                if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) =>
-            {
+            Node::LayersDir(repo, d) if !name.is_empty() && name.bytes().all(|c| c.is_ascii_digit()) => {
                 Some(Node::Layer(repo.clone(), *d, name.to_string()))
             }
             Node::ChildrenDir(repo, d) => Some(Node::Child(repo.clone(), *d, name.to_string())),
-            Node::UploadsDir(repo) if is_file_name(name) => {
-                Some(Node::Upload(repo.clone(), name.to_string()))
-            }
+            Node::UploadsDir(repo) if is_file_name(name) => Some(Node::Upload(repo.clone(), name.to_string())),
+            Node::OciDir(repo) => match name {
+                OCI_LAYOUT => Some(Node::OciLayout(repo.clone())),
+                OCI_INDEX_JSON => Some(Node::OciIndex(repo.clone())),
+                OCI_BLOBS => Some(Node::OciBlobsDir(repo.clone())),
+                _ => None,
+            },
+            Node::OciBlobsDir(repo) if name == OCI_ALG => Some(Node::OciAlgDir(repo.clone())),
+            Node::OciAlgDir(repo) => Digest::from_hex(name).map(|d| Node::OciBlob(repo.clone(), d)),
+            Node::ExportDir(repo) => name
+                .strip_suffix(TAR_SUFFIX)
+                .filter(|t| is_valid_tag(t))
+                .map(|t| Node::ExportTar(repo.clone(), t.to_string())),
             Node::ReferrersDir(repo, d) => Some(Node::Referrer(repo.clone(), *d, name.to_string())),
             Node::BlobsDir(repo) => name.parse().ok().map(|d| Node::Blob(repo.clone(), d)),
             _ => None,
@@ -158,9 +182,14 @@ impl Node {
 
     pub fn kind(&self) -> Kind {
         match self {
-            Node::Status(_) | Node::ManifestFile(..) | Node::Blob(..) | Node::Staged(_) => {
-                Kind::File
-            }
+            Node::Status(_)
+            | Node::ManifestFile(..)
+            | Node::Blob(..)
+            | Node::Staged(_)
+            | Node::OciLayout(_)
+            | Node::OciIndex(_)
+            | Node::OciBlob(..)
+            | Node::ExportTar(..) => Kind::File,
             Node::Tag(..)
             | Node::Config(..)
             | Node::Layer(..)
@@ -196,6 +225,14 @@ impl Node {
             Node::UploadsDir(r) => format!("/{r}/{UPLOADS}"),
             Node::Upload(r, n) => format!("/{r}/{UPLOADS}/{n}"),
             Node::Staged(id) => format!("(file being written #{id})"),
+            Node::OciDir(r) => format!("/{r}/{OCI}"),
+            Node::OciLayout(r) => format!("/{r}/{OCI}/{OCI_LAYOUT}"),
+            Node::OciIndex(r) => format!("/{r}/{OCI}/{OCI_INDEX_JSON}"),
+            Node::OciBlobsDir(r) => format!("/{r}/{OCI}/{OCI_BLOBS}"),
+            Node::OciAlgDir(r) => format!("/{r}/{OCI}/{OCI_BLOBS}/{OCI_ALG}"),
+            Node::OciBlob(r, d) => format!("/{r}/{OCI}/{OCI_BLOBS}/{OCI_ALG}/{}", d.hex()),
+            Node::ExportDir(r) => format!("/{r}/{EXPORT}"),
+            Node::ExportTar(r, t) => format!("/{r}/{EXPORT}/{t}{TAR_SUFFIX}"),
             Node::Blob(r, d) => format!("/{r}/{BLOBS}/{d}"),
         }
     }
@@ -271,14 +308,8 @@ mod tests {
         let lib = Node::Root.child("library").unwrap();
         let alpine = lib.child("alpine").unwrap();
         assert_eq!(alpine, Node::Dir("library/alpine".into()));
-        assert_eq!(
-            alpine.child("extras"),
-            Some(Node::Dir("library/alpine/extras".into()))
-        );
-        assert_eq!(
-            alpine.child("_tags"),
-            Some(Node::TagsDir("library/alpine".into()))
-        );
+        assert_eq!(alpine.child("extras"), Some(Node::Dir("library/alpine/extras".into())));
+        assert_eq!(alpine.child("_tags"), Some(Node::TagsDir("library/alpine".into())));
         assert_eq!(alpine.child("_nope"), None);
         assert_eq!(alpine.child("Upper"), None);
         let d: Digest = format!("sha256:{HEX}").parse().unwrap();
@@ -295,10 +326,7 @@ mod tests {
         assert_eq!(alpine.child(BLOBS).unwrap().child("sha256:short"), None);
         assert_eq!(Node::TagsDir("a".into()).child(".hidden"), None);
         assert_eq!(Node::Root.child(".regfs"), Some(Node::StatusDir));
-        assert_eq!(
-            Node::StatusDir.child("stats"),
-            Some(Node::Status(StatusFile::Stats))
-        );
+        assert_eq!(Node::StatusDir.child("stats"), Some(Node::Status(StatusFile::Stats)));
         let layers = m.child("layers").unwrap();
         assert_eq!(
             layers.child("03"),
@@ -306,11 +334,7 @@ mod tests {
         );
         assert_eq!(layers.child("x3"), None);
         assert_eq!(
-            m.child("manifests")
-                .unwrap()
-                .child("linux-amd64")
-                .unwrap()
-                .kind(),
+            m.child("manifests").unwrap().child("linux-amd64").unwrap().kind(),
             Kind::Symlink
         );
         assert_eq!(m.child("config.json").unwrap().kind(), Kind::Symlink);
@@ -322,9 +346,6 @@ mod tests {
         let d: Digest = format!("sha256:{HEX}").parse().unwrap();
         assert_eq!(tag_target(&d), format!("../_manifests/sha256:{HEX}"));
         assert_eq!(blob_target(3, &d), format!("../../../_blobs/sha256:{HEX}"));
-        assert_eq!(
-            manifest_target(2, &d),
-            format!("../../_manifests/sha256:{HEX}")
-        );
+        assert_eq!(manifest_target(2, &d), format!("../../_manifests/sha256:{HEX}"));
     }
 }

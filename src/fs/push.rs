@@ -69,13 +69,7 @@ fn is_missing_references(e: &RegistryError) -> bool {
 
 impl View {
     /// Push the blob in `path` (already verified to hash to `digest`) into `repo`.
-    pub async fn push_blob(
-        &self,
-        repo: &str,
-        digest: Digest,
-        path: &Path,
-        size: u64,
-    ) -> FsResult<()> {
+    pub async fn push_blob(&self, repo: &str, digest: Digest, path: &Path, size: u64) -> FsResult<()> {
         let client = &self.client;
         if self.is_present(repo, &digest) || client.has_blob(repo, &digest).await? {
             tracing::info!(repo, %digest, "blob already in the registry; nothing uploaded");
@@ -94,11 +88,7 @@ impl View {
 
     /// Cross-repository mount from any repository known to hold the blob.
     pub async fn mount_from_known(&self, repo: &str, digest: Digest) -> FsResult<bool> {
-        for from in self
-            .repos_holding(&digest)
-            .into_iter()
-            .filter(|r| r != repo)
-        {
+        for from in self.repos_holding(&digest).into_iter().filter(|r| r != repo) {
             match self.client.mount_blob(repo, &digest, &from).await {
                 Ok(true) => return Ok(true),
                 Ok(false) => tracing::debug!(repo, from, %digest, "registry declined the mount"),
@@ -111,12 +101,7 @@ impl View {
     /// Push manifest bytes by tag or digest. A push by digest whose references
     /// are missing is held and retried as they arrive; a push by tag is not
     /// (nothing half-pushed is ever tagged).
-    pub async fn push_manifest(
-        &self,
-        repo: &str,
-        reference: Reference,
-        bytes: Bytes,
-    ) -> FsResult<Pushed> {
+    pub async fn push_manifest(&self, repo: &str, reference: Reference, bytes: Bytes) -> FsResult<Pushed> {
         let media_type = validate_manifest(&bytes)?;
         let digest = Digest::of(&bytes);
         if let Reference::Digest(name) = &reference {
@@ -150,20 +135,58 @@ impl View {
             Err(e) => return Err(e.into()),
         }
         self.pushed_manifest(repo, &reference, digest, bytes, media_type);
+        self.release_deferred(repo).await;
         self.retry_held(repo).await;
         Ok(Pushed::Done(digest))
     }
 
-    fn pushed_manifest(
-        &self,
-        repo: &str,
-        reference: &Reference,
-        digest: Digest,
-        bytes: Bytes,
-        media_type: String,
-    ) {
+    /// Push the tags that were waiting for manifests now in the registry.
+    async fn release_deferred(&self, repo: &str) {
+        let ready: Vec<(String, Digest)> = {
+            let mut deferred = self.deferred_tags.lock().unwrap();
+            let present = |d: &Digest| self.is_present(repo, d) && !self.is_held(repo, d);
+            let ready = deferred
+                .iter()
+                .filter(|(r, _, d)| r == repo && present(d))
+                .map(|(_, t, d)| (t.clone(), *d))
+                .collect();
+            deferred.retain(|(r, _, d)| !(r == repo && present(d)));
+            ready
+        };
+        for (tag, digest) in ready {
+            if let Err(e) = self.push_tag(repo, &tag, digest).await {
+                tracing::warn!(repo, tag, %digest, "deferred tag push failed: {e}");
+                self.stats.record_error(format!("tag {repo}:{tag}: {e}"));
+            }
+        }
+    }
+
+    /// Tag now if the manifest is in the registry, else as soon as it is pushed
+    /// (rsync creates links and writes index.json before the manifests arrive).
+    pub async fn push_tag_when_ready(&self, repo: &str, tag: &str, digest: Digest) -> FsResult<()> {
+        if !self.is_held(repo, &digest) && !self.is_pending_dir(repo, &digest) {
+            match self.manifest(repo, digest).await {
+                Ok(_) => return self.push_tag(repo, tag, digest).await,
+                Err(e) if e.errno != libc::ENOENT => return Err(e),
+                Err(_) => {}
+            }
+        }
+        tracing::info!(repo, tag, %digest, "tag deferred until its manifest is pushed");
+        let mut deferred = self.deferred_tags.lock().unwrap();
+        deferred.retain(|(r, t, _)| !(r == repo && t == tag));
+        deferred.push((repo.to_string(), tag.to_string(), digest));
+        Ok(())
+    }
+
+    /// Is this manifest on its way (held, or its directory made and not yet written)?
+    pub fn manifest_arriving(&self, repo: &str, digest: &Digest) -> bool {
+        self.is_held(repo, digest) || self.is_pending_dir(repo, digest)
+    }
+
+    fn pushed_manifest(&self, repo: &str, reference: &Reference, digest: Digest, bytes: Bytes, media_type: String) {
         let m = self.manifests.put(digest, bytes, Some(media_type));
         self.mark_present(repo, digest);
+        self.pending_dirs.lock().unwrap().remove(&(repo.to_string(), digest));
         self.note_blob_sizes(repo, &m);
         self.created_repos.lock().unwrap().insert(repo.to_string());
         match reference {
@@ -198,8 +221,7 @@ impl View {
                     Err(e) if is_missing_references(&e) => continue,
                     Err(e) => {
                         tracing::warn!(repo, %digest, "held manifest push failed: {e}");
-                        self.stats
-                            .record_error(format!("held manifest {repo}@{digest}: {e}"));
+                        self.stats.record_error(format!("held manifest {repo}@{digest}: {e}"));
                     }
                     Ok(_) => self.pushed_manifest(repo, &reference, digest, bytes, media_type),
                 }
@@ -213,6 +235,7 @@ impl View {
             if !progress {
                 return;
             }
+            Box::pin(self.release_deferred(repo)).await;
         }
     }
 
@@ -230,15 +253,10 @@ impl View {
         let deadline = Instant::now() + HELD_WAIT;
         while self.is_held(repo, &digest) {
             let changed = self.held_changed.notified();
-            if tokio::time::timeout_at(deadline.into(), changed)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
                 return Err(FsError::new(
                     libc::EIO,
-                    format!(
-                        "tag {repo}:{tag}: manifest {digest} is still waiting for its references"
-                    ),
+                    format!("tag {repo}:{tag}: manifest {digest} is still waiting for its references"),
                 ));
             }
         }
@@ -280,14 +298,20 @@ impl View {
         Ok(())
     }
 
-    /// `held <repo>@<digest> <seconds waiting>` lines for `.regfs/held`.
+    /// `.regfs/held`: `manifest <repo>@<digest> <seconds waiting>` for held
+    /// manifests, `tag <repo>:<tag> <digest>` for tags waiting for them.
     pub fn render_held(&self) -> String {
-        self.held
+        let mut out: String = self
+            .held
             .lock()
             .unwrap()
             .iter()
-            .map(|h| format!("{}@{} {}\n", h.repo, h.digest, h.since.elapsed().as_secs()))
-            .collect()
+            .map(|h| format!("manifest {}@{} {}\n", h.repo, h.digest, h.since.elapsed().as_secs()))
+            .collect();
+        for (r, t, d) in self.deferred_tags.lock().unwrap().iter() {
+            out.push_str(&format!("tag {r}:{t} {d}\n"));
+        }
+        out
     }
 }
 
@@ -304,9 +328,6 @@ mod tests {
         let ok = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":1},"layers":[]}"#;
         assert_eq!(validate_manifest(ok).unwrap(), crate::oci::OCI_MANIFEST);
         let typed = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#;
-        assert_eq!(
-            validate_manifest(typed).unwrap(),
-            "application/vnd.example+json"
-        );
+        assert_eq!(validate_manifest(typed).unwrap(), "application/vnd.example+json");
     }
 }

@@ -22,20 +22,21 @@ impl Inner {
                 }
                 0
             }
-            Node::TagsDir(r) | Node::ManifestsDir(r) | Node::BlobsDir(r) | Node::UploadsDir(r) => {
+            Node::TagsDir(r)
+            | Node::ManifestsDir(r)
+            | Node::BlobsDir(r)
+            | Node::UploadsDir(r)
+            | Node::OciDir(r)
+            | Node::OciBlobsDir(r)
+            | Node::OciAlgDir(r)
+            | Node::ExportDir(r) => {
                 if !v.is_known_repo(r).await? && !v.is_repo(r).await? {
                     return Err(not_found(node));
                 }
                 0
             }
             Node::ManifestDir(r, d) => {
-                if !self
-                    .staging
-                    .pending_dirs
-                    .lock()
-                    .unwrap()
-                    .contains(&(r.clone(), *d))
-                {
+                if !self.view.is_pending_dir(r, d) {
                     v.manifest_known(r, *d).await?;
                 }
                 0
@@ -46,6 +47,12 @@ impl Inner {
                 size
             }
             Node::ManifestFile(r, d) => v.manifest(r, *d).await?.bytes.len() as u64,
+            // rsync made these inside a manifest directory that is not pushed yet.
+            n @ (Node::LayersDir(..) | Node::ChildrenDir(..) | Node::ReferrersDir(..))
+                if super::write::pending_manifest_dir(v, n) =>
+            {
+                0
+            }
             Node::LayersDir(r, d) | Node::ChildrenDir(r, d) | Node::ReferrersDir(r, d) => {
                 let m = v.manifest(r, *d).await?;
                 if !manifest_entries(&m).contains(&node_name(node)) {
@@ -54,6 +61,13 @@ impl Inner {
                 0
             }
             Node::Blob(r, d) => v.blob_size(r, *d).await?,
+            Node::OciLayout(_) => super::archive::OCI_LAYOUT_BYTES.len() as u64,
+            Node::OciIndex(r) => v.oci_index(r).await?.len() as u64,
+            Node::ExportTar(r, t) => v.export(r, t).await?.layout.size(),
+            // Resolved to ManifestFile or Blob by `resolve` before use.
+            Node::OciBlob(r, d) => {
+                return Box::pin(self.attr(&self.resolve(Node::OciBlob(r.clone(), *d)).await?)).await
+            }
             // A symlink's size is the length of its target.
             Node::Tag(..)
             | Node::Config(..)
@@ -69,15 +83,15 @@ impl Inner {
     /// Where a symlink node points (relative, per layout.md).
     pub(super) async fn link_target(&self, node: &Node) -> FsResult<String> {
         let v = &self.view;
+        if super::write::pending_manifest_dir(v, node) {
+            return self.staging.ghost_target(node).ok_or_else(|| not_found(node));
+        }
         let target = match node {
             Node::Tag(r, t) => match self.staging.pending_link(r, t) {
                 Some(d) => Some(node::tag_target(&d)),
                 None => Some(node::tag_target(&v.tag_digest(r, t).await?)),
             },
-            Node::Upload(r, n) => self
-                .staging
-                .upload_target(r, n)
-                .map(|d| node::blob_target(1, &d)),
+            Node::Upload(r, n) => self.staging.upload_target(r, n).map(|d| node::blob_target(1, &d)),
             Node::Config(r, d) => {
                 let m = v.manifest(r, *d).await?;
                 m.parsed
@@ -119,12 +133,7 @@ impl Inner {
                     .find(|(n, _)| n == name)
                     .map(|(_, t)| node::sibling_manifest_target(2, t))
             }
-            n => {
-                return Err(FsError::new(
-                    libc::EINVAL,
-                    format!("{} is not a symlink", n.path()),
-                ))
-            }
+            n => return Err(FsError::new(libc::EINVAL, format!("{} is not a symlink", n.path()))),
         };
         target.ok_or_else(|| not_found(node))
     }
@@ -144,18 +153,13 @@ impl Inner {
                 names.insert(0, node::STATUS_DIR.to_string());
                 names
             }
-            Node::StatusDir => StatusFile::ALL
-                .iter()
-                .map(|f| f.name().to_string())
-                .collect(),
+            Node::StatusDir => StatusFile::ALL.iter().map(|f| f.name().to_string()).collect(),
             Node::Dir(p) => {
                 let prefix = format!("{p}/");
                 let repos = v.known_repos().await?;
                 let mut names = Vec::new();
                 if repos.contains(p) || v.is_repo(p).await? {
-                    names.extend(
-                        [node::TAGS, node::MANIFESTS, node::BLOBS, node::UPLOADS].map(String::from),
-                    );
+                    names.extend([node::TAGS, node::MANIFESTS, node::BLOBS, node::UPLOADS].map(String::from));
                 }
                 let mut nested: Vec<String> = repos
                     .iter()
@@ -172,6 +176,34 @@ impl Inner {
                 names
             }
             Node::UploadsDir(r) => self.staging.uploads_in(r),
+            Node::OciDir(_) => vec![
+                node::OCI_BLOBS.into(),
+                node::OCI_INDEX_JSON.into(),
+                node::OCI_LAYOUT.into(),
+            ],
+            Node::OciBlobsDir(_) => vec![node::OCI_ALG.into()],
+            Node::OciAlgDir(r) => {
+                // Named by hex, served as the manifest file or blob of that digest.
+                let mut out: Vec<(String, Node)> = self
+                    .existing_or_new(v.oci_blobs(r).await)?
+                    .iter()
+                    .map(|(&d, &(_, is_manifest))| {
+                        let n = if is_manifest {
+                            Node::ManifestFile(r.clone(), d)
+                        } else {
+                            Node::Blob(r.clone(), d)
+                        };
+                        (d.hex(), n)
+                    })
+                    .collect();
+                self.add_staged(node, &mut out);
+                return Ok(out);
+            }
+            Node::ExportDir(r) => self
+                .existing_or_new(v.tags(r).await.map(|t| t.to_vec()))?
+                .into_iter()
+                .map(|t| format!("{t}{}", node::TAR_SUFFIX))
+                .collect(),
             Node::ManifestsDir(r) => self
                 .existing_or_new(v.reachable_manifests(r).await)?
                 .iter()
@@ -183,13 +215,7 @@ impl Inner {
                 .map(|(d, _)| d.to_string())
                 .collect(),
             Node::ManifestDir(r, d) => {
-                if self
-                    .staging
-                    .pending_dirs
-                    .lock()
-                    .unwrap()
-                    .contains(&(r.clone(), *d))
-                {
+                if self.view.is_pending_dir(r, d) {
                     Vec::new()
                 } else {
                     let m = v.manifest(r, *d).await?;
@@ -203,17 +229,9 @@ impl Inner {
             }
             Node::ChildrenDir(r, d) => {
                 let m = v.manifest(r, *d).await?;
-                oci::child_names(&m.parsed)
-                    .into_iter()
-                    .map(|(n, _)| n)
-                    .collect()
+                oci::child_names(&m.parsed).into_iter().map(|(n, _)| n).collect()
             }
-            Node::ReferrersDir(r, d) => v
-                .referrers(r, *d)
-                .await?
-                .iter()
-                .map(|(n, _)| n.clone())
-                .collect(),
+            Node::ReferrersDir(r, d) => v.referrers(r, *d).await?.iter().map(|(n, _)| n.clone()).collect(),
             _ => {
                 return Err(FsError::new(
                     libc::ENOTDIR,
@@ -226,21 +244,38 @@ impl Inner {
             .filter_map(|n| Some((n.clone(), node.child(&n)?)))
             .collect();
         if let Node::ManifestsDir(r) = node {
-            let pending = self.staging.pending_dirs.lock().unwrap();
+            let pending = self.view.pending_dirs.lock().unwrap();
             for (_, d) in pending.iter().filter(|(pr, _)| pr == r) {
                 out.push((d.to_string(), Node::ManifestDir(r.clone(), *d)));
             }
         }
-        // Files being written show under their current names.
-        for name in self.staging.names_in(node) {
-            if let Some(id) = self.staging.find(node, &name) {
+        self.add_staged(node, &mut out);
+        Ok(out)
+    }
+
+    /// Files being written show under their current names.
+    fn add_staged(&self, dir: &Node, out: &mut Vec<(String, Node)>) {
+        for name in self.staging.names_in(dir) {
+            if let Some(id) = self.staging.find(dir, &name) {
                 out.retain(|(n, _)| *n != name);
                 out.push((name, Node::Staged(id)));
             }
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out.dedup_by(|a, b| a.0 == b.0);
-        Ok(out)
+    }
+
+    /// Placeholders become the node that serves them: `_oci/blobs/sha256/<hex>`
+    /// is the manifest file or the blob of that digest (one inode per digest).
+    pub(super) async fn resolve(&self, node: Node) -> FsResult<Node> {
+        match node {
+            Node::OciBlob(r, d) => Ok(if self.view.manifest_or_blob(&r, d).await? {
+                Node::ManifestFile(r, d)
+            } else {
+                Node::Blob(r, d)
+            }),
+            n => Ok(n),
+        }
     }
 
     /// A repository made with `mkdir` has no tags in the registry yet: list it empty.

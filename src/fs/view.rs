@@ -29,6 +29,10 @@ pub struct View {
     /// Manifest pushes waiting for their references (see push.rs).
     pub(super) held: Mutex<Vec<super::push::Held>>,
     pub(super) held_changed: tokio::sync::Notify,
+    /// Manifest directories made with mkdir whose manifest.json is not pushed yet.
+    pub(super) pending_dirs: Mutex<HashSet<(String, Digest)>>,
+    /// Tags waiting for their manifest to be pushed: (repository, tag, digest).
+    pub(super) deferred_tags: Mutex<Vec<(String, String, Digest)>>,
     /// `None` inside: the registry has no usable catalog.
     catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
@@ -39,6 +43,12 @@ pub struct View {
     /// Blob sizes from descriptors or HEAD: immutable per digest.
     sizes: Mutex<HashMap<Digest, u64>>,
     media_types: Mutex<HashMap<Digest, String>>,
+    /// Everything reachable from a repository's tags (for `_oci/`).
+    pub(super) oci_content: TtlCache<String, Arc<std::collections::BTreeMap<Digest, (u64, bool)>>>,
+    /// Export tars laid out so far, by (repository, tag, tag digest).
+    pub(super) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
+    /// `host[:port]`, for `RepoTags` in exported Docker archives.
+    pub registry_host: String,
 }
 
 impl View {
@@ -50,6 +60,7 @@ impl View {
         configured_repos: Vec<String>,
         ttl: Option<std::time::Duration>,
     ) -> Self {
+        let registry_host = client.registry_host();
         View {
             client,
             manifests,
@@ -65,8 +76,13 @@ impl View {
             created_repos: Mutex::new(BTreeSet::new()),
             held: Mutex::new(Vec::new()),
             held_changed: tokio::sync::Notify::new(),
+            pending_dirs: Mutex::new(HashSet::new()),
+            deferred_tags: Mutex::new(Vec::new()),
             sizes: Mutex::new(HashMap::new()),
             media_types: Mutex::new(HashMap::new()),
+            exports: Mutex::new(HashMap::new()),
+            oci_content: TtlCache::new(ttl),
+            registry_host,
         }
     }
 
@@ -81,13 +97,9 @@ impl View {
                         Ok(Some(Arc::new(repos)))
                     }
                     Err(
-                        e @ (RegistryError::NotFound(_)
-                        | RegistryError::Denied(_)
-                        | RegistryError::Unsupported(_)),
+                        e @ (RegistryError::NotFound(_) | RegistryError::Denied(_) | RegistryError::Unsupported(_)),
                     ) => {
-                        tracing::info!(
-                            "no usable catalog ({e}); listing --repo names and names looked up"
-                        );
+                        tracing::info!("no usable catalog ({e}); listing --repo names and names looked up");
                         Ok(None)
                     }
                     Err(e) => Err(e.into()),
@@ -150,19 +162,22 @@ impl View {
         Ok(tags)
     }
 
+    pub fn is_pending_dir(&self, repo: &str, digest: &Digest) -> bool {
+        self.pending_dirs.lock().unwrap().contains(&(repo.to_string(), *digest))
+    }
+
     /// Forget cached names after a push or delete changed them.
     pub fn invalidate_tags(&self, repo: &str, tag: Option<&str>) {
         self.tags.invalidate(&repo.to_string());
         if let Some(t) = tag {
-            self.tag_digests
-                .invalidate(&(repo.to_string(), t.to_string()));
+            self.tag_digests.invalidate(&(repo.to_string(), t.to_string()));
         }
         self.catalog.invalidate(&());
+        self.oci_content.invalidate(&repo.to_string());
     }
 
     pub fn set_tag_digest(&self, repo: &str, tag: &str, digest: Digest) {
-        self.tag_digests
-            .insert((repo.to_string(), tag.to_string()), digest);
+        self.tag_digests.insert((repo.to_string(), tag.to_string()), digest);
     }
 
     /// Repositories holding `digest`, as far as this run has seen (mount sources).
@@ -216,10 +231,7 @@ impl View {
     }
 
     pub(super) fn is_present(&self, repo: &str, d: &Digest) -> bool {
-        self.present
-            .lock()
-            .unwrap()
-            .contains(&(repo.to_string(), *d))
+        self.present.lock().unwrap().contains(&(repo.to_string(), *d))
     }
 
     /// A manifest of `repo` by digest: cached bytes when the repository is known
@@ -236,9 +248,7 @@ impl View {
         }
         Stats::inc(&self.stats.manifest_cache_misses);
         let fetched = self.client.get_manifest(repo, &reference).await?;
-        let m = self
-            .manifests
-            .put(fetched.digest, fetched.bytes, fetched.media_type);
+        let m = self.manifests.put(fetched.digest, fetched.bytes, fetched.media_type);
         self.mark_present(repo, digest);
         self.note_blob_sizes(repo, &m);
         Ok(m)
@@ -250,12 +260,10 @@ impl View {
         let mut sizes = self.sizes.lock().unwrap();
         let mut present = self.present.lock().unwrap();
         let mut types = self.media_types.lock().unwrap();
-        let blob_children = oci::child_names(&m.parsed)
-            .into_iter()
-            .filter_map(|(_, t)| match t {
-                oci::ChildTarget::Blob(d) => Some(d),
-                oci::ChildTarget::Manifest(_) => None,
-            });
+        let blob_children = oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
+            oci::ChildTarget::Blob(d) => Some(d),
+            oci::ChildTarget::Manifest(_) => None,
+        });
         let blob_children: HashSet<Digest> = blob_children.collect();
         let descriptors = m.parsed.blobs().chain(
             m.parsed
@@ -276,11 +284,7 @@ impl View {
 
     /// Named referrers of a manifest: the referrers API, else the
     /// `sha256-<hex>` tag schema (distribution 2.x has no API).
-    pub async fn referrers(
-        &self,
-        repo: &str,
-        digest: Digest,
-    ) -> FsResult<Arc<Vec<(String, Digest)>>> {
+    pub async fn referrers(&self, repo: &str, digest: Digest) -> FsResult<Arc<Vec<(String, Digest)>>> {
         self.referrers
             .get_or_fetch((repo.to_string(), digest), || async {
                 let index = match self.client.referrers(repo, &digest).await? {
@@ -323,12 +327,19 @@ impl View {
     /// concurrently through the caches.
     pub async fn reachable_manifests(&self, repo: &str) -> FsResult<Vec<Arc<CachedManifest>>> {
         let tags = self.tags(repo).await?;
-        let mut frontier: Vec<Digest> = self
+        let roots = self
             .resolve_tags(repo, &tags)
             .await
             .into_iter()
             .map(|(_, d)| d)
             .collect();
+        self.manifests_from(repo, roots).await
+    }
+
+    /// The manifests `roots` and everything below them (index children),
+    /// fetched concurrently; a missing child is skipped, not an error.
+    pub async fn manifests_from(&self, repo: &str, roots: Vec<Digest>) -> FsResult<Vec<Arc<CachedManifest>>> {
+        let mut frontier = roots;
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut out = Vec::new();
         while !frontier.is_empty() {

@@ -66,8 +66,9 @@ pub struct Staging {
     /// Tag symlinks not pushed yet: (repo, name) → target.
     links: Mutex<HashMap<(String, String), PendingLink>>,
     link_generation: AtomicU64,
-    /// Manifest directories made with mkdir, before their manifest.json arrives.
-    pub pending_dirs: Mutex<HashSet<(String, Digest)>>,
+    /// Links rsync creates inside manifest directories not pushed yet: they are
+    /// derived from manifest.json, so they are only remembered, to be shown back.
+    ghosts: Mutex<HashMap<Node, String>>,
 }
 
 /// What committing a staged file under (parent, name) means; `None`: nothing yet.
@@ -76,6 +77,12 @@ enum Commit {
     Blob(String, Digest),
     Tag(String, String),
     Manifest(String, Digest),
+    /// `_oci/blobs/sha256/<hex>`: a manifest (pushed by digest) or a blob.
+    OciBlob(String, Digest),
+    /// `_oci/index.json`: one tag per entry with a ref name.
+    OciIndex(String),
+    /// `_oci/oci-layout`: nothing to push.
+    Nothing,
 }
 
 fn commit_kind(parent: &Node, name: &str) -> Option<Commit> {
@@ -86,9 +93,10 @@ fn commit_kind(parent: &Node, name: &str) -> Option<Commit> {
         Node::UploadsDir(r) => Some(Commit::UploadBlob(r.clone())),
         Node::BlobsDir(r) => name.parse().ok().map(|d| Commit::Blob(r.clone(), d)),
         Node::TagsDir(r) if is_valid_tag(name) => Some(Commit::Tag(r.clone(), name.to_string())),
-        Node::ManifestDir(r, d) if name == node::MANIFEST_JSON => {
-            Some(Commit::Manifest(r.clone(), *d))
-        }
+        Node::ManifestDir(r, d) if name == node::MANIFEST_JSON => Some(Commit::Manifest(r.clone(), *d)),
+        Node::OciAlgDir(r) => Digest::from_hex(name).map(|d| Commit::OciBlob(r.clone(), d)),
+        Node::OciDir(r) if name == node::OCI_INDEX_JSON => Some(Commit::OciIndex(r.clone())),
+        Node::OciDir(_) if name == node::OCI_LAYOUT => Some(Commit::Nothing),
         _ => None,
     }
 }
@@ -98,7 +106,12 @@ fn commit_kind(parent: &Node, name: &str) -> Option<Commit> {
 pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
     let writable = matches!(
         parent,
-        Node::UploadsDir(_) | Node::BlobsDir(_) | Node::TagsDir(_) | Node::ManifestDir(..)
+        Node::UploadsDir(_)
+            | Node::BlobsDir(_)
+            | Node::TagsDir(_)
+            | Node::ManifestDir(..)
+            | Node::OciDir(_)
+            | Node::OciAlgDir(_)
     );
     if !writable {
         return Err(FsError::new(
@@ -106,15 +119,15 @@ pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
             format!("cannot create {name:?} in {}: files are written only under _uploads, _blobs, _tags and _manifests/<digest>/", parent.path()),
         ));
     }
-    if node::is_temp_name(name)
-        || (matches!(parent, Node::UploadsDir(_)) && node::is_file_name(name))
-    {
+    if node::is_temp_name(name) || (matches!(parent, Node::UploadsDir(_)) && node::is_file_name(name)) {
         return Ok(());
     }
     if commit_kind(parent, name).is_none() {
         let want = match parent {
             Node::BlobsDir(_) => "a digest sha256:<64 hex>",
             Node::TagsDir(_) => "a valid tag",
+            Node::OciAlgDir(_) => "64 hex digits",
+            Node::OciDir(_) => "index.json or oci-layout",
             _ => "manifest.json",
         };
         return Err(FsError::new(
@@ -141,7 +154,7 @@ impl Staging {
             uploads: Mutex::new(HashMap::new()),
             links: Mutex::new(HashMap::new()),
             link_generation: AtomicU64::new(0),
-            pending_dirs: Mutex::new(HashSet::new()),
+            ghosts: Mutex::new(HashMap::new()),
         })
     }
 
@@ -171,10 +184,7 @@ impl Staging {
         {
             self.forget(old);
         }
-        self.files
-            .lock()
-            .unwrap()
-            .insert(id, Arc::new(Mutex::new(staged)));
+        self.files.lock().unwrap().insert(id, Arc::new(Mutex::new(staged)));
         Ok(id)
     }
 
@@ -253,6 +263,10 @@ impl Staging {
             .is_some()
     }
 
+    pub fn ghost_target(&self, node: &Node) -> Option<String> {
+        self.ghosts.lock().unwrap().get(node).cloned()
+    }
+
     pub fn pending_link(&self, repo: &str, name: &str) -> Option<Digest> {
         self.links
             .lock()
@@ -273,10 +287,10 @@ impl Staging {
 
     fn add_link(&self, repo: &str, name: &str, digest: Digest) -> u64 {
         let generation = self.link_generation.fetch_add(1, Ordering::Relaxed) + 1;
-        self.links.lock().unwrap().insert(
-            (repo.to_string(), name.to_string()),
-            PendingLink { digest, generation },
-        );
+        self.links
+            .lock()
+            .unwrap()
+            .insert((repo.to_string(), name.to_string()), PendingLink { digest, generation });
         generation
     }
 
@@ -285,9 +299,7 @@ impl Staging {
         let mut links = self.links.lock().unwrap();
         let key = (repo.to_string(), name.to_string());
         match links.get(&key) {
-            Some(l) if generation.is_none_or(|g| g == l.generation) => {
-                links.remove(&key).map(|l| l.digest)
-            }
+            Some(l) if generation.is_none_or(|g| g == l.generation) => links.remove(&key).map(|l| l.digest),
             _ => None,
         }
     }
@@ -363,7 +375,8 @@ impl Inner {
                 return f.last.clone().unwrap_or(Ok(()));
             }
             f.dirty = false;
-            let small = matches!(kind, Commit::Tag(..) | Commit::Manifest(..));
+            let small = matches!(kind, Commit::Tag(..) | Commit::Manifest(..) | Commit::OciIndex(_))
+                || (matches!(kind, Commit::OciBlob(..)) && f.size <= MAX_MANIFEST_SIZE);
             let bytes = if small { Some(f.bytes()?) } else { None };
             (kind, f.path.clone(), f.size, f.hash()?, bytes)
         };
@@ -389,13 +402,36 @@ impl Inner {
                 .push_manifest(&repo, Reference::Tag(tag), bytes.unwrap_or_default())
                 .await
                 .map(|_| ()),
+            Commit::Nothing => Ok(()),
+            Commit::OciBlob(repo, name) if name != digest => Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "{repo}/_oci/blobs/sha256/{}: the bytes written hash to {digest}; nothing pushed",
+                    name.hex()
+                ),
+            )),
+            Commit::OciBlob(repo, _) => {
+                // A layout's blobs/ holds manifests and blobs alike: what parses
+                // as an image manifest or index is pushed as one (by digest).
+                let is_manifest = bytes.as_ref().is_some_and(|b| {
+                    matches!(
+                        crate::oci::Manifest::parse(b, None).kind,
+                        crate::oci::ManifestKind::Image | crate::oci::ManifestKind::Index
+                    )
+                });
+                match bytes {
+                    Some(b) if is_manifest => v.push_manifest(&repo, Reference::Digest(digest), b).await.map(|_| ()),
+                    _ => v.push_blob(&repo, digest, &path, size).await,
+                }
+            }
+            Commit::OciIndex(repo) => self.restore_oci_index(&repo, &bytes.unwrap_or_default()).await,
             Commit::Manifest(repo, d) => {
                 match v
                     .push_manifest(&repo, Reference::Digest(d), bytes.unwrap_or_default())
                     .await
                 {
                     Ok(Pushed::Done(_)) => {
-                        self.staging.pending_dirs.lock().unwrap().remove(&(repo, d));
+                        self.view.pending_dirs.lock().unwrap().remove(&(repo, d));
                         Ok(())
                     }
                     Ok(Pushed::Held(_)) => Ok(()),
@@ -427,17 +463,9 @@ impl Inner {
 
     /// `ln -s ../_manifests/sha256:<hex> _tags/<name>`: check the target now,
     /// push when the link settles.
-    pub(super) async fn create_tag_link(
-        self: &Arc<Self>,
-        repo: &str,
-        name: &str,
-        target: &str,
-    ) -> FsResult<()> {
+    pub(super) async fn create_tag_link(self: &Arc<Self>, repo: &str, name: &str, target: &str) -> FsResult<()> {
         if !is_valid_tag(name) && !node::is_temp_name(name) {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("{name:?} is not a valid tag"),
-            ));
+            return Err(FsError::new(libc::EINVAL, format!("{name:?} is not a valid tag")));
         }
         let digest = parse_tag_target(target).ok_or_else(|| {
             FsError::new(
@@ -445,18 +473,18 @@ impl Inner {
                 format!("tag link target {target:?} is not ../_manifests/sha256:<hex>"),
             )
         })?;
-        self.view.manifest_known(repo, digest).await?;
+        if !self.view.manifest_arriving(repo, &digest) {
+            self.view.manifest_known(repo, digest).await?;
+        }
         let generation = self.staging.add_link(repo, name, digest);
         if !node::is_temp_name(name) {
             let (fs, repo, name) = (self.clone(), repo.to_string(), name.to_string());
             tokio::spawn(async move {
                 tokio::time::sleep(LINK_SETTLE).await;
                 if let Some(d) = fs.staging.take_link(&repo, &name, Some(generation)) {
-                    if let Err(e) = fs.view.push_tag(&repo, &name, d).await {
+                    if let Err(e) = fs.view.push_tag_when_ready(&repo, &name, d).await {
                         tracing::warn!(repo, tag = name, "tag push failed: {e}");
-                        fs.view
-                            .stats
-                            .record_error(format!("tag {repo}:{name}: {e}"));
+                        fs.view.stats.record_error(format!("tag {repo}:{name}: {e}"));
                     }
                 }
             });
@@ -465,18 +493,10 @@ impl Inner {
     }
 
     /// Rename a pending tag link: the tag is pushed now, under its new name.
-    pub(super) async fn rename_tag_link(
-        &self,
-        repo: &str,
-        from: &str,
-        to: &str,
-    ) -> Option<FsResult<()>> {
+    pub(super) async fn rename_tag_link(&self, repo: &str, from: &str, to: &str) -> Option<FsResult<()>> {
         let digest = self.staging.take_link(repo, from, None)?;
         if !is_valid_tag(to) {
-            return Some(Err(FsError::new(
-                libc::EINVAL,
-                format!("{to:?} is not a valid tag"),
-            )));
+            return Some(Err(FsError::new(libc::EINVAL, format!("{to:?} is not a valid tag"))));
         }
         Some(self.view.push_tag(repo, to, digest).await)
     }
@@ -496,7 +516,7 @@ impl Inner {
     /// onto an existing tag lands here, through the link).
     pub(super) fn check_manifest_dir_writable(&self, parent: &Node) -> FsResult<()> {
         match parent {
-            Node::ManifestDir(r, d) if !self.staging.pending_dirs.lock().unwrap().contains(&(r.clone(), *d)) => {
+            Node::ManifestDir(r, d) if !self.view.is_pending_dir(r, d) => {
                 Err(eperm(format!(
                     "{} is an immutable manifest; to point a tag at another manifest use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
                     parent.path()
@@ -519,9 +539,9 @@ impl Inner {
                 Ok(*id)
             }
             Node::Blob(r, d) => self.staging.create(&Node::BlobsDir(r.clone()), &d.to_string()),
-            Node::ManifestFile(r, d) if self.staging.pending_dirs.lock().unwrap().contains(&(r.clone(), *d)) => {
-                self.staging.create(&Node::ManifestDir(r.clone(), *d), node::MANIFEST_JSON)
-            }
+            Node::ManifestFile(r, d) if self.view.is_pending_dir(r, d) => self
+                .staging
+                .create(&Node::ManifestDir(r.clone(), *d), node::MANIFEST_JSON),
             Node::ManifestFile(..) => Err(eperm(format!(
                 "{} is immutable; to point a tag elsewhere use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
                 node.path()
@@ -550,17 +570,14 @@ impl Inner {
                         .iter()
                         .any(|r| r == path || r.starts_with(&format!("{path}/")))
                 {
-                    return Err(FsError::new(
-                        libc::EEXIST,
-                        format!("{} exists", child.path()),
-                    ));
+                    return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
                 }
                 v.created_repos.lock().unwrap().insert(path.clone());
                 Ok(child)
             }
             (
                 Node::Dir(repo),
-                Node::TagsDir(_) | Node::ManifestsDir(_) | Node::BlobsDir(_) | Node::UploadsDir(_),
+                Node::TagsDir(_) | Node::ManifestsDir(_) | Node::BlobsDir(_) | Node::UploadsDir(_) | Node::OciDir(_),
             ) => {
                 v.created_repos.lock().unwrap().insert(repo.clone());
                 Ok(child)
@@ -568,27 +585,16 @@ impl Inner {
             // The restore path: mkdir _manifests/sha256:<hex>, then write manifest.json.
             (Node::ManifestsDir(r), Node::ManifestDir(_, d)) => {
                 if v.manifest_known(r, *d).await.is_ok() {
-                    return Err(FsError::new(
-                        libc::EEXIST,
-                        format!("{} exists", child.path()),
-                    ));
+                    return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
                 }
-                self.staging
-                    .pending_dirs
-                    .lock()
-                    .unwrap()
-                    .insert((r.clone(), *d));
+                self.view.pending_dirs.lock().unwrap().insert((r.clone(), *d));
                 Ok(child)
             }
             // rsync recreating the derived directories of a manifest: nothing to do.
-            (
-                Node::ManifestDir(..),
-                Node::LayersDir(..) | Node::ChildrenDir(..) | Node::ReferrersDir(..),
-            ) => Ok(child),
-            _ => Err(eperm(format!(
-                "cannot create a directory at {}",
-                child.path()
-            ))),
+            (Node::ManifestDir(..), Node::LayersDir(..) | Node::ChildrenDir(..) | Node::ReferrersDir(..)) => Ok(child),
+            // An OCI layout being restored: its directories are implied.
+            (Node::OciDir(_), Node::OciBlobsDir(_)) | (Node::OciBlobsDir(_), Node::OciAlgDir(_)) => Ok(child),
+            _ => Err(eperm(format!("cannot create a directory at {}", child.path()))),
         }
     }
 
@@ -626,13 +632,7 @@ impl Inner {
                 let d: Digest = name
                     .parse()
                     .map_err(|_| FsError::new(libc::ENOENT, format!("no {name:?}")))?;
-                if self
-                    .staging
-                    .pending_dirs
-                    .lock()
-                    .unwrap()
-                    .remove(&(r.clone(), d))
-                {
+                if self.view.pending_dirs.lock().unwrap().remove(&(r.clone(), d)) {
                     return Ok(());
                 }
                 if !allow {
@@ -642,10 +642,7 @@ impl Inner {
             }
             // `rm -r` of a manifest directory empties it first: the entries are
             // derived, so removing them alone means nothing; the rmdir deletes.
-            Node::ManifestDir(..)
-            | Node::LayersDir(..)
-            | Node::ChildrenDir(..)
-            | Node::ReferrersDir(..) => {
+            Node::ManifestDir(..) | Node::LayersDir(..) | Node::ChildrenDir(..) | Node::ReferrersDir(..) => {
                 if allow {
                     Ok(())
                 } else {
@@ -657,9 +654,7 @@ impl Inner {
                     Node::Dir(p) => format!("{p}/{name}"),
                     _ => name.to_string(),
                 };
-                if v.created_repos.lock().unwrap().remove(&path)
-                    && !v.is_repo(&path).await.unwrap_or(true)
-                {
+                if v.created_repos.lock().unwrap().remove(&path) && !v.is_repo(&path).await.unwrap_or(true) {
                     Ok(())
                 } else {
                     Err(eperm(format!(
@@ -671,12 +666,7 @@ impl Inner {
         }
     }
 
-    pub(super) async fn symlink(
-        self: &Arc<Self>,
-        parent: INodeNo,
-        name: &str,
-        target: &str,
-    ) -> FsResult<Node> {
+    pub(super) async fn symlink(self: &Arc<Self>, parent: INodeNo, name: &str, target: &str) -> FsResult<Node> {
         let parent = self.node(parent)?;
         let child = parent.child(name).ok_or_else(|| {
             FsError::new(
@@ -691,33 +681,25 @@ impl Inner {
             }
             // rsync recreating the derived links of a manifest directory:
             // they follow from manifest.json, nothing to do.
-            Node::ManifestDir(..)
-            | Node::LayersDir(..)
-            | Node::ChildrenDir(..)
-            | Node::ReferrersDir(..)
+            Node::ManifestDir(..) | Node::LayersDir(..) | Node::ChildrenDir(..) | Node::ReferrersDir(..)
                 if child.kind() == node::Kind::Symlink =>
             {
+                if pending_manifest_dir(&self.view, &child) {
+                    self.staging
+                        .ghosts
+                        .lock()
+                        .unwrap()
+                        .insert(child.clone(), target.to_string());
+                }
                 Ok(child)
             }
-            _ => Err(eperm(format!(
-                "cannot create a symlink at {}",
-                child.path()
-            ))),
+            _ => Err(eperm(format!("cannot create a symlink at {}", child.path()))),
         }
     }
 
-    pub(super) async fn rename(
-        &self,
-        parent: INodeNo,
-        name: &str,
-        newparent: INodeNo,
-        newname: &str,
-    ) -> FsResult<()> {
+    pub(super) async fn rename(&self, parent: INodeNo, name: &str, newparent: INodeNo, newname: &str) -> FsResult<()> {
         if parent != newparent {
-            return Err(FsError::new(
-                libc::EXDEV,
-                "renames only within one directory",
-            ));
+            return Err(FsError::new(libc::EXDEV, "renames only within one directory"));
         }
         let parent = self.node(parent)?;
         if let Some(id) = self.staging.find(&parent, name) {
@@ -746,7 +728,9 @@ impl Inner {
     /// `ln a/_blobs/sha256:<hex> b/_blobs/`: a cross-repository mount.
     pub(super) async fn hard_link(&self, src: &Node, dst: &Node, name: &str) -> FsResult<Node> {
         let (Node::Blob(from, d), Node::BlobsDir(to)) = (src, dst) else {
-            return Err(eperm("hard links make cross-repository blob mounts: ln REPO/_blobs/sha256:<hex> OTHER/_blobs/"));
+            return Err(eperm(
+                "hard links make cross-repository blob mounts: ln REPO/_blobs/sha256:<hex> OTHER/_blobs/",
+            ));
         };
         if name != d.to_string() {
             return Err(FsError::new(
@@ -756,9 +740,7 @@ impl Inner {
         }
         let v = &self.view;
         let size = v.blob_size(from, *d).await?;
-        if !(v.is_present(to, d) || v.client.has_blob(to, d).await?)
-            && !v.client.mount_blob(to, d, from).await?
-        {
+        if !(v.is_present(to, d) || v.client.has_blob(to, d).await?) && !v.client.mount_blob(to, d, from).await? {
             return Err(FsError::new(
                 libc::EIO,
                 format!("the registry refused to mount {d} from {from} into {to}"),
@@ -772,12 +754,57 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// `_oci/index.json` written: tag every entry that has a ref name, once
+    /// its manifest is in (held manifests are waited for).
+    async fn restore_oci_index(&self, repo: &str, bytes: &[u8]) -> FsResult<()> {
+        let index = crate::oci::Manifest::parse(bytes, Some(crate::oci::OCI_INDEX));
+        if index.kind != crate::oci::ManifestKind::Index {
+            return Err(FsError::new(libc::EINVAL, "index.json is not an OCI index"));
+        }
+        for entry in &index.manifests {
+            let Some(digest) = entry.digest() else { continue };
+            let Some(tag) = entry
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("org.opencontainers.image.ref.name"))
+            else {
+                continue;
+            };
+            // A ref name may be a full reference (`host/repo:tag`): keep the tag.
+            let tag = tag.rsplit(':').next().unwrap_or(tag);
+            if !is_valid_tag(tag) {
+                return Err(FsError::new(
+                    libc::EINVAL,
+                    format!("index.json: {tag:?} is not a valid tag"),
+                ));
+            }
+            self.view.push_tag_when_ready(repo, tag, digest).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Is `node` inside a manifest directory that was made with mkdir and whose
+/// manifest is not pushed yet? (Its entries are then ghosts.)
+pub fn pending_manifest_dir(view: &super::view::View, node: &Node) -> bool {
+    match node {
+        Node::Config(r, d)
+        | Node::LayersDir(r, d)
+        | Node::Layer(r, d, _)
+        | Node::ChildrenDir(r, d)
+        | Node::Child(r, d, _)
+        | Node::Subject(r, d)
+        | Node::ReferrersDir(r, d)
+        | Node::Referrer(r, d, _) => view.manifest_arriving(r, d),
+        _ => false,
+    }
+}
+
 /// `../_manifests/sha256:<hex>` (with or without a trailing `/`) → the digest.
 pub fn parse_tag_target(target: &str) -> Option<Digest> {
     let t = target.trim_end_matches('/');
-    t.strip_prefix(&format!("../{}/", node::MANIFESTS))?
-        .parse()
-        .ok()
+    t.strip_prefix(&format!("../{}/", node::MANIFESTS))?.parse().ok()
 }
 
 #[cfg(test)]
@@ -792,16 +819,12 @@ mod tests {
         assert!(check_create(&Node::BlobsDir(repo.clone()), &d.to_string()).is_ok());
         assert!(check_create(&Node::BlobsDir(repo.clone()), ".sha256:abc.XyZ123").is_ok());
         assert_eq!(
-            check_create(&Node::BlobsDir(repo.clone()), "foo")
-                .unwrap_err()
-                .errno,
+            check_create(&Node::BlobsDir(repo.clone()), "foo").unwrap_err().errno,
             libc::EINVAL
         );
         assert!(check_create(&Node::TagsDir(repo.clone()), "v1.0").is_ok());
         assert_eq!(
-            check_create(&Node::TagsDir(repo.clone()), "-bad")
-                .unwrap_err()
-                .errno,
+            check_create(&Node::TagsDir(repo.clone()), "-bad").unwrap_err().errno,
             libc::EINVAL
         );
         assert!(check_create(&Node::ManifestDir(repo.clone(), d), "manifest.json").is_ok());
@@ -812,15 +835,10 @@ mod tests {
             libc::EINVAL
         );
         assert_eq!(
-            check_create(&Node::Dir(repo.clone()), "x")
-                .unwrap_err()
-                .errno,
+            check_create(&Node::Dir(repo.clone()), "x").unwrap_err().errno,
             libc::EPERM
         );
-        assert_eq!(
-            check_create(&Node::Root, "x").unwrap_err().errno,
-            libc::EPERM
-        );
+        assert_eq!(check_create(&Node::Root, "x").unwrap_err().errno, libc::EPERM);
     }
 
     #[test]

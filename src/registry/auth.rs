@@ -135,10 +135,7 @@ impl Auth {
     }
 
     fn basic_header(&self) -> Option<HeaderValue> {
-        let c = self
-            .credentials
-            .as_ref()
-            .filter(|c| !c.is_identity_token())?;
+        let c = self.credentials.as_ref().filter(|c| !c.is_identity_token())?;
         let raw = format!("{}:{}", c.username, c.password());
         let mut v = HeaderValue::from_str(&format!(
             "Basic {}",
@@ -189,8 +186,8 @@ impl Auth {
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Token> {
         Stats::inc(&self.stats.requests);
         Stats::inc(&self.stats.requests_token);
-        let mut url = reqwest::Url::parse(realm)
-            .map_err(|e| RegistryError::Invalid(format!("token realm {realm:?}: {e}")))?;
+        let mut url =
+            reqwest::Url::parse(realm).map_err(|e| RegistryError::Invalid(format!("token realm {realm:?}: {e}")))?;
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -233,11 +230,7 @@ impl Auth {
         let status = resp.status();
         let body = resp.bytes().await?;
         if !status.is_success() {
-            let e = RegistryError::from_status(
-                status,
-                &format!("token for scope {scope:?} from {realm}"),
-                &body,
-            );
+            let e = RegistryError::from_status(status, &format!("token for scope {scope:?} from {realm}"), &body);
             return Err(match e {
                 // A refused login at the token server is an auth failure whatever its status.
                 RegistryError::NotFound(m) | RegistryError::Invalid(m) => RegistryError::Denied(m),
@@ -250,23 +243,15 @@ impl Auth {
             .token
             .or(parsed.access_token)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| {
-                RegistryError::Invalid(format!("token response from {realm} has no token"))
-            })?;
-        let mut header = HeaderValue::from_str(&format!("Bearer {value}")).map_err(|_| {
-            RegistryError::Invalid(format!("token from {realm} is not a valid header"))
-        })?;
+            .ok_or_else(|| RegistryError::Invalid(format!("token response from {realm} has no token")))?;
+        let mut header = HeaderValue::from_str(&format!("Bearer {value}"))
+            .map_err(|_| RegistryError::Invalid(format!("token from {realm} is not a valid header")))?;
         header.set_sensitive(true);
         let lifetime = parsed
             .expires_in
             .map(Duration::from_secs)
             .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-        tracing::debug!(
-            scope,
-            realm,
-            lifetime = lifetime.as_secs(),
-            "got a registry token"
-        );
+        tracing::debug!(scope, realm, lifetime = lifetime.as_secs(), "got a registry token");
         Ok(Token {
             header,
             expires: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
@@ -301,11 +286,7 @@ mod tests {
             Some(Challenge::Basic)
         );
         assert_eq!(parse_challenge("Negotiate"), None);
-        assert_eq!(
-            parse_challenge(r#"Bearer service="x""#),
-            None,
-            "realm is required"
-        );
+        assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "realm is required");
     }
 
     #[test]

@@ -96,11 +96,11 @@ impl Client {
             // storage backends redirect to S3/CDN URLs that must not see our token).
             .redirect(reqwest::redirect::Policy::limited(10));
         if let Some(path) = &opts.ca_cert {
-            let pem = std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("cannot read --ca-cert {}: {e}", path.display()))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                anyhow::anyhow!("--ca-cert {}: not a PEM certificate: {e}", path.display())
-            })? {
+            let pem =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read --ca-cert {}: {e}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("--ca-cert {}: not a PEM certificate: {e}", path.display()))?
+            {
                 builder = builder.add_root_certificate(cert);
             }
         }
@@ -117,8 +117,13 @@ impl Client {
         })
     }
 
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+    /// `host[:port]` of the registry.
+    pub fn registry_host(&self) -> String {
+        let host = self.base.host_str().unwrap_or_default();
+        match self.base.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        }
     }
 
     fn url(&self, path: &str) -> Url {
@@ -128,14 +133,7 @@ impl Client {
     /// `GET /v2/`: is this a registry, and do our credentials work?
     pub async fn ping(&self) -> Result<()> {
         let resp = self
-            .send(
-                Method::GET,
-                self.url("/v2/"),
-                "",
-                Kind::Ping,
-                HeaderMap::new(),
-                true,
-            )
+            .send(Method::GET, self.url("/v2/"), "", Kind::Ping, HeaderMap::new(), true)
             .await?;
         drop(resp);
         // With credentials and a Bearer challenge, a token for no scope proves the login.
@@ -154,8 +152,8 @@ impl Client {
         }
         let first = self.paged_url("/v2/_catalog");
         self.paginate(first, "registry:catalog:*", Kind::Catalog, |body| {
-            let p: Page = serde_json::from_slice(body)
-                .map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
+            let p: Page =
+                serde_json::from_slice(body).map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
             Ok(p.repositories.unwrap_or_default())
         })
         .await
@@ -171,8 +169,8 @@ impl Client {
         let first = self.paged_url(&format!("/v2/{repo}/tags/list"));
         let mut tags = self
             .paginate(first, &pull_scope(repo), Kind::Tags, |body| {
-                let p: Page = serde_json::from_slice(body)
-                    .map_err(|e| RegistryError::Invalid(format!("tag list JSON: {e}")))?;
+                let p: Page =
+                    serde_json::from_slice(body).map_err(|e| RegistryError::Invalid(format!("tag list JSON: {e}")))?;
                 Ok(p.tags.unwrap_or_default())
             })
             .await?;
@@ -205,14 +203,7 @@ impl Client {
                 return Err(RegistryError::Invalid("pagination does not end".into()));
             }
             let resp = self
-                .send(
-                    Method::GET,
-                    url.clone(),
-                    scope,
-                    kind,
-                    HeaderMap::new(),
-                    true,
-                )
+                .send(Method::GET, url.clone(), scope, kind, HeaderMap::new(), true)
                 .await?;
             next = next_link(&url, resp.headers());
             let body = read_limited(resp, 64 << 20).await?;
@@ -223,10 +214,7 @@ impl Client {
 
     fn manifest_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::ACCEPT,
-            HeaderValue::from_static(oci::MANIFEST_ACCEPT),
-        );
+        h.insert(header::ACCEPT, HeaderValue::from_static(oci::MANIFEST_ACCEPT));
         h
     }
 
@@ -308,21 +296,12 @@ impl Client {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_static(oci::OCI_INDEX));
         match self
-            .send(
-                Method::GET,
-                url,
-                &pull_scope(repo),
-                Kind::Referrers,
-                h,
-                true,
-            )
+            .send(Method::GET, url, &pull_scope(repo), Kind::Referrers, h, true)
             .await
         {
             Ok(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
             Err(RegistryError::NotFound(_) | RegistryError::Unsupported(_)) => Ok(None),
-            Err(RegistryError::Server(m)) if m.contains("HTTP 400") || m.contains("HTTP 405") => {
-                Ok(None)
-            }
+            Err(RegistryError::Server(m)) if m.contains("HTTP 400") || m.contains("HTTP 405") => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -346,13 +325,7 @@ impl Client {
     /// Open a blob body for bytes `start..end` (end exclusive). The registry may
     /// ignore the range and answer 200 with the whole blob: `BlobBody::start` says.
     /// Retries apply to getting the response; the caller resumes a cut body.
-    pub async fn get_blob(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        start: u64,
-        end: u64,
-    ) -> Result<BlobBody> {
+    pub async fn get_blob(&self, repo: &str, digest: &Digest, start: u64, end: u64) -> Result<BlobBody> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let mut h = HeaderMap::new();
         h.insert(
@@ -364,9 +337,7 @@ impl Client {
             .await?;
         let body_start = if resp.status() == StatusCode::PARTIAL_CONTENT {
             content_range_start(resp.headers()).ok_or_else(|| {
-                RegistryError::Invalid(format!(
-                    "GET blob {digest}: 206 without a valid Content-Range"
-                ))
+                RegistryError::Invalid(format!("GET blob {digest}: 206 without a valid Content-Range"))
             })?
         } else {
             0
@@ -415,10 +386,7 @@ impl Client {
         loop {
             attempt += 1;
             self.count(kind);
-            let mut req = self
-                .http
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
+            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
             if whole_body_deadline {
                 req = req.timeout(METADATA_TIMEOUT);
             }
@@ -426,9 +394,7 @@ impl Client {
                 req = req.header(header::AUTHORIZATION, h);
             }
             if let Some(b) = body {
-                req = req
-                    .header(header::CONTENT_LENGTH, b.len())
-                    .body(b.to_reqwest()?);
+                req = req.header(header::CONTENT_LENGTH, b.len()).body(b.to_reqwest()?);
             }
             let failure = match req.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
@@ -447,19 +413,14 @@ impl Client {
                 }
                 Ok(resp) => {
                     let retry_after = retry_after(resp.headers());
-                    error_from_response(resp, &what)
-                        .await
-                        .with_delay(retry_after)
+                    error_from_response(resp, &what).await.with_delay(retry_after)
                 }
                 Err(e) => Failure::from(RegistryError::from(e)),
             };
             let Failure { error, retry_after } = failure;
             if !error.is_transient() || attempt >= MAX_ATTEMPTS {
                 // Expected answers are the caller's to report.
-                if matches!(
-                    error,
-                    RegistryError::NotFound(_) | RegistryError::MissingReferences(_)
-                ) {
+                if matches!(error, RegistryError::NotFound(_) | RegistryError::MissingReferences(_)) {
                     tracing::debug!(request = %what, "{error}");
                 } else {
                     tracing::warn!(request = %what, attempts = attempt, "{error}");
@@ -520,13 +481,7 @@ impl Client {
 
     /// Upload a blob from a local file: one PUT for small blobs, PATCH chunks
     /// for large ones. The registry verifies `digest`; so did the caller.
-    pub async fn upload_blob(
-        &self,
-        repo: &str,
-        digest: &Digest,
-        path: &std::path::Path,
-        size: u64,
-    ) -> Result<()> {
+    pub async fn upload_blob(&self, repo: &str, digest: &Digest, path: &std::path::Path, size: u64) -> Result<()> {
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let resp = self
             .send_body(
@@ -637,16 +592,8 @@ impl Client {
     }
 
     /// Close an upload session with `PUT ?digest=` (with the last bytes, or none).
-    async fn put_upload(
-        &self,
-        repo: &str,
-        mut location: Url,
-        digest: &Digest,
-        body: Option<Body>,
-    ) -> Result<()> {
-        location
-            .query_pairs_mut()
-            .append_pair("digest", &digest.to_string());
+    async fn put_upload(&self, repo: &str, mut location: Url, digest: &Digest, body: Option<Body>) -> Result<()> {
+        location.query_pairs_mut().append_pair("digest", &digest.to_string());
         let mut h = HeaderMap::new();
         h.insert(
             header::CONTENT_TYPE,
@@ -688,9 +635,7 @@ impl Client {
             .headers()
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| {
-                RegistryError::Invalid(format!("{}: no Location header", resp.url().path()))
-            })?;
+            .ok_or_else(|| RegistryError::Invalid(format!("{}: no Location header", resp.url().path())))?;
         resp.url()
             .join(loc)
             .map_err(|e| RegistryError::Invalid(format!("bad Location {loc:?}: {e}")))
@@ -860,16 +805,15 @@ impl Body {
                 use std::os::unix::fs::FileExt;
                 let file = std::fs::File::open(path)?;
                 let (offset, end) = (*offset, offset + len);
-                let stream =
-                    futures_util::stream::unfold((file, offset), move |(file, pos)| async move {
-                        if pos >= end {
-                            return None;
-                        }
-                        let n = (end - pos).min(1 << 20) as usize;
-                        let mut buf = vec![0u8; n];
-                        let r = file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf));
-                        Some((r, (file, pos + n as u64)))
-                    });
+                let stream = futures_util::stream::unfold((file, offset), move |(file, pos)| async move {
+                    if pos >= end {
+                        return None;
+                    }
+                    let n = (end - pos).min(1 << 20) as usize;
+                    let mut buf = vec![0u8; n];
+                    let r = file.read_exact_at(&mut buf, pos).map(|_| Bytes::from(buf));
+                    Some((r, (file, pos + n as u64)))
+                });
                 reqwest::Body::wrap_stream(stream)
             }
         })
@@ -906,21 +850,11 @@ fn content_type(h: &HeaderMap) -> Option<String> {
 }
 
 fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
 fn header_digest(h: &HeaderMap) -> Option<Digest> {
-    h.get("docker-content-digest")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    h.get("docker-content-digest")?.to_str().ok()?.trim().parse().ok()
 }
 
 /// `Content-Range: bytes 100-199/1000` → 100.
@@ -932,13 +866,7 @@ fn content_range_start(h: &HeaderMap) -> Option<u64> {
 
 /// `Retry-After` in seconds (the HTTP-date form is rare on registries; treated as absent).
 fn retry_after(h: &HeaderMap) -> Option<Duration> {
-    let secs: u64 = h
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
+    let secs: u64 = h.get(header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs))
 }
 
@@ -994,10 +922,7 @@ mod tests {
     #[test]
     fn headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_static("bytes 100-199/1000"),
-        );
+        h.insert(header::CONTENT_RANGE, HeaderValue::from_static("bytes 100-199/1000"));
         h.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json; charset=utf-8"),

@@ -172,11 +172,7 @@ impl CredentialSources {
 
 /// The standard file list, from an environment lookup (returning `None` for
 /// unset or empty variables), the home directory and the user id.
-fn standard_auth_files(
-    env: &dyn Fn(&str) -> Option<OsString>,
-    home: Option<&Path>,
-    uid: u32,
-) -> Vec<PathBuf> {
+fn standard_auth_files(env: &dyn Fn(&str) -> Option<OsString>, home: Option<&Path>, uid: u32) -> Vec<PathBuf> {
     let mut files = Vec::new();
     if let Some(f) = env("REGISTRY_AUTH_FILE") {
         files.push(PathBuf::from(f));
@@ -215,15 +211,7 @@ fn home_dir() -> Option<PathBuf> {
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call and `buf.len()` is its size.
-        let rc = unsafe {
-            libc::getpwuid_r(
-                libc::getuid(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
+        let rc = unsafe { libc::getpwuid_r(libc::getuid(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut result) };
         if rc == libc::ERANGE && buf.len() < (1 << 20) {
             buf.resize(buf.len() * 2, 0);
             continue;
@@ -367,10 +355,7 @@ fn read_config(path: &Path) -> anyhow::Result<Option<ConfigFile>> {
     let raw = match fs::read(path) {
         Ok(raw) => raw,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("reading registry credentials file {}", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("reading registry credentials file {}", path.display())),
     };
     // docker accepts an empty config file; treat it as having no entries.
     if raw.iter().all(u8::is_ascii_whitespace) {
@@ -378,11 +363,9 @@ fn read_config(path: &Path) -> anyhow::Result<Option<ConfigFile>> {
     }
     let legacy = path.file_name() == Some(OsStr::new(".dockercfg"));
     let parsed = if legacy {
-        serde_json::from_slice::<Option<BTreeMap<String, AuthEntry>>>(&raw).map(|auths| {
-            ConfigFile {
-                auths: auths.unwrap_or_default(),
-                ..ConfigFile::default()
-            }
+        serde_json::from_slice::<Option<BTreeMap<String, AuthEntry>>>(&raw).map(|auths| ConfigFile {
+            auths: auths.unwrap_or_default(),
+            ..ConfigFile::default()
         })
     } else {
         serde_json::from_slice::<Option<ConfigFile>>(&raw).map(Option::unwrap_or_default)
@@ -462,9 +445,7 @@ fn decode_entry(entry: &AuthEntry, path: &Path, key: &str) -> anyhow::Result<Opt
             base64::engine::GeneralPurposeConfig::new()
                 .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
         );
-        let decoded = engine
-            .decode(auth)
-            .map_err(|_| bad("is not valid base64"))?;
+        let decoded = engine.decode(auth).map_err(|_| bad("is not valid base64"))?;
         let decoded = String::from_utf8(decoded).map_err(|_| bad("is not UTF-8"))?;
         let Some((user, password)) = decoded.split_once(':') else {
             return Err(bad("does not decode to \"username:password\""));
@@ -511,12 +492,7 @@ enum RunOutcome {
 impl HelperRunner<'_> {
     /// Ask helper `name` for `registry` (a [`registry_name`]). `Ok(None)` when
     /// the helper has nothing for it, or when `missing_ok` and it is not installed.
-    fn get(
-        &self,
-        name: &str,
-        registry: &str,
-        missing_ok: bool,
-    ) -> anyhow::Result<Option<Credentials>> {
+    fn get(&self, name: &str, registry: &str, missing_ok: bool) -> anyhow::Result<Option<Credentials>> {
         if name.is_empty() || name.contains(['/', '\\', '\0']) || name == ".." {
             bail!("invalid credential helper name {name:?}");
         }
@@ -535,18 +511,10 @@ impl HelperRunner<'_> {
     }
 
     fn resolve(&self, program: &str) -> Option<PathBuf> {
-        self.dirs
-            .iter()
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
+        self.dirs.iter().map(|d| d.join(program)).find(|p| p.is_file())
     }
 
-    fn get_one(
-        &self,
-        program: &str,
-        server_url: &str,
-        missing_ok: bool,
-    ) -> anyhow::Result<Option<Credentials>> {
+    fn get_one(&self, program: &str, server_url: &str, missing_ok: bool) -> anyhow::Result<Option<Credentials>> {
         let mut cmd = Command::new(self.resolve(program).unwrap_or_else(|| program.into()));
         cmd.arg("get")
             .stdin(Stdio::piped())
@@ -568,24 +536,15 @@ impl HelperRunner<'_> {
             Ok(outcome) => outcome,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if missing_ok {
-                    tracing::warn!(
-                        helper = program,
-                        "credential helper not installed; ignoring it"
-                    );
+                    tracing::warn!(helper = program, "credential helper not installed; ignoring it");
                     return Ok(None);
                 }
                 bail!("credential helper {program} not found in PATH");
             }
-            Err(e) => {
-                return Err(e).with_context(|| format!("running credential helper {program}"))
-            }
+            Err(e) => return Err(e).with_context(|| format!("running credential helper {program}")),
         };
         let (status, stdout, stderr) = match outcome {
-            RunOutcome::Finished {
-                status,
-                stdout,
-                stderr,
-            } => (status, stdout, stderr),
+            RunOutcome::Finished { status, stdout, stderr } => (status, stdout, stderr),
             RunOutcome::TimedOut => bail!(
                 "credential helper {program} timed out after {:.1} s",
                 started.elapsed().as_secs_f64()
@@ -596,11 +555,7 @@ impl HelperRunner<'_> {
             let out = String::from_utf8_lossy(&stdout);
             let err = String::from_utf8_lossy(&stderr);
             if out.contains("credentials not found") || err.contains("credentials not found") {
-                tracing::debug!(
-                    helper = program,
-                    server_url,
-                    "credential helper has no entry"
-                );
+                tracing::debug!(helper = program, server_url, "credential helper has no entry");
                 return Ok(None);
             }
             bail!(
@@ -609,11 +564,7 @@ impl HelperRunner<'_> {
             );
         }
         if stdout.iter().all(u8::is_ascii_whitespace) {
-            tracing::debug!(
-                helper = program,
-                server_url,
-                "credential helper returned nothing"
-            );
+            tracing::debug!(helper = program, server_url, "credential helper returned nothing");
             return Ok(None);
         }
         let resp: HelperResponse = serde_json::from_slice(&stdout).map_err(|e| {
@@ -631,8 +582,7 @@ impl HelperRunner<'_> {
 
 /// Is `program` somewhere on `$PATH`?
 fn which_in_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// The first line a failed helper printed, as `: line`, unless it might hold a
@@ -647,11 +597,7 @@ fn safe_excerpt(stdout: &str, stderr: &str) -> String {
         return String::new();
     };
     let lower = line.to_ascii_lowercase();
-    if line.contains(['{', '"'])
-        || ["secret", "password", "token"]
-            .iter()
-            .any(|w| lower.contains(w))
-    {
+    if line.contains(['{', '"']) || ["secret", "password", "token"].iter().any(|w| lower.contains(w)) {
         return String::new();
     }
     let mut excerpt: String = line.chars().take(200).collect();
@@ -685,29 +631,15 @@ fn run_with_timeout(cmd: &mut Command, input: &[u8], timeout: Duration) -> io::R
 
     let (tx, rx) = mpsc::channel::<(bool, Vec<u8>)>();
     let readers: [(bool, Option<Box<dyn Read + Send>>); 2] = [
-        (
-            true,
-            child
-                .stdout
-                .take()
-                .map(|r| Box::new(r) as Box<dyn Read + Send>),
-        ),
-        (
-            false,
-            child
-                .stderr
-                .take()
-                .map(|r| Box::new(r) as Box<dyn Read + Send>),
-        ),
+        (true, child.stdout.take().map(|r| Box::new(r) as Box<dyn Read + Send>)),
+        (false, child.stderr.take().map(|r| Box::new(r) as Box<dyn Read + Send>)),
     ];
     for (is_stdout, reader) in readers {
         let Some(mut reader) = reader else { continue };
         let tx = tx.clone();
         std::thread::spawn(move || {
             let mut buf = Vec::new();
-            let _ = (&mut reader)
-                .take(HELPER_OUTPUT_LIMIT)
-                .read_to_end(&mut buf);
+            let _ = (&mut reader).take(HELPER_OUTPUT_LIMIT).read_to_end(&mut buf);
             // Drain the rest so the helper never blocks on a full pipe.
             let _ = io::copy(&mut reader, &mut io::sink());
             let _ = tx.send((is_stdout, buf));
@@ -836,13 +768,7 @@ esac"#;
     #[test]
     fn other_hosts_and_ports_do_not_match() {
         let dir = tempfile::tempdir().unwrap();
-        let f = auths_file(
-            dir.path(),
-            "a.json",
-            "https://127.0.0.1:5000",
-            "alice",
-            "pw",
-        );
+        let f = auths_file(dir.path(), "a.json", "https://127.0.0.1:5000", "alice", "pw");
         let s = sources(vec![f]);
         assert!(lookup(&s, "127.0.0.1").unwrap().is_none());
         assert!(lookup(&s, "127.0.0.1:5001").unwrap().is_none());
@@ -864,10 +790,7 @@ esac"#;
         );
         let f = write_file(dir.path(), "a.json", &json);
         assert_eq!(
-            lookup(&sources(vec![f.clone()]), "quay.io")
-                .unwrap()
-                .unwrap()
-                .username,
+            lookup(&sources(vec![f.clone()]), "quay.io").unwrap().unwrap().username,
             "url"
         );
 
@@ -878,13 +801,7 @@ esac"#;
             b64("org:3")
         );
         let f = write_file(dir.path(), "b.json", &json);
-        assert_eq!(
-            lookup(&sources(vec![f]), "quay.io")
-                .unwrap()
-                .unwrap()
-                .username,
-            "org"
-        );
+        assert_eq!(lookup(&sources(vec![f]), "quay.io").unwrap().unwrap().username, "org");
     }
 
     #[test]
@@ -904,9 +821,7 @@ esac"#;
         let dir = tempfile::tempdir().unwrap();
         let placeholder = write_file(dir.path(), "p.json", r#"{"auths": {"ghcr.io": {}}}"#);
         let real = auths_file(dir.path(), "r.json", "ghcr.io", "real", "pw");
-        let creds = lookup(&sources(vec![placeholder, real]), "ghcr.io")
-            .unwrap()
-            .unwrap();
+        let creds = lookup(&sources(vec![placeholder, real]), "ghcr.io").unwrap().unwrap();
         assert_eq!(creds.username, "real");
     }
 
@@ -914,16 +829,10 @@ esac"#;
     fn nothing_configured_is_none() {
         let dir = tempfile::tempdir().unwrap();
         let empty = write_file(dir.path(), "empty.json", "");
-        let bare = write_file(
-            dir.path(),
-            "bare.json",
-            r#"{"auths": null, "credHelpers": null}"#,
-        );
+        let bare = write_file(dir.path(), "bare.json", r#"{"auths": null, "credHelpers": null}"#);
         let s = sources(vec![dir.path().join("nope.json"), empty, bare]);
         assert!(lookup(&s, "ghcr.io").unwrap().is_none());
-        assert!(lookup(&CredentialSources::default(), "ghcr.io")
-            .unwrap()
-            .is_none());
+        assert!(lookup(&CredentialSources::default(), "ghcr.io").unwrap().is_none());
     }
 
     #[test]
@@ -941,13 +850,7 @@ esac"#;
         let auth = b64("bob:pw").trim_end_matches('=').to_string();
         let json = format!(r#"{{"auths": {{"ghcr.io": {{"auth": "{auth}"}}}}}}"#);
         let f = write_file(dir.path(), "a.json", &json);
-        assert_eq!(
-            lookup(&sources(vec![f]), "ghcr.io")
-                .unwrap()
-                .unwrap()
-                .password(),
-            "pw"
-        );
+        assert_eq!(lookup(&sources(vec![f]), "ghcr.io").unwrap().unwrap().password(), "pw");
     }
 
     #[test]
@@ -959,10 +862,7 @@ esac"#;
             r#"{"auths": {"ghcr.io": {"username": "carol", "password": "pw:1"}}}"#,
         );
         let creds = lookup(&sources(vec![f]), "ghcr.io").unwrap().unwrap();
-        assert_eq!(
-            (creds.username.as_str(), creds.password()),
-            ("carol", "pw:1")
-        );
+        assert_eq!((creds.username.as_str(), creds.password()), ("carol", "pw:1"));
         assert!(!creds.is_identity_token());
     }
 
@@ -974,9 +874,7 @@ esac"#;
             b64("00000000-0000-0000-0000-000000000000:")
         );
         let f = write_file(dir.path(), "a.json", &json);
-        let creds = lookup(&sources(vec![f]), "myacr.azurecr.io")
-            .unwrap()
-            .unwrap();
+        let creds = lookup(&sources(vec![f]), "myacr.azurecr.io").unwrap().unwrap();
         assert_eq!(creds.username, IDENTITY_TOKEN_USERNAME);
         assert_eq!(creds.password(), "refresh-xyz");
         assert!(creds.is_identity_token());
@@ -997,11 +895,7 @@ esac"#;
             let f = auths_file(dir.path(), &format!("{i}.json"), key, "hubber", "pw");
             for host in ["docker.io", "index.docker.io", "registry-1.docker.io"] {
                 let creds = lookup(&sources(vec![f.clone()]), host).unwrap();
-                assert_eq!(
-                    creds.map(|c| c.username).as_deref(),
-                    Some("hubber"),
-                    "{key} / {host}"
-                );
+                assert_eq!(creds.map(|c| c.username).as_deref(), Some("hubber"), "{key} / {host}");
             }
             assert!(lookup(&sources(vec![f]), "quay.io").unwrap().is_none());
         }
@@ -1016,10 +910,7 @@ esac"#;
         );
         let f = write_file(dir.path(), ".dockercfg", &json);
         let creds = lookup(&sources(vec![f]), "docker.io").unwrap().unwrap();
-        assert_eq!(
-            (creds.username.as_str(), creds.password()),
-            ("old", "timer")
-        );
+        assert_eq!((creds.username.as_str(), creds.password()), ("old", "timer"));
     }
 
     #[test]
@@ -1036,11 +927,7 @@ esac"#;
         assert!(!msg.contains("c2VjcmV0"), "{msg}");
 
         // serde's own message would quote the value; ours must not.
-        let wrong_type = write_file(
-            dir.path(),
-            "type.json",
-            r#"{"auths": {"ghcr.io": "hunter2-secret"}}"#,
-        );
+        let wrong_type = write_file(dir.path(), "type.json", r#"{"auths": {"ghcr.io": "hunter2-secret"}}"#);
         let err = lookup(&sources(vec![wrong_type.clone()]), "ghcr.io").unwrap_err();
         let msg = format!("{err:#} {err:?}");
         assert!(msg.contains(&wrong_type.display().to_string()), "{msg}");
@@ -1050,15 +937,9 @@ esac"#;
     #[test]
     fn bad_auth_value_is_an_error_without_the_secret() {
         let dir = tempfile::tempdir().unwrap();
-        let json = format!(
-            r#"{{"auths": {{"ghcr.io": {{"auth": "{}"}}}}}}"#,
-            b64("nocolonsecret")
-        );
+        let json = format!(r#"{{"auths": {{"ghcr.io": {{"auth": "{}"}}}}}}"#, b64("nocolonsecret"));
         let f = write_file(dir.path(), "a.json", &json);
-        let msg = format!(
-            "{:#}",
-            lookup(&sources(vec![f.clone()]), "ghcr.io").unwrap_err()
-        );
+        let msg = format!("{:#}", lookup(&sources(vec![f.clone()]), "ghcr.io").unwrap_err());
         assert!(
             msg.contains(&f.display().to_string()) && msg.contains("ghcr.io"),
             "{msg}"
@@ -1074,10 +955,7 @@ esac"#;
             r#"{"auths": {"ghcr.io": {"auth": "not*base64!"}}}"#,
         );
         let msg = format!("{:#}", lookup(&sources(vec![f]), "ghcr.io").unwrap_err());
-        assert!(
-            msg.contains("base64") && !msg.contains("not*base64!"),
-            "{msg}"
-        );
+        assert!(msg.contains("base64") && !msg.contains("not*base64!"), "{msg}");
     }
 
     #[test]
@@ -1104,11 +982,7 @@ esac"#;
             ("helper-user", "helper-secret")
         );
         // Docker Hub is asked for by its v1 URL, whatever alias is looked up.
-        for host in [
-            "docker.io",
-            "registry-1.docker.io",
-            "https://index.docker.io/v1/",
-        ] {
+        for host in ["docker.io", "registry-1.docker.io", "https://index.docker.io/v1/"] {
             let creds = lookup(&s, host).unwrap().unwrap();
             assert_eq!(creds.username, "hub-user");
         }
@@ -1131,10 +1005,7 @@ printf '{{"Username":"%s","Secret":"s"}}' "$url""#,
             lookup(&s, "127.0.0.1:5000").unwrap().unwrap().username,
             "127.0.0.1:5000"
         );
-        assert_eq!(
-            lookup(&s, "https://GHCR.io/x").unwrap().unwrap().username,
-            "ghcr.io"
-        );
+        assert_eq!(lookup(&s, "https://GHCR.io/x").unwrap().unwrap().username, "ghcr.io");
         assert_eq!(
             lookup(&s, "index.docker.io").unwrap().unwrap().username,
             DOCKER_HUB_SERVER_URL
@@ -1148,17 +1019,10 @@ printf '{{"Username":"%s","Secret":"s"}}' "$url""#,
 if [ "$url" = docker.io ]; then printf '{"Username":"podman-hub","Secret":"s"}'; exit 0; fi
 echo "credentials not found in native keychain"; exit 1"#;
         write_helper(dir.path(), "podmanish", body);
-        let f = write_file(
-            dir.path(),
-            "a.json",
-            r#"{"credHelpers": {"docker.io": "podmanish"}}"#,
-        );
+        let f = write_file(dir.path(), "a.json", r#"{"credHelpers": {"docker.io": "podmanish"}}"#);
         let s = with_helpers(vec![f], dir.path());
         assert_eq!(
-            lookup(&s, "registry-1.docker.io")
-                .unwrap()
-                .unwrap()
-                .username,
+            lookup(&s, "registry-1.docker.io").unwrap().unwrap().username,
             "podman-hub"
         );
     }
@@ -1178,15 +1042,9 @@ echo "credentials not found in native keychain"; exit 1"#;
         let f = write_file(dir.path(), "a.json", &json);
         let s = with_helpers(vec![f], dir.path());
         // credHelpers beats auths...
-        assert_eq!(
-            lookup(&s, "ghcr.io").unwrap().unwrap().username,
-            "helper-user"
-        );
+        assert_eq!(lookup(&s, "ghcr.io").unwrap().unwrap().username, "helper-user");
         // ...auths beats credsStore...
-        assert_eq!(
-            lookup(&s, "quay.io").unwrap().unwrap().username,
-            "quay-user"
-        );
+        assert_eq!(lookup(&s, "quay.io").unwrap().unwrap().username, "quay-user");
         // ...and a credsStore helper that is not installed is not an error.
         assert!(lookup(&s, "example.com").unwrap().is_none());
     }
@@ -1224,11 +1082,7 @@ echo "credentials not found in native keychain"; exit 1"#;
     #[test]
     fn invalid_helper_name_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        let f = write_file(
-            dir.path(),
-            "a.json",
-            r#"{"credHelpers": {"ghcr.io": "../../bin/sh"}}"#,
-        );
+        let f = write_file(dir.path(), "a.json", r#"{"credHelpers": {"ghcr.io": "../../bin/sh"}}"#);
         let msg = format!("{:#}", lookup(&sources(vec![f]), "ghcr.io").unwrap_err());
         assert!(msg.contains("invalid credential helper name"), "{msg}");
     }
@@ -1246,11 +1100,7 @@ echo "credentials not found in native keychain"; exit 1"#;
             "leaky",
             r#"cat >/dev/null; echo '{"Username":"u","Secret":"leaked-secret"}'; exit 1"#,
         );
-        write_helper(
-            dir.path(),
-            "garbage",
-            r#"cat >/dev/null; echo 'Secret=garbage-secret'"#,
-        );
+        write_helper(dir.path(), "garbage", r#"cat >/dev/null; echo 'Secret=garbage-secret'"#);
         for (helper, must_contain) in [
             ("broken", "keychain is locked"),
             ("leaky", "docker-credential-leaky"),
@@ -1260,10 +1110,7 @@ echo "credentials not found in native keychain"; exit 1"#;
             let f = write_file(dir.path(), &format!("{helper}.json"), &json);
             let err = lookup(&with_helpers(vec![f], dir.path()), "ghcr.io").unwrap_err();
             let msg = format!("{err:#} {err:?}");
-            assert!(
-                msg.contains(&format!("docker-credential-{helper}")),
-                "{msg}"
-            );
+            assert!(msg.contains(&format!("docker-credential-{helper}")), "{msg}");
             assert!(msg.contains(must_contain), "{msg}");
             assert!(
                 !msg.contains("leaked-secret") && !msg.contains("garbage-secret"),
@@ -1281,11 +1128,7 @@ echo "credentials not found in native keychain"; exit 1"#;
         let s = with_helpers(vec![f], dir.path());
         let started = Instant::now();
         let err = lookup_with_timeout(&s, "ghcr.io", Duration::from_millis(300)).unwrap_err();
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "{:?}",
-            started.elapsed()
-        );
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
         let msg = format!("{err:#}");
         assert!(
             msg.contains("docker-credential-slow") && msg.contains("timed out"),
@@ -1298,10 +1141,7 @@ echo "credentials not found in native keychain"; exit 1"#;
         let creds = Credentials::new("dave", "correct-horse-battery");
         let shown = format!("{creds:?} {creds:#?} {:?} {}", creds.secret, creds.secret);
         assert!(!shown.contains("correct-horse"), "{shown}");
-        assert!(
-            shown.contains("dave") && shown.contains("<redacted>"),
-            "{shown}"
-        );
+        assert!(shown.contains("dave") && shown.contains("<redacted>"), "{shown}");
         assert_eq!(creds.password(), "correct-horse-battery");
         assert_eq!(creds.secret.expose(), "correct-horse-battery");
     }
@@ -1310,11 +1150,7 @@ echo "credentials not found in native keychain"; exit 1"#;
     fn standard_search_order() {
         let home = Path::new("/home/u");
         let env_of = |vars: &'static [(&'static str, &'static str)]| {
-            move |name: &str| {
-                vars.iter()
-                    .find(|(k, _)| *k == name)
-                    .map(|(_, v)| OsString::from(v))
-            }
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
         };
         let all = env_of(&[
             ("REGISTRY_AUTH_FILE", "/etc/regfs/auth.json"),

@@ -97,11 +97,7 @@ impl RegistryError {
                 Some("TOOMANYREQUESTS") => RegistryError::RateLimited(text),
                 Some("UNSUPPORTED") => RegistryError::Unsupported(text),
                 Some(
-                    "MANIFEST_INVALID"
-                    | "NAME_INVALID"
-                    | "DIGEST_INVALID"
-                    | "SIZE_INVALID"
-                    | "BLOB_UPLOAD_INVALID",
+                    "MANIFEST_INVALID" | "NAME_INVALID" | "DIGEST_INVALID" | "SIZE_INVALID" | "BLOB_UPLOAD_INVALID",
                 ) => RegistryError::Rejected(text),
                 _ => RegistryError::Rejected(text),
             },
@@ -169,26 +165,17 @@ mod tests {
 
     #[test]
     fn registry_json_maps_to_errno() {
-        let body =
-            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
         let e = RegistryError::from_status(StatusCode::NOT_FOUND, "GET manifest a:b", body);
         assert_eq!(e.errno(), libc::ENOENT);
         assert!(e.to_string().contains("MANIFEST_UNKNOWN manifest unknown"));
-        let e = RegistryError::from_status(
-            StatusCode::BAD_REQUEST,
-            "x",
-            br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#,
-        );
+        let e = RegistryError::from_status(StatusCode::BAD_REQUEST, "x", br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#);
         assert_eq!(e.errno(), libc::ENOENT);
     }
 
     #[test]
     fn plain_bodies_and_statuses() {
-        let e = RegistryError::from_status(
-            StatusCode::BAD_GATEWAY,
-            "x",
-            b"<html>\n bad gateway </html>",
-        );
+        let e = RegistryError::from_status(StatusCode::BAD_GATEWAY, "x", b"<html>\n bad gateway </html>");
         assert_eq!(e.errno(), libc::EIO);
         assert!(e.is_transient());
         assert!(e.to_string().contains("<html> bad gateway </html>"));

@@ -87,11 +87,7 @@ impl Digest {
 
     /// Parse the bare 64-hex form (as used in `blobs/sha256/<hex>`).
     pub fn from_hex(hex_str: &str) -> Option<Self> {
-        if hex_str.len() != 64
-            || !hex_str
-                .bytes()
-                .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if hex_str.len() != 64 || !hex_str.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
             return None;
         }
         let mut out = [0u8; 32];
@@ -160,16 +156,7 @@ mod tests {
 
     #[test]
     fn components() {
-        for ok in [
-            "a",
-            "alpine",
-            "a.b",
-            "a_b",
-            "a__b",
-            "a---b",
-            "0x",
-            "my-app.v2",
-        ] {
+        for ok in ["a", "alpine", "a.b", "a_b", "a__b", "a---b", "0x", "my-app.v2"] {
             assert!(is_valid_component(ok), "{ok}");
         }
         for bad in [
