@@ -82,7 +82,6 @@ pub struct Manifest {
     pub layers: Vec<Descriptor>,
     pub manifests: Vec<Descriptor>,
     pub subject: Option<Descriptor>,
-    pub artifact_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -100,9 +99,7 @@ struct Raw {
     manifests: Option<Vec<Descriptor>>,
     #[serde(default)]
     subject: Option<Descriptor>,
-    #[serde(default)]
-    artifact_type: Option<String>,
-    #[serde(default)]
+        #[serde(default)]
     fs_layers: Option<serde_json::Value>,
 }
 
@@ -145,7 +142,6 @@ impl Manifest {
                 vec![]
             },
             subject: raw.subject,
-            artifact_type: raw.artifact_type,
         }
     }
 
@@ -157,7 +153,6 @@ impl Manifest {
             layers: vec![],
             manifests: vec![],
             subject: None,
-            artifact_type: None,
         }
     }
 

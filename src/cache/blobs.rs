@@ -62,18 +62,12 @@ struct HashProgress {
     done: bool,
 }
 
-/// Per open file handle: how sequential the reads are.
-#[derive(Debug)]
+/// Per open file handle: how sequential the reads are. The default (last end
+/// 0) makes a first read at offset 0 the start of a sequential read.
+#[derive(Debug, Default)]
 pub struct ReadState {
     last_end: u64,
     window: u64,
-}
-
-impl Default for ReadState {
-    fn default() -> Self {
-        // A first read at offset 0 counts as the start of a sequential read.
-        ReadState { last_end: 0, window: 0 }
-    }
 }
 
 impl ReadState {
@@ -441,7 +435,7 @@ impl BlobFile {
                     // large and aligned however the reads arrive.
                     while i < range.end && matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..)) {
                         i += 1;
-                        if i % per_part == 0 {
+                        if i.is_multiple_of(per_part) {
                             break;
                         }
                     }

@@ -18,20 +18,13 @@ const MEMORY_ENTRIES: usize = 4096;
 pub struct CachedManifest {
     pub digest: Digest,
     pub bytes: Bytes,
-    /// The media type the registry declared (Content-Type), if any.
-    pub declared_type: Option<String>,
     pub parsed: Manifest,
 }
 
 impl CachedManifest {
     pub fn new(digest: Digest, bytes: Bytes, declared_type: Option<String>) -> Self {
         let parsed = Manifest::parse(&bytes, declared_type.as_deref());
-        CachedManifest {
-            digest,
-            bytes,
-            declared_type,
-            parsed,
-        }
+        CachedManifest { digest, bytes, parsed }
     }
 }
 
@@ -119,14 +112,17 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let bytes = Bytes::from_static(br#"{"schemaVersion":2,"manifests":[]}"#);
         let d = Digest::of(&bytes);
-        ManifestStore::new(dir.path(), stats.clone())
-            .unwrap()
-            .put(d, bytes.clone(), Some("x/y".into()));
+        ManifestStore::new(dir.path(), stats.clone()).unwrap().put(
+            d,
+            bytes.clone(),
+            Some(crate::oci::DOCKER_LIST.into()),
+        );
 
         let store = ManifestStore::new(dir.path(), stats.clone()).unwrap();
         let m = store.get(&d).unwrap();
         assert_eq!(m.bytes, bytes);
-        assert_eq!(m.declared_type.as_deref(), Some("x/y"));
+        // The declared type survives a restart (detection alone would say OCI index).
+        assert_eq!(m.parsed.media_type, crate::oci::DOCKER_LIST);
 
         let path = dir.path().join("manifests/sha256").join(d.hex());
         std::fs::write(&path, b"{}").unwrap();

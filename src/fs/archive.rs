@@ -126,7 +126,7 @@ impl View {
 
     /// `_oci/blobs/sha256/`: every manifest and blob reachable from the tags
     /// (cached for the metadata TTL, like the tags it follows from).
-    pub async fn oci_blobs(&self, repo: &str) -> FsResult<Arc<BTreeMap<Digest, (u64, bool)>>> {
+    pub async fn oci_blobs(&self, repo: &str) -> FsResult<Arc<super::view::LayoutContent>> {
         self.oci_content
             .get_or_fetch(repo.to_string(), || async {
                 Ok(Arc::new(content(&self.reachable_manifests(repo).await?)))

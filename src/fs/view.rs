@@ -15,6 +15,11 @@ use crate::stats::Stats;
 /// Concurrent registry requests one listing may make (containerd's Dispatch uses a bound too).
 const FETCH_CONCURRENCY: usize = 8;
 
+/// Names in a directory and the digests they point at.
+pub type NamedDigests = Vec<(String, Digest)>;
+/// Every digest of a layout: its size, and whether it is a manifest.
+pub type LayoutContent = std::collections::BTreeMap<Digest, (u64, bool)>;
+
 pub struct View {
     pub client: Arc<Client>,
     pub manifests: ManifestStore,
@@ -37,14 +42,14 @@ pub struct View {
     catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
-    referrers: TtlCache<(String, Digest), Arc<Vec<(String, Digest)>>>,
+    referrers: TtlCache<(String, Digest), Arc<NamedDigests>>,
     /// (repository, digest) pairs known to exist in that repository.
     present: Mutex<HashSet<(String, Digest)>>,
     /// Blob sizes from descriptors or HEAD: immutable per digest.
     sizes: Mutex<HashMap<Digest, u64>>,
     media_types: Mutex<HashMap<Digest, String>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
-    pub(super) oci_content: TtlCache<String, Arc<std::collections::BTreeMap<Digest, (u64, bool)>>>,
+    pub(super) oci_content: TtlCache<String, Arc<LayoutContent>>,
     /// Export tars laid out so far, by (repository, tag, tag digest).
     pub(super) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
     /// `host[:port]`, for `RepoTags` in exported Docker archives.
@@ -204,11 +209,10 @@ impl View {
         let d = self
             .tag_digests
             .get_or_fetch((repo.to_string(), tag.to_string()), || async {
-                let head = self
+                Ok(self
                     .client
                     .head_manifest(repo, &Reference::Tag(tag.to_string()))
-                    .await?;
-                Ok(head.digest)
+                    .await?)
             })
             .await?;
         self.mark_present(repo, d);
@@ -284,7 +288,7 @@ impl View {
 
     /// Named referrers of a manifest: the referrers API, else the
     /// `sha256-<hex>` tag schema (distribution 2.x has no API).
-    pub async fn referrers(&self, repo: &str, digest: Digest) -> FsResult<Arc<Vec<(String, Digest)>>> {
+    pub async fn referrers(&self, repo: &str, digest: Digest) -> FsResult<Arc<NamedDigests>> {
         self.referrers
             .get_or_fetch((repo.to_string(), digest), || async {
                 let index = match self.client.referrers(repo, &digest).await? {

@@ -15,7 +15,7 @@
 //! they settle: renamed, or left alone for a moment (so `ln -sfn`'s temporary
 //! link never becomes a tag).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -740,7 +740,8 @@ impl Inner {
         }
         let v = &self.view;
         let size = v.blob_size(from, *d).await?;
-        if !(v.is_present(to, d) || v.client.has_blob(to, d).await?) && !v.client.mount_blob(to, d, from).await? {
+        let already = v.is_present(to, d) || v.client.has_blob(to, d).await?;
+        if !already && !v.client.mount_blob(to, d, from).await? {
             return Err(FsError::new(
                 libc::EIO,
                 format!("the registry refused to mount {d} from {from} into {to}"),

@@ -69,14 +69,6 @@ pub struct FetchedManifest {
     pub digest: Digest,
 }
 
-/// What a manifest HEAD tells without the body.
-#[derive(Clone, Debug)]
-pub struct ManifestHead {
-    pub digest: Digest,
-    pub size: u64,
-    pub media_type: Option<String>,
-}
-
 /// An open blob body: `start` is where its bytes begin in the blob (a 200 to a
 /// ranged request starts at 0).
 pub struct BlobBody {
@@ -255,7 +247,9 @@ impl Client {
         })
     }
 
-    pub async fn head_manifest(&self, repo: &str, reference: &Reference) -> Result<ManifestHead> {
+    /// The digest a manifest reference resolves to (HEAD; GET when the
+    /// registry sends no `Docker-Content-Digest`).
+    pub async fn head_manifest(&self, repo: &str, reference: &Reference) -> Result<Digest> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let resp = self
             .send(
@@ -267,23 +261,10 @@ impl Client {
                 true,
             )
             .await?;
-        let media_type = content_type(resp.headers());
-        let size = content_length(resp.headers());
-        match (header_digest(resp.headers()), size) {
-            (Some(digest), Some(size)) => Ok(ManifestHead {
-                digest,
-                size,
-                media_type,
-            }),
+        match header_digest(resp.headers()) {
+            Some(digest) => Ok(digest),
             // Some registries omit the digest on HEAD: fall back to the body.
-            _ => {
-                let m = self.get_manifest(repo, reference).await?;
-                Ok(ManifestHead {
-                    digest: m.digest,
-                    size: m.bytes.len() as u64,
-                    media_type: m.media_type,
-                })
-            }
+            None => Ok(self.get_manifest(repo, reference).await?.digest),
         }
     }
 
