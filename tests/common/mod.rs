@@ -15,6 +15,8 @@
 //! - [`Mount`]: the real `regfs` binary mounted in the foreground (or
 //!   [`BackgroundMount`] for the daemonizing mode), unmounted on drop.
 //! - [`FaultProxy`]: delays, injected statuses, cut bodies, tag pagination.
+//! - [`tree`]: manifests of any shape (artifacts, referrers tag, indexes
+//!   with annotations), storage injection, xattrs.
 //! - Utilities: [`sha256_hex`], [`errno_of`], [`read_exact_at`],
 //!   [`with_deadline`].
 //!
@@ -30,6 +32,7 @@ pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod token;
+pub mod tree;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -39,13 +42,14 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 pub use client::{
-    image_config, make_tar_gz, random_bytes, random_hex, BlobInfo, ImageInfo, IndexInfo, IndexKind,
-    Platform, RegistryClient, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
+    image_config, make_tar_gz, random_bytes, random_hex, BlobInfo, ImageInfo, IndexInfo, IndexKind, Platform,
+    RegistryClient, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
 pub use mount::{is_fuse_mounted, BackgroundMount, Mount, MountBuilder, MountFailure};
 pub use proxy::{FaultAction, FaultProxy, Match};
 pub use registry::{AuthMode, Registry, RegistryOptions};
 pub use token::{TokenIssuer, TokenIssuerOptions};
+pub use tree::*;
 
 /// Username accepted by auth-enabled test registries.
 pub const TEST_USER: &str = "regfs-tester";
@@ -113,11 +117,7 @@ pub fn assert_bytes_eq(got: &[u8], expected: &[u8], what: &str) {
 /// Runs `f` on a thread and panics if it does not finish within `limit`
 /// (a watchdog against a hung mount, not a timing assertion). On timeout
 /// the thread is left behind; dropping the test's [`Mount`] unblocks it.
-pub fn with_deadline<T: Send + 'static>(
-    limit: Duration,
-    what: &str,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
+pub fn with_deadline<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
