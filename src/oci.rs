@@ -99,7 +99,7 @@ struct Raw {
     manifests: Option<Vec<Descriptor>>,
     #[serde(default)]
     subject: Option<Descriptor>,
-        #[serde(default)]
+    #[serde(default)]
     fs_layers: Option<serde_json::Value>,
 }
 

@@ -3,6 +3,7 @@
 //! and answered from there.
 
 mod archive;
+mod import;
 pub mod inodes;
 pub mod node;
 mod push;

@@ -2,7 +2,6 @@
 //! has, mount across repositories, else upload), manifests (validated, exact
 //! bytes, held until their references arrive), tags and deletes.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -10,7 +9,7 @@ use bytes::Bytes;
 use super::view::View;
 use crate::cache::{FsError, FsResult};
 use crate::oci::{Manifest, ManifestKind};
-use crate::registry::client::MAX_MANIFEST_SIZE;
+use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
 use crate::registry::{Digest, Reference, RegistryError};
 use crate::stats::Stats;
 
@@ -69,14 +68,15 @@ fn is_missing_references(e: &RegistryError) -> bool {
 
 impl View {
     /// Push the blob in `path` (already verified to hash to `digest`) into `repo`.
-    pub async fn push_blob(&self, repo: &str, digest: Digest, path: &Path, size: u64) -> FsResult<()> {
+    pub async fn push_blob(&self, repo: &str, digest: Digest, src: &FileRange) -> FsResult<()> {
+        let size = src.len;
         let client = &self.client;
         if self.is_present(repo, &digest) || client.has_blob(repo, &digest).await? {
             tracing::info!(repo, %digest, "blob already in the registry; nothing uploaded");
         } else if self.mount_from_known(repo, digest).await? {
             tracing::info!(repo, %digest, "blob mounted from another repository; nothing uploaded");
         } else {
-            client.upload_blob(repo, &digest, path, size).await?;
+            client.upload_blob(repo, &digest, src).await?;
             Stats::add(&self.stats.bytes_pushed, size);
             tracing::info!(repo, %digest, size, "blob pushed");
         }

@@ -91,7 +91,10 @@ impl Inner {
                 Some(d) => Some(node::tag_target(&d)),
                 None => Some(node::tag_target(&v.tag_digest(r, t).await?)),
             },
-            Node::Upload(r, n) => self.staging.upload_target(r, n).map(|d| node::blob_target(1, &d)),
+            Node::Upload(r, n) => self.staging.upload_target(r, n).map(|t| match t {
+                super::write::UploadTarget::Blob(d) => node::blob_target(1, &d),
+                super::write::UploadTarget::Manifest(d) => node::manifest_target(1, &d),
+            }),
             Node::Config(r, d) => {
                 let m = v.manifest(r, *d).await?;
                 m.parsed

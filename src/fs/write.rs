@@ -30,7 +30,7 @@ use super::node::{self, Node};
 use super::push::Pushed;
 use super::Inner;
 use crate::cache::{FsError, FsResult};
-use crate::registry::client::MAX_MANIFEST_SIZE;
+use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
 use crate::registry::reference::is_valid_tag;
 use crate::registry::{Digest, Reference};
 use fuser::INodeNo;
@@ -50,6 +50,14 @@ pub struct StagedFile {
     last: Option<FsResult<()>>,
 }
 
+/// What a file written to `_uploads/` became.
+#[derive(Clone, Copy, Debug)]
+pub enum UploadTarget {
+    Blob(Digest),
+    /// An imported image archive: the (first) manifest it tagged.
+    Manifest(Digest),
+}
+
 struct PendingLink {
     digest: Digest,
     /// Bumped on every change, so a settle timer knows whether it is still current.
@@ -62,7 +70,7 @@ pub struct Staging {
     files: Mutex<HashMap<u64, Arc<Mutex<StagedFile>>>>,
     names: Mutex<HashMap<(Node, String), u64>>,
     /// `_uploads/<name>` pushed during this run → the blob it became.
-    uploads: Mutex<HashMap<(String, String), Digest>>,
+    uploads: Mutex<HashMap<(String, String), UploadTarget>>,
     /// Tag symlinks not pushed yet: (repo, name) → target.
     links: Mutex<HashMap<(String, String), PendingLink>>,
     link_generation: AtomicU64,
@@ -237,7 +245,7 @@ impl Staging {
         f.name = new_name.to_string();
     }
 
-    pub fn upload_target(&self, repo: &str, name: &str) -> Option<Digest> {
+    pub fn upload_target(&self, repo: &str, name: &str) -> Option<UploadTarget> {
         self.uploads
             .lock()
             .unwrap()
@@ -382,14 +390,23 @@ impl Inner {
         };
         let v = &self.view;
         let result = match kind {
-            Commit::UploadBlob(repo) => v.push_blob(&repo, digest, &path, size).await.map(|_| {
+            Commit::UploadBlob(repo) => {
                 let name = staged.lock().unwrap().name.clone();
-                self.staging
-                    .uploads
-                    .lock()
-                    .unwrap()
-                    .insert((repo.clone(), name), digest);
-            }),
+                // An image archive is imported; anything else is one blob.
+                let target = match super::import::Archive::open(&path) {
+                    Some(archive) => v.import(&repo, &archive, &name).await.map(|i| {
+                        tracing::info!(repo, file = name, tags = ?i.tags, "image archive imported");
+                        UploadTarget::Manifest(i.first)
+                    }),
+                    None => v
+                        .push_blob(&repo, digest, &FileRange::whole(&path, size))
+                        .await
+                        .map(|_| UploadTarget::Blob(digest)),
+                };
+                target.map(|t| {
+                    self.staging.uploads.lock().unwrap().insert((repo.clone(), name), t);
+                })
+            }
             Commit::Blob(repo, name) if name != digest => Err(FsError::new(
                 libc::EIO,
                 format!(
@@ -397,7 +414,7 @@ impl Inner {
                     repo
                 ),
             )),
-            Commit::Blob(repo, _) => v.push_blob(&repo, digest, &path, size).await,
+            Commit::Blob(repo, _) => v.push_blob(&repo, digest, &FileRange::whole(&path, size)).await,
             Commit::Tag(repo, tag) => v
                 .push_manifest(&repo, Reference::Tag(tag), bytes.unwrap_or_default())
                 .await
@@ -421,7 +438,7 @@ impl Inner {
                 });
                 match bytes {
                     Some(b) if is_manifest => v.push_manifest(&repo, Reference::Digest(digest), b).await.map(|_| ()),
-                    _ => v.push_blob(&repo, digest, &path, size).await,
+                    _ => v.push_blob(&repo, digest, &FileRange::whole(&path, size)).await,
                 }
             }
             Commit::OciIndex(repo) => self.restore_oci_index(&repo, &bytes.unwrap_or_default()).await,

@@ -462,7 +462,8 @@ impl Client {
 
     /// Upload a blob from a local file: one PUT for small blobs, PATCH chunks
     /// for large ones. The registry verifies `digest`; so did the caller.
-    pub async fn upload_blob(&self, repo: &str, digest: &Digest, path: &std::path::Path, size: u64) -> Result<()> {
+    pub async fn upload_blob(&self, repo: &str, digest: &Digest, src: &FileRange) -> Result<()> {
+        let size = src.len;
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let resp = self
             .send_body(
@@ -482,21 +483,11 @@ impl Client {
             .and_then(|v| v.parse().ok());
         let location = self.location(&resp)?;
         let result = if size <= MONOLITHIC_MAX {
-            self.put_upload(
-                repo,
-                location.clone(),
-                digest,
-                Some(Body::File {
-                    path: path.to_path_buf(),
-                    offset: 0,
-                    len: size,
-                }),
-            )
-            .await
+            self.put_upload(repo, location.clone(), digest, Some(Body::File(src.clone())))
+                .await
         } else {
             let chunk = CHUNK_SIZE.max(min_chunk.unwrap_or(0));
-            self.upload_chunks(repo, location.clone(), digest, path, size, chunk)
-                .await
+            self.upload_chunks(repo, location.clone(), digest, src, chunk).await
         };
         if result.is_err() {
             // Leave the registry as it was: no dangling session.
@@ -510,10 +501,10 @@ impl Client {
         repo: &str,
         mut location: Url,
         digest: &Digest,
-        path: &std::path::Path,
-        size: u64,
+        src: &FileRange,
         chunk: u64,
     ) -> Result<()> {
+        let size = src.len;
         let mut offset = 0;
         let mut recoveries = 0;
         while offset < size {
@@ -527,11 +518,11 @@ impl Client {
                 header::CONTENT_RANGE,
                 HeaderValue::from_str(&format!("{}-{}", offset, offset + len - 1)).expect("ascii"),
             );
-            let body = Body::File {
-                path: path.to_path_buf(),
-                offset,
+            let body = Body::File(FileRange {
+                path: src.path.clone(),
+                offset: src.offset + offset,
                 len,
-            };
+            });
             match self
                 .send_body(
                     Method::PATCH,
@@ -762,11 +753,26 @@ pub enum Body {
     Empty,
     Bytes(Bytes),
     /// `len` bytes of a local file from `offset`, streamed in 1 MiB reads.
-    File {
-        path: std::path::PathBuf,
-        offset: u64,
-        len: u64,
-    },
+    File(FileRange),
+}
+
+/// `len` bytes of a local file from `offset` (a staged upload, or a member
+/// inside a staged tar archive).
+#[derive(Clone, Debug)]
+pub struct FileRange {
+    pub path: std::path::PathBuf,
+    pub offset: u64,
+    pub len: u64,
+}
+
+impl FileRange {
+    pub fn whole(path: &std::path::Path, len: u64) -> Self {
+        FileRange {
+            path: path.to_path_buf(),
+            offset: 0,
+            len,
+        }
+    }
 }
 
 impl Body {
@@ -774,7 +780,7 @@ impl Body {
         match self {
             Body::Empty => 0,
             Body::Bytes(b) => b.len() as u64,
-            Body::File { len, .. } => *len,
+            Body::File(r) => r.len,
         }
     }
 
@@ -782,7 +788,7 @@ impl Body {
         Ok(match self {
             Body::Empty => reqwest::Body::from(Bytes::new()),
             Body::Bytes(b) => reqwest::Body::from(b.clone()),
-            Body::File { path, offset, len } => {
+            Body::File(FileRange { path, offset, len }) => {
                 use std::os::unix::fs::FileExt;
                 let file = std::fs::File::open(path)?;
                 let (offset, end) = (*offset, offset + len);
