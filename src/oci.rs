@@ -429,3 +429,59 @@ mod naming_tests {
         assert_eq!(sanitize(".."), "_..");
     }
 }
+
+/// The payload of a signed (prettyjws) schema1 manifest: the bytes its digest
+/// covers — the document up to `formatLength`, then the decoded `formatTail`
+/// of the first signature's protected header.
+pub fn jws_payload(bytes: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    #[derive(Deserialize)]
+    struct Signed {
+        signatures: Vec<Signature>,
+    }
+    #[derive(Deserialize)]
+    struct Signature {
+        protected: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Protected {
+        format_length: usize,
+        format_tail: String,
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let signed: Signed = serde_json::from_slice(bytes).ok()?;
+    let protected = b64
+        .decode(signed.signatures.first()?.protected.trim_end_matches('='))
+        .ok()?;
+    let protected: Protected = serde_json::from_slice(&protected).ok()?;
+    let tail = b64.decode(protected.format_tail.trim_end_matches('=')).ok()?;
+    let mut payload = bytes.get(..protected.format_length)?.to_vec();
+    payload.extend_from_slice(&tail);
+    Some(payload)
+}
+
+#[cfg(test)]
+mod jws_tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn schema1_payload_is_recovered() {
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let payload = b"{\n   \"schemaVersion\": 1,\n   \"name\": \"a/b\",\n   \"fsLayers\": []\n}";
+        // The signed form cuts the payload before its closing brace and adds signatures.
+        let cut = payload.len() - 2;
+        let protected = serde_json::json!({"formatLength": cut, "formatTail": b64.encode(&payload[cut..])});
+        let mut signed = payload[..cut].to_vec();
+        signed.extend_from_slice(
+            format!(
+                ",\n   \"signatures\": [{{\"protected\": \"{}\"}}]\n}}",
+                b64.encode(protected.to_string())
+            )
+            .as_bytes(),
+        );
+        assert_eq!(jws_payload(&signed).unwrap(), payload.to_vec());
+        assert!(jws_payload(b"{}").is_none());
+    }
+}

@@ -357,7 +357,11 @@ impl View {
                 match m {
                     Ok(m) => {
                         if m.parsed.kind == ManifestKind::Index {
-                            frontier.extend(m.parsed.manifests.iter().filter_map(|c| c.digest()));
+                            // Only manifest entries: a buildx cache index lists blobs too.
+                            frontier.extend(oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
+                                oci::ChildTarget::Manifest(d) => Some(d),
+                                oci::ChildTarget::Blob(_) => None,
+                            }));
                         }
                         out.push(m);
                     }

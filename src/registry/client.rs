@@ -224,8 +224,8 @@ impl Client {
             .await?;
         let media_type = content_type(resp.headers());
         let header_digest = header_digest(resp.headers());
-        let bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
-        let digest = Digest::of(&bytes);
+        let mut bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+        let mut digest = Digest::of(&bytes);
         // A manifest is trusted only when its bytes hash to the name we asked for,
         // or, by tag, to the digest the registry claims.
         let expected = match reference {
@@ -233,6 +233,14 @@ impl Client {
             Reference::Tag(_) => header_digest,
         };
         if let Some(exp) = expected {
+            // Signed schema1 manifests are re-signed on every request; their
+            // digest covers the JWS payload, which is what we keep and show.
+            if exp != digest {
+                if let Some(payload) = oci::jws_payload(&bytes).filter(|p| Digest::of(p) == exp) {
+                    bytes = Bytes::from(payload);
+                    digest = exp;
+                }
+            }
             if exp != digest {
                 return Err(RegistryError::DigestMismatch {
                     expected: exp.to_string(),
