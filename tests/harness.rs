@@ -23,10 +23,7 @@ fn plain_registry_push_and_fetch_back() {
     for l in &img.layers {
         assert_eq!(c.get_blob("harness/plain", &l.digest), l.bytes);
     }
-    assert_eq!(
-        c.get_blob("harness/plain", &img.config.digest),
-        img.config.bytes
-    );
+    assert_eq!(c.get_blob("harness/plain", &img.config.digest), img.config.bytes);
     assert_eq!(c.list_tags("harness/plain"), vec!["v1".to_string()]);
     assert_eq!(c.catalog(), vec!["harness/plain".to_string()]);
 }
@@ -97,29 +94,14 @@ fn distribution_2_8_pagination_behaviour() {
     let img = c.push_random_image("harness/p0", "t0", &[5]);
     for i in 1..5 {
         let repo = format!("harness/p{i}");
-        c.push_image(
-            &repo,
-            Some("t"),
-            OCI_MANIFEST,
-            img.config.bytes.clone(),
-            vec![],
-        );
+        c.push_image(&repo, Some("t"), OCI_MANIFEST, img.config.bytes.clone(), vec![]);
     }
     for i in 1..7 {
         c.push_manifest("harness/p0", &format!("t{i}"), OCI_MANIFEST, &img.manifest);
     }
     let http = reqwest::blocking::Client::new();
-    let r = http
-        .get(format!("{}/v2/_catalog?n=2", reg.url()))
-        .send()
-        .unwrap();
-    let link = r
-        .headers()
-        .get("link")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_string();
+    let r = http.get(format!("{}/v2/_catalog?n=2", reg.url())).send().unwrap();
+    let link = r.headers().get("link").unwrap().to_str().unwrap().to_string();
     assert_eq!(link, "</v2/_catalog?last=harness%2Fp1&n=2>; rel=\"next\"");
     assert_eq!(c.paged("/v2/_catalog?n=2", "repositories").len(), 5);
 
@@ -129,11 +111,7 @@ fn distribution_2_8_pagination_behaviour() {
         .unwrap();
     assert!(r.headers().get("link").is_none());
     let v: serde_json::Value = r.json().unwrap();
-    assert_eq!(
-        v["tags"].as_array().unwrap().len(),
-        7,
-        "2.8 ignores n= on tags/list"
-    );
+    assert_eq!(v["tags"].as_array().unwrap().len(), 7, "2.8 ignores n= on tags/list");
 
     // The proxy emulates tag pagination.
     let proxy = FaultProxy::start(&reg.host_port());
@@ -173,23 +151,16 @@ fn token_registry_accepts_issued_tokens() {
     assert_eq!(c.get_manifest("harness/token", "v1").0, img.manifest);
     assert_eq!(c.list_tags("harness/token"), vec!["v1"]);
     assert_eq!(c.catalog(), vec!["harness/token"]);
-    assert!(
-        issuer.request_count() >= 2,
-        "issuer saw {}",
-        issuer.request_count()
-    );
+    assert!(issuer.request_count() >= 2, "issuer saw {}", issuer.request_count());
     let reqs = issuer.requests();
-    assert!(reqs
-        .iter()
-        .all(|r| r.granted && r.user.as_deref() == Some(TEST_USER)));
+    assert!(reqs.iter().all(|r| r.granted && r.user.as_deref() == Some(TEST_USER)));
     // distribution 2.8 lists a challenge's actions in random order
     // ("pull,push" or "push,pull").
-    assert!(reqs.iter().any(|r| r.scopes.iter().any(|s| {
-        s == "repository:harness/token:pull,push" || s == "repository:harness/token:push,pull"
-    })));
-    assert!(reqs
+    assert!(reqs.iter().any(|r| r
+        .scopes
         .iter()
-        .any(|r| r.scopes.iter().any(|s| s == "registry:catalog:*")));
+        .any(|s| { s == "repository:harness/token:pull,push" || s == "repository:harness/token:push,pull" })));
+    assert!(reqs.iter().any(|r| r.scopes.iter().any(|s| s == "registry:catalog:*")));
 
     // Wrong password: the issuer refuses, the registry stays closed.
     let before = issuer.request_count();
@@ -346,13 +317,7 @@ fn fault_proxy_in_front_of_stopped_registry_answers_502() {
     let proxy = FaultProxy::start(&reg.host_port());
     reg.stop();
     let http = reqwest::blocking::Client::new();
-    assert_eq!(
-        http.get(format!("{}/v2/", proxy.url()))
-            .send()
-            .unwrap()
-            .status(),
-        502
-    );
+    assert_eq!(http.get(format!("{}/v2/", proxy.url())).send().unwrap().status(), 502);
 }
 
 #[test]
@@ -361,9 +326,7 @@ fn stats_parser_and_mountinfo_helpers() {
     assert_eq!(s.get("requests"), Some(&12));
     assert_eq!(s.get("bytes_fetched"), Some(&4096));
     assert_eq!(s.len(), 3);
-    assert!(!is_fuse_mounted(std::path::Path::new(
-        "/definitely/not/mounted"
-    )));
+    assert!(!is_fuse_mounted(std::path::Path::new("/definitely/not/mounted")));
     let e = std::fs::read("/definitely/not/there").unwrap_err();
     assert_eq!(errno_of(&e), libc::ENOENT);
 }

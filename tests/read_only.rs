@@ -33,11 +33,7 @@ fn ls(path: &Path) -> Vec<String> {
 
 /// Seeds `count` repositories named by `name(i)`, each with one tiny image
 /// tagged `latest`, reusing one config blob by cross-repository mount.
-fn seed_many_repos(
-    c: &RegistryClient,
-    count: usize,
-    name: impl Fn(usize) -> String,
-) -> Vec<String> {
+fn seed_many_repos(c: &RegistryClient, count: usize, name: impl Fn(usize) -> String) -> Vec<String> {
     let first = name(0);
     let img = c.push_image(
         &first,
@@ -62,11 +58,7 @@ fn seed_many_repos(
 /// `errno` of a failed `lstat`, panicking if it succeeded.
 fn lstat_errno(p: &Path) -> i32 {
     match fs::symlink_metadata(p) {
-        Ok(m) => panic!(
-            "{} exists ({:?}), expected an error",
-            p.display(),
-            m.file_type()
-        ),
+        Ok(m) => panic!("{} exists ({:?}), expected an error", p.display(), m.file_type()),
         Err(e) => errno_of(&e),
     }
 }
@@ -123,9 +115,7 @@ fn root_listing_follows_catalog_link_pages_with_page_size_40() {
     let reg = Registry::start();
     let (top, nested) = seed_catalog(&reg);
     let proxy = FaultProxy::start(&reg.host_port());
-    let m = Mount::builder(&proxy.url())
-        .args(["--page-size", "40"])
-        .start();
+    let m = Mount::builder(&proxy.url()).args(["--page-size", "40"]).start();
     check_root_listing(&m, &top, &nested);
     // 125 entries at n=40: at least 4 pages, each asked with n=40.
     let pages: Vec<_> = proxy
@@ -169,10 +159,7 @@ fn tags_directory_lists_more_than_100_tags() {
     let got: BTreeSet<String> = ls(&m.join("big/tagged/_tags")).into_iter().collect();
     assert_eq!(got, tags);
     let target = fs::read_link(m.join("big/tagged/_tags/build_0128-x")).unwrap();
-    assert_eq!(
-        target,
-        PathBuf::from(format!("../_manifests/{}", img.digest))
-    );
+    assert_eq!(target, PathBuf::from(format!("../_manifests/{}", img.digest)));
 }
 
 /// distribution 2.8 ignores `n=` on tags/list, so the fault proxy paginates
@@ -185,9 +172,7 @@ fn tags_directory_follows_link_pages_including_short_pages() {
     let proxy = FaultProxy::start(&reg.host_port());
     proxy.paginate_tags(true);
     proxy.set_tag_page_max(17);
-    let m = Mount::builder(&proxy.url())
-        .args(["--page-size", "40"])
-        .start();
+    let m = Mount::builder(&proxy.url()).args(["--page-size", "40"]).start();
     let got: BTreeSet<String> = ls(&m.join("big/tagged/_tags")).into_iter().collect();
     assert_eq!(
         got.len(),
@@ -224,29 +209,20 @@ fn nested_repository_names_are_directories_inside_their_parent() {
         assert!(inside.contains(want), "library/alpine lists {inside:?}");
     }
     for hidden in ["_oci", "_export"] {
-        assert!(
-            !inside.contains(hidden),
-            "{hidden} must not be listed: {inside:?}"
-        );
+        assert!(!inside.contains(hidden), "{hidden} must not be listed: {inside:?}");
     }
     assert!(m.join("library/alpine").is_dir());
     assert!(m.join("library/alpine/extras").is_dir());
     assert_eq!(ls(&m.join("library/alpine/_tags")), vec!["3.19"]);
     assert_eq!(ls(&m.join("library/alpine/extras/_tags")), vec!["1.0"]);
-    assert_file_eq(
-        &m.join("library/alpine/_tags/3.19/manifest.json"),
-        &alpine.manifest,
-    );
+    assert_file_eq(&m.join("library/alpine/_tags/3.19/manifest.json"), &alpine.manifest);
     assert_file_eq(
         &m.join("library/alpine/extras/_tags/1.0/manifest.json"),
         &extras.manifest,
     );
     // The parent's blobs are not the child's.
     assert_file_eq(
-        &m.join(format!(
-            "library/alpine/extras/_blobs/{}",
-            extras.layers[0].digest
-        )),
+        &m.join(format!("library/alpine/extras/_blobs/{}", extras.layers[0].digest)),
         &extras.layers[0].bytes,
     );
 }
@@ -261,11 +237,7 @@ fn tag_is_a_symlink_to_its_manifest_directory() {
     for img in [&v1, &v2] {
         let tag = m.join(format!("app/web/_tags/{}", img.tag.as_deref().unwrap()));
         let meta = fs::symlink_metadata(&tag).unwrap();
-        assert!(
-            meta.file_type().is_symlink(),
-            "{} is not a symlink",
-            tag.display()
-        );
+        assert!(meta.file_type().is_symlink(), "{} is not a symlink", tag.display());
         assert_eq!(
             fs::read_link(&tag).unwrap(),
             PathBuf::from(format!("../_manifests/sha256:{}", img.hex()))
@@ -293,35 +265,21 @@ fn manifest_json_is_byte_exact_and_named_by_its_digest() {
     );
     let m = Mount::start(&reg.url());
 
-    for (digest, bytes) in [
-        (&img.digest, &img.manifest),
-        (&index.digest, &index.manifest),
-    ] {
+    for (digest, bytes) in [(&img.digest, &img.manifest), (&index.digest, &index.manifest)] {
         let p = m.join(format!("app/api/_manifests/{digest}/manifest.json"));
         // Size is exact before reading.
-        assert_eq!(
-            fs::metadata(&p).unwrap().len(),
-            bytes.len() as u64,
-            "{}",
-            p.display()
-        );
+        assert_eq!(fs::metadata(&p).unwrap().len(), bytes.len() as u64, "{}", p.display());
         let got = fs::read(&p).unwrap();
         assert_bytes_eq(&got, bytes, &p.display().to_string());
         assert_eq!(format!("sha256:{}", sha256_hex(&got)), *digest);
     }
     assert_file_eq(&m.join("app/api/_tags/stable/manifest.json"), &img.manifest);
-    assert_file_eq(
-        &m.join("app/api/_tags/multi/manifest.json"),
-        &index.manifest,
-    );
+    assert_file_eq(&m.join("app/api/_tags/multi/manifest.json"), &index.manifest);
 
     // _manifests lists what the tags reach (index children included).
     let listed: BTreeSet<String> = ls(&m.join("app/api/_manifests")).into_iter().collect();
     for d in [&img.digest, &index.digest, &amd.digest, &arm.digest] {
-        assert!(
-            listed.contains(d.as_str()),
-            "_manifests lists {listed:?}, not {d}"
-        );
+        assert!(listed.contains(d.as_str()), "_manifests lists {listed:?}, not {d}");
     }
 }
 
@@ -365,10 +323,7 @@ fn manifest_directory_links_config_layers_and_platform_children() {
             .ino()
     );
     // Reachable through the tag as well.
-    assert_file_eq(
-        &m.join("app/links/_tags/v1/layers/01"),
-        &img.layers[1].bytes,
-    );
+    assert_file_eq(&m.join("app/links/_tags/v1/layers/01"), &img.layers[1].bytes);
     let idx = m.join(format!("app/links/_manifests/{}/manifests", index.digest));
     assert_eq!(ls(&idx), vec!["linux-amd64", "linux-arm64-v8"]);
     assert_eq!(
@@ -411,9 +366,7 @@ fn blob_is_byte_exact_with_exact_size_before_reading() {
         assert_bytes_eq(&got, &expected, &blob.digest);
     }
     // Same digest, same inode, in every repository that has it.
-    let a = fs::metadata(blobs.join(&img.layers[0].digest))
-        .unwrap()
-        .ino();
+    let a = fs::metadata(blobs.join(&img.layers[0].digest)).unwrap().ino();
     let b = fs::metadata(m.join(format!("data/other/_blobs/{}", img.layers[0].digest)))
         .unwrap()
         .ino();
@@ -452,15 +405,10 @@ fn range_reads_at_odd_offsets_on_an_uncached_blob() {
     with_deadline(WATCHDOG * 2, "range reads", move || {
         let mut f = File::open(&path).unwrap();
         for (off, n) in cases {
-            let got =
-                read_exact_at(&mut f, off, n).unwrap_or_else(|e| panic!("read {n} at {off}: {e}"));
+            let got = read_exact_at(&mut f, off, n).unwrap_or_else(|e| panic!("read {n} at {off}: {e}"));
             let start = (off as usize).min(layer2.len());
             let end = (start + n).min(layer2.len());
-            assert_bytes_eq(
-                &got,
-                &layer2[start..end],
-                &format!("read {n} at offset {off}"),
-            );
+            assert_bytes_eq(&got, &layer2[start..end], &format!("read {n} at offset {off}"));
         }
         // pread on a second descriptor, interleaved with the first.
         let g = File::open(&path).unwrap();
@@ -495,14 +443,7 @@ fn concurrent_readers_of_one_uncached_blob_get_exact_bytes() {
                 use std::os::unix::fs::FileExt;
                 let f = File::open(&path).unwrap();
                 let quarter = layer.len() / 4;
-                let (start, end) = (
-                    q * quarter,
-                    if q == 3 {
-                        layer.len()
-                    } else {
-                        (q + 1) * quarter
-                    },
-                );
+                let (start, end) = (q * quarter, if q == 3 { layer.len() } else { (q + 1) * quarter });
                 let chunk = 777_777;
                 let mut off = end;
                 while off > start {
@@ -557,10 +498,7 @@ fn gzip_layer_lists_with_tar_through_the_mount() {
             .map(String::from)
             .collect();
         names.sort();
-        assert_eq!(
-            names,
-            vec!["etc/os-release", "usr/bin/hello", "var/lib/data.bin"]
-        );
+        assert_eq!(names, vec!["etc/os-release", "usr/bin/hello", "var/lib/data.bin"]);
     }
 }
 
@@ -585,10 +523,7 @@ fn basic_auth_with_username_and_password_from_env_or_stdin() {
     );
     assert_eq!(ls(m.path()), vec!["private"]);
     let log = m.log();
-    assert!(
-        !log.contains(TEST_PASSWORD),
-        "the password appears in the log"
-    );
+    assert!(!log.contains(TEST_PASSWORD), "the password appears in the log");
     drop(m);
 
     let m = Mount::builder(&reg.url())
@@ -599,9 +534,7 @@ fn basic_auth_with_username_and_password_from_env_or_stdin() {
 }
 
 fn assert_clear_failure(f: &MountFailure, words: &[&str]) {
-    let status = f
-        .status
-        .unwrap_or_else(|| panic!("regfs did not exit: {f}"));
+    let status = f.status.unwrap_or_else(|| panic!("regfs did not exit: {f}"));
     assert!(!status.success(), "regfs exited 0: {f}");
     let text = format!("{}\n{}", f.stderr, f.log).to_lowercase();
     assert!(
@@ -630,14 +563,8 @@ fn basic_auth_wrong_password_fails_the_mount() {
         .err()
         .expect("background mount with a wrong password must fail");
     assert_clear_failure(&f, &words);
-    assert!(
-        !f.stderr.trim().is_empty(),
-        "background mode printed nothing: {f}"
-    );
-    assert!(
-        !f.stderr.contains("not-the-password"),
-        "password echoed: {f}"
-    );
+    assert!(!f.stderr.trim().is_empty(), "background mode printed nothing: {f}");
+    assert!(!f.stderr.contains("not-the-password"), "password echoed: {f}");
 
     let f = Mount::builder(&reg.url())
         .args(["--username", TEST_USER])
@@ -666,11 +593,7 @@ fn token_auth_reads_work_and_the_issuer_sees_token_requests() {
     for l in &img.layers {
         assert_file_eq(&m.join(format!("secure/app/_blobs/{}", l.digest)), &l.bytes);
     }
-    let seen: Vec<_> = issuer
-        .requests()
-        .into_iter()
-        .skip(before as usize)
-        .collect();
+    let seen: Vec<_> = issuer.requests().into_iter().skip(before as usize).collect();
     assert!(!seen.is_empty(), "the issuer saw no token request");
     assert!(
         seen.iter().all(|r| r.user.as_deref() == Some(TEST_USER)),
@@ -684,10 +607,7 @@ fn token_auth_reads_work_and_the_issuer_sees_token_requests() {
         "no pull scope for secure/app in {seen:?}"
     );
     assert!(m.stat("requests_token") >= 1, "stats: {:?}", m.stats());
-    assert!(
-        !m.log().contains(TEST_PASSWORD),
-        "the password appears in the log"
-    );
+    assert!(!m.log().contains(TEST_PASSWORD), "the password appears in the log");
 }
 
 /// Like Docker Hub: `/v2/` answers 401 even to anonymous clients, and the
@@ -701,9 +621,7 @@ fn token_auth_anonymous_pull_without_credentials() {
         }),
         ..Default::default()
     });
-    let img = reg
-        .client()
-        .push_random_image("public/app", "v1", &[100_000]);
+    let img = reg.client().push_random_image("public/app", "v1", &[100_000]);
     let issuer = reg.issuer().unwrap();
     let before = issuer.request_count();
     let m = Mount::start(&reg.url());
@@ -713,11 +631,7 @@ fn token_auth_anonymous_pull_without_credentials() {
         &m.join(format!("public/app/_blobs/{}", img.layers[0].digest)),
         &img.layers[0].bytes,
     );
-    let seen: Vec<_> = issuer
-        .requests()
-        .into_iter()
-        .skip(before as usize)
-        .collect();
+    let seen: Vec<_> = issuer.requests().into_iter().skip(before as usize).collect();
     assert!(
         seen.iter().any(|r| r.user.is_none() && r.granted),
         "no anonymous token request: {seen:?}"
@@ -733,10 +647,7 @@ fn mount_of_an_unreachable_registry_fails_clearly() {
         .err()
         .expect("mounting a registry that is down must fail");
     assert_clear_failure(&f, &["connect", "refused", "unreachable", "network"]);
-    assert!(
-        !f.stderr.trim().is_empty(),
-        "background mode printed nothing: {f}"
-    );
+    assert!(!f.stderr.trim().is_empty(), "background mode printed nothing: {f}");
 }
 
 #[test]
@@ -746,9 +657,7 @@ fn tls_registry_with_ca_cert_without_it_and_insecure() {
     let ca = reg.ca_cert().unwrap().to_str().unwrap().to_string();
 
     // `host:port` means HTTPS.
-    let m = Mount::builder(&reg.host_port())
-        .args(["--ca-cert", &ca])
-        .start();
+    let m = Mount::builder(&reg.host_port()).args(["--ca-cert", &ca]).start();
     assert_file_eq(&m.join("tls/app/_tags/v1/manifest.json"), &img.manifest);
     assert_file_eq(
         &m.join(format!("tls/app/_blobs/{}", img.layers[0].digest)),
@@ -760,17 +669,7 @@ fn tls_registry_with_ca_cert_without_it_and_insecure() {
         .try_start()
         .err()
         .expect("mount of a self-signed registry without --ca-cert must fail");
-    assert_clear_failure(
-        &f,
-        &[
-            "certificate",
-            "tls",
-            "ssl",
-            "x509",
-            "unknownissuer",
-            "trust",
-        ],
-    );
+    assert_clear_failure(&f, &["certificate", "tls", "ssl", "x509", "unknownissuer", "trust"]);
 
     let m = Mount::builder(&reg.url()).arg("--insecure").start();
     assert_file_eq(&m.join("tls/app/_tags/v1/manifest.json"), &img.manifest);
@@ -825,9 +724,7 @@ fn registry_down_uncached_blob_read_is_eio() {
     let p = m.join(format!("down/app/_blobs/{}", img.layers[0].digest));
     // Known while the registry is up (size from the descriptor).
     assert_eq!(
-        fs::metadata(m.join("down/app/_tags/v1/manifest.json"))
-            .unwrap()
-            .len(),
+        fs::metadata(m.join("down/app/_tags/v1/manifest.json")).unwrap().len(),
         img.manifest.len() as u64
     );
     assert_eq!(fs::metadata(&p).unwrap().len(), img.layers[0].size());
@@ -846,25 +743,18 @@ fn registry_down_uncached_blob_read_is_eio() {
     // The registry comes back: the same read works (errors are not cached).
     reg.start_again();
     let expected = img.layers[0].bytes.clone();
-    let got = with_deadline(
-        WATCHDOG,
-        "reading after the registry restarted",
-        move || fs::read(&p).unwrap(),
-    );
+    let got = with_deadline(WATCHDOG, "reading after the registry restarted", move || {
+        fs::read(&p).unwrap()
+    });
     assert_bytes_eq(&got, &expected, "blob after restart");
 }
 
 #[test]
 fn corrupted_cache_file_is_detected_and_refetched() {
     let reg = Registry::start();
-    let img = reg
-        .client()
-        .push_random_image("cache/app", "v1", &[3 * MIB + 7]);
+    let img = reg.client().push_random_image("cache/app", "v1", &[3 * MIB + 7]);
     let layer = &img.layers[0];
-    let cache = tempfile::Builder::new()
-        .prefix("regfs-cache-")
-        .tempdir()
-        .unwrap();
+    let cache = tempfile::Builder::new().prefix("regfs-cache-").tempdir().unwrap();
     let cached = cache.path().join(format!("blobs/sha256/{}", layer.hex()));
 
     let m = Mount::builder(&reg.url()).cache_dir(cache.path()).start();
@@ -886,16 +776,10 @@ fn corrupted_cache_file_is_detected_and_refetched() {
     fs::write(&cached, &bytes).unwrap();
 
     let m = Mount::builder(&reg.url()).cache_dir(cache.path()).start();
-    assert_file_eq(
-        &m.join(format!("cache/app/_blobs/{}", layer.digest)),
-        &layer.bytes,
-    );
+    assert_file_eq(&m.join(format!("cache/app/_blobs/{}", layer.digest)), &layer.bytes);
     let log = m.log().to_lowercase();
     assert!(
-        log.contains(layer.hex())
-            && ["mismatch", "corrupt", "verif"]
-                .iter()
-                .any(|w| log.contains(w)),
+        log.contains(layer.hex()) && ["mismatch", "corrupt", "verif"].iter().any(|w| log.contains(w)),
         "the log does not mention the bad cache file:\n{}",
         m.log()
     );
@@ -930,9 +814,7 @@ fn walk(dir: &Path) -> Vec<String> {
 #[test]
 fn server_errors_and_rate_limits_are_retried() {
     let reg = Registry::start();
-    let img = reg
-        .client()
-        .push_random_image("flaky/app", "v1", &[MIB + 5]);
+    let img = reg.client().push_random_image("flaky/app", "v1", &[MIB + 5]);
     let proxy = FaultProxy::start(&reg.host_port());
     let m = Mount::start(&proxy.url());
     assert_eq!(ls(&m.join("flaky/app/_tags")), vec!["v1"]);
@@ -944,9 +826,7 @@ fn server_errors_and_rate_limits_are_retried() {
     proxy.fail_next(1, 429, Match::method_path("GET", "/blobs/"));
     let p = m.join(format!("flaky/app/_blobs/{}", img.layers[0].digest));
     let expected = img.layers[0].bytes.clone();
-    let got = with_deadline(WATCHDOG, "reading through 500/429", move || {
-        fs::read(p).unwrap()
-    });
+    let got = with_deadline(WATCHDOG, "reading through 500/429", move || fs::read(p).unwrap());
     assert_bytes_eq(&got, &expected, "blob through injected 500s and a 429");
 
     assert_eq!(
@@ -955,11 +835,7 @@ fn server_errors_and_rate_limits_are_retried() {
         "not every injected fault was hit: {:?}",
         proxy.requests()
     );
-    let injected = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.fault.is_some())
-        .count();
+    let injected = proxy.requests().iter().filter(|r| r.fault.is_some()).count();
     assert_eq!(injected, 5);
     assert!(m.stat("retries") > 0, "stats: {:?}", m.stats());
 }
@@ -967,19 +843,14 @@ fn server_errors_and_rate_limits_are_retried() {
 #[test]
 fn token_is_fetched_again_after_a_401() {
     let reg = Registry::start_with(RegistryOptions::token());
-    let img = reg
-        .client()
-        .push_random_image("secure/flaky", "v1", &[200_000]);
+    let img = reg.client().push_random_image("secure/flaky", "v1", &[200_000]);
     let issuer = reg.issuer().unwrap();
     let proxy = FaultProxy::start(&reg.host_port());
     let m = Mount::builder(&proxy.url())
         .args(["--username", TEST_USER])
         .env("REGFS_PASSWORD", TEST_PASSWORD)
         .start();
-    assert_file_eq(
-        &m.join("secure/flaky/_tags/v1/manifest.json"),
-        &img.manifest,
-    );
+    assert_file_eq(&m.join("secure/flaky/_tags/v1/manifest.json"), &img.manifest);
     let tokens_before = issuer.request_count();
 
     // The registry "forgets" the token once: the mount must get a new one
@@ -1001,9 +872,7 @@ fn token_is_fetched_again_after_a_401() {
 #[test]
 fn connection_cut_mid_body_still_yields_the_exact_bytes() {
     let reg = Registry::start();
-    let img = reg
-        .client()
-        .push_random_image("cut/app", "v1", &[6 * MIB + 1234]);
+    let img = reg.client().push_random_image("cut/app", "v1", &[6 * MIB + 1234]);
     let proxy = FaultProxy::start(&reg.host_port());
     let m = Mount::start(&proxy.url());
     let p = m.join(format!("cut/app/_blobs/{}", img.layers[0].digest));
@@ -1040,11 +909,7 @@ fn fusermount_u_ends_the_foreground_daemon_with_status_0() {
         .unmount()
         .unwrap_or_else(|e| panic!("fusermount3 -u failed: {e}"))
         .unwrap_or_else(|| panic!("daemon still running after unmount; log:\n{}", m.log()));
-    assert!(
-        status.success(),
-        "daemon exit status {status}; log:\n{}",
-        m.log()
-    );
+    assert!(status.success(), "daemon exit status {status}; log:\n{}", m.log());
     assert!(!m.is_mounted());
 }
 
@@ -1076,10 +941,5 @@ fn background_mode_returns_once_mounted() {
     // Ready as soon as the command returned.
     assert!(bg.is_mounted());
     assert_file_eq(&bg.join("bg/app/_tags/v1/manifest.json"), &img.manifest);
-    assert_eq!(
-        bg.daemon_pids().len(),
-        1,
-        "daemon processes: {:?}",
-        bg.daemon_pids()
-    );
+    assert_eq!(bg.daemon_pids().len(), 1, "daemon processes: {:?}", bg.daemon_pids());
 }

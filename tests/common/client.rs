@@ -172,19 +172,10 @@ impl RegistryClient {
     }
 
     /// Sends a request, doing the Basic/Bearer dance on 401 (one retry).
-    pub fn send(
-        &self,
-        method: Method,
-        path_or_url: &str,
-        headers: HeaderMap,
-        body: Option<&[u8]>,
-    ) -> Response {
+    pub fn send(&self, method: Method, path_or_url: &str, headers: HeaderMap, body: Option<&[u8]>) -> Response {
         let url = self.abs(path_or_url);
         let build = |auth: Option<&str>| -> RequestBuilder {
-            let mut rb = self
-                .http
-                .request(method.clone(), &url)
-                .headers(headers.clone());
+            let mut rb = self.http.request(method.clone(), &url).headers(headers.clone());
             if let Some(a) = auth {
                 rb = rb.header(AUTHORIZATION, a);
             }
@@ -246,11 +237,7 @@ impl RegistryClient {
                     return None;
                 }
                 let v: Value = resp.json().ok()?;
-                let token = v
-                    .get("token")
-                    .or_else(|| v.get("access_token"))?
-                    .as_str()?
-                    .to_string();
+                let token = v.get("token").or_else(|| v.get("access_token"))?.as_str()?.to_string();
                 self.tokens.lock().unwrap().insert(scope, token.clone());
                 Some(format!("Bearer {token}"))
             }
@@ -308,13 +295,7 @@ impl RegistryClient {
 
     /// `PUT /v2/<repo>/manifests/<reference>`; returns the digest of `bytes`
     /// (checked against `Docker-Content-Digest`).
-    pub fn push_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> String {
+    pub fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> String {
         let digest = sha256_digest(bytes);
         let mut h = HeaderMap::new();
         h.insert(CONTENT_TYPE, media_type.parse().unwrap());
@@ -326,11 +307,7 @@ impl RegistryClient {
         );
         let resp = Self::expect_ok(resp, &format!("pushing manifest {repo}:{reference}"));
         if let Some(d) = resp.headers().get("docker-content-digest") {
-            assert_eq!(
-                d.to_str().unwrap(),
-                digest,
-                "registry digest of pushed manifest"
-            );
+            assert_eq!(d.to_str().unwrap(), digest, "registry digest of pushed manifest");
         }
         digest
     }
@@ -339,12 +316,7 @@ impl RegistryClient {
     pub fn get_manifest(&self, repo: &str, reference: &str) -> (Vec<u8>, String, String) {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, ALL_MANIFEST_TYPES.parse().unwrap());
-        let resp = self.send(
-            Method::GET,
-            &format!("/v2/{repo}/manifests/{reference}"),
-            h,
-            None,
-        );
+        let resp = self.send(Method::GET, &format!("/v2/{repo}/manifests/{reference}"), h, None);
         let resp = Self::expect_ok(resp, &format!("getting manifest {repo}:{reference}"));
         let ct = resp
             .headers()
@@ -360,14 +332,9 @@ impl RegistryClient {
     pub fn manifest_status(&self, repo: &str, reference: &str) -> u16 {
         let mut h = HeaderMap::new();
         h.insert(ACCEPT, ALL_MANIFEST_TYPES.parse().unwrap());
-        self.send(
-            Method::HEAD,
-            &format!("/v2/{repo}/manifests/{reference}"),
-            h,
-            None,
-        )
-        .status()
-        .as_u16()
+        self.send(Method::HEAD, &format!("/v2/{repo}/manifests/{reference}"), h, None)
+            .status()
+            .as_u16()
     }
 
     /// `GET /v2/<repo>/blobs/<digest>` (whole blob).
@@ -444,12 +411,7 @@ impl RegistryClient {
             .into_iter()
             .map(|bytes| BlobInfo {
                 digest: self.push_blob(repo, &bytes),
-                media_type: if docker {
-                    DOCKER_LAYER_GZIP
-                } else {
-                    OCI_LAYER_GZIP
-                }
-                .to_string(),
+                media_type: if docker { DOCKER_LAYER_GZIP } else { OCI_LAYER_GZIP }.to_string(),
                 bytes,
             })
             .collect();
@@ -489,13 +451,7 @@ impl RegistryClient {
 
     /// An index (OCI index or Docker manifest list) over already-pushed
     /// children, each with a platform, under `tag`.
-    pub fn push_index(
-        &self,
-        repo: &str,
-        tag: &str,
-        kind: IndexKind,
-        children: &[(&ImageInfo, Platform)],
-    ) -> IndexInfo {
+    pub fn push_index(&self, repo: &str, tag: &str, kind: IndexKind, children: &[(&ImageInfo, Platform)]) -> IndexInfo {
         let media_type = match kind {
             IndexKind::Oci => OCI_INDEX,
             IndexKind::DockerList => DOCKER_LIST,
@@ -578,10 +534,7 @@ pub fn image_config(arch: &str, label: &str) -> Vec<u8> {
 /// A gzip tar (made by `tar czf`) holding `files` (relative paths; parent
 /// directories are created), deterministic (sorted, mtime 0, owner 0).
 pub fn make_tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let dir = tempfile::Builder::new()
-        .prefix("regfs-layer-")
-        .tempdir()
-        .unwrap();
+    let dir = tempfile::Builder::new().prefix("regfs-layer-").tempdir().unwrap();
     let root = dir.path().join("root");
     std::fs::create_dir_all(&root).unwrap();
     for (name, content) in files {

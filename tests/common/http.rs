@@ -51,8 +51,7 @@ impl Head {
     }
 
     pub fn content_length(&self) -> Option<u64> {
-        self.header("content-length")
-            .and_then(|v| v.trim().parse().ok())
+        self.header("content-length").and_then(|v| v.trim().parse().ok())
     }
 
     pub fn is_chunked(&self) -> bool {
@@ -88,10 +87,7 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<Option<Head>> {
             if first {
                 return Ok(None);
             }
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "EOF inside an HTTP head",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF inside an HTTP head"));
         }
         let line = line.trim_end_matches(['\r', '\n']).to_string();
         if first {
@@ -107,19 +103,14 @@ pub fn read_head<R: BufRead>(r: &mut R) -> io::Result<Option<Head>> {
             return Ok(Some(head));
         }
         if let Some((k, v)) = line.split_once(':') {
-            head.headers
-                .push((k.trim().to_string(), v.trim().to_string()));
+            head.headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
 }
 
 /// Reads a whole body described by `head` (`Content-Length`, chunked, or, when
 /// `until_eof_allowed`, everything up to EOF). For requests pass `false`.
-pub fn read_body<R: BufRead>(
-    r: &mut R,
-    head: &Head,
-    until_eof_allowed: bool,
-) -> io::Result<Vec<u8>> {
+pub fn read_body<R: BufRead>(r: &mut R, head: &Head, until_eof_allowed: bool) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     if head.is_chunked() {
         let mut raw = Vec::new();
@@ -137,27 +128,14 @@ pub fn read_body<R: BufRead>(
 
 /// Copies a chunked body verbatim (framing included) from `r` to `w`; when
 /// `decoded` is given, also appends the de-chunked payload to it.
-pub fn copy_chunked<R: BufRead, W: Write>(
-    r: &mut R,
-    w: &mut W,
-    mut decoded: Option<&mut Vec<u8>>,
-) -> io::Result<()> {
+pub fn copy_chunked<R: BufRead, W: Write>(r: &mut R, w: &mut W, mut decoded: Option<&mut Vec<u8>>) -> io::Result<()> {
     loop {
         let mut line = String::new();
         if r.read_line(&mut line)? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "EOF in chunk size",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF in chunk size"));
         }
         w.write_all(line.as_bytes())?;
-        let size_str = line
-            .trim()
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let size_str = line.trim().split(';').next().unwrap_or("").trim().to_string();
         let size = u64::from_str_radix(&size_str, 16)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bad chunk size"))?;
         if size == 0 {
@@ -198,10 +176,7 @@ pub fn write_response<W: Write>(
 ) -> io::Result<()> {
     let mut head = Head {
         start_line: format!("HTTP/1.1 {status} {reason}"),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
     };
     head.set_header("Content-Length", &body.len().to_string());
     w.write_all(&head.to_bytes())?;

@@ -17,6 +17,8 @@
 //! - [`FaultProxy`]: delays, injected statuses, cut bodies, tag pagination.
 //! - [`tree`]: manifests of any shape (artifacts, referrers tag, indexes
 //!   with annotations), storage injection, xattrs.
+//! - [`backup`]: real layers with their `diff_id`, images docker-archive
+//!   consumers accept, running rsync/skopeo, checking copied content addresses.
 //! - Utilities: [`sha256_hex`], [`errno_of`], [`read_exact_at`],
 //!   [`with_deadline`].
 //!
@@ -25,6 +27,7 @@
 
 #![allow(dead_code, unused_imports)]
 
+pub mod backup;
 pub mod client;
 pub mod http;
 pub mod mount;
@@ -41,6 +44,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub use backup::*;
 pub use client::{
     image_config, make_tar_gz, random_bytes, random_hex, BlobInfo, ImageInfo, IndexInfo, IndexKind, Platform,
     RegistryClient, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,

@@ -126,10 +126,7 @@ impl MountBuilder {
         if foreground {
             cmd.arg("--foreground");
         }
-        cmd.arg("--cache-dir")
-            .arg(&cache)
-            .arg("--log-file")
-            .arg(&log);
+        cmd.arg("--cache-dir").arg(&cache).arg("--log-file").arg(&log);
         if let Some(l) = &self.log_level {
             cmd.arg("--log-level").arg(l);
         }
@@ -164,10 +161,7 @@ impl MountBuilder {
     /// Foreground mount; `Err` when the daemon exits or no mount appears
     /// within [`MOUNT_DEADLINE`].
     pub fn try_start(self) -> Result<Mount, MountFailure> {
-        let work = tempfile::Builder::new()
-            .prefix("regfs-mount-")
-            .tempdir()
-            .unwrap();
+        let work = tempfile::Builder::new().prefix("regfs-mount-").tempdir().unwrap();
         let (mut cmd, mnt, cache, log) = self.command(work.path(), true);
         let stderr_path = work.path().join("stderr.txt");
         let stderr = fs::File::create(&stderr_path).unwrap();
@@ -217,10 +211,7 @@ impl MountBuilder {
     /// for the command to exit. `Ok` when it exited 0 (and the mount is
     /// there), `Err` with its status and output otherwise.
     pub fn start_background(self) -> Result<BackgroundMount, MountFailure> {
-        let work = tempfile::Builder::new()
-            .prefix("regfs-bgmount-")
-            .tempdir()
-            .unwrap();
+        let work = tempfile::Builder::new().prefix("regfs-bgmount-").tempdir().unwrap();
         let (mut cmd, mnt, cache, log) = self.command(work.path(), false);
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawning regfs");
@@ -344,8 +335,8 @@ impl Mount {
 
     /// `.regfs/stats` parsed into `name -> value`.
     pub fn stats(&self) -> BTreeMap<String, u64> {
-        let text = fs::read_to_string(self.mnt.join(".regfs/stats"))
-            .unwrap_or_else(|e| panic!("reading .regfs/stats: {e}"));
+        let text =
+            fs::read_to_string(self.mnt.join(".regfs/stats")).unwrap_or_else(|e| panic!("reading .regfs/stats: {e}"));
         parse_stats(&text)
     }
 

@@ -190,13 +190,7 @@ impl FaultProxy {
 
     /// How many injected faults are still pending (sum of remaining counts).
     pub fn pending_faults(&self) -> u32 {
-        self.shared
-            .rules
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.remaining)
-            .sum()
+        self.shared.rules.lock().unwrap().iter().map(|r| r.remaining).sum()
     }
 
     /// Turns `tags/list` pagination emulation on or off.
@@ -435,10 +429,7 @@ fn forward(
     } else if let Some(n) = head.content_length() {
         let copied = io::copy(&mut reader.by_ref().take(n), &mut up_w)?;
         if copied != n {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "short request body",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short request body"));
         }
     }
     up_w.flush()?;
@@ -446,10 +437,7 @@ fn forward(
     // Response head (skipping interim 1xx responses).
     let mut resp = loop {
         let Some(h) = http::read_head(&mut up_r)? else {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "upstream closed",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "upstream closed"));
         };
         if (100..200).contains(&h.status()) && h.status() != 101 {
             continue;
@@ -550,10 +538,7 @@ impl Write for CutWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self.remaining {
             None => self.inner.write(buf),
-            Some(0) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "injected cut",
-            )),
+            Some(0) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "injected cut")),
             Some(r) => {
                 let n = (buf.len() as u64).min(r) as usize;
                 let written = self.inner.write(&buf[..n])?;
@@ -582,11 +567,7 @@ fn paginate(target: &str, body: &[u8], cap: usize) -> (Vec<u8>, Option<String>) 
     let mut tags: Vec<String> = v
         .get("tags")
         .and_then(|t| t.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|t| t.as_str().map(String::from))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
         .unwrap_or_default();
     tags.sort();
     let rest: Vec<String> = tags
@@ -607,8 +588,7 @@ fn paginate(target: &str, body: &[u8], cap: usize) -> (Vec<u8>, Option<String>) 
 
 /// Reads a response fully from a raw stream (head + body), for tests of the proxy.
 pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<(Head, Vec<u8>)> {
-    let head = http::read_head(r)?
-        .ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
+    let head = http::read_head(r)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
     let body = http::read_body(r, &head, true)?;
     Ok((head, body))
 }

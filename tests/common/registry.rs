@@ -79,10 +79,7 @@ impl Registry {
     }
 
     pub fn start_with(opts: RegistryOptions) -> Registry {
-        let dir = tempfile::Builder::new()
-            .prefix("regfs-registry-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("regfs-registry-").tempdir().unwrap();
         fs::create_dir_all(dir.path().join("storage")).unwrap();
 
         let tls = opts.tls.then(|| {
@@ -289,8 +286,7 @@ impl Registry {
     pub fn client(&self) -> RegistryClient {
         RegistryClient::new(
             &self.url(),
-            self.credentials()
-                .map(|(u, p)| (u.to_string(), p.to_string())),
+            self.credentials().map(|(u, p)| (u.to_string(), p.to_string())),
             self.ca_cert(),
         )
     }
@@ -337,9 +333,5 @@ impl Drop for Registry {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

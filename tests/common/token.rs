@@ -51,10 +51,7 @@ pub struct TokenIssuerOptions {
 impl Default for TokenIssuerOptions {
     fn default() -> Self {
         TokenIssuerOptions {
-            users: vec![(
-                super::TEST_USER.to_string(),
-                super::TEST_PASSWORD.to_string(),
-            )],
+            users: vec![(super::TEST_USER.to_string(), super::TEST_PASSWORD.to_string())],
             anonymous_pull: false,
             expires_in: 300,
         }
@@ -94,10 +91,7 @@ pub struct TokenIssuer {
 impl TokenIssuer {
     /// Makes a CA and a signing certificate, and starts serving on a free port.
     pub fn start(opts: TokenIssuerOptions) -> TokenIssuer {
-        let dir = tempfile::Builder::new()
-            .prefix("regfs-token-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("regfs-token-").tempdir().unwrap();
         let ca = pki::make_ca(dir.path(), "token-ca");
         let signer = pki::make_leaf(
             dir.path(),
@@ -211,26 +205,15 @@ fn handle(shared: &Shared, head: &Head, body: &[u8], w: &mut TcpStream) -> std::
     // Credentials: Basic header (GET), or grant_type=password form (POST).
     let mut creds: Option<(String, String)> = head
         .header("authorization")
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        })
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
         .map(|b64| {
             let raw = String::from_utf8_lossy(&pki::base64_decode(b64.trim())).into_owned();
             let (u, p) = raw.split_once(':').unwrap_or((&raw, ""));
             (u.to_string(), p.to_string())
         });
-    let get = |k: &str| {
-        params
-            .iter()
-            .find(|(pk, _)| pk == k)
-            .map(|(_, v)| v.clone())
-    };
+    let get = |k: &str| params.iter().find(|(pk, _)| pk == k).map(|(_, v)| v.clone());
     if creds.is_none() && get("grant_type").as_deref() == Some("password") {
-        creds = Some((
-            get("username").unwrap_or_default(),
-            get("password").unwrap_or_default(),
-        ));
+        creds = Some((get("username").unwrap_or_default(), get("password").unwrap_or_default()));
     }
     let scopes: Vec<String> = params
         .iter()
@@ -272,12 +255,7 @@ fn handle(shared: &Shared, head: &Head, body: &[u8], w: &mut TcpStream) -> std::
         );
     }
     let access = grants(&scopes, authorized_fully == Some(true));
-    let token = make_jwt(
-        shared,
-        user.as_deref().unwrap_or(""),
-        &access,
-        opts.expires_in,
-    );
+    let token = make_jwt(shared, user.as_deref().unwrap_or(""), &access, opts.expires_in);
     let body = json!({
         "token": token,
         "access_token": token,
@@ -326,10 +304,7 @@ fn grants(scopes: &[String], full: bool) -> serde_json::Value {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
 }
 
 fn rfc3339_now() -> String {
