@@ -607,9 +607,13 @@ impl BlobFile {
         let spawned = std::thread::Builder::new().name("regfs-hash".into()).spawn(move || {
             // Verification runs behind the readers: on a busy machine the bytes a
             // reader waits for come first, the hash catches up from the page cache.
-            // SAFETY: setpriority on our own thread id has no memory effects.
+            // SAFETY: scheduling calls on our own thread have no memory effects.
+            // SCHED_IDLE: hash only with CPU nobody else wants (falls back to nice 10).
             unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                let param = libc::sched_param { sched_priority: 0 };
+                if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
+                }
             }
             loop {
                 this.advance_hash();
