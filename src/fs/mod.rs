@@ -150,6 +150,10 @@ impl Inner {
             Kind::Directory if writable => (FileType::Directory, 0o755, 2),
             Kind::Directory => (FileType::Directory, 0o555, 2),
             Kind::File if writable && matches!(node, Node::Staged(_)) => (FileType::RegularFile, 0o644, 1),
+            // Content-addressed files are reachable at least twice (`_blobs/…` or
+            // `manifest.json`, and `_oci/blobs/sha256/…`) under one inode: saying
+            // so lets `rsync -H` and `cp -a` keep one copy.
+            Kind::File if node.digest_identity().is_some() => (FileType::RegularFile, 0o444, 2),
             Kind::File => (FileType::RegularFile, 0o444, 1),
             Kind::Symlink => (FileType::Symlink, 0o777, 1),
         };
