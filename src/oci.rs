@@ -174,6 +174,11 @@ fn detect(raw: &Raw) -> &'static str {
     if raw.schema_version == Some(1) || raw.fs_layers.is_some() {
         return DOCKER_V1_SIGNED;
     }
+    // Every v2 manifest and index says schemaVersion 2; an image config (which
+    // has a `config` key of its own) never does.
+    if raw.schema_version != Some(2) {
+        return "application/octet-stream";
+    }
     if let Some(ms) = &raw.manifests {
         let docker = ms.iter().any(|d| d.media_type == DOCKER_V2);
         return if docker { DOCKER_LIST } else { OCI_INDEX };
@@ -222,6 +227,12 @@ mod tests {
         );
         let m = Manifest::parse(j.as_bytes(), None);
         assert_eq!((m.kind, m.media_type.as_str()), (ManifestKind::Image, DOCKER_V2));
+    }
+
+    #[test]
+    fn image_configs_are_not_manifests() {
+        let config = br#"{"architecture":"amd64","os":"linux","config":{"Env":["PATH=/bin"]},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        assert_eq!(Manifest::parse(config, None).kind, ManifestKind::Unknown);
     }
 
     #[test]
