@@ -8,6 +8,9 @@
 #   BENCH_RANDOM_READS=50   random 4 KiB reads in the random_read section
 #   BENCH_TAGS=1000         tags in the tags_listing section
 #   BENCH_SEED=42           seed for the random read offsets ($RANDOM)
+#   BENCH_BACKUP_TAGS=120   tags in the backup sections (backup_rsync, restore_rsync)
+#   BENCH_BACKUP_IMAGES=4   distinct images those tags point at
+#   BENCH_BACKUP_LAYER_MB=4 size of the base layer the images share (each also has its own 1 MiB layer)
 #   BENCH_SECTIONS="..."    which sections to run, in order (default: all, see SECTIONS)
 #   BENCH_MOUNT_OPTS="..."  extra options for every `regfs mount`
 #   BENCH_TMPDIR=DIR        where the blob, registry storage and caches go (default $TMPDIR or /tmp)
@@ -22,13 +25,16 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REGFS_ROOT"
 
-SECTIONS=(cold_read warm_read random_read tags_listing peak_rss)
+SECTIONS=(cold_read warm_read random_read tags_listing peak_rss backup_rsync restore_rsync export_tar)
 
 BENCH_SIZE_MB="${BENCH_SIZE_MB:-1024}"
 BENCH_REPEAT="${BENCH_REPEAT:-3}"
 BENCH_RANDOM_READS="${BENCH_RANDOM_READS:-50}"
 BENCH_TAGS="${BENCH_TAGS:-1000}"
 BENCH_SEED="${BENCH_SEED:-42}"
+BENCH_BACKUP_TAGS="${BENCH_BACKUP_TAGS:-120}"
+BENCH_BACKUP_IMAGES="${BENCH_BACKUP_IMAGES:-4}"
+BENCH_BACKUP_LAYER_MB="${BENCH_BACKUP_LAYER_MB:-4}"
 read -r -a MOUNT_OPTS <<<"${BENCH_MOUNT_OPTS:-}"
 read -r -a RUN_SECTIONS <<<"${BENCH_SECTIONS:-${SECTIONS[*]}}"
 
@@ -289,6 +295,189 @@ bench_peak_rss() {
     rss="$(awk '$1 == "VmRSS:" { print $2 }' "/proc/$pid/status")"
     bench_unmount
     report "daemon peak RSS after reading $SIZE_LABEL: $(calc "$hwm / 1024" 1) MiB VmHWM, $(calc "$rss / 1024" 1) MiB VmRSS at the end (pid $pid, $name) (target < 100 MiB) $(verdict "$(calc "$hwm / 1024")" '<' 100)"
+}
+
+# ---------------------------------------------------------------- issue 5 / 6: backups and archives
+
+BACKUP_REPO=bench/backup
+BACKUP_READY=0
+BACKUP_COPY=""
+SKOPEO_DIR=""
+RESTORE_SEQ=0
+
+# make_big_layer OUT MIB NAME — a reproducible gzip tar holding MIB MiB of random
+# data (incompressible, so the layer is about MIB MiB). Prints OUT.
+make_big_layer() {
+    local out="${1:?}" mib="${2:?}" name="${3:?}" d
+    d="$(mktemp -d "$WORK/layer.XXXXXX")"
+    mkdir -p "$d/opt/$name"
+    head -c "${mib}M" /dev/urandom >"$d/opt/$name/data.bin"
+    tar --sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner -C "$d" -cf - . | gzip -n -1 >"$out"
+    rm -rf "$d"
+    printf '%s\n' "$out"
+}
+
+# need_backup_repo — BENCH_BACKUP_TAGS tags in bench/backup over BENCH_BACKUP_IMAGES
+# images; every image has a shared base layer of BENCH_BACKUP_LAYER_MB MiB, its own
+# 1 MiB layer and a small text layer (real gzip tars; configs list their diff_ids).
+need_backup_repo() {
+    ((BACKUP_READY)) && return 0
+    local n_img="$BENCH_BACKUP_IMAGES" per i d base own small prefix count done=0 letters=abcdefghijklmnopqrstuvwxyz
+    section "Setup: $BENCH_BACKUP_TAGS tags over $n_img images (${BENCH_BACKUP_LAYER_MB} MiB shared base layer + 1 MiB own layer each) in $BACKUP_REPO"
+    base="$(make_big_layer "$WORK/backup-base.tar.gz" "$BENCH_BACKUP_LAYER_MB" base)"
+    per=$(((BENCH_BACKUP_TAGS + n_img - 1) / n_img))
+    for ((i = 0; i < n_img; i++)); do
+        own="$(make_big_layer "$WORK/backup-own$i.tar.gz" 1 "own$i")"
+        small="$(make_layer "$WORK/backup-small$i.tar.gz" "backup image $i")"
+        d="$(make_image "$BACKUP_REPO" - "$base" "$own" "$small")"
+        prefix="${letters:i%26:1}" # tags a0001.., b0001.., ...
+        count=$((BENCH_BACKUP_TAGS - done < per ? BENCH_BACKUP_TAGS - done : per))
+        ((count > 0)) || break
+        tag_many "$BACKUP_REPO" "$MT_OCI_MANIFEST" "$REGISTRY_DIR/build/manifests/${d#sha256:}.json" "$prefix" "$count"
+        done=$((done + count))
+    done
+    echo "$BACKUP_REPO: $(curl -sf "$REGISTRY_URL/v2/$BACKUP_REPO/tags/list" | jq '.tags | length') tags," \
+        "$(du -sm "$REGISTRY_DIR/storage" | cut -f1) MiB in the registry"
+    BACKUP_READY=1
+}
+
+# tag_count REPO — number of tags the registry lists for REPO (0 when unknown).
+tag_count() {
+    curl -s "$REGISTRY_URL/v2/${1:?}/tags/list" | jq '(.tags // []) | length' 2>/dev/null || echo 0
+}
+
+# wait_tags REPO N — poll until REPO lists N tags (deadline 120 s); seconds waited.
+wait_tags() {
+    local repo="${1:?}" n="${2:?}" t0 i
+    t0="$(now)"
+    for ((i = 0; i < 1200; i++)); do
+        [[ "$(tag_count "$repo")" -ge $n ]] && break
+        sleep 0.1
+    done
+    [[ "$(tag_count "$repo")" -ge $n ]] || log "warning: $repo has $(tag_count "$repo") of $n tags after 120 s"
+    elapsed "$t0"
+}
+
+# rsync_transferred STATS_FILE — "Number of regular files transferred" from rsync --stats.
+rsync_transferred() { awk -F': ' '/Number of regular files transferred/ { gsub(",", "", $2); print $2 }' "${1:?}"; }
+
+# f. cold rsync of a repository vs skopeo sync --dest dir; incremental runs.
+bench_backup_rsync() {
+    need_backup_repo
+    section "f. rsync -a backup of $BACKUP_REPO ($BENCH_BACKUP_TAGS tags; best of $BENCH_REPEAT, fresh mount and empty cache each time)"
+    local i t0 cold=() sk=() inc_same=() inc_fresh=() g0 g1 tr ts tx bk="$WORK/backup-copy" st="$WORK/rsync-stats"
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        rm -rf "$bk"
+        bench_mount
+        t0="$(now)"
+        rsync -a "$MNT/$BACKUP_REPO/" "$bk/"
+        cold+=("$(elapsed "$t0")")
+        g0="$(stat_of requests_blob_get)"
+        t0="$(now)"
+        rsync -a --stats "$MNT/$BACKUP_REPO/" "$bk/" >"$st"
+        inc_same+=("$(elapsed "$t0")")
+        tx="$(rsync_transferred "$st")"
+        g1="$(stat_of requests_blob_get)"
+        echo "  run $((i + 1)): cold ${cold[-1]} s ($(stat_of requests) requests, $(calc "$(stat_of bytes_fetched) / 1048576" 1) MiB fetched," \
+            "$(du -sm "$bk" | cut -f1) MiB copied); incremental (same mount) ${inc_same[-1]} s, $tx files transferred, $((g1 - g0)) blob GETs"
+        bench_unmount
+        # The nightly case: a new mount (empty cache) against yesterday's copy.
+        bench_mount
+        t0="$(now)"
+        rsync -a --stats "$MNT/$BACKUP_REPO/" "$bk/" >"$st"
+        inc_fresh+=("$(elapsed "$t0")")
+        echo "         incremental (fresh mount, empty cache) ${inc_fresh[-1]} s, $(rsync_transferred "$st") files transferred," \
+            "$(stat_of requests_blob_get) blob GETs, $(stat_of requests) requests"
+        bench_unmount
+    done
+    BACKUP_COPY="$bk"
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        rm -rf "$WORK/skopeo-sync"
+        t0="$(now)"
+        skopeo sync --src docker --dest dir --src-tls-verify=false "$REGISTRY_HOST/$BACKUP_REPO" "$WORK/skopeo-sync/" >/dev/null 2>&1 ||
+            die "skopeo sync --src docker failed"
+        sk+=("$(elapsed "$t0")")
+        echo "  skopeo sync run $((i + 1)): ${sk[-1]} s ($(du -sm "$WORK/skopeo-sync" | cut -f1) MiB written)"
+    done
+    SKOPEO_DIR="$WORK/skopeo-sync"
+    tr="$(min "${cold[@]}")"
+    ts="$(min "${sk[@]}")"
+    report "cold rsync -a of $BENCH_BACKUP_TAGS tags: regfs $tr s, skopeo sync --src docker --dest dir $ts s, ratio (regfs/skopeo time) $(calc "$tr / $ts" 2)x (target <= 1.0x) $(verdict "$(calc "$tr / $ts")" '<=' 1.0)"
+    report "incremental rsync -a of $BENCH_BACKUP_TAGS tags (nothing changed): same mount $(min "${inc_same[@]}") s, fresh mount + empty cache $(min "${inc_fresh[@]}") s, $tx files transferred (target < 2 s) $(verdict "$(min "${inc_fresh[@]}")" '<' 2)"
+}
+
+# g. restore: rsync the backup into a new repository vs skopeo sync --src dir back.
+bench_restore_rsync() {
+    need_backup_repo
+    if [[ -z $BACKUP_COPY ]]; then
+        section "Setup: a backup copy of $BACKUP_REPO"
+        bench_mount
+        BACKUP_COPY="$WORK/backup-copy"
+        rsync -a "$MNT/$BACKUP_REPO/" "$BACKUP_COPY/"
+        bench_unmount
+    fi
+    if [[ -z $SKOPEO_DIR ]]; then
+        SKOPEO_DIR="$WORK/skopeo-sync"
+        skopeo sync --src docker --dest dir --src-tls-verify=false "$REGISTRY_HOST/$BACKUP_REPO" "$SKOPEO_DIR/" >/dev/null 2>&1 ||
+            die "skopeo sync --src docker failed"
+    fi
+    section "g. restore of $BENCH_BACKUP_TAGS tags into a new repository of the same registry (best of $BENCH_REPEAT)"
+    local i t0 t_rsync t_tags repo regfs=() sk=() pushed tr ts
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        RESTORE_SEQ=$((RESTORE_SEQ + 1))
+        repo="bench/restore$RESTORE_SEQ"
+        bench_mount
+        mkdir -p "$MNT/$repo"
+        t0="$(now)"
+        rsync -a "$BACKUP_COPY/" "$MNT/$repo/" || log "warning: rsync restore exited $?"
+        t_rsync="$(elapsed "$t0")"
+        wait_tags "$repo" "$BENCH_BACKUP_TAGS" >/dev/null
+        t_tags="$(elapsed "$t0")"
+        pushed="$(stat_of bytes_pushed)"
+        echo "  run $((i + 1)): rsync exited after $t_rsync s, all $(tag_count "$repo") tags listed after $t_tags s;" \
+            "$(stat_of requests_manifest_put) manifest PUTs, $(stat_of requests_blob_push) blob pushes, $pushed bytes uploaded"
+        regfs+=("$t_tags")
+        bench_unmount
+        t0="$(now)"
+        skopeo sync --src dir --dest docker --dest-tls-verify=false "$SKOPEO_DIR/" "$REGISTRY_HOST/bench/skrestore$RESTORE_SEQ" >/dev/null 2>&1 ||
+            die "skopeo sync --src dir failed"
+        sk+=("$(elapsed "$t0")")
+        echo "         skopeo sync --src dir --dest docker: ${sk[-1]} s ($(tag_count "bench/skrestore$RESTORE_SEQ/backup") tags)"
+    done
+    tr="$(min "${regfs[@]}")"
+    ts="$(min "${sk[@]}")"
+    report "restore of $BENCH_BACKUP_TAGS tags (rsync into a new repository, until every tag is listed): regfs $tr s, skopeo sync --src dir --dest docker $ts s, ratio (regfs/skopeo time) $(calc "$tr / $ts" 2)x"
+}
+
+# h. _export/<tag>.tar of an image with a BENCH_SIZE_MB layer vs skopeo copy to docker-archive.
+bench_export_tar() {
+    need_blob
+    section "h. cat _export/latest.tar of an image with a $SIZE_LABEL layer (best of $BENCH_REPEAT, fresh mount and empty cache each time)"
+    local i t0 regfs=() sk=() size members tr ts x="$WORK/skopeo-archive.tar"
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        bench_mount
+        size="$(stat -c %s "$MNT/$BLOB_REPO/_export/latest.tar")"
+        t0="$(now)"
+        cat "$MNT/$BLOB_REPO/_export/latest.tar" >/dev/null
+        regfs+=("$(elapsed "$t0")")
+        members="$(tar -tf "$MNT/$BLOB_REPO/_export/latest.tar" | tr '\n' ' ')"
+        echo "  run $((i + 1)): regfs ${regfs[-1]} s, $size bytes, $(calc "$(stat_of bytes_fetched) / 1048576" 1) MiB fetched"
+        bench_unmount
+    done
+    echo "  members: $members"
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        rm -f "$x"
+        sync
+        t0="$(now)"
+        skopeo copy --src-tls-verify=false "docker://$REGISTRY_HOST/$BLOB_REPO:latest" "docker-archive:$x" >/dev/null 2>&1 ||
+            die "skopeo copy docker-archive failed"
+        sk+=("$(elapsed "$t0")")
+        echo "  skopeo run $((i + 1)): ${sk[-1]} s, $(stat -c %s "$x") bytes"
+    done
+    rm -f "$x"
+    tr="$(min "${regfs[@]}")"
+    ts="$(min "${sk[@]}")"
+    report "_export tar of a $SIZE_LABEL image (cat > /dev/null, cold): regfs $tr s ($(calc "$size / 1048576 / $tr" 0) MiB/s), skopeo copy docker:// docker-archive: $ts s, ratio (regfs/skopeo time) $(calc "$tr / $ts" 2)x (target <= 0.5x) $(verdict "$(calc "$tr / $ts")" '<=' 0.5)"
 }
 
 # ---------------------------------------------------------------- main
