@@ -237,6 +237,22 @@ impl Node {
         }
     }
 
+    /// For an entry inside a manifest directory (not manifest.json): that
+    /// directory's repository and digest.
+    pub fn manifest_dir(&self) -> Option<(&str, &Digest)> {
+        match self {
+            Node::Config(r, d)
+            | Node::LayersDir(r, d)
+            | Node::Layer(r, d, _)
+            | Node::ChildrenDir(r, d)
+            | Node::Child(r, d, _)
+            | Node::Subject(r, d)
+            | Node::ReferrersDir(r, d)
+            | Node::Referrer(r, d, _) => Some((r, d)),
+            _ => None,
+        }
+    }
+
     /// Content-addressed entries: immutable, long kernel TTLs, inode from the digest.
     pub fn digest_identity(&self) -> Option<(u8, Digest)> {
         match self {

@@ -210,13 +210,7 @@ impl Staging {
 
     /// Names staged in `parent`, for listings.
     pub fn names_in(&self, parent: &Node) -> Vec<String> {
-        self.names
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|(p, _)| p == parent)
-            .map(|(_, n)| n.clone())
-            .collect()
+        names_under(&self.names.lock().unwrap(), parent)
     }
 
     /// Drop a staged file and its data.
@@ -254,13 +248,7 @@ impl Staging {
     }
 
     pub fn uploads_in(&self, repo: &str) -> Vec<String> {
-        self.uploads
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|(r, _)| r == repo)
-            .map(|(_, n)| n.clone())
-            .collect()
+        names_under(&self.uploads.lock().unwrap(), &repo.to_string())
     }
 
     pub fn remove_upload(&self, repo: &str, name: &str) -> bool {
@@ -284,13 +272,7 @@ impl Staging {
     }
 
     pub fn links_in(&self, repo: &str) -> Vec<String> {
-        self.links
-            .lock()
-            .unwrap()
-            .keys()
-            .filter(|(r, _)| r == repo)
-            .map(|(_, n)| n.clone())
-            .collect()
+        names_under(&self.links.lock().unwrap(), &repo.to_string())
     }
 
     fn add_link(&self, repo: &str, name: &str, digest: Digest) -> u64 {
@@ -806,17 +788,12 @@ impl Inner {
 /// Is `node` inside a manifest directory that was made with mkdir and whose
 /// manifest is not pushed yet? (Its entries are then ghosts.)
 pub fn pending_manifest_dir(view: &super::view::View, node: &Node) -> bool {
-    match node {
-        Node::Config(r, d)
-        | Node::LayersDir(r, d)
-        | Node::Layer(r, d, _)
-        | Node::ChildrenDir(r, d)
-        | Node::Child(r, d, _)
-        | Node::Subject(r, d)
-        | Node::ReferrersDir(r, d)
-        | Node::Referrer(r, d, _) => view.manifest_arriving(r, d),
-        _ => false,
-    }
+    node.manifest_dir().is_some_and(|(r, d)| view.manifest_arriving(r, d))
+}
+
+/// The names kept under `owner` in a map keyed by (owner, name).
+fn names_under<K: PartialEq, V>(map: &HashMap<(K, String), V>, owner: &K) -> Vec<String> {
+    map.keys().filter(|(o, _)| o == owner).map(|(_, n)| n.clone()).collect()
 }
 
 /// `../_manifests/sha256:<hex>` (with or without a trailing `/`) → the digest.
