@@ -437,8 +437,6 @@ fn rsync_backup_is_verified_incremental_and_restores_with_the_same_digests() {
 }
 
 #[test]
-#[ignore = "crate bug: an image config in _oci/blobs/sha256/ is pushed as a manifest (Manifest::parse takes the \
-            config's `config` object for a descriptor), PUT answers 500, rsync exits 23"]
 fn oci_layout_backup_and_restore_with_rsync() {
     let reg = Registry::start();
     let c = reg.client();

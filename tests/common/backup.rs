@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use super::client::{
-    BlobInfo, ImageInfo, RegistryClient, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_CONFIG, OCI_LAYER_GZIP,
+    BlobInfo, ImageInfo, RegistryClient, ALL_MANIFEST_TYPES, DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST,
+    OCI_CONFIG, OCI_LAYER_GZIP,
 };
 use super::{sha256_digest, sha256_hex};
 
@@ -162,8 +163,8 @@ impl RegistryClient {
     }
 
     /// `tag -> digest` for every tag of `repo` (GET of each manifest; the
-    /// digest is the sha256 of the bytes served). Empty when the repository
-    /// has no tags or does not exist.
+    /// digest is the sha256 of the bytes served; `missing (HTTP n)` when the
+    /// GET fails). Empty when the repository has no tags or does not exist.
     pub fn tag_digests(&self, repo: &str) -> BTreeMap<String, String> {
         let resp = self.send(
             reqwest::Method::GET,
@@ -179,9 +180,19 @@ impl RegistryClient {
             .as_array()
             .map(|a| a.iter().filter_map(|t| t.as_str().map(String::from)).collect())
             .unwrap_or_default();
+        // A tag can be listed a moment before its manifest answers (distribution
+        // creates the tag's directory before its link): report it as missing
+        // rather than failing, so `wait_for_tags` polls again.
         tags.into_iter()
             .map(|t| {
-                let (_, _, d) = self.get_manifest(repo, &t);
+                let mut h = reqwest::header::HeaderMap::new();
+                h.insert(reqwest::header::ACCEPT, ALL_MANIFEST_TYPES.parse().unwrap());
+                let resp = self.send(reqwest::Method::GET, &format!("/v2/{repo}/manifests/{t}"), h, None);
+                let d = if resp.status().is_success() {
+                    sha256_digest(&resp.bytes().unwrap())
+                } else {
+                    format!("missing (HTTP {})", resp.status().as_u16())
+                };
                 (t, d)
             })
             .collect()
