@@ -164,6 +164,25 @@ impl BlobStore {
         self.complete_dir.join(digest.hex())
     }
 
+    /// `name value` lines about the disk cache, for `.regfs/stats`.
+    pub fn usage(&self) -> String {
+        let (count, bytes) = {
+            let idx = self.index.lock().unwrap();
+            (idx.0.len(), idx.1)
+        };
+        let open = self
+            .files
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, f)| !f.is_complete())
+            .count();
+        format!(
+            "cache_blobs {count}\\ncache_bytes {bytes}\\ncache_limit {}\\nblobs_being_fetched {open}\\n",
+            self.limit
+        )
+    }
+
     /// Is the whole blob on disk (not necessarily verified yet in this run)?
     pub fn has_complete(&self, digest: &Digest) -> bool {
         self.index.lock().unwrap().0.contains(digest)

@@ -178,7 +178,7 @@ impl Inner {
 
     fn status_text(&self, f: StatusFile) -> String {
         match f {
-            StatusFile::Stats => self.view.stats.render(),
+            StatusFile::Stats => self.view.stats.render() + &self.view.blobs.usage(),
             StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
             StatusFile::Errors => self.view.stats.render_errors(),
             StatusFile::Config => self.opts.description.clone(),
