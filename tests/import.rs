@@ -918,8 +918,6 @@ fn oci_archive_whose_index_json_names_a_manifest_it_lacks_fails_close_and_tags_n
 }
 
 #[test]
-#[ignore = "crate bug: close(2) fails with ENOENT (the tag push's GET of the manifest answers 404), not EIO \
-            like a manifest whose references are nowhere; the message does not say the archive lacks it"]
 fn oci_archive_whose_index_json_names_a_manifest_it_lacks_fails_close_with_eio() {
     import_archive_lacking_the_named_manifest(Some(libc::EIO));
 }

@@ -175,6 +175,18 @@ impl View {
         if index.kind != ManifestKind::Index {
             return Err(FsError::new(libc::EINVAL, "index.json is not an OCI index"));
         }
+        // Every manifest index.json names must be in the archive (or the
+        // registry) before anything is pushed.
+        for entry in &index.manifests {
+            let Some(d) = entry.digest() else { continue };
+            let name = format!("blobs/sha256/{}", d.hex());
+            if !a.members.contains_key(&name) && self.manifest(repo, d).await.is_err() {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("index.json names manifest {d}, which is neither in the archive nor in the registry"),
+                ));
+            }
+        }
         // Blobs first, then manifests (pushed by digest: a parent that arrives
         // before its children is held and goes through when they do).
         let mut manifests = Vec::new();
@@ -217,6 +229,8 @@ impl View {
                 .await?;
         }
         if let Some((d, _)) = manifests.iter().find(|(d, _)| self.manifest_arriving(repo, d)) {
+            // A failed import leaves nothing to go through later, untagged.
+            self.abandon_held(repo, manifests.iter().map(|(d, _)| *d));
             return Err(FsError::new(
                 libc::EIO,
                 format!(

@@ -239,6 +239,16 @@ impl View {
         }
     }
 
+    /// Forget held pushes of a failed operation (they must not land later).
+    pub fn abandon_held(&self, repo: &str, digests: impl Iterator<Item = Digest>) {
+        let digests: std::collections::HashSet<Digest> = digests.collect();
+        self.held
+            .lock()
+            .unwrap()
+            .retain(|h| !(h.repo == repo && digests.contains(&h.digest)));
+        self.held_changed.notify_waiters();
+    }
+
     fn is_held(&self, repo: &str, digest: &Digest) -> bool {
         self.held
             .lock()
