@@ -54,7 +54,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let _guard = rt.enter();
         BlobStore::new(&cfg.cache_dir, cfg.cache_size, client.clone(), stats.clone())?
     };
-    let view = View::new(client, manifests, blobs, stats, cfg.repos.clone(), cfg.metadata_ttl);
+    let view = View::new(
+        client,
+        manifests,
+        blobs,
+        stats,
+        cfg.repos.clone(),
+        cfg.metadata_ttl,
+        &cfg.cache_dir,
+    );
     let staging = Staging::new(&cfg.cache_dir)?;
     let fs = RegFs::new(
         rt.handle().clone(),

@@ -515,8 +515,6 @@ fn rsync_backup_restores_into_another_registry() {
 /// A restore through a mount that has not seen the blobs in another
 /// repository (a new mount, empty cache) into a registry that has them.
 #[test]
-#[ignore = "limitation: a mount mounts a blob across repositories only from a repository it has seen it in; \
-            through a new mount every blob is uploaded again"]
 fn restore_through_a_fresh_mount_does_not_upload_blobs_the_registry_has() {
     let reg = Registry::start();
     let c = reg.client();

@@ -5,6 +5,7 @@
 mod archive;
 mod import;
 pub mod inodes;
+mod locations;
 pub mod node;
 mod push;
 mod tree;

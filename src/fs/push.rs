@@ -13,6 +13,9 @@ use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
 use crate::registry::{Digest, Reference, RegistryError};
 use crate::stats::Stats;
 
+/// Repositories asked (HEAD) for a blob before uploading it, beyond known ones.
+const MOUNT_PROBES: usize = 16;
+
 /// How long creating a tag waits for a held manifest to be pushed.
 const HELD_WAIT: Duration = Duration::from_secs(60);
 
@@ -86,16 +89,53 @@ impl View {
         Ok(())
     }
 
-    /// Cross-repository mount from any repository known to hold the blob.
+    /// Cross-repository mount from a repository known to hold the blob (seen
+    /// in this run or remembered from earlier mounts); else, when the registry
+    /// has a catalog, from the first of a few repositories that answer a HEAD
+    /// for it (the last repository a mount came from is asked first).
     pub async fn mount_from_known(&self, repo: &str, digest: Digest) -> FsResult<bool> {
-        for from in self.repos_holding(&digest).into_iter().filter(|r| r != repo) {
-            match self.client.mount_blob(repo, &digest, &from).await {
-                Ok(true) => return Ok(true),
-                Ok(false) => tracing::debug!(repo, from, %digest, "registry declined the mount"),
-                Err(e) => tracing::debug!(repo, from, %digest, "mount failed: {e}"),
+        let known = self.repos_holding(&digest);
+        for from in known.iter().filter(|r| *r != repo) {
+            if self.try_mount(repo, digest, from).await {
+                return Ok(true);
+            }
+        }
+        let Ok(Some(catalog)) = self.catalog().await else {
+            return Ok(false);
+        };
+        let last = self.last_mount_source.lock().unwrap().clone();
+        let candidates = last
+            .iter()
+            .chain(catalog.iter())
+            .filter(|r| *r != repo && !known.contains(r))
+            .take(MOUNT_PROBES)
+            .cloned()
+            .collect::<Vec<_>>();
+        for from in candidates {
+            if matches!(self.client.has_blob(&from, &digest).await, Ok(true))
+                && self.try_mount(repo, digest, &from).await
+            {
+                return Ok(true);
             }
         }
         Ok(false)
+    }
+
+    async fn try_mount(&self, repo: &str, digest: Digest, from: &str) -> bool {
+        match self.client.mount_blob(repo, &digest, from).await {
+            Ok(true) => {
+                *self.last_mount_source.lock().unwrap() = Some(from.to_string());
+                true
+            }
+            Ok(false) => {
+                tracing::debug!(repo, from, %digest, "registry declined the mount");
+                false
+            }
+            Err(e) => {
+                tracing::debug!(repo, from, %digest, "mount failed: {e}");
+                false
+            }
+        }
     }
 
     /// Push manifest bytes by tag or digest. A push by digest whose references

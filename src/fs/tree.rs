@@ -161,7 +161,10 @@ impl Inner {
                 let prefix = format!("{p}/");
                 let repos = v.known_repos().await?;
                 let mut names = Vec::new();
-                if repos.contains(p) || v.is_repo(p).await? {
+                // A directory made by `mkdir -p a/b` on the way to `b` lists as a
+                // namespace; its repository entries still resolve by name.
+                let only_made_on_the_way = v.is_only_created(p) && repos.iter().any(|r| r.starts_with(&prefix));
+                if !only_made_on_the_way && (repos.contains(p) || v.is_repo(p).await?) {
                     names.extend([node::TAGS, node::MANIFESTS, node::BLOBS, node::UPLOADS].map(String::from));
                 }
                 let mut nested: Vec<String> = repos

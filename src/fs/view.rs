@@ -31,6 +31,8 @@ pub struct View {
     seen_repos: Mutex<BTreeSet<String>>,
     /// Repositories made with `mkdir` during this run (not in the registry until a push).
     pub(super) created_repos: Mutex<BTreeSet<String>>,
+    /// Repositories whose `_tags`/`_blobs`/… were made with mkdir (rsync restores).
+    pub(super) declared_repos: Mutex<BTreeSet<String>>,
     /// Manifest pushes waiting for their references (see push.rs).
     pub(super) held: Mutex<Vec<super::push::Held>>,
     pub(super) held_changed: tokio::sync::Notify,
@@ -43,6 +45,12 @@ pub struct View {
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
     referrers: TtlCache<(String, Digest), Arc<NamedDigests>>,
+    /// Where digests were seen, kept across mounts (mount sources for pushes).
+    locations: super::locations::Locations,
+    /// The repository the last cross-repository mount came from.
+    pub(super) last_mount_source: Mutex<Option<String>>,
+    /// Pairs remembered from earlier mounts: candidates for a mount, not proof.
+    remembered: Mutex<Vec<(String, Digest)>>,
     /// (repository, digest) pairs known to exist in that repository.
     present: Mutex<HashSet<(String, Digest)>>,
     /// Blob sizes from descriptors or HEAD: immutable per digest.
@@ -64,9 +72,12 @@ impl View {
         stats: Arc<Stats>,
         configured_repos: Vec<String>,
         ttl: Option<std::time::Duration>,
+        cache_dir: &std::path::Path,
     ) -> Self {
         let registry_host = client.registry_host();
+        let (locations, known) = super::locations::Locations::open(cache_dir, &registry_host);
         View {
+            locations,
             client,
             manifests,
             blobs,
@@ -78,7 +89,10 @@ impl View {
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
             present: Mutex::new(HashSet::new()),
+            remembered: Mutex::new(known),
+            last_mount_source: Mutex::new(None),
             created_repos: Mutex::new(BTreeSet::new()),
+            declared_repos: Mutex::new(BTreeSet::new()),
             held: Mutex::new(Vec::new()),
             held_changed: tokio::sync::Notify::new(),
             pending_dirs: Mutex::new(HashSet::new()),
@@ -117,6 +131,7 @@ impl View {
     pub async fn known_repos(&self) -> FsResult<BTreeSet<String>> {
         let mut all: BTreeSet<String> = self.seen_repos.lock().unwrap().clone();
         all.extend(self.created_repos.lock().unwrap().iter().cloned());
+        all.extend(self.declared_repos.lock().unwrap().iter().cloned());
         all.extend(self.configured_repos.iter().cloned());
         if let Some(c) = self.catalog().await? {
             all.extend(c.iter().cloned());
@@ -167,6 +182,19 @@ impl View {
         Ok(tags)
     }
 
+    /// Made with mkdir and nothing more: no push, no `_tags`/`_blobs`/… made in
+    /// it, not seen in the registry.
+    pub fn is_only_created(&self, path: &str) -> bool {
+        self.created_repos.lock().unwrap().contains(path)
+            && !self.declared_repos.lock().unwrap().contains(path)
+            && !self.seen_repos.lock().unwrap().contains(path)
+            && !self
+                .catalog
+                .peek(&())
+                .flatten()
+                .is_some_and(|c| c.iter().any(|r| r == path))
+    }
+
     pub fn is_pending_dir(&self, repo: &str, digest: &Digest) -> bool {
         self.pending_dirs.lock().unwrap().contains(&(repo.to_string(), *digest))
     }
@@ -186,14 +214,22 @@ impl View {
     }
 
     /// Repositories holding `digest`, as far as this run has seen (mount sources).
+    /// Seen in this run first, then remembered from earlier mounts.
     pub(super) fn repos_holding(&self, digest: &Digest) -> Vec<String> {
-        self.present
+        let mut repos: Vec<String> = self
+            .present
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, d)| d == digest)
             .map(|(r, _)| r.clone())
-            .collect()
+            .collect();
+        for (r, d) in self.remembered.lock().unwrap().iter() {
+            if d == digest && !repos.contains(r) {
+                repos.push(r.clone());
+            }
+        }
+        repos
     }
 
     pub(super) fn note_blob_size(&self, digest: Digest, size: u64) {
@@ -231,7 +267,9 @@ impl View {
     }
 
     pub(super) fn mark_present(&self, repo: &str, d: Digest) {
-        self.present.lock().unwrap().insert((repo.to_string(), d));
+        if self.present.lock().unwrap().insert((repo.to_string(), d)) {
+            self.locations.record(repo, &d);
+        }
     }
 
     pub(super) fn is_present(&self, repo: &str, d: &Digest) -> bool {
@@ -278,7 +316,9 @@ impl View {
         for desc in descriptors {
             if let Some(d) = desc.digest() {
                 sizes.insert(d, desc.size);
-                present.insert((repo.to_string(), d));
+                if present.insert((repo.to_string(), d)) {
+                    self.locations.record(repo, &d);
+                }
                 if !desc.media_type.is_empty() {
                     types.insert(d, desc.media_type.clone());
                 }

@@ -578,7 +578,9 @@ impl Inner {
                 Node::Dir(repo),
                 Node::TagsDir(_) | Node::ManifestsDir(_) | Node::BlobsDir(_) | Node::UploadsDir(_) | Node::OciDir(_),
             ) => {
-                v.created_repos.lock().unwrap().insert(repo.clone());
+                // A repository's own directories declare it one for good (a
+                // nested mkdir no longer makes it a plain namespace).
+                v.declared_repos.lock().unwrap().insert(repo.clone());
                 Ok(child)
             }
             // The restore path: mkdir _manifests/sha256:<hex>, then write manifest.json.
