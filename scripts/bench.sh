@@ -11,7 +11,8 @@
 #   BENCH_BACKUP_TAGS=120   tags in the backup sections (backup_rsync, restore_rsync)
 #   BENCH_BACKUP_IMAGES=4   distinct images those tags point at
 #   BENCH_BACKUP_LAYER_MB=4 size of the base layer the images share (each also has its own 1 MiB layer)
-#   BENCH_SECTIONS="..."    which sections to run, in order (default: all, see SECTIONS)
+#   BENCH_SECTIONS="..."    which sections to run, in order (default: all, see SECTIONS),
+#                           e.g. BENCH_SECTIONS=upload BENCH_SIZE_MB=1024 bash scripts/bench.sh
 #   BENCH_MOUNT_OPTS="..."  extra options for every `regfs mount`
 #   BENCH_TMPDIR=DIR        where the blob, registry storage and caches go (default $TMPDIR or /tmp)
 #
@@ -25,7 +26,7 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REGFS_ROOT"
 
-SECTIONS=(cold_read warm_read random_read tags_listing peak_rss backup_rsync restore_rsync export_tar)
+SECTIONS=(cold_read warm_read random_read tags_listing peak_rss backup_rsync restore_rsync export_tar upload)
 
 BENCH_SIZE_MB="${BENCH_SIZE_MB:-1024}"
 BENCH_REPEAT="${BENCH_REPEAT:-3}"
@@ -478,6 +479,76 @@ bench_export_tar() {
     tr="$(min "${regfs[@]}")"
     ts="$(min "${sk[@]}")"
     report "_export tar of a $SIZE_LABEL image (cat > /dev/null, cold): regfs $tr s ($(calc "$size / 1048576 / $tr" 0) MiB/s), skopeo copy docker:// docker-archive: $ts s, ratio (regfs/skopeo time) $(calc "$tr / $ts" 2)x (target <= 0.5x) $(verdict "$(calc "$tr / $ts")" '<=' 0.5)"
+}
+
+# curl_upload REPO FILE DIGEST — what a plain client does: POST an upload
+# session, then one monolithic PUT of the whole file (-T); fails unless 201.
+curl_upload() {
+    local repo="$1" file="$2" digest="$3" hdr loc code
+    hdr="$(curl -sS -o /dev/null -D - -X POST "$REGISTRY_URL/v2/$repo/blobs/uploads/")"
+    loc="$(awk 'tolower($1) == "location:" { print $2 }' <<<"$hdr" | tr -d '\r')"
+    [[ -n $loc ]] || die "curl_upload: no Location in the POST answer for $repo"
+    loc="$(_abs_location "$loc")"
+    case "$loc" in *\?*) loc="$loc&digest=$digest" ;; *) loc="$loc?digest=$digest" ;; esac
+    code="$(curl -sS -o /dev/null -w '%{http_code}' -X PUT \
+        -H 'Content-Type: application/octet-stream' -H 'Expect:' -T "$file" "$loc")" || code=000
+    [[ $code == 201 ]] || die "curl_upload: PUT of $digest to $repo answered HTTP $code"
+}
+
+# registry_has_blob REPO DIGEST SIZE — HEAD answers 200 with that Content-Length.
+registry_has_blob() {
+    local len
+    len="$(curl -sf -I "$REGISTRY_URL/v2/$1/blobs/$2" | awk 'tolower($1) == "content-length:" { print $2 }' | tr -d '\r')"
+    [[ $len == "$3" ]]
+}
+
+# i. upload: cp of a file into MOUNT/repo/_uploads/ (staged, hashed, pushed on
+# close: cp returns once the registry has the blob) vs curl's POST + PUT -T of
+# a file of the same size. Every upload uses fresh random data the registry
+# does not have (so neither side can skip it), in its own repository, and
+# regfs runs on a fresh mount (it knows no repository to mount the blob from).
+bench_upload() {
+    section "i. upload of $SIZE_LABEL: cp into _uploads/ vs curl POST + PUT -T (best of $BENCH_REPEAT; fresh random data, repository and mount each time)"
+    local i t0 tr=() tc=() hwms=() f d repo link pid hwm ok=1 best_r best_c ratio
+    f="$WORK/upload.bin"
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        head -c "${BENCH_SIZE_MB}M" /dev/urandom >"$f"
+        d="$(blob_digest "$f")"
+        sync
+        repo="bench/upload-regfs-$i"
+        bench_mount
+        pid="$REGFS_MOUNT_PID"
+        mkdir -p "$MNT/$repo"
+        t0="$(now)"
+        cp "$f" "$MNT/$repo/_uploads/blob"
+        tr+=("$(elapsed "$t0")")
+        hwm="$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$pid/status")"
+        hwms+=("$hwm")
+        link="$(readlink "$MNT/$repo/_uploads/blob" || true)"
+        if [[ $link != "../_blobs/$d" ]] || ! registry_has_blob "$repo" "$d" "$(file_size "$f")"; then
+            log "upload check failed: _uploads/blob -> '$link', expected ../_blobs/$d (or the registry lacks it)"
+            ok=0
+        fi
+        echo "  run $((i + 1)): regfs cp ${tr[-1]} s, daemon VmHWM $(calc "$hwm / 1024" 1) MiB, bytes_pushed $(stat_of bytes_pushed), blob push requests $(stat_of requests_blob_push)"
+        bench_unmount
+
+        head -c "${BENCH_SIZE_MB}M" /dev/urandom >"$f"
+        d="$(blob_digest "$f")"
+        sync
+        repo="bench/upload-curl-$i"
+        t0="$(now)"
+        curl_upload "$repo" "$f" "$d"
+        tc+=("$(elapsed "$t0")")
+        registry_has_blob "$repo" "$d" "$(file_size "$f")" || { log "curl upload of $d not in the registry"; ok=0; }
+        echo "  run $((i + 1)): curl POST + PUT ${tc[-1]} s"
+    done
+    rm -f "$f"
+    best_r="$(min "${tr[@]}")"
+    best_c="$(min "${tc[@]}")"
+    ratio="$(calc "$best_c / $best_r" 2)"
+    hwm="$(printf '%s\n' "${hwms[@]}" | sort -g | tail -n1)"
+    report "upload $SIZE_LABEL: regfs cp into _uploads/ $best_r s ($(calc "$BENCH_SIZE_MB / $best_r" 0) MiB/s), curl POST + PUT $best_c s ($(calc "$BENCH_SIZE_MB / $best_c" 0) MiB/s), ratio (regfs/curl throughput) ${ratio}x (target >= 0.5x) $(verdict "$ratio" '>=' 0.5); daemon peak RSS $(calc "$hwm / 1024" 1) MiB VmHWM (target < 128 MiB) $(verdict "$(calc "$hwm / 1024")" '<' 128)"
+    ((ok)) || report "upload $SIZE_LABEL: CONTENT CHECK FAILED (see the log above)"
 }
 
 # ---------------------------------------------------------------- main
