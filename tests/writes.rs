@@ -613,7 +613,6 @@ fn upload_is_pushed_on_close_and_becomes_a_link_to_its_blob() {
 /// `cp FILE _uploads/NAME && readlink _uploads/NAME`: once close() has
 /// returned (the blob is in the registry), the name is the link.
 #[test]
-#[ignore = "crate bug: _uploads/NAME turns into the link only when regfs handles RELEASE, which the kernel sends asynchronously after close(2) returns; under load readlink right after close fails with EINVAL (still the staged regular file)"]
 fn upload_is_a_link_as_soon_as_close_returns() {
     let reg = start_registry();
     let m = mount(Mount::builder(&reg.url()));
@@ -1191,7 +1190,6 @@ fn ln_s_retags_and_ln_sfn_replaces_a_tag_with_one_put() {
 }
 
 #[test]
-#[ignore = "crate bug: after ln -sfn, the kernel keeps the inode of ln's temporary link for the tag; regfs resolves it by the temporary name (HEAD manifests/CuXXXXXX → 404), so readlink _tags/<tag> is ENOENT"]
 fn readlink_after_ln_sfn_shows_the_new_target() {
     let reg = start_registry();
     let c = reg.client();
@@ -1453,7 +1451,7 @@ fn rsync_temp_file_then_rename_and_inplace_work() {
 }
 
 #[test]
-#[ignore = "crate bug: rsync --inplace into _uploads/ exits 23: the name becomes a symlink on close, then rsync's chmod of it fails with ELOOP"]
+#[ignore = "known limitation (README): rsync --inplace into _uploads/ exits 23: the name becomes a symlink on close, then rsync's chmod of it fails with ELOOP; plain rsync (temp file + rename) works"]
 fn rsync_inplace_into_uploads_exits_0() {
     let reg = start_registry();
     let c = reg.client();
@@ -1553,7 +1551,6 @@ fn server_errors_fail_the_writer_with_eio_and_nothing_is_half_pushed() {
 /// inherited): the second arrives while the first one's push is in flight.
 /// Both must report that push's outcome.
 #[test]
-#[ignore = "crate bug: a flush that arrives while a commit of the same file is in flight returns Ok at once (dirty is already false, last is None), even though that push then fails"]
 fn a_close_during_a_push_in_flight_reports_that_push() {
     let reg = start_registry();
     let proxy = FaultProxy::start(&reg.host_port());

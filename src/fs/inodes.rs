@@ -46,6 +46,17 @@ impl Inodes {
         self.inner.read().unwrap().by_ino.get(&ino).cloned()
     }
 
+    /// A rename: the kernel keeps the inode it knows under the new name, so
+    /// that inode must now mean `to` (e.g. `ln -sfn`'s temporary link renamed
+    /// over a tag).
+    pub fn rename(&self, from: &Node, to: Node) {
+        let mut t = self.inner.write().unwrap();
+        if let Some(ino) = t.by_node.remove(from) {
+            t.by_ino.insert(ino, to.clone());
+            t.by_node.insert(to, ino);
+        }
+    }
+
     /// The inode number for `node`, registering it on first sight.
     pub fn ino(&self, node: &Node) -> u64 {
         if let Some(&i) = self.inner.read().unwrap().by_node.get(node) {
@@ -93,5 +104,15 @@ mod tests {
         assert!(dir < DIGEST_BIT);
         assert_eq!(t.ino(&Node::Dir("a".into())), dir);
         assert_eq!(t.get(ROOT), Some(Node::Root));
+    }
+
+    #[test]
+    fn renamed_inode_follows_the_new_name() {
+        let t = Inodes::new();
+        let tmp = Node::Tag("a".into(), "CuXyZ".into());
+        let ino = t.ino(&tmp);
+        t.rename(&tmp, Node::Tag("a".into(), "v1".into()));
+        assert_eq!(t.get(ino), Some(Node::Tag("a".into(), "v1".into())));
+        assert_eq!(t.ino(&Node::Tag("a".into(), "v1".into())), ino);
     }
 }

@@ -125,7 +125,7 @@ impl Inner {
     /// a normal answer and only logged at debug.
     fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Errno {
         let path = node.map(Node::path).unwrap_or_default();
-        if e.errno == libc::ENOENT {
+        if e.errno == libc::ENOENT || e.errno == libc::ESTALE {
             tracing::debug!(op, path, "{e}");
         } else {
             tracing::warn!(op, path, errno = e.errno, "{e}");
@@ -243,7 +243,11 @@ impl Filesystem for RegFs {
             };
             // A file being written hides whatever the registry has under its name.
             let child = match fs.staging.find(&parent, &name) {
-                Some(id) => Node::Staged(id),
+                Some(id) if !fs.staging.is_settled(id) => Node::Staged(id),
+                Some(_) => match parent.child(&name) {
+                    Some(c) => c,
+                    None => return reply.error(Errno::ENOENT),
+                },
                 None => match parent.child(&name) {
                     Some(c) => c,
                     None => return reply.error(Errno::ENOENT),

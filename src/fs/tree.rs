@@ -42,7 +42,12 @@ impl Inner {
                 0
             }
             Node::Staged(id) => {
-                let f = self.staging.get(*id).ok_or_else(|| not_found(node))?;
+                // Pushed and forgotten: ESTALE makes the kernel look the name
+                // up again, and find what the file became.
+                let f = self
+                    .staging
+                    .get(*id)
+                    .ok_or_else(|| FsError::new(libc::ESTALE, "the file was pushed; look it up again"))?;
                 let size = f.lock().unwrap().size;
                 size
             }

@@ -48,6 +48,7 @@ pub struct StagedFile {
     pub(super) dirty: bool,
     /// Outcome of the last commit, returned to later flushes of the same data.
     last: Option<FsResult<()>>,
+    commit_gate: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// What a file written to `_uploads/` became.
@@ -183,6 +184,7 @@ impl Staging {
             size: 0,
             dirty: true,
             last: None,
+            commit_gate: Arc::new(tokio::sync::Mutex::new(())),
         };
         if let Some(old) = self
             .names
@@ -194,6 +196,15 @@ impl Staging {
         }
         self.files.lock().unwrap().insert(id, Arc::new(Mutex::new(staged)));
         Ok(id)
+    }
+
+    /// Pushed, and not written since: what it became is served by the tree
+    /// (from the moment close() returns, before the kernel releases the file).
+    pub fn is_settled(&self, id: u64) -> bool {
+        self.get(id).is_some_and(|f| {
+            let f = f.lock().unwrap();
+            !f.dirty && matches!(f.last, Some(Ok(()))) && commit_kind(&f.parent, &f.name).is_some()
+        })
     }
 
     pub fn get(&self, id: u64) -> Option<Arc<Mutex<StagedFile>>> {
@@ -208,9 +219,13 @@ impl Staging {
             .copied()
     }
 
-    /// Names staged in `parent`, for listings.
+    /// Names staged in `parent` and not settled, for listings.
     pub fn names_in(&self, parent: &Node) -> Vec<String> {
-        names_under(&self.names.lock().unwrap(), parent)
+        let names = names_under(&self.names.lock().unwrap(), parent);
+        names
+            .into_iter()
+            .filter(|n| self.find(parent, n).is_some_and(|id| !self.is_settled(id)))
+            .collect()
     }
 
     /// Drop a staged file and its data.
@@ -356,6 +371,10 @@ impl Inner {
         let Some(staged) = self.staging.get(id) else {
             return Ok(());
         };
+        // One commit at a time per file: a close() that arrives while a push is
+        // under way (a dup'd descriptor) waits for it and returns its result.
+        let gate = staged.lock().unwrap().commit_gate.clone();
+        let _one_at_a_time = gate.lock().await;
         let (kind, path, size, digest, bytes) = {
             let mut f = staged.lock().unwrap();
             let Some(kind) = commit_kind(&f.parent, &f.name) else {
@@ -448,14 +467,7 @@ impl Inner {
 
     /// A committed staged file is done: what it became is served by the tree.
     pub(super) fn settle_staged(&self, id: u64) {
-        let Some(staged) = self.staging.get(id) else {
-            return;
-        };
-        let done = {
-            let f = staged.lock().unwrap();
-            !f.dirty && matches!(f.last, Some(Ok(()))) && commit_kind(&f.parent, &f.name).is_some()
-        };
-        if done {
+        if self.staging.is_settled(id) {
             self.staging.forget(id);
         }
     }
@@ -720,6 +732,12 @@ impl Inner {
         }
         if let Node::TagsDir(r) = &parent {
             if let Some(result) = self.rename_tag_link(r, name, newname).await {
+                if result.is_ok() {
+                    self.inodes.rename(
+                        &Node::Tag(r.clone(), name.to_string()),
+                        Node::Tag(r.clone(), newname.to_string()),
+                    );
+                }
                 return result;
             }
         }
