@@ -55,7 +55,7 @@ impl Locations {
     }
 }
 
-fn load(path: &PathBuf) -> Vec<(String, Digest)> {
+fn load(path: &std::path::Path) -> Vec<(String, Digest)> {
     let Ok(f) = File::open(path) else { return Vec::new() };
     let mut seen = HashSet::new();
     let mut out = Vec::new();
@@ -76,7 +76,7 @@ fn load(path: &PathBuf) -> Vec<(String, Digest)> {
     out
 }
 
-fn rewrite(path: &PathBuf, pairs: &[(String, Digest)]) -> std::io::Result<()> {
+fn rewrite(path: &std::path::Path, pairs: &[(String, Digest)]) -> std::io::Result<()> {
     let text: String = pairs.iter().map(|(r, d)| format!("{} {r}\n", d.hex())).collect();
     crate::cache::manifests::atomic_write(path, text.as_bytes())
 }
