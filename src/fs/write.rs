@@ -667,7 +667,10 @@ impl Inner {
                     Node::Dir(p) => format!("{p}/{name}"),
                     _ => name.to_string(),
                 };
-                if v.created_repos.lock().unwrap().remove(&path) && !v.is_repo(&path).await.unwrap_or(true) {
+                // Only a directory made here and never pushed to can go.
+                let made_here = v.created_repos.lock().unwrap().contains(&path);
+                if made_here && !v.is_repo(&path).await.unwrap_or(true) {
+                    v.created_repos.lock().unwrap().remove(&path);
                     Ok(())
                 } else {
                     Err(eperm(format!(
