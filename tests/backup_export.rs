@@ -177,17 +177,6 @@ fn slash(p: &Path) -> String {
     format!("{}/", s(p))
 }
 
-/// The daemon's log file (readable from a watchdog thread).
-fn log_path(m: &Mount) -> PathBuf {
-    m.work_dir().join("regfs.log")
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// rsync under a watchdog; on failure the panic carries rsync's output and
 /// the daemon's last log lines. Returns stdout.
 fn rsync_logged(args: &[&str], log: PathBuf) -> String {

@@ -194,16 +194,6 @@ fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-fn log_path(m: &Mount) -> PathBuf {
-    m.work_dir().join("regfs.log")
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Runs `cmd` under the watchdog and returns its output, whatever the status.
 fn run_watched(mut cmd: Command) -> Output {
     let what = format!("{cmd:?}");

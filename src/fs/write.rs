@@ -561,7 +561,9 @@ impl Inner {
         }
     }
 
-    pub(super) async fn mkdir(&self, parent: INodeNo, name: &str) -> FsResult<Node> {
+    /// The directory a request names and its child called `name` (EINVAL when
+    /// the name cannot exist there).
+    fn parent_and_child(&self, parent: INodeNo, name: &str) -> FsResult<(Node, Node)> {
         let parent = self.node(parent)?;
         let child = parent.child(name).ok_or_else(|| {
             FsError::new(
@@ -569,6 +571,11 @@ impl Inner {
                 format!("{name:?} is not a valid name in {}", parent.path()),
             )
         })?;
+        Ok((parent, child))
+    }
+
+    pub(super) async fn mkdir(&self, parent: INodeNo, name: &str) -> FsResult<Node> {
+        let (parent, child) = self.parent_and_child(parent, name)?;
         let v = &self.view;
         match (&parent, &child) {
             // A new repository (or namespace) path, or a repository's own
@@ -683,13 +690,7 @@ impl Inner {
     }
 
     pub(super) async fn symlink(self: &Arc<Self>, parent: INodeNo, name: &str, target: &str) -> FsResult<Node> {
-        let parent = self.node(parent)?;
-        let child = parent.child(name).ok_or_else(|| {
-            FsError::new(
-                libc::EINVAL,
-                format!("{name:?} is not a valid name in {}", parent.path()),
-            )
-        })?;
+        let (parent, child) = self.parent_and_child(parent, name)?;
         match &parent {
             Node::TagsDir(r) => {
                 self.create_tag_link(r, name, target).await?;

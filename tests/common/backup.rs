@@ -126,40 +126,14 @@ impl RegistryClient {
         variant: Option<&str>,
         layers: &[&RealLayer],
     ) -> ImageInfo {
-        let docker = media_type == DOCKER_MANIFEST;
         let config_bytes = real_image_config(arch, variant, &super::random_hex(6), layers);
-        let config = BlobInfo {
-            digest: self.push_blob(repo, &config_bytes),
-            media_type: if docker { DOCKER_CONFIG } else { OCI_CONFIG }.to_string(),
-            bytes: config_bytes,
-        };
-        let layers: Vec<BlobInfo> = layers
-            .iter()
-            .map(|l| BlobInfo {
-                digest: self.push_blob(repo, &l.gz),
-                media_type: if docker { DOCKER_LAYER_GZIP } else { OCI_LAYER_GZIP }.to_string(),
-                bytes: l.gz.clone(),
-            })
-            .collect();
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": media_type,
-            "config": config.descriptor(),
-            "layers": layers.iter().map(BlobInfo::descriptor).collect::<Vec<_>>(),
-        });
-        let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
-        let digest = sha256_digest(&bytes);
-        let reference = tag.map(String::from).unwrap_or_else(|| digest.clone());
-        self.push_manifest(repo, &reference, media_type, &bytes);
-        ImageInfo {
-            repo: repo.to_string(),
-            tag: tag.map(String::from),
-            media_type: media_type.to_string(),
-            manifest: bytes,
-            digest,
-            config,
-            layers,
-        }
+        self.push_image(
+            repo,
+            tag,
+            media_type,
+            config_bytes,
+            layers.iter().map(|l| l.gz.clone()).collect(),
+        )
     }
 
     /// `tag -> digest` for every tag of `repo` (GET of each manifest; the

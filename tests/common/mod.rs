@@ -49,7 +49,7 @@ pub use client::{
     image_config, make_tar_gz, random_bytes, random_hex, BlobInfo, ImageInfo, IndexInfo, IndexKind, Platform,
     RegistryClient, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
-pub use mount::{is_fuse_mounted, BackgroundMount, Mount, MountBuilder, MountFailure};
+pub use mount::{is_fuse_mounted, log_path, tail, BackgroundMount, Mount, MountBuilder, MountFailure};
 pub use proxy::{FaultAction, FaultProxy, Match};
 pub use registry::{AuthMode, Registry, RegistryOptions};
 pub use token::{TokenIssuer, TokenIssuerOptions};

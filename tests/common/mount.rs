@@ -590,3 +590,15 @@ fn pids_with_arg(arg: &Path) -> Vec<u32> {
     }
     out
 }
+
+/// The daemon's log file of a mount (readable from a watchdog thread).
+pub fn log_path(m: &Mount) -> PathBuf {
+    m.work_dir().join("regfs.log")
+}
+
+/// The last `lines` lines of a text file (empty when it cannot be read).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
