@@ -1,0 +1,179 @@
+//! Mount options that change what a user sees: `--cache-size` (LRU eviction of
+//! verified blobs), `--uid`/`--gid`, `--repo` for registries without a catalog,
+//! and `--metadata-ttl` (how long a tag's digest is trusted).
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const MIB: usize = 1 << 20;
+
+fn cached(cache_dir: &Path, digest: &str) -> bool {
+    cache_dir
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"))
+        .exists()
+}
+
+/// Wait (bounded) for the daemon's background verification to commit a blob.
+fn wait_cached(cache_dir: &Path, digest: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if cached(cache_dir, digest) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn cache_size_evicts_the_least_recently_used_blob() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let img = c.push_random_image("team/app", "v1", &[2 * MIB, 2 * MIB]);
+    let (a, b) = (&img.layers[0], &img.layers[1]);
+    let cache = tempfile::tempdir().unwrap();
+    let m = Mount::builder(&reg.url())
+        .arg("--cache-size")
+        .arg("3M")
+        .cache_dir(cache.path())
+        .start();
+
+    let read = |digest: &str| fs::read(m.join(format!("team/app/_blobs/{digest}"))).unwrap();
+    assert_eq!(read(&a.digest), a.bytes);
+    assert!(
+        wait_cached(m.cache_dir(), &a.digest),
+        "first blob is verified and cached"
+    );
+    assert_eq!(read(&b.digest), b.bytes);
+    assert!(
+        wait_cached(m.cache_dir(), &b.digest),
+        "second blob is verified and cached"
+    );
+    // 2 MiB + 2 MiB > 3 MiB: the least recently used one had to go.
+    assert!(!cached(m.cache_dir(), &a.digest), "the first blob was evicted");
+    // A later mount with the same cache: the kept blob comes from disk, the
+    // evicted one from the registry again (a fresh mount has no page cache).
+    drop(m);
+    let m = Mount::builder(&reg.url())
+        .arg("--cache-size")
+        .arg("3M")
+        .cache_dir(cache.path())
+        .start();
+    let read = |digest: &str| fs::read(m.join(format!("team/app/_blobs/{digest}"))).unwrap();
+    assert_eq!(read(&b.digest), b.bytes);
+    assert_eq!(
+        m.stats()["bytes_fetched"],
+        0,
+        "the kept blob is served from the disk cache"
+    );
+    assert_eq!(read(&a.digest), a.bytes);
+    assert_eq!(
+        m.stats()["bytes_fetched"],
+        a.bytes.len() as u64,
+        "the evicted blob is fetched again"
+    );
+}
+
+#[test]
+fn uid_and_gid_are_shown_for_every_entry() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let img = c.push_random_image("team/app", "v1", &[1000]);
+    let m = Mount::builder(&reg.url())
+        .args(["--uid", "1234", "--gid", "4321"])
+        .start();
+    for rel in [
+        String::new(),
+        "team/app".into(),
+        "team/app/_tags".into(),
+        format!("team/app/_blobs/{}", img.layers[0].digest),
+        format!("team/app/_manifests/{}/manifest.json", img.digest),
+    ] {
+        let meta = fs::symlink_metadata(m.join(&rel)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1234, 4321), "owner of /{rel}");
+    }
+}
+
+#[test]
+fn without_a_catalog_repo_names_are_listed_and_any_name_can_be_entered() {
+    let reg = Registry::start();
+    let c = reg.client();
+    c.push_random_image("team/app", "v1", &[100]);
+    c.push_random_image("other/thing", "v2", &[100]);
+    let proxy = FaultProxy::start(&reg.host_port());
+    // The registry behind the proxy has no catalog.
+    proxy.fail_next(1_000_000, 404, Match::path("/_catalog"));
+    let m = Mount::builder(&proxy.url()).args(["--repo", "team/app"]).start();
+
+    let mut top = list_names(m.path());
+    top.sort();
+    assert_eq!(
+        top,
+        [".regfs", "team"],
+        "only --repo names are listed without a catalog"
+    );
+    assert!(m
+        .join("team/app/_tags/v1")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // A repository not listed can still be entered by name, and then it is listed.
+    assert!(fs::read_link(m.join("other/thing/_tags/v2")).is_ok());
+    let mut top = list_names(m.path());
+    top.sort();
+    assert_eq!(
+        top,
+        [".regfs", "other", "team"],
+        "a name looked up is listed from then on"
+    );
+    // A name that is no repository is an empty namespace, not an error; its
+    // repository entries do not exist.
+    assert!(m.join("no/such").is_dir());
+    let err = fs::read_dir(m.join("no/such/_tags")).unwrap_err();
+    assert_eq!(errno_of(&err), libc::ENOENT);
+}
+
+fn list_names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Point `tag` at a new manifest in the registry (behind the mount's back).
+fn retag(c: &RegistryClient, repo: &str, tag: &str, img: &ImageInfo) {
+    c.push_manifest(repo, tag, &img.media_type, &img.manifest);
+}
+
+#[test]
+fn metadata_ttl_bounds_how_long_a_moved_tag_shows_its_old_digest() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let one = c.push_random_image("team/app", "v1", &[100]);
+    let two = c.push_random_image("team/app", "other", &[200]);
+    let short = Mount::builder(&reg.url()).args(["--metadata-ttl", "1"]).start();
+    let forever = Mount::builder(&reg.url())
+        .args(["--metadata-ttl", "indefinite"])
+        .start();
+    let link = |m: &Mount| fs::read_link(m.join("team/app/_tags/v1")).unwrap();
+    let to = |digest: &str| Path::new("../_manifests").join(digest);
+    assert_eq!(link(&short), to(&one.digest));
+    assert_eq!(link(&forever), to(&one.digest));
+
+    retag(&c, "team/app", "v1", &two);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(link(&short), to(&two.digest), "after the TTL the new digest shows");
+    assert_eq!(
+        link(&forever),
+        to(&one.digest),
+        "with an indefinite TTL the first answer stays"
+    );
+}
