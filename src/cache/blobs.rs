@@ -123,10 +123,9 @@ impl BlobStore {
         let partial_dir = cache_dir.join("partial");
         std::fs::create_dir_all(&complete_dir)?;
         std::fs::create_dir_all(&partial_dir)?;
-        // Partial files of an earlier run have no chunk map: start over.
-        for e in std::fs::read_dir(&partial_dir)?.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
+        // Partial files of an earlier run have no chunk map: start over. The
+        // cache dir may be shared with other running mounts: their files stay.
+        remove_files_of_dead_processes(&partial_dir, |name| name.split('.').nth(1));
         let mut found = Vec::new();
         for e in std::fs::read_dir(&complete_dir)?.flatten() {
             let name = e.file_name();
@@ -342,6 +341,20 @@ impl BlobStore {
         }
         for (d, len) in skipped {
             idx.0.put(d, len);
+        }
+    }
+}
+
+/// Remove the files in `dir` whose owning process (the pid `pid_of` finds in
+/// the name) is no longer running; names without a pid go too.
+pub fn remove_files_of_dead_processes(dir: &Path, pid_of: impl Fn(&str) -> Option<&str>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let pid = name.to_str().and_then(&pid_of).and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -756,6 +769,24 @@ mod tests {
         }
         assert_eq!(rs.window, MAX_WINDOW);
         assert_eq!(rs.advance(900 << 20, (900 << 20) + 4096), 0, "a jump is random");
+    }
+
+    #[test]
+    fn only_files_of_dead_processes_are_cleaned_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = format!("abc.{}.1", std::process::id());
+        let parent = format!("abc.{}.1", std::os::unix::process::parent_id());
+        for name in [mine.as_str(), parent.as_str(), "abc.999999999.1", "junk"] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        remove_files_of_dead_processes(dir.path(), |n| n.split('.').nth(1));
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        // Our own leftovers go (a new run of this process), a live one's stay.
+        assert_eq!(left, vec![parent]);
     }
 
     #[test]

@@ -151,10 +151,9 @@ impl Staging {
     pub fn new(cache_dir: &std::path::Path) -> std::io::Result<Self> {
         let dir = cache_dir.join("staging");
         std::fs::create_dir_all(&dir)?;
-        // Staged files of a daemon that died were never committed: drop them.
-        for e in std::fs::read_dir(&dir)?.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
+        // Staged files of a daemon that died were never committed: drop them
+        // (another mount sharing this cache dir keeps its own).
+        crate::cache::blobs::remove_files_of_dead_processes(&dir, |name| name.split('.').next());
         Ok(Staging {
             dir,
             next_id: AtomicU64::new(1),
