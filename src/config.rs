@@ -130,11 +130,16 @@ impl Config {
 
     /// Host and port as used for credential lookup and cache directories.
     pub fn registry_host(&self) -> String {
-        let host = self.registry.host_str().unwrap_or_default();
-        match self.registry.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        }
+        host_port(&self.registry)
+    }
+}
+
+/// `host[:port]` of a registry URL (the port only when it is not the scheme's default).
+pub fn host_port(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
     }
 }
 

@@ -105,13 +105,7 @@ fn build_config(a: MountArgs) -> anyhow::Result<Config> {
             "--repo {r:?} is not a valid repository name"
         );
     }
-    let host = {
-        let h = registry.host_str().unwrap_or_default();
-        registry
-            .port()
-            .map(|p| format!("{h}:{p}"))
-            .unwrap_or_else(|| h.to_string())
-    };
+    let host = config::host_port(&registry);
     let credentials = match &a.username {
         Some(user) => {
             let password = if a.password_stdin {

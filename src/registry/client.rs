@@ -111,11 +111,7 @@ impl Client {
 
     /// `host[:port]` of the registry.
     pub fn registry_host(&self) -> String {
-        let host = self.base.host_str().unwrap_or_default();
-        match self.base.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.to_string(),
-        }
+        crate::config::host_port(&self.base)
     }
 
     fn url(&self, path: &str) -> Url {
