@@ -1,21 +1,14 @@
 //! Command line → `Config` → mount. Nothing else lives here.
 
-mod cache;
-mod config;
-mod daemon;
-mod fs;
-mod oci;
-mod registry;
-mod stats;
-mod tarstream;
 
 use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use config::Config;
-use registry::credentials::{self, CredentialSources, Credentials};
+use regfs::config::{self, Config};
+use regfs::{daemon, registry};
+use regfs::registry::credentials::{self, CredentialSources, Credentials};
 
 #[derive(Parser)]
 #[command(name = "regfs", version, about = "Mount a container registry as a filesystem")]

@@ -1,0 +1,11 @@
+//! regfs as a library: the binary (`main.rs`) is the command line over it, and
+//! fuzz targets and fast tests reach the parsers and the core through it.
+
+pub mod cache;
+pub mod config;
+pub mod daemon;
+pub mod fs;
+pub mod oci;
+pub mod registry;
+pub mod stats;
+pub mod tarstream;
