@@ -54,6 +54,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let _guard = rt.enter();
         BlobStore::new(&cfg.cache_dir, cfg.cache_size, client.clone(), stats.clone())?
     };
+    let blob_store = blobs.clone();
     let view = View::new(
         client,
         manifests,
@@ -97,6 +98,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     options.clone_fd = true;
     let mut session = fuser::Session::new(fs, &cfg.mountpoint, &options)
         .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))?;
+    let notifier = session.notifier();
+    // Content found wrong after the kernel cached some of it: drop those pages
+    // and the size it was told, so no later read is served from them.
+    blob_store.set_on_bad_content(Box::new(move |digest| {
+        let ino = fuser::INodeNo(crate::fs::inodes::blob_ino(digest));
+        if let Err(e) = notifier.inval_inode(ino, 0, -1) {
+            tracing::debug!(%digest, "kernel cache invalidation: {e}");
+        }
+    }));
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("fuse-session".into()).spawn(move || {

@@ -53,8 +53,6 @@ pub struct View {
     remembered: Mutex<Vec<(String, Digest)>>,
     /// (repository, digest) pairs known to exist in that repository.
     present: Mutex<HashSet<(String, Digest)>>,
-    /// Blob sizes from descriptors or HEAD: immutable per digest.
-    sizes: Mutex<HashMap<Digest, u64>>,
     media_types: Mutex<HashMap<Digest, String>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
     pub(super) oci_content: TtlCache<String, Arc<LayoutContent>>,
@@ -97,7 +95,6 @@ impl View {
             held_changed: tokio::sync::Notify::new(),
             pending_dirs: Mutex::new(HashSet::new()),
             deferred_tags: Mutex::new(Vec::new()),
-            sizes: Mutex::new(HashMap::new()),
             media_types: Mutex::new(HashMap::new()),
             exports: Mutex::new(HashMap::new()),
             oci_content: TtlCache::new(ttl),
@@ -232,8 +229,9 @@ impl View {
         repos
     }
 
+    /// A blob of `size` bytes was pushed or checked by us: its size is known.
     pub(super) fn note_blob_size(&self, digest: Digest, size: u64) {
-        self.sizes.lock().unwrap().insert(digest, size);
+        self.blobs.confirm_size(digest, size);
     }
 
     pub fn peek_tags(&self, repo: &str) -> Option<Arc<Vec<String>>> {
@@ -299,7 +297,6 @@ impl View {
     /// A manifest's blobs and children exist in its repository (the registry
     /// refuses manifests whose references are missing), with the sizes it gives.
     pub(super) fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
-        let mut sizes = self.sizes.lock().unwrap();
         let mut present = self.present.lock().unwrap();
         let mut types = self.media_types.lock().unwrap();
         let blob_children = oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
@@ -315,7 +312,7 @@ impl View {
         );
         for desc in descriptors {
             if let Some(d) = desc.digest() {
-                sizes.insert(d, desc.size);
+                self.blobs.note_claimed_size(d, desc.size);
                 if present.insert((repo.to_string(), d)) {
                     self.locations.record(repo, &d);
                 }
@@ -354,15 +351,16 @@ impl View {
         self.media_types.lock().unwrap().get(digest).cloned()
     }
 
-    /// Size of a blob in `repo`, from descriptors seen so far, else HEAD.
+    /// Size of a blob in `repo`, from descriptors seen so far (a claim, checked
+    /// against the registry's length when the blob is read), else HEAD.
     pub async fn blob_size(&self, repo: &str, digest: Digest) -> FsResult<u64> {
         if self.is_present(repo, &digest) {
-            if let Some(&s) = self.sizes.lock().unwrap().get(&digest) {
+            if let Some(s) = self.blobs.known_size(&digest) {
                 return Ok(s);
             }
         }
         let size = self.client.head_blob(repo, &digest).await?;
-        self.sizes.lock().unwrap().insert(digest, size);
+        self.blobs.confirm_size(digest, size);
         self.mark_present(repo, digest);
         Ok(size)
     }
