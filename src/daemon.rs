@@ -262,7 +262,11 @@ fn start_background(cfg: &Config) -> anyhow::Result<()> {
     cmd.args(&args)
         .env(READY_ENV, "1")
         .env_remove("REGFS_PASSWORD")
-        .stdin(if password.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if password.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our session.

@@ -485,7 +485,10 @@ mod naming_tests {
         let names = child_names(&index);
         assert_eq!(names.len(), 2, "the entry with a path for a digest is not shown");
         for (n, _) in &names {
-            assert!(n.len() <= 255 && !n.contains('/') && !n.chars().any(char::is_control), "{n:?}");
+            assert!(
+                n.len() <= 255 && !n.contains('/') && !n.chars().any(char::is_control),
+                "{n:?}"
+            );
         }
         assert_eq!(names[1].0, "attestation-sha256-ééé_");
     }

@@ -17,12 +17,12 @@
 //! came (see the README, "Verification").
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
 use std::fs::File;
 use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, Weak};
 
 use lru::LruCache;
@@ -841,11 +841,7 @@ impl BlobFile {
 
     fn next_hashable(&self) -> bool {
         let h = self.hash.lock().unwrap();
-        !h.done
-            && matches!(
-                self.chunks.lock().unwrap().state(h.upto),
-                Some(ChunkState::Present)
-            )
+        !h.done && matches!(self.chunks.lock().unwrap().state(h.upto), Some(ChunkState::Present))
     }
 
     /// Hash the present prefix; when it is the whole blob, verify and commit.

@@ -13,6 +13,9 @@ impl Inner {
     /// usually none: sizes come from descriptors and caches).
     pub(super) async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
         let v = &self.view;
+        if let Node::Tag(r, _) | Node::TagsDir(r) = node {
+            v.note_tag_interest(r);
+        }
         let size = match node {
             Node::Root | Node::StatusDir => 0,
             Node::Status(f) => self.status_text(*f).len() as u64,
@@ -90,6 +93,9 @@ impl Inner {
         let v = &self.view;
         if super::write::pending_manifest_dir(v, node) {
             return self.staging.ghost_target(node).ok_or_else(|| not_found(node));
+        }
+        if let Node::Tag(r, _) = node {
+            v.note_tag_interest(r);
         }
         let target = match node {
             Node::Tag(r, t) => match self.staging.pending_link(r, t) {

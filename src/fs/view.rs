@@ -14,6 +14,11 @@ use crate::stats::Stats;
 
 /// Concurrent registry requests one listing may make (containerd's Dispatch uses a bound too).
 const FETCH_CONCURRENCY: usize = 8;
+/// Tags of one listing resolved in the background, at most.
+const MAX_TAG_PREFETCH: usize = 10_000;
+/// The background resolution of a listing stops once nobody has looked at the
+/// repository's tags (listing, lookup, readlink) for this long.
+const TAG_INTEREST_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Names in a directory and the digests they point at.
 pub type NamedDigests = Vec<(String, Digest)>;
@@ -60,6 +65,8 @@ pub struct View {
     pub(super) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
     /// `host[:port]`, for `RepoTags` in exported Docker archives.
     pub registry_host: String,
+    /// When each repository's tags were last looked at (see `TAG_INTEREST_WINDOW`).
+    tag_interest: Mutex<lru::LruCache<String, std::time::Instant>>,
 }
 
 impl View {
@@ -99,6 +106,7 @@ impl View {
             exports: Mutex::new(HashMap::new()),
             oci_content: TtlCache::new(ttl),
             registry_host,
+            tag_interest: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(1024).unwrap())),
         }
     }
 
@@ -262,6 +270,55 @@ impl View {
             .filter_map(|x| async move { x })
             .collect()
             .await
+    }
+
+    /// Someone is looking at `repo`'s tags (a listing, a lookup, a readlink).
+    pub fn note_tag_interest(&self, repo: &str) {
+        self.tag_interest
+            .lock()
+            .unwrap()
+            .put(repo.to_string(), std::time::Instant::now());
+    }
+
+    fn tags_still_wanted(&self, repo: &str) -> bool {
+        self.tag_interest
+            .lock()
+            .unwrap()
+            .peek(repo)
+            .is_some_and(|t| t.elapsed() < TAG_INTEREST_WINDOW)
+    }
+
+    /// After a listing of `_tags`: resolve its tags in the background so that
+    /// `ls -l` finds the link targets ready. Bounded: at most `MAX_TAG_PREFETCH`
+    /// tags, and it stops once nobody looks at the tags any more (`ls` returned
+    /// or was killed), so a 100k-tag listing does not keep the registry busy.
+    pub async fn prefetch_tag_digests(&self, repo: &str, tags: &[String]) {
+        self.note_tag_interest(repo);
+        let mut skipped = 0usize;
+        let resolved = stream::iter(tags.iter().take(MAX_TAG_PREFETCH).cloned())
+            .map(|t| async move {
+                if !self.tags_still_wanted(repo) {
+                    return false;
+                }
+                let _ = self.tag_digest(repo, &t).await;
+                true
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .fold(0usize, |n, done| {
+                if !done {
+                    skipped += 1;
+                }
+                async move { n + usize::from(done) }
+            })
+            .await;
+        if skipped > 0 || tags.len() > MAX_TAG_PREFETCH {
+            tracing::debug!(
+                repo,
+                resolved,
+                of = tags.len(),
+                "stopped resolving tags in the background"
+            );
+        }
     }
 
     pub(super) fn mark_present(&self, repo: &str, d: Digest) {
