@@ -668,6 +668,9 @@ impl BlobFile {
 
     /// Wait until the whole content is hashed: Ok when it matched the digest.
     async fn wait_verified(self: &Arc<Self>) -> FsResult<()> {
+        // The verdict needs every byte: a read of the tail alone fetches the
+        // whole blob (once), failing as the fetch fails.
+        self.wait_present(0, self.size).await?;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
@@ -678,7 +681,6 @@ impl BlobFile {
             if self.is_verified() {
                 return Ok(());
             }
-            // Every chunk is present here; make sure the hasher runs to the end.
             self.kick_hasher();
             notified.await;
         }
@@ -861,7 +863,11 @@ impl BlobFile {
             let len = CHUNK.min(self.size - off) as usize;
             buf.resize(len, 0);
             if let Err(e) = self.file.read_exact_at(&mut buf, off) {
-                tracing::warn!(digest = %self.digest, "reading back for verification failed: {e}");
+                drop(h);
+                self.poison_with(FsError::new(
+                    libc::EIO,
+                    format!("blob {}: reading back for verification failed: {e}", self.digest),
+                ));
                 return;
             }
             h.hasher.update(&buf);

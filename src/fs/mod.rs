@@ -59,6 +59,8 @@ enum Handle {
     Bytes(Bytes),
     /// A file being written: the staging id.
     Staged(u64),
+    /// A file being written, opened for reading only: closing it pushes nothing.
+    StagedRead(u64),
     /// `_export/<tag>.tar`, made on the fly.
     Export(Arc<archive::Export>),
 }
@@ -211,7 +213,7 @@ impl Inner {
             ),
             Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), FopenFlags::FOPEN_DIRECT_IO),
             Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), FopenFlags::empty()),
-            Node::Staged(id) => (Handle::Staged(*id), FopenFlags::FOPEN_DIRECT_IO),
+            Node::Staged(id) => (Handle::StagedRead(*id), FopenFlags::FOPEN_DIRECT_IO),
             // Status text changes between reads: no page cache, sizes from the snapshot.
             Node::Status(f) => (
                 Handle::Bytes(Bytes::from(self.status_text(*f))),
@@ -342,7 +344,7 @@ impl Filesystem for RegFs {
                     }
                 })
             }
-            Handle::Staged(id) => match self.inner.staging.get(*id) {
+            Handle::Staged(id) | Handle::StagedRead(id) => match self.inner.staging.get(*id) {
                 Some(f) => match f.lock().unwrap().read(offset, u64::from(size)) {
                     Ok(data) => reply.data(&data),
                     Err(e) => reply.error(errno(&e)),

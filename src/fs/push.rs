@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::view::View;
-use crate::cache::{FsError, FsResult};
+use crate::cache::{CachedManifest, FsError, FsResult};
 use crate::oci::{Manifest, ManifestKind};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
 use crate::registry::{Digest, Reference, RegistryError};
@@ -287,6 +287,18 @@ impl View {
             .unwrap()
             .retain(|h| !(h.repo == repo && digests.contains(&h.digest)));
         self.held_changed.notify_waiters();
+    }
+
+    /// A manifest written here and held for its references: its bytes (hashed
+    /// to its digest when written) are served like any manifest's.
+    pub(super) fn held_manifest(&self, repo: &str, digest: &Digest) -> Option<std::sync::Arc<CachedManifest>> {
+        let held = self.held.lock().unwrap();
+        let h = held.iter().find(|h| h.repo == repo && h.digest == *digest)?;
+        Some(std::sync::Arc::new(CachedManifest::new(
+            h.digest,
+            h.bytes.clone(),
+            Some(h.media_type.clone()),
+        )))
     }
 
     fn is_held(&self, repo: &str, digest: &Digest) -> bool {

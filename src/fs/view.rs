@@ -335,6 +335,9 @@ impl View {
     /// to hold it, else a HEAD (cached content) or a GET (verified, then cached).
     pub async fn manifest(&self, repo: &str, digest: Digest) -> FsResult<Arc<CachedManifest>> {
         let reference = Reference::Digest(digest);
+        if let Some(m) = self.held_manifest(repo, &digest) {
+            return Ok(m);
+        }
         if let Some(m) = self.manifests.get(&digest) {
             if !self.is_present(repo, &digest) {
                 self.client.head_manifest(repo, &reference).await?;

@@ -206,6 +206,14 @@ impl Staging {
         })
     }
 
+    /// Its last push failed and nothing was written since.
+    pub fn push_failed(&self, id: u64) -> bool {
+        self.get(id).is_some_and(|f| {
+            let f = f.lock().unwrap();
+            !f.dirty && matches!(f.last, Some(Err(_)))
+        })
+    }
+
     pub fn get(&self, id: u64) -> Option<Arc<Mutex<StagedFile>>> {
         self.files.lock().unwrap().get(&id).cloned()
     }
@@ -465,8 +473,10 @@ impl Inner {
     }
 
     /// A committed staged file is done: what it became is served by the tree.
+    /// One whose push failed is dropped: the writer got the error from close(),
+    /// and nothing that did not reach the registry stays listed.
     pub(super) fn settle_staged(&self, id: u64) {
-        if self.staging.is_settled(id) {
+        if self.staging.is_settled(id) || self.staging.push_failed(id) {
             self.staging.forget(id);
         }
     }
