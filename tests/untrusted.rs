@@ -398,3 +398,80 @@ fn sigterm_with_a_file_open_leaves_a_clean_mountpoint() {
     let _ = holder.kill();
     let _ = holder.wait();
 }
+
+/// A tmpfs of `mib` MiB mounted at a new directory; unmounted on drop.
+struct SmallFs(tempfile::TempDir);
+
+impl SmallFs {
+    fn new(mib: u32) -> SmallFs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m,mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs (the tests run as root)");
+        SmallFs(dir)
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_cache_filesystem_still_serves_verified_reads() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let big = c.push_random_image("full/app", "big", &[24 << 20]);
+    let small = c.push_random_image("full/app", "small", &[3 << 20]);
+    let fs_ = SmallFs::new(8);
+    let cache = fs_.0.path().join("cache");
+    let m = Mount::builder(&reg.url()).cache_dir(&cache).start();
+    for img in [&big, &small, &big] {
+        let path = m.join(format!("full/app/_blobs/{}", img.layers[0].digest));
+        let out = Command::new("sha256sum").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            m.log()
+        );
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            printed.starts_with(img.layers[0].digest.trim_start_matches("sha256:")),
+            "{printed}"
+        );
+    }
+    assert!(m.log().contains("cache filesystem full"), "{}", m.log());
+    // A lying registry is still caught without a cache: flip a byte of the big blob.
+    flip_byte(&reg, &big.layers[0].digest, 100);
+    let m2 = Mount::builder(&reg.url())
+        .cache_dir(&fs_.0.path().join("cache2"))
+        .start();
+    let (ok, _) = cat(&m2.join(format!("full/app/_blobs/{}", big.layers[0].digest)));
+    assert!(!ok, "wrong bytes are EIO even when they cannot be cached");
+}
+
+#[test]
+fn an_unusable_cache_dir_is_named_in_the_error() {
+    let reg = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    fs::create_dir(&cache).unwrap();
+    // Root ignores modes, so make the cache unusable another way: files where
+    // its subdirectories must go.
+    for sub in ["blobs", "manifests", "partial", "staging"] {
+        fs::write(cache.join(sub), b"x").unwrap();
+    }
+    let err = Mount::builder(&reg.url())
+        .cache_dir(&cache)
+        .try_start()
+        .err()
+        .expect("mount fails");
+    let shown = format!("{}{}", err.stderr, err.log);
+    assert!(shown.contains(&format!("cache dir {}", cache.display())), "{shown}");
+}

@@ -149,6 +149,8 @@ pub struct BlobFile {
     hashing: AtomicBool,
     /// The whole content hashed to the digest.
     verified: AtomicBool,
+    /// The cache filesystem was full: reads go straight to the registry.
+    no_space: AtomicBool,
     store: Weak<BlobStore>,
 }
 
@@ -359,6 +361,7 @@ impl BlobStore {
             }),
             hashing: AtomicBool::new(false),
             verified: AtomicBool::new(true),
+            no_space: AtomicBool::new(false),
             store: Arc::downgrade(self),
         })))
     }
@@ -392,6 +395,7 @@ impl BlobStore {
             }),
             hashing: AtomicBool::new(false),
             verified: AtomicBool::new(false),
+            no_space: AtomicBool::new(false),
             store: Arc::downgrade(self),
         });
         if size == 0 {
@@ -426,17 +430,39 @@ impl BlobStore {
         self.evict();
     }
 
-    /// Remove least recently used complete blobs until the cache fits its limit.
-    /// Blobs open right now are skipped.
-    fn evict(&self) {
-        let in_use: HashSet<Digest> = self
-            .files
+    /// The cache filesystem is full: drop every complete blob nobody has open
+    /// (they can be fetched again), so the next blobs fit.
+    fn make_room(&self) {
+        let in_use = self.in_use();
+        let mut idx = self.index.lock().unwrap();
+        let unused: Vec<(Digest, u64)> = idx
+            .0
+            .iter()
+            .filter(|(d, _)| !in_use.contains(*d))
+            .map(|(d, l)| (*d, *l))
+            .collect();
+        for (d, len) in unused {
+            idx.0.pop(&d);
+            idx.1 -= len;
+            let _ = std::fs::remove_file(self.complete_path(&d));
+            self.verified.lock().unwrap().remove(&d);
+        }
+    }
+
+    fn in_use(&self) -> HashSet<Digest> {
+        self.files
             .lock()
             .unwrap()
             .iter()
             .filter(|(_, f)| Arc::strong_count(f) > 1)
             .map(|(d, _)| *d)
-            .collect();
+            .collect()
+    }
+
+    /// Remove least recently used complete blobs until the cache fits its limit.
+    /// Blobs open right now are skipped.
+    fn evict(&self) {
+        let in_use = self.in_use();
         let mut idx = self.index.lock().unwrap();
         let mut skipped = Vec::new();
         while idx.1 > self.limit {
@@ -524,6 +550,9 @@ impl BlobFile {
         }
         let store = self.store()?;
         Stats::inc(&store.stats.fuse_reads);
+        if self.no_space.load(Ordering::Acquire) {
+            return Ok(None); // served from the registry by `wait_and_read`
+        }
         if self.is_complete() {
             Stats::inc(&store.stats.blob_cache_hits);
         } else {
@@ -556,11 +585,115 @@ impl BlobFile {
     /// of the blob, for the verdict on the whole content), then read them.
     pub async fn wait_and_read(self: &Arc<Self>, offset: u64, end: u64, _rs: &Mutex<ReadState>) -> FsResult<Vec<u8>> {
         let end = end.min(self.size);
-        self.wait_present(offset.min(end), end).await?;
-        if end >= self.size {
-            self.wait_verified().await?;
+        let offset = offset.min(end);
+        if !self.no_space.load(Ordering::Acquire) {
+            let cached = async {
+                self.wait_present(offset, end).await?;
+                if end >= self.size {
+                    self.wait_verified().await?;
+                }
+                self.read_present(offset, end)
+            };
+            match cached.await {
+                Err(e) if e.errno == libc::ENOSPC => self.out_of_space(&e),
+                result => return result,
+            }
         }
-        self.read_present(offset.min(end), end)
+        self.read_direct(offset, end).await
+    }
+
+    /// The cache filesystem is full: give back what this file holds and serve
+    /// its reads straight from the registry from now on (the mount keeps working).
+    fn out_of_space(&self, e: &FsError) {
+        if self.no_space.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::warn!(digest = %self.digest, "cache filesystem full ({e}); reading this blob without caching it");
+        if let Ok(store) = self.store() {
+            store
+                .stats
+                .record_error(format!("cache full: blob {} read without caching", self.digest));
+            store.files.lock().unwrap().pop(&self.digest);
+            store.make_room();
+        }
+        let _ = self.file.set_len(0);
+    }
+
+    /// A read served from the registry without the cache. A read that reaches
+    /// the end is answered only after the whole blob streamed through the hash.
+    async fn read_direct(self: &Arc<Self>, offset: u64, end: u64) -> FsResult<Vec<u8>> {
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
+        if end >= self.size && !self.is_verified() {
+            let actual = self.hash_from_registry().await?;
+            if actual != self.digest {
+                self.poison(actual);
+                return Err(self.poisoned().expect("just poisoned"));
+            }
+            self.verified.store(true, Ordering::Release);
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        if offset < end {
+            self.stream_from_registry(offset, end, |bytes| {
+                out.extend_from_slice(bytes);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(out)
+    }
+
+    async fn hash_from_registry(self: &Arc<Self>) -> FsResult<Digest> {
+        let mut hasher = Sha256::new();
+        if self.size > 0 {
+            self.stream_from_registry(0, self.size, |bytes| {
+                hasher.update(bytes);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(Digest::from_bytes(hasher.finalize().into()))
+    }
+
+    /// Bytes `start..end` from the registry, in order, to `sink` (no resume:
+    /// a cut body is an error for this read; the next read asks again).
+    async fn stream_from_registry(
+        self: &Arc<Self>,
+        start: u64,
+        end: u64,
+        mut sink: impl FnMut(&[u8]) -> FsResult<()>,
+    ) -> FsResult<()> {
+        let store = self.store()?;
+        let body = store.client.get_blob(&self.repo, &self.digest, start, end).await?;
+        if let Some(total) = body.total.filter(|&t| t != self.size) {
+            store.confirm_size(self.digest, total);
+            let e = store.size_mismatch(&self.digest, self.size, total);
+            self.poison_with(e.clone());
+            return Err(e);
+        }
+        let mut off = body.start;
+        let mut resp = body.response;
+        while off < end {
+            let Some(bytes) = resp
+                .chunk()
+                .await
+                .map_err(|e| FsError::new(libc::EIO, format!("GET blob {}: {e}", self.digest)))?
+            else {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("GET blob {}: body ended at byte {off}", self.digest),
+                ));
+            };
+            Stats::add(&store.stats.bytes_fetched, bytes.len() as u64);
+            let chunk_start = off;
+            off += bytes.len() as u64;
+            // A 200 answer starts at 0: skip what comes before `start`.
+            let from = start.saturating_sub(chunk_start).min(bytes.len() as u64) as usize;
+            let to = (end.min(off) - chunk_start).max(from as u64) as usize;
+            sink(&bytes[from..to])?;
+        }
+        Ok(())
     }
 
     fn read_present(&self, offset: u64, end: u64) -> FsResult<Vec<u8>> {
