@@ -475,3 +475,129 @@ fn an_unusable_cache_dir_is_named_in_the_error() {
     let shown = format!("{}{}", err.stderr, err.log);
     assert!(shown.contains(&format!("cache dir {}", cache.display())), "{shown}");
 }
+
+#[test]
+fn a_damaged_archive_in_uploads_is_einval_and_nothing_is_pushed() {
+    let reg = Registry::start();
+    reg.client().push_random_image("arch/app", "v1", &[100]);
+    let work = tempfile::tempdir().unwrap();
+    fs::write(work.path().join("manifest.json"), b"[]").unwrap();
+    fs::write(work.path().join("layer"), random_bytes(3000)).unwrap();
+    let tar = work.path().join("image.tar");
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(work.path())
+        .args(["manifest.json", "layer"])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let mut bytes = fs::read(&tar).unwrap();
+    // The second header (after manifest.json's header and one data block) gets a bad checksum.
+    bytes[1024 + 148..1024 + 156].copy_from_slice(b"9999999\0");
+    let m = Mount::start(&reg.url());
+    assert_eq!(
+        write_and_close(&m.join("arch/app/_uploads/image.tar"), &bytes),
+        Err(libc::EINVAL)
+    );
+    let digest = format!("sha256:{}", sha256_hex(&bytes));
+    let status = reg
+        .client()
+        .get_status(&format!("/v2/arch/app/blobs/{digest}"))
+        .unwrap();
+    assert_eq!(status, 404, "the damaged tar must not be pushed as a blob");
+    assert!(m.log().contains("damaged tar"), "{}", m.log());
+    assert_eq!(list_dir(&m.join("arch/app/_uploads")).unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn a_failed_push_is_not_listed_and_reading_it_pushes_nothing() {
+    let reg = Registry::start();
+    reg.client().push_random_image("failed/app", "v1", &[100]);
+    let m = Mount::start(&reg.url());
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let path = m.join(format!("failed/app/_blobs/{wrong}"));
+    assert_eq!(
+        write_and_close(&path, b"these bytes do not hash to the name"),
+        Err(libc::EIO)
+    );
+    // Reading what is left of it (if anything) must not push again on close.
+    assert!(
+        wait_until(Duration::from_secs(10), || !list_dir(&m.join("failed/app/_blobs"))
+            .unwrap()
+            .contains(&wrong)),
+        "the failed upload stays listed"
+    );
+    assert_eq!(errno_of(&fs::symlink_metadata(&path).unwrap_err()), libc::ENOENT);
+}
+
+#[test]
+fn a_held_manifest_is_listed_and_can_be_stat() {
+    let reg = Registry::start();
+    let c = reg.client();
+    c.push_random_image("held/app", "v1", &[100]);
+    let missing = format!("sha256:{}", "1".repeat(64));
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &missing, 10),
+        "layers": [],
+    })
+    .to_string();
+    let digest = format!("sha256:{}", sha256_hex(manifest.as_bytes()));
+    let m = Mount::start(&reg.url());
+    let dir = m.join(format!("held/app/_manifests/{digest}"));
+    fs::create_dir(&dir).unwrap();
+    assert_eq!(write_and_close(&dir.join("manifest.json"), manifest.as_bytes()), Ok(()));
+    let held = fs::read_to_string(m.join(".regfs/held")).unwrap();
+    assert!(held.contains(&digest), "{held}");
+    assert!(list_dir(&m.join("held/app/_manifests")).unwrap().contains(&digest));
+    let meta = fs::symlink_metadata(dir.join("manifest.json")).unwrap();
+    assert_eq!(meta.len(), manifest.len() as u64);
+    assert_eq!(fs::read(dir.join("manifest.json")).unwrap(), manifest.as_bytes());
+}
+
+#[test]
+fn tag_resolution_in_the_background_stops_when_nobody_looks() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let img = c.push_random_image("many/tags", "t0", &[100]);
+    for i in 1..600 {
+        c.push_manifest("many/tags", &format!("t{i}"), &img.media_type, &img.manifest);
+    }
+    let proxy = FaultProxy::start(&reg.host_port());
+    proxy.set_delay_ms(100);
+    let m = Mount::start(&proxy.url());
+    assert_eq!(list_dir(&m.join("many/tags/_tags")).unwrap().len(), 600);
+    let heads = || {
+        proxy
+            .requests()
+            .iter()
+            .filter(|r| r.method == "HEAD" && r.target.contains("/manifests/t"))
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(8));
+    let after_8s = heads();
+    std::thread::sleep(Duration::from_secs(3));
+    let after_11s = heads();
+    assert!(after_8s < 500, "{after_8s} tags resolved after ls returned");
+    assert_eq!(after_8s, after_11s, "resolution goes on after nobody looks at the tags");
+    assert!(after_8s > 0, "the listing starts resolving tags");
+}
+
+/// Write `bytes` to a new file and close(2) it, returning close's errno (a
+/// `File` drop, and so `fs::write`, would ignore it: pushes report there).
+fn write_and_close(path: &Path, bytes: &[u8]) -> Result<(), i32> {
+    use std::io::Write;
+    use std::os::fd::IntoRawFd;
+    let mut f = fs::File::create(path).map_err(|e| errno_of(&e))?;
+    f.write_all(bytes).map_err(|e| errno_of(&e))?;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` was just taken out of the File and is closed exactly once.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    }
+}

@@ -59,23 +59,31 @@ pub struct Imported {
 }
 
 impl Archive {
-    /// Recognise an image archive; `None` for anything else (not a tar, or a
-    /// tar without an image layout at its root).
-    pub fn open(path: &Path) -> Option<Archive> {
-        let file = std::fs::File::open(path).ok()?;
+    /// Recognise an image archive; `Ok(None)` for anything else (not a tar, or
+    /// a tar without an image layout at its root). A file that reads as a tar
+    /// and then breaks (a bogus header, cut short) is an error, not a blob:
+    /// what was meant as an archive is never pushed as something else.
+    pub fn open(path: &Path) -> FsResult<Option<Archive>> {
+        let file = std::fs::File::open(path)?;
         let mut tar = tar::Archive::new(file);
         let mut members = HashMap::new();
-        for entry in tar.entries().ok()? {
-            let entry = entry.ok()?;
+        let Ok(entries) = tar.entries() else { return Ok(None) };
+        for (i, entry) in entries.enumerate() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(_) if i == 0 => return Ok(None), // not a tar at all
+                Err(e) => {
+                    return Err(FsError::new(
+                        libc::EINVAL,
+                        format!("damaged tar after {i} entries ({e}); nothing pushed"),
+                    ))
+                }
+            };
             if entry.header().entry_type() != tar::EntryType::Regular {
                 continue;
             }
-            let name = entry
-                .path()
-                .ok()?
-                .to_string_lossy()
-                .trim_start_matches("./")
-                .to_string();
+            let Ok(name) = entry.path() else { continue };
+            let name = name.to_string_lossy().trim_start_matches("./").to_string();
             members.insert(
                 name,
                 Member {
@@ -89,13 +97,13 @@ impl Archive {
         } else if members.contains_key("manifest.json") {
             Format::Docker
         } else {
-            return None;
+            return Ok(None);
         };
-        Some(Archive {
+        Ok(Some(Archive {
             format,
             members,
             path: path.to_path_buf(),
-        })
+        }))
     }
 
     fn member(&self, name: &str) -> FsResult<Member> {
@@ -326,7 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x");
         std::fs::write(&p, b"just some bytes, not a tar").unwrap();
-        assert!(Archive::open(&p).is_none());
+        assert!(Archive::open(&p).unwrap().is_none());
         // A tar without an image layout is a plain blob too.
         let t = dir.path().join("t.tar");
         let status = std::process::Command::new("tar")
@@ -338,6 +346,24 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
-        assert!(Archive::open(&t).is_none());
+        assert!(Archive::open(&t).unwrap().is_none());
+        // A tar whose second header is bogus is an error: never pushed as a blob.
+        let two = dir.path().join("two.tar");
+        let status = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&two)
+            .arg("-C")
+            .arg(dir.path())
+            .arg("x")
+            .arg("t.tar")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mut bytes = std::fs::read(&two).unwrap();
+        // The second header follows the first (512) and x's data (one block).
+        bytes[1024 + 148..1024 + 156].copy_from_slice(b"9999999\0");
+        std::fs::write(&two, bytes).unwrap();
+        let e = Archive::open(&two).err().expect("a damaged tar is an error");
+        assert_eq!(e.errno, libc::EINVAL, "{e}");
     }
 }

@@ -402,11 +402,12 @@ impl Inner {
                 let name = staged.lock().unwrap().name.clone();
                 // An image archive is imported; anything else is one blob.
                 let target = match super::import::Archive::open(&path) {
-                    Some(archive) => v.import(&repo, &archive, &name).await.map(|i| {
+                    Err(e) => Err(e),
+                    Ok(Some(archive)) => v.import(&repo, &archive, &name).await.map(|i| {
                         tracing::info!(repo, file = name, tags = ?i.tags, "image archive imported");
                         UploadTarget::Manifest(i.first)
                     }),
-                    None => v
+                    Ok(None) => v
                         .push_blob(&repo, digest, &FileRange::whole(&path, size))
                         .await
                         .map(|_| UploadTarget::Blob(digest)),
