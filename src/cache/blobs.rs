@@ -573,13 +573,13 @@ impl BlobFile {
         // Bytes `covered_from..pos` are written (a 200 answer starts at 0).
         let mut covered_from = start;
         let mut resumes = 0;
+        let stall = crate::registry::client::StallClock::default();
         while pos < end {
-            let body = store.client.get_blob(&self.repo, &self.digest, pos, end).await?;
+            let mut body = store.client.get_blob(&self.repo, &self.digest, pos, end, &stall).await?;
             covered_from = covered_from.min(body.start);
             let mut off = body.start;
-            let mut resp = body.response;
             let cut = loop {
-                match resp.chunk().await {
+                match body.chunk().await {
                     Ok(Some(bytes)) => {
                         let room = self.size.saturating_sub(off);
                         if bytes.len() as u64 > room {
