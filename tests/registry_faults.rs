@@ -215,7 +215,13 @@ fn a_malformed_challenge_fails_that_request_only() {
     let reg = Registry::start_with(RegistryOptions::token());
     let c = reg.client();
     let a = c.push_random_image("team/a", "v1", &[100]);
-    let bad_challenges = ["Bearer realm=", "Bearer realm=\"\",service=\"x\"", "garbage \u{1}!"];
+    let bad_challenges = [
+        "Bearer realm=",
+        "Bearer realm=\"\",service=\"x\"",
+        "Bearer realm=\"not a url\"",
+        "Bearer",
+        "%%garbage%% ,,=",
+    ];
     let victims: Vec<ImageInfo> = (0..bad_challenges.len())
         .map(|i| c.push_random_image(&format!("team/b{i}"), "v1", &[100]))
         .collect();
@@ -254,11 +260,13 @@ fn a_challenge_whose_realm_fails_is_learned_again() {
     let m = token_mount(&proxy);
     assert_file_eq(&m.join("relearn/a/_tags/v1/manifest.json"), &a.manifest);
 
-    // One 401 names a realm where nothing listens (port 1 on loopback).
+    // While the registry's challenges name a realm where nothing listens
+    // (port 1 on loopback), a request needing a new token fails: the token
+    // request fails, the challenge is forgotten, the retry is told the same.
     proxy.rewrite_realm(Some("http://127.0.0.1:1/token"));
     proxy.fail_next(1, 401, Match::path("/v2/relearn/b/"));
     let err = fs::read(m.join("relearn/b/_tags/v1/manifest.json")).unwrap_err();
-    assert_eq!(errno_of(&err), libc::EIO, "{err}");
+    assert_eq!(errno_of(&err), libc::EACCES, "{err}");
     assert_eq!(proxy.pending_faults(), 0, "{:?}", proxy.requests());
     proxy.rewrite_realm(None);
 
