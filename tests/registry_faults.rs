@@ -55,10 +55,7 @@ fn assert_eio_within_bound(result: (bool, String, Duration), what: &str, m: &Mou
         "{what}: expected EIO, stderr: {stderr}\nlog:\n{}",
         m.log()
     );
-    assert!(
-        elapsed < USER_BOUND,
-        "{what} took {elapsed:?} (bound {USER_BOUND:?})"
-    );
+    assert!(elapsed < USER_BOUND, "{what} took {elapsed:?} (bound {USER_BOUND:?})");
 }
 
 /// `VmHWM` (peak resident set) of a process, in bytes.
@@ -196,7 +193,10 @@ fn listings_whose_link_loops_fail_with_eio_and_a_log_line() {
     let log = m.log();
     let loops = log.matches("Link leads back to a page already read").count();
     assert!(loops >= 2, "expected a log line per looping listing:\n{log}");
-    assert!(catalog_pages < 10, "{catalog_pages} catalog pages read for a 2-page loop");
+    assert!(
+        catalog_pages < 10,
+        "{catalog_pages} catalog pages read for a 2-page loop"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -273,11 +273,7 @@ fn a_challenge_whose_realm_fails_is_learned_again() {
     // The registry's real challenge is learned again on the next 401.
     assert_file_eq(&m.join("relearn/fresh/_tags/v1/manifest.json"), &fresh.manifest);
     assert_file_eq(&m.join("relearn/b/_tags/v1/manifest.json"), &b.manifest);
-    assert!(
-        m.log().contains("the challenge will be learned again"),
-        "{}",
-        m.log()
-    );
+    assert!(m.log().contains("the challenge will be learned again"), "{}", m.log());
 }
 
 // ---------------------------------------------------------------------------

@@ -575,7 +575,10 @@ impl BlobFile {
         let mut resumes = 0;
         let stall = crate::registry::client::StallClock::default();
         while pos < end {
-            let mut body = store.client.get_blob(&self.repo, &self.digest, pos, end, &stall).await?;
+            let mut body = store
+                .client
+                .get_blob(&self.repo, &self.digest, pos, end, &stall)
+                .await?;
             covered_from = covered_from.min(body.start);
             let mut off = body.start;
             let cut = loop {

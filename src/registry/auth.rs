@@ -205,7 +205,11 @@ impl Auth {
                     Err(e) => {
                         // Learn the challenge again from the registry's next 401
                         // rather than keep asking a realm that failed.
-                        tracing::warn!(scope, realm, "token request failed ({e}); the challenge will be learned again");
+                        tracing::warn!(
+                            scope,
+                            realm,
+                            "token request failed ({e}); the challenge will be learned again"
+                        );
                         state.challenge = None;
                         Err(e)
                     }
@@ -246,7 +250,11 @@ impl Auth {
         let credentials = match &self.credentials {
             Some(c) if self.may_send_credentials(&url) => {
                 if state.credentials_sent_to.insert(realm_host.clone()) {
-                    tracing::info!(realm_host, scheme = url.scheme(), "sending credentials to the token realm");
+                    tracing::info!(
+                        realm_host,
+                        scheme = url.scheme(),
+                        "sending credentials to the token realm"
+                    );
                 }
                 Some(c)
             }
@@ -360,6 +368,54 @@ mod tests {
         );
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "realm is required");
+    }
+
+    #[test]
+    fn unusable_bearer_realms_are_refused() {
+        for bad in [
+            "Bearer realm=",
+            "Bearer realm=\"\"",
+            "Bearer realm=\"  \",service=\"x\"",
+            "Bearer realm=\"not a url\"",
+            "Bearer realm=\"/relative/token\"",
+            "Bearer realm=\"ftp://host/token\"",
+            "Bearer realm=\"file:///etc/passwd\"",
+            "Bearer",
+            "%%garbage%% ,,=",
+            "",
+        ] {
+            assert_eq!(parse_challenge(bad), None, "{bad:?}");
+        }
+    }
+
+    fn auth_for(registry: &str, insecure: bool) -> Auth {
+        Auth::new(
+            reqwest::Client::new(),
+            None,
+            &reqwest::Url::parse(registry).unwrap(),
+            insecure,
+            Arc::new(Stats::default()),
+        )
+    }
+
+    #[test]
+    fn credentials_go_elsewhere_in_clear_text_only_with_insecure() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let a = auth_for("http://127.0.0.1:5000", false);
+        assert!(
+            a.may_send_credentials(&url("http://127.0.0.1:9999/token")),
+            "same host, other port"
+        );
+        assert!(a.may_send_credentials(&url("https://auth.example/token")));
+        assert!(!a.may_send_credentials(&url("http://127.0.0.2:5000/token")));
+        assert!(!a.may_send_credentials(&url("http://auth.example/token")));
+        let insecure = auth_for("http://127.0.0.1:5000", true);
+        assert!(insecure.may_send_credentials(&url("http://auth.example/token")));
+        let hub = auth_for("https://Registry.Example", false);
+        assert!(
+            hub.may_send_credentials(&url("http://registry.example/token")),
+            "host names ignore case"
+        );
     }
 
     #[test]

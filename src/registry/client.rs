@@ -38,8 +38,9 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 /// One page of a listing (catalog, tag list) is refused beyond this size.
 const MAX_PAGE_SIZE: u64 = 64 << 20;
 /// A listing (catalog, tag list) fails with `EIO` beyond this many pages, names
-/// or bytes of names, or when a `Link` leads back to a page already read: a
-/// registry whose `Link` never ends cannot grow memory or hold `ls` forever.
+/// or bytes of names, or when a `Link` leads back to a page already read or to
+/// another host: a registry whose `Link` never ends cannot grow memory or hold
+/// `ls` forever, and a `Link` elsewhere never gets our token.
 pub const MAX_LISTING_PAGES: usize = 10_000;
 pub const MAX_LISTING_NAMES: usize = 1_000_000;
 pub const MAX_LISTING_BYTES: usize = 64 << 20;
@@ -284,7 +285,10 @@ impl Client {
         let mut seen = HashSet::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
-            let refused = if !seen.insert(url.to_string()) {
+            let refused = if url.origin() != self.base.origin() {
+                // Our token for this registry must not go to wherever a Link points.
+                Some(format!("Link leads to another host ({url})"))
+            } else if !seen.insert(url.to_string()) {
                 Some(format!("Link leads back to a page already read ({url})"))
             } else if seen.len() > MAX_LISTING_PAGES {
                 Some(format!("more than {MAX_LISTING_PAGES} pages"))
@@ -409,7 +413,14 @@ impl Client {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_static(oci::OCI_INDEX));
         match self
-            .fetch(Method::GET, url, &pull_scope(repo), Kind::Referrers, h, MAX_MANIFEST_SIZE)
+            .fetch(
+                Method::GET,
+                url,
+                &pull_scope(repo),
+                Kind::Referrers,
+                h,
+                MAX_MANIFEST_SIZE,
+            )
             .await
         {
             Ok((_, body)) => Ok(Some(body)),
@@ -567,10 +578,9 @@ impl Client {
             Budget::Upload => None,
         };
         let out_of_time = |what: &str| match budget {
-            Budget::BlobOpen(_) => RegistryError::Network(format!(
-                "{what}: no byte for {} s",
-                BLOB_STALL_LIMIT.as_secs()
-            )),
+            Budget::BlobOpen(_) => {
+                RegistryError::Network(format!("{what}: no byte for {} s", BLOB_STALL_LIMIT.as_secs()))
+            }
             _ => RegistryError::Network(format!(
                 "{what}: no complete answer within {} s",
                 METADATA_BUDGET.as_secs()
@@ -582,7 +592,9 @@ impl Client {
             attempt += 1;
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let failure = match self
-                .attempt(&method, &url, scope, kind, &headers, budget, body, read_limit, remaining)
+                .attempt(
+                    &method, &url, scope, kind, &headers, budget, body, read_limit, remaining,
+                )
                 .await
             {
                 Ok(Attempt::Done(answer)) => return Ok(answer),
@@ -1178,7 +1190,11 @@ pub fn next_link(current: &Url, h: &HeaderMap) -> Option<Url> {
             });
             if is_next {
                 let target = target.trim_start_matches('<').trim_end_matches('>');
-                return current.join(target).ok();
+                // Only web URLs: `Link: <file:…>` or another scheme is no page.
+                return current
+                    .join(target)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"));
             }
         }
     }
@@ -1211,6 +1227,13 @@ mod tests {
             "https://other/v2/x/tags/list?last=z"
         );
         assert!(next_link(&base, &HeaderMap::new()).is_none());
+        // Found by fuzzing: a Link to another scheme is no next page.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static("<htt:sp//other/v2/x/tags/list?last=z>; rel=next"),
+        );
+        assert!(next_link(&base, &h).is_none());
     }
 
     #[test]
