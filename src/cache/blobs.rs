@@ -665,7 +665,11 @@ impl BlobFile {
         mut sink: impl FnMut(&[u8]) -> FsResult<()>,
     ) -> FsResult<()> {
         let store = self.store()?;
-        let body = store.client.get_blob(&self.repo, &self.digest, start, end).await?;
+        let stall = crate::registry::client::StallClock::default();
+        let mut body = store
+            .client
+            .get_blob(&self.repo, &self.digest, start, end, &stall)
+            .await?;
         if let Some(total) = body.total.filter(|&t| t != self.size) {
             store.confirm_size(self.digest, total);
             let e = store.size_mismatch(&self.digest, self.size, total);
@@ -673,13 +677,8 @@ impl BlobFile {
             return Err(e);
         }
         let mut off = body.start;
-        let mut resp = body.response;
         while off < end {
-            let Some(bytes) = resp
-                .chunk()
-                .await
-                .map_err(|e| FsError::new(libc::EIO, format!("GET blob {}: {e}", self.digest)))?
-            else {
+            let Some(bytes) = body.chunk().await? else {
                 return Err(FsError::new(
                     libc::EIO,
                     format!("GET blob {}: body ended at byte {off}", self.digest),
@@ -866,8 +865,12 @@ impl BlobFile {
         // Bytes `covered_from..pos` are written (a 200 answer starts at 0).
         let mut covered_from = start;
         let mut resumes = 0;
+        let stall = crate::registry::client::StallClock::default();
         while pos < end {
-            let body = store.client.get_blob(&self.repo, &self.digest, pos, end).await?;
+            let mut body = store
+                .client
+                .get_blob(&self.repo, &self.digest, pos, end, &stall)
+                .await?;
             if let Some(total) = body.total.filter(|&t| t != self.size) {
                 // The registry's own length settles what a descriptor claimed.
                 store.confirm_size(self.digest, total);
@@ -877,9 +880,8 @@ impl BlobFile {
             }
             covered_from = covered_from.min(body.start);
             let mut off = body.start;
-            let mut resp = body.response;
             let cut = loop {
-                match resp.chunk().await {
+                match body.chunk().await {
                     Ok(Some(bytes)) => {
                         let room = self.size.saturating_sub(off);
                         if bytes.len() as u64 > room {

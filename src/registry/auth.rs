@@ -1,8 +1,15 @@
 //! Registry authentication: the `WWW-Authenticate` challenge, then Basic or
 //! Bearer. Bearer tokens are cached per scope and refreshed on 401 or expiry.
 //! Secrets never reach a log line: only scopes and realms are logged.
+//!
+//! A challenge is only learned when it is usable (Basic, or Bearer with an
+//! absolute http(s) realm): a malformed one fails the request that got it and
+//! changes nothing else. A token request that fails forgets the challenge, so
+//! the next request learns it afresh from the registry's 401. Credentials go to
+//! a token realm on another host than the registry only over HTTPS (or with
+//! `--insecure`); the log names every host they are sent to.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,17 +40,26 @@ pub enum Challenge {
 }
 
 /// Parse `Bearer realm="…",service="…",scope="…"` or `Basic realm="…"`.
+/// `None` for anything unusable: another scheme, or a Bearer challenge whose
+/// realm is missing, empty or not an absolute http(s) URL with a host.
 pub fn parse_challenge(header: &str) -> Option<Challenge> {
     let header = header.trim();
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
     let params = parse_auth_params(rest);
     match scheme.to_ascii_lowercase().as_str() {
         "basic" => Some(Challenge::Basic),
-        "bearer" => Some(Challenge::Bearer {
-            realm: params.get("realm")?.clone(),
-            service: params.get("service").cloned(),
-            scope: params.get("scope").cloned(),
-        }),
+        "bearer" => {
+            let realm = params.get("realm")?.trim();
+            let url = reqwest::Url::parse(realm).ok()?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+                return None;
+            }
+            Some(Challenge::Bearer {
+                realm: realm.to_string(),
+                service: params.get("service").cloned(),
+                scope: params.get("scope").cloned(),
+            })
+        }
         _ => None,
     }
 }
@@ -97,15 +113,21 @@ struct Token {
 
 #[derive(Default)]
 struct State {
-    /// Learned from the first 401; `None` while the registry has not asked for auth.
+    /// Learned from the last usable 401; `None` while the registry has not
+    /// asked for auth, or after a token request with it failed.
     challenge: Option<Challenge>,
     tokens: HashMap<String, Token>,
+    /// Token realm hosts credentials were sent to (logged once each).
+    credentials_sent_to: HashSet<String>,
 }
 
 /// Authentication state shared by every request of one registry client.
 pub struct Auth {
     http: reqwest::Client,
     credentials: Option<Credentials>,
+    /// The registry's host: credentials go to a realm elsewhere only over HTTPS.
+    registry_host: Option<String>,
+    insecure: bool,
     state: Mutex<State>,
     stats: Arc<Stats>,
 }
@@ -121,13 +143,28 @@ struct TokenResponse {
 }
 
 impl Auth {
-    pub fn new(http: reqwest::Client, credentials: Option<Credentials>, stats: Arc<Stats>) -> Self {
+    pub fn new(
+        http: reqwest::Client,
+        credentials: Option<Credentials>,
+        registry: &reqwest::Url,
+        insecure: bool,
+        stats: Arc<Stats>,
+    ) -> Self {
         Auth {
             http,
             credentials,
+            registry_host: registry.host_str().map(str::to_ascii_lowercase),
+            insecure,
             state: Mutex::new(State::default()),
             stats,
         }
+    }
+
+    /// May credentials go to this token realm? Over HTTPS, to the registry's
+    /// own host, or with `--insecure`; not in clear text to another host.
+    fn may_send_credentials(&self, realm: &reqwest::Url) -> bool {
+        let same_host = realm.host_str().map(str::to_ascii_lowercase) == self.registry_host;
+        realm.scheme() == "https" || same_host || self.insecure
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -159,18 +196,39 @@ impl Auth {
                         return Ok(Some(t.header.clone()));
                     }
                 }
-                let token = self.fetch_token(&realm, service.as_deref(), scope).await?;
-                let header = token.header.clone();
-                state.tokens.insert(scope.to_string(), token);
-                Ok(Some(header))
+                match self.fetch_token(&mut state, &realm, service.as_deref(), scope).await {
+                    Ok(token) => {
+                        let header = token.header.clone();
+                        state.tokens.insert(scope.to_string(), token);
+                        Ok(Some(header))
+                    }
+                    Err(e) => {
+                        // Learn the challenge again from the registry's next 401
+                        // rather than keep asking a realm that failed.
+                        tracing::warn!(
+                            scope,
+                            realm,
+                            "token request failed ({e}); the challenge will be learned again"
+                        );
+                        state.challenge = None;
+                        Err(e)
+                    }
+                }
             }
         }
     }
 
-    /// Handle a 401: learn the challenge, drop the stale token for `scope`.
-    /// Returns false when retrying cannot help (no usable challenge).
-    pub async fn on_unauthorized(&self, www_authenticate: Option<&str>, scope: &str) -> bool {
+    /// Handle a 401 to `request`: learn the challenge, drop the stale token for
+    /// `scope`. Returns false when retrying cannot help; an unusable challenge
+    /// fails only this request and leaves what was learned before as it was.
+    pub async fn on_unauthorized(&self, www_authenticate: Option<&str>, scope: &str, request: &str) -> bool {
         let Some(challenge) = www_authenticate.and_then(parse_challenge) else {
+            tracing::warn!(
+                request,
+                scope,
+                challenge = www_authenticate.unwrap_or("(none)"),
+                "401 with no usable WWW-Authenticate challenge; this request fails"
+            );
             return false;
         };
         let mut state = self.state.lock().await;
@@ -183,11 +241,33 @@ impl Auth {
         true
     }
 
-    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str) -> Result<Token> {
+    async fn fetch_token(&self, state: &mut State, realm: &str, service: Option<&str>, scope: &str) -> Result<Token> {
         Stats::inc(&self.stats.requests);
         Stats::inc(&self.stats.requests_token);
         let mut url =
             reqwest::Url::parse(realm).map_err(|e| RegistryError::Invalid(format!("token realm {realm:?}: {e}")))?;
+        let realm_host = url.host_str().unwrap_or_default().to_string();
+        let credentials = match &self.credentials {
+            Some(c) if self.may_send_credentials(&url) => {
+                if state.credentials_sent_to.insert(realm_host.clone()) {
+                    tracing::info!(
+                        realm_host,
+                        scheme = url.scheme(),
+                        "sending credentials to the token realm"
+                    );
+                }
+                Some(c)
+            }
+            Some(_) => {
+                tracing::warn!(
+                    realm,
+                    "not sending credentials to a token realm on another host over plain HTTP \
+                     (use an https realm, or --insecure to allow it); asking anonymously"
+                );
+                None
+            }
+            None => None,
+        };
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -199,7 +279,7 @@ impl Auth {
                 q.append_pair("scope", s);
             }
         }
-        let req = match &self.credentials {
+        let req = match credentials {
             // An identity token (docker login with an IdP) is exchanged with the
             // OAuth2 refresh-token grant, never sent as a password.
             Some(c) if c.is_identity_token() => {
@@ -218,13 +298,14 @@ impl Auth {
                 plain.set_query(None);
                 self.http.post(plain).form(&form)
             }
-            _ => {
+            Some(_) => {
                 let req = self.http.get(url);
                 match self.basic_header() {
                     Some(h) => req.header(reqwest::header::AUTHORIZATION, h),
                     None => req,
                 }
             }
+            None => self.http.get(url),
         };
         let resp = req.timeout(TOKEN_TIMEOUT).send().await?;
         let status = resp.status();
@@ -287,6 +368,54 @@ mod tests {
         );
         assert_eq!(parse_challenge("Negotiate"), None);
         assert_eq!(parse_challenge(r#"Bearer service="x""#), None, "realm is required");
+    }
+
+    #[test]
+    fn unusable_bearer_realms_are_refused() {
+        for bad in [
+            "Bearer realm=",
+            "Bearer realm=\"\"",
+            "Bearer realm=\"  \",service=\"x\"",
+            "Bearer realm=\"not a url\"",
+            "Bearer realm=\"/relative/token\"",
+            "Bearer realm=\"ftp://host/token\"",
+            "Bearer realm=\"file:///etc/passwd\"",
+            "Bearer",
+            "%%garbage%% ,,=",
+            "",
+        ] {
+            assert_eq!(parse_challenge(bad), None, "{bad:?}");
+        }
+    }
+
+    fn auth_for(registry: &str, insecure: bool) -> Auth {
+        Auth::new(
+            reqwest::Client::new(),
+            None,
+            &reqwest::Url::parse(registry).unwrap(),
+            insecure,
+            Arc::new(Stats::default()),
+        )
+    }
+
+    #[test]
+    fn credentials_go_elsewhere_in_clear_text_only_with_insecure() {
+        let url = |s: &str| reqwest::Url::parse(s).unwrap();
+        let a = auth_for("http://127.0.0.1:5000", false);
+        assert!(
+            a.may_send_credentials(&url("http://127.0.0.1:9999/token")),
+            "same host, other port"
+        );
+        assert!(a.may_send_credentials(&url("https://auth.example/token")));
+        assert!(!a.may_send_credentials(&url("http://127.0.0.2:5000/token")));
+        assert!(!a.may_send_credentials(&url("http://auth.example/token")));
+        let insecure = auth_for("http://127.0.0.1:5000", true);
+        assert!(insecure.may_send_credentials(&url("http://auth.example/token")));
+        let hub = auth_for("https://Registry.Example", false);
+        assert!(
+            hub.may_send_credentials(&url("http://registry.example/token")),
+            "host names ignore case"
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! One pooled HTTP client for one registry: catalog, tags, manifests and blobs,
 //! with auth, retries with backoff, `Link` pagination and deadlines on every request.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{self, HeaderMap, HeaderValue};
@@ -11,14 +12,21 @@ use reqwest::{Method, StatusCode, Url};
 use super::auth::Auth;
 use super::credentials::Credentials;
 use super::error::{RegistryError, Result};
+use super::flight::SingleFlight;
 use super::reference::{Digest, Reference};
 use crate::oci;
 use crate::stats::Stats;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Deadline for requests whose whole body is small (JSON, HEAD).
-const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
-/// A blob body may take long, but never stall this long between two reads.
+/// A request whose whole body is small (JSON, HEAD) errors within this, every
+/// attempt, token fetch and backoff included, whatever the registry does.
+pub const METADATA_BUDGET: Duration = Duration::from_secs(25);
+/// A blob range fetch errors once no byte of it arrived for this long, every
+/// attempt and resume in between included (see `StallClock`). The kernel may
+/// ask twice for a failed read, so a user waits at most about twice this.
+pub const BLOB_STALL_LIMIT: Duration = Duration::from_secs(20);
+/// Any response (an upload's answer included) may never stall this long
+/// between two reads.
 const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_ATTEMPTS: u32 = 4;
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -27,6 +35,28 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const RETRY_AFTER_MAX: Duration = Duration::from_secs(30);
 /// Distribution refuses manifests over 4 MiB; so do we, before reading them whole.
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+/// One page of a listing (catalog, tag list) is refused beyond this size.
+const MAX_PAGE_SIZE: u64 = 64 << 20;
+/// A listing (catalog, tag list) fails with `EIO` beyond this many pages, names
+/// or bytes of names, or when a `Link` leads back to a page already read or to
+/// another host: a registry whose `Link` never ends cannot grow memory or hold
+/// `ls` forever, and a `Link` elsewhere never gets our token.
+pub const MAX_LISTING_PAGES: usize = 10_000;
+pub const MAX_LISTING_NAMES: usize = 1_000_000;
+pub const MAX_LISTING_BYTES: usize = 64 << 20;
+
+/// How long a request may take in all (see `send_body`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Budget {
+    /// The whole request, body included, with every retry: `METADATA_BUDGET`.
+    Metadata,
+    /// The response head, every retry included, before the stall clock of
+    /// the blob fetch runs out; the body is read through `BlobBody::chunk`.
+    BlobOpen(Instant),
+    /// Uploads: no overall limit (a 64 MiB chunk on a slow link takes long);
+    /// the connect and idle timeouts still apply.
+    Upload,
+}
 
 /// Which counter a request bumps in `.regfs/stats`.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +89,10 @@ pub struct Client {
     auth: Auth,
     stats: Arc<Stats>,
     page_size: Option<u32>,
+    /// Identical requests in flight share one HTTP request.
+    manifest_gets: SingleFlight<(String, String), Result<FetchedManifest>>,
+    manifest_heads: SingleFlight<(String, String), Result<Digest>>,
+    blob_heads: SingleFlight<(String, Digest), Result<u64>>,
 }
 
 /// A manifest as served: exact bytes, the media type the registry declared, its digest.
@@ -70,13 +104,59 @@ pub struct FetchedManifest {
 }
 
 /// An open blob body: `start` is where its bytes begin in the blob (a 200 to a
-/// ranged request starts at 0).
+/// ranged request starts at 0). Read it with `chunk`.
 pub struct BlobBody {
     pub start: u64,
     /// The blob's whole length as the registry states it (the total of a
     /// `Content-Range`, or the `Content-Length` of a 200), when it states one.
     pub total: Option<u64>,
-    pub response: reqwest::Response,
+    response: reqwest::Response,
+    stall: StallClock,
+}
+
+impl BlobBody {
+    /// The next bytes of the body (`None` at its end). Fails when no byte came
+    /// before the fetch's stall clock ran out.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
+        match tokio::time::timeout(self.stall.remaining(), self.response.chunk()).await {
+            Err(_) => Err(RegistryError::Network(format!(
+                "blob body stalled: no byte for {} s",
+                BLOB_STALL_LIMIT.as_secs()
+            ))),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(Some(bytes))) => {
+                self.stall.progressed();
+                Ok(Some(bytes))
+            }
+            Ok(Ok(None)) => Ok(None),
+        }
+    }
+}
+
+/// When a blob range fetch last made progress. One clock spans the fetch's
+/// attempts and resumes, so a registry that answers and then stalls, again and
+/// again, still fails the read within `BLOB_STALL_LIMIT`.
+#[derive(Clone, Debug)]
+pub struct StallClock(Arc<std::sync::Mutex<Instant>>);
+
+impl Default for StallClock {
+    fn default() -> Self {
+        StallClock(Arc::new(std::sync::Mutex::new(Instant::now())))
+    }
+}
+
+impl StallClock {
+    fn progressed(&self) {
+        *self.0.lock().unwrap() = Instant::now();
+    }
+
+    fn deadline(&self) -> Instant {
+        *self.0.lock().unwrap() + BLOB_STALL_LIMIT
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline().saturating_duration_since(Instant::now())
+    }
 }
 
 impl Client {
@@ -104,11 +184,20 @@ impl Client {
         }
         let http = builder.build()?;
         Ok(Client {
-            auth: Auth::new(http.clone(), opts.credentials, stats.clone()),
+            auth: Auth::new(
+                http.clone(),
+                opts.credentials,
+                &opts.registry,
+                opts.insecure,
+                stats.clone(),
+            ),
             http,
             base: opts.registry,
             stats,
             page_size: opts.page_size,
+            manifest_gets: SingleFlight::default(),
+            manifest_heads: SingleFlight::default(),
+            blob_heads: SingleFlight::default(),
         })
     }
 
@@ -124,7 +213,14 @@ impl Client {
     /// `GET /v2/`: is this a registry, and do our credentials work?
     pub async fn ping(&self) -> Result<()> {
         let resp = self
-            .send(Method::GET, self.url("/v2/"), "", Kind::Ping, HeaderMap::new(), true)
+            .send(
+                Method::GET,
+                self.url("/v2/"),
+                "",
+                Kind::Ping,
+                HeaderMap::new(),
+                Budget::Metadata,
+            )
             .await?;
         drop(resp);
         // With credentials and a Bearer challenge, a token for no scope proves the login.
@@ -178,6 +274,8 @@ impl Client {
         url
     }
 
+    /// Read every page of a listing, following `Link`, within the caps
+    /// (`MAX_LISTING_*`) and never reading a page twice.
     async fn paginate(
         &self,
         first: Url,
@@ -186,19 +284,37 @@ impl Client {
         parse: impl Fn(&[u8]) -> Result<Vec<String>>,
     ) -> Result<Vec<String>> {
         let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut seen = HashSet::new();
         let mut next = Some(first);
-        let mut pages = 0;
         while let Some(url) = next.take() {
-            pages += 1;
-            if pages > 100_000 {
-                return Err(RegistryError::Invalid("pagination does not end".into()));
+            let refused = if url.origin() != self.base.origin() {
+                // Our token for this registry must not go to wherever a Link points.
+                Some(format!("Link leads to another host ({url})"))
+            } else if !seen.insert(url.to_string()) {
+                Some(format!("Link leads back to a page already read ({url})"))
+            } else if seen.len() > MAX_LISTING_PAGES {
+                Some(format!("more than {MAX_LISTING_PAGES} pages"))
+            } else {
+                let (headers, body) = self
+                    .fetch(Method::GET, url.clone(), scope, kind, HeaderMap::new(), MAX_PAGE_SIZE)
+                    .await?;
+                next = next_link(&url, &headers);
+                let names = parse(&body)?;
+                bytes += names.iter().map(String::len).sum::<usize>();
+                out.extend(names);
+                if out.len() > MAX_LISTING_NAMES {
+                    Some(format!("more than {MAX_LISTING_NAMES} names"))
+                } else if bytes > MAX_LISTING_BYTES {
+                    Some(format!("more than {} MiB of names", MAX_LISTING_BYTES >> 20))
+                } else {
+                    None
+                }
+            };
+            if let Some(why) = refused {
+                tracing::warn!(listing = %url.path(), pages = seen.len(), names = out.len(), "{why}; the listing fails");
+                return Err(RegistryError::Invalid(format!("listing {}: {why}", url.path())));
             }
-            let resp = self
-                .send(Method::GET, url.clone(), scope, kind, HeaderMap::new(), true)
-                .await?;
-            next = next_link(&url, resp.headers());
-            let body = read_limited(resp, 64 << 20).await?;
-            out.extend(parse(&body)?);
         }
         Ok(out)
     }
@@ -209,21 +325,30 @@ impl Client {
         h
     }
 
+    /// A manifest's exact bytes, verified against the digest asked for (or the
+    /// one the registry names). Concurrent identical calls share one GET.
     pub async fn get_manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest> {
+        let key = (repo.to_string(), reference.to_string());
+        self.manifest_gets
+            .run(key, || self.get_manifest_once(repo, reference))
+            .await
+    }
+
+    async fn get_manifest_once(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
-        let resp = self
-            .send(
+        let (headers, body) = self
+            .fetch(
                 Method::GET,
                 url,
                 &pull_scope(repo),
                 Kind::ManifestGet,
                 Self::manifest_headers(),
-                true,
+                MAX_MANIFEST_SIZE,
             )
             .await?;
-        let media_type = content_type(resp.headers());
-        let header_digest = header_digest(resp.headers());
-        let mut bytes = read_limited(resp, MAX_MANIFEST_SIZE).await?;
+        let media_type = content_type(&headers);
+        let header_digest = header_digest(&headers);
+        let mut bytes = body;
         let mut digest = Digest::of(&bytes);
         // A manifest is trusted only when its bytes hash to the name we asked for,
         // or, by tag, to the digest the registry claims.
@@ -257,6 +382,13 @@ impl Client {
     /// The digest a manifest reference resolves to (HEAD; GET when the
     /// registry sends no `Docker-Content-Digest`).
     pub async fn head_manifest(&self, repo: &str, reference: &Reference) -> Result<Digest> {
+        let key = (repo.to_string(), reference.to_string());
+        self.manifest_heads
+            .run(key, || self.head_manifest_once(repo, reference))
+            .await
+    }
+
+    async fn head_manifest_once(&self, repo: &str, reference: &Reference) -> Result<Digest> {
         let url = self.url(&format!("/v2/{repo}/manifests/{reference}"));
         let resp = self
             .send(
@@ -265,7 +397,7 @@ impl Client {
                 &pull_scope(repo),
                 Kind::ManifestHead,
                 Self::manifest_headers(),
-                true,
+                Budget::Metadata,
             )
             .await?;
         match header_digest(resp.headers()) {
@@ -284,17 +416,31 @@ impl Client {
         let mut h = HeaderMap::new();
         h.insert(header::ACCEPT, HeaderValue::from_static(oci::OCI_INDEX));
         match self
-            .send(Method::GET, url, &pull_scope(repo), Kind::Referrers, h, true)
+            .fetch(
+                Method::GET,
+                url,
+                &pull_scope(repo),
+                Kind::Referrers,
+                h,
+                MAX_MANIFEST_SIZE,
+            )
             .await
         {
-            Ok(resp) => Ok(Some(read_limited(resp, MAX_MANIFEST_SIZE).await?)),
+            Ok((_, body)) => Ok(Some(body)),
             Err(RegistryError::NotFound(_) | RegistryError::Unsupported(_)) => Ok(None),
             Err(RegistryError::Server(m)) if m.contains("HTTP 400") || m.contains("HTTP 405") => Ok(None),
             Err(e) => Err(e),
         }
     }
 
+    /// A blob's size (HEAD). Concurrent identical calls share one request.
     pub async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<u64> {
+        self.blob_heads
+            .run((repo.to_string(), *digest), || self.head_blob_once(repo, digest))
+            .await
+    }
+
+    async fn head_blob_once(&self, repo: &str, digest: &Digest) -> Result<u64> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let resp = self
             .send(
@@ -303,7 +449,7 @@ impl Client {
                 &pull_scope(repo),
                 Kind::BlobHead,
                 HeaderMap::new(),
-                true,
+                Budget::Metadata,
             )
             .await?;
         content_length(resp.headers())
@@ -312,8 +458,16 @@ impl Client {
 
     /// Open a blob body for bytes `start..end` (end exclusive). The registry may
     /// ignore the range and answer 200 with the whole blob: `BlobBody::start` says.
-    /// Retries apply to getting the response; the caller resumes a cut body.
-    pub async fn get_blob(&self, repo: &str, digest: &Digest, start: u64, end: u64) -> Result<BlobBody> {
+    /// Retries apply to getting the response; the caller resumes a cut body,
+    /// passing the same `stall` clock to every resume of one range.
+    pub async fn get_blob(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+        stall: &StallClock,
+    ) -> Result<BlobBody> {
         let url = self.url(&format!("/v2/{repo}/blobs/{digest}"));
         let mut h = HeaderMap::new();
         h.insert(
@@ -321,7 +475,14 @@ impl Client {
             HeaderValue::from_str(&format!("bytes={}-{}", start, end - 1)).expect("ascii"),
         );
         let resp = self
-            .send(Method::GET, url, &pull_scope(repo), Kind::BlobGet, h, false)
+            .send(
+                Method::GET,
+                url,
+                &pull_scope(repo),
+                Kind::BlobGet,
+                h,
+                Budget::BlobOpen(stall.deadline()),
+            )
             .await?;
         let (body_start, total) = if resp.status() == StatusCode::PARTIAL_CONTENT {
             let start = content_range_start(resp.headers()).ok_or_else(|| {
@@ -340,6 +501,7 @@ impl Client {
             start: body_start,
             total,
             response: resp,
+            stall: stall.clone(),
         })
     }
 
@@ -350,10 +512,9 @@ impl Client {
         scope: &str,
         kind: Kind,
         headers: HeaderMap,
-        whole_body_deadline: bool,
+        budget: Budget,
     ) -> Result<reqwest::Response> {
-        self.send_body(method, url, scope, kind, headers, whole_body_deadline, None)
-            .await
+        self.send_body(method, url, scope, kind, headers, budget, None).await
     }
 
     /// Send one request with auth, retries and backoff. Returns a response with
@@ -367,55 +528,110 @@ impl Client {
         scope: &str,
         kind: Kind,
         headers: HeaderMap,
-        whole_body_deadline: bool,
+        budget: Budget,
         body: Option<&Body>,
     ) -> Result<reqwest::Response> {
+        match self
+            .attempts(method, url, scope, kind, headers, budget, body, None)
+            .await?
+        {
+            Answer::Streaming(resp) => Ok(resp),
+            Answer::Whole(..) => unreachable!("no body limit, no whole body"),
+        }
+    }
+
+    /// A GET (or other bodiless request) whose whole body, at most `limit`
+    /// bytes, is read inside each attempt: a body cut mid-way is retried like
+    /// any dropped connection, and the metadata budget covers the body too.
+    async fn fetch(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        kind: Kind,
+        headers: HeaderMap,
+        limit: u64,
+    ) -> Result<(HeaderMap, Bytes)> {
+        match self
+            .attempts(method, url, scope, kind, headers, Budget::Metadata, None, Some(limit))
+            .await?
+        {
+            Answer::Whole(h, b) => Ok((h, b)),
+            Answer::Streaming(_) => unreachable!("a body limit reads the whole body"),
+        }
+    }
+
+    /// The retry loop behind `send_body` and `fetch`. The budget is one clock
+    /// for every attempt, token fetch and backoff: when it runs out the last
+    /// error (or a deadline error) is final, however many attempts remain.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &str,
+        kind: Kind,
+        headers: HeaderMap,
+        budget: Budget,
+        body: Option<&Body>,
+        read_limit: Option<u64>,
+    ) -> Result<Answer> {
         let what = format!("{method} {}", url.path());
+        let deadline = match budget {
+            Budget::Metadata => Some(Instant::now() + METADATA_BUDGET),
+            Budget::BlobOpen(deadline) => Some(deadline),
+            Budget::Upload => None,
+        };
+        let out_of_time = |what: &str| match budget {
+            Budget::BlobOpen(_) => {
+                RegistryError::Network(format!("{what}: no byte for {} s", BLOB_STALL_LIMIT.as_secs()))
+            }
+            _ => RegistryError::Network(format!(
+                "{what}: no complete answer within {} s",
+                METADATA_BUDGET.as_secs()
+            )),
+        };
         let mut attempt = 0;
         let mut refreshed_auth = false;
         loop {
             attempt += 1;
-            self.count(kind);
-            let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
-            if whole_body_deadline {
-                req = req.timeout(METADATA_TIMEOUT);
-            }
-            if let Some(h) = self.auth.header_for(scope).await? {
-                req = req.header(header::AUTHORIZATION, h);
-            }
-            if let Some(b) = body {
-                req = req.header(header::CONTENT_LENGTH, b.len()).body(b.to_reqwest()?);
-            }
-            let failure = match req.send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed_auth => {
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let failure = match self
+                .attempt(
+                    &method, &url, scope, kind, &headers, budget, body, read_limit, remaining,
+                )
+                .await
+            {
+                Ok(Attempt::Done(answer)) => return Ok(answer),
+                Ok(Attempt::Unauthorized(resp)) if !refreshed_auth => {
                     refreshed_auth = true;
                     let challenge = resp
                         .headers()
                         .get(header::WWW_AUTHENTICATE)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_string);
-                    if self.auth.on_unauthorized(challenge.as_deref(), scope).await {
+                    if self.auth.on_unauthorized(challenge.as_deref(), scope, &what).await {
                         attempt -= 1; // an auth round trip is not a failed attempt
                         continue;
                     }
                     error_from_response(resp, &what).await
                 }
-                Ok(resp) => {
-                    let retry_after = retry_after(resp.headers());
-                    error_from_response(resp, &what).await.with_delay(retry_after)
-                }
-                Err(e) => Failure::from(RegistryError::from(e)),
+                Ok(Attempt::Unauthorized(resp)) => error_from_response(resp, &what).await,
+                Err(f) if f.timed_out => Failure::from(out_of_time(&what)),
+                Err(f) => f,
             };
-            let Failure { error, retry_after } = failure;
-            if !error.is_transient() || attempt >= MAX_ATTEMPTS {
+            let Failure { error, retry_after, .. } = failure;
+            let final_error = |error: RegistryError, attempts: u32| {
                 // Expected answers are the caller's to report.
                 if matches!(error, RegistryError::NotFound(_) | RegistryError::MissingReferences(_)) {
                     tracing::debug!(request = %what, "{error}");
                 } else {
-                    tracing::warn!(request = %what, attempts = attempt, "{error}");
+                    tracing::warn!(request = %what, attempts, "{error}");
                 }
-                return Err(error);
+                Err(error)
+            };
+            if !error.is_transient() || attempt >= MAX_ATTEMPTS {
+                return final_error(error, attempt);
             }
             let delay = match retry_after {
                 Some(d) if d > RETRY_AFTER_MAX => {
@@ -425,9 +641,77 @@ impl Client {
                 Some(d) => d,
                 None => backoff(attempt),
             };
+            if deadline.is_some_and(|d| Instant::now() + delay >= d) {
+                let error = RegistryError::Network(format!("{error} (no time left for another attempt)"));
+                return final_error(error, attempt);
+            }
             Stats::inc(&self.stats.retries);
             tracing::info!(request = %what, attempt, delay_ms = delay.as_millis() as u64, "retrying after: {error}");
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// One attempt within `remaining` (None: no overall limit).
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        method: &Method,
+        url: &Url,
+        scope: &str,
+        kind: Kind,
+        headers: &HeaderMap,
+        budget: Budget,
+        body: Option<&Body>,
+        read_limit: Option<u64>,
+        remaining: Option<Duration>,
+    ) -> std::result::Result<Attempt, Failure> {
+        let within = |d: Option<Duration>| d.unwrap_or(Duration::MAX);
+        let started = Instant::now();
+        let left = || remaining.map(|r| r.saturating_sub(started.elapsed()));
+        if left() == Some(Duration::ZERO) {
+            return Err(Failure::timed_out());
+        }
+        self.count(kind);
+        let mut req = self.http.request(method.clone(), url.clone()).headers(headers.clone());
+        let auth = tokio::time::timeout(within(left()), self.auth.header_for(scope))
+            .await
+            .map_err(|_| Failure::timed_out())??;
+        if let Some(h) = auth {
+            req = req.header(header::AUTHORIZATION, h);
+        }
+        if budget == Budget::Metadata {
+            // reqwest's timeout covers the body too.
+            if let Some(l) = left() {
+                req = req.timeout(l.max(Duration::from_millis(1)));
+            }
+        }
+        if let Some(b) = body {
+            req = req.header(header::CONTENT_LENGTH, b.len()).body(b.to_reqwest()?);
+        }
+        let resp = match tokio::time::timeout(within(left()), req.send()).await {
+            Err(_) => return Err(Failure::timed_out()),
+            Ok(Err(e)) if e.is_timeout() && deadline_hit(left()) => return Err(Failure::timed_out()),
+            Ok(Err(e)) => return Err(Failure::from(RegistryError::from(e))),
+            Ok(Ok(resp)) => resp,
+        };
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED {
+            return Ok(Attempt::Unauthorized(resp));
+        }
+        if !status.is_success() {
+            let retry_after = retry_after(resp.headers());
+            return Err(error_from_response(resp, &format!("{method} {}", url.path()))
+                .await
+                .with_delay(retry_after));
+        }
+        let Some(limit) = read_limit else {
+            return Ok(Attempt::Done(Answer::Streaming(resp)));
+        };
+        let headers = resp.headers().clone();
+        match read_limited(resp, limit).await {
+            Ok(bytes) => Ok(Attempt::Done(Answer::Whole(headers, bytes))),
+            Err(RegistryError::Network(_)) if deadline_hit(left()) => Err(Failure::timed_out()),
+            Err(e) => Err(Failure::from(e)),
         }
     }
 
@@ -456,7 +740,7 @@ impl Client {
                 &scope,
                 Kind::BlobPush,
                 HeaderMap::new(),
-                true,
+                Budget::Metadata,
                 Some(&Body::Empty),
             )
             .await?;
@@ -481,7 +765,7 @@ impl Client {
                 &push_scope(repo),
                 Kind::BlobPush,
                 HeaderMap::new(),
-                true,
+                Budget::Metadata,
                 Some(&Body::Empty),
             )
             .await?;
@@ -539,7 +823,7 @@ impl Client {
                     &push_scope(repo),
                     Kind::BlobPush,
                     h,
-                    false,
+                    Budget::Upload,
                     Some(&body),
                 )
                 .await
@@ -560,7 +844,7 @@ impl Client {
                             &push_scope(repo),
                             Kind::BlobPush,
                             HeaderMap::new(),
-                            true,
+                            Budget::Metadata,
                         )
                         .await?;
                     offset = uploaded_end(resp.headers()).unwrap_or(0);
@@ -587,7 +871,7 @@ impl Client {
             &push_scope(repo),
             Kind::BlobPush,
             h,
-            false,
+            Budget::Upload,
             Some(&body),
         )
         .await?;
@@ -602,7 +886,7 @@ impl Client {
                 &push_scope(repo),
                 Kind::BlobPush,
                 HeaderMap::new(),
-                true,
+                Budget::Metadata,
             )
             .await
         {
@@ -645,7 +929,7 @@ impl Client {
                 &push_scope(repo),
                 Kind::ManifestPut,
                 h,
-                true,
+                Budget::Metadata,
                 Some(&Body::Bytes(bytes)),
             )
             .await?;
@@ -669,7 +953,7 @@ impl Client {
             &format!("repository:{repo}:delete,pull,push"),
             Kind::Delete,
             HeaderMap::new(),
-            true,
+            Budget::Metadata,
         )
         .await?;
         Ok(())
@@ -695,10 +979,32 @@ impl Client {
     }
 }
 
+/// What a successful request gives back.
+enum Answer {
+    /// The response, its body still to be read (blobs, uploads).
+    Streaming(reqwest::Response),
+    /// Headers and the whole body.
+    Whole(HeaderMap, Bytes),
+}
+
+/// How one attempt ended when it got an answer.
+enum Attempt {
+    Done(Answer),
+    /// A 401: the retry loop decides whether a new token can help.
+    Unauthorized(reqwest::Response),
+}
+
+/// Did a time limit of `left` run out (within a few milliseconds)?
+fn deadline_hit(left: Option<Duration>) -> bool {
+    left.is_some_and(|l| l < Duration::from_millis(50))
+}
+
 /// A failed attempt: the error and how long the registry asked us to wait.
 struct Failure {
     error: RegistryError,
     retry_after: Option<Duration>,
+    /// The request's budget ran out during this attempt.
+    timed_out: bool,
 }
 
 impl From<RegistryError> for Failure {
@@ -706,11 +1012,20 @@ impl From<RegistryError> for Failure {
         Failure {
             error,
             retry_after: None,
+            timed_out: false,
         }
     }
 }
 
 impl Failure {
+    fn timed_out() -> Self {
+        Failure {
+            error: RegistryError::Network("deadline".into()),
+            retry_after: None,
+            timed_out: true,
+        }
+    }
+
     fn with_delay(mut self, d: Option<Duration>) -> Self {
         self.retry_after = d;
         self
@@ -886,7 +1201,11 @@ pub fn next_link(current: &Url, h: &HeaderMap) -> Option<Url> {
             });
             if is_next {
                 let target = target.trim_start_matches('<').trim_end_matches('>');
-                return current.join(target).ok();
+                // Only web URLs: `Link: <file:…>` or another scheme is no page.
+                return current
+                    .join(target)
+                    .ok()
+                    .filter(|u| matches!(u.scheme(), "http" | "https"));
             }
         }
     }
@@ -919,6 +1238,13 @@ mod tests {
             "https://other/v2/x/tags/list?last=z"
         );
         assert!(next_link(&base, &HeaderMap::new()).is_none());
+        // Found by fuzzing: a Link to another scheme is no next page.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::LINK,
+            HeaderValue::from_static("<htt:sp//other/v2/x/tags/list?last=z>; rel=next"),
+        );
+        assert!(next_link(&base, &h).is_none());
     }
 
     #[test]

@@ -82,6 +82,9 @@ impl RegistryError {
         let code = first_error_code(body);
         match status.as_u16() {
             404 => RegistryError::NotFound(text),
+            // A range the registry cannot serve: it disagrees with us about the
+            // blob's size, which is the registry's answer being wrong, not our request.
+            416 => RegistryError::Invalid(text),
             401 | 403 => RegistryError::Denied(text),
             429 => RegistryError::RateLimited(text),
             405 if code.as_deref() == Some("UNSUPPORTED") => RegistryError::Unsupported(text),
@@ -101,6 +104,33 @@ impl RegistryError {
                 ) => RegistryError::Rejected(text),
                 _ => RegistryError::Rejected(text),
             },
+        }
+    }
+}
+
+/// One failed request can answer every caller that shared it (see `flight.rs`).
+impl Clone for RegistryError {
+    fn clone(&self) -> Self {
+        use RegistryError::*;
+        match self {
+            NotFound(m) => NotFound(m.clone()),
+            Denied(m) => Denied(m.clone()),
+            RateLimited(m) => RateLimited(m.clone()),
+            Server(m) => Server(m.clone()),
+            Network(m) => Network(m.clone()),
+            DigestMismatch { expected, actual } => DigestMismatch {
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            Invalid(m) => Invalid(m.clone()),
+            InvalidName(m) => InvalidName(m.clone()),
+            Unsupported(m) => Unsupported(m.clone()),
+            Rejected(m) => Rejected(m.clone()),
+            MissingReferences(m) => MissingReferences(m.clone()),
+            Io(e) => Io(match e.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(e.kind(), e.to_string()),
+            }),
         }
     }
 }
@@ -187,5 +217,8 @@ mod tests {
             RegistryError::from_status(StatusCode::TOO_MANY_REQUESTS, "x", b"").errno(),
             libc::EAGAIN
         );
+        let e = RegistryError::from_status(StatusCode::RANGE_NOT_SATISFIABLE, "GET blob", b"");
+        assert_eq!(e.errno(), libc::EIO, "a 416 is a wrong answer, not a bad request");
+        assert!(!e.is_transient());
     }
 }

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod client;
 pub mod credentials;
 pub mod error;
+pub mod flight;
 pub mod reference;
 
 pub use client::Client;

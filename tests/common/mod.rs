@@ -50,7 +50,7 @@ pub use client::{
     RegistryClient, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
 pub use mount::{is_fuse_mounted, log_path, tail, BackgroundMount, Mount, MountBuilder, MountFailure};
-pub use proxy::{FaultAction, FaultProxy, Match};
+pub use proxy::{FaultAction, FaultProxy, Match, TcpRelay};
 pub use registry::{AuthMode, Registry, RegistryOptions};
 pub use token::{TokenIssuer, TokenIssuerOptions};
 pub use tree::*;

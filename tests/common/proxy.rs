@@ -12,7 +12,16 @@
 //!   N are cut, so a rule waits for a large enough response);
 //! - emulate `n=`/`last=` pagination of `tags/list` with `Link` headers
 //!   ([`FaultProxy::paginate_tags`]), which distribution 2.8 does not do
-//!   itself (it ignores `n` there and returns every tag).
+//!   itself (it ignores `n` there and returns every tag);
+//! - lie like a broken registry: accept a request and never answer
+//!   ([`FaultProxy::hang_next`]), send the head and then stall the body
+//!   ([`FaultProxy::stall_next_body`]), answer 401 with any `WWW-Authenticate`
+//!   ([`FaultProxy::challenge_next`]) or point every upstream challenge's realm
+//!   elsewhere ([`FaultProxy::rewrite_realm`]), serve listings whose `Link`
+//!   never ends or loops ([`FaultProxy::endless_pages`], [`FaultProxy::looping_pages`]).
+//!
+//! [`TcpRelay`] forwards a second loopback address (127.0.0.2, "another host")
+//! to a local server such as the token issuer.
 //!
 //! Every request is counted and logged ([`FaultProxy::requests`]).
 
@@ -34,6 +43,25 @@ pub enum FaultAction {
     Status(u16),
     /// Forward, but close the connection after this many body bytes.
     CutBodyAfter(u64),
+    /// Read the request, never answer (the connection stays open until the proxy stops).
+    Hang,
+    /// Forward the response head and this many body bytes, then send nothing more.
+    StallBodyAfter(u64),
+    /// Answer 401 with this `WWW-Authenticate` value.
+    Challenge(String),
+    /// Answer a `tags/list` or `_catalog` GET with a made-up page of this many
+    /// names whose `Link` always leads to a new page.
+    EndlessPages(usize),
+    /// Answer a `tags/list` or `_catalog` GET with a made-up page whose `Link`
+    /// points at itself (`true`) or, from the second page, back to the first.
+    LoopingPages(bool),
+}
+
+impl FaultAction {
+    /// Applied when the request arrives, without asking the registry.
+    fn answers_request(&self) -> bool {
+        !matches!(self, FaultAction::CutBodyAfter(_) | FaultAction::StallBodyAfter(_))
+    }
 }
 
 /// Which requests a fault applies to.
@@ -104,6 +132,7 @@ struct Shared {
     tag_page_max: AtomicUsize,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
+    realm_rewrite: Mutex<Option<String>>,
 }
 
 /// A running proxy; stops and closes its connections on drop.
@@ -127,6 +156,7 @@ impl FaultProxy {
             tag_page_max: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
+            realm_rewrite: Mutex::new(None),
         });
         let s2 = shared.clone();
         thread::Builder::new()
@@ -137,6 +167,9 @@ impl FaultProxy {
                         break;
                     }
                     let Ok(conn) = conn else { continue };
+                    // Small answers (synthetic pages, faults) go out at once,
+                    // not after a delayed ACK: thousands of pages stay fast.
+                    let _ = conn.set_nodelay(true);
                     if let Ok(c) = conn.try_clone() {
                         s2.conns.lock().unwrap().push(c);
                     }
@@ -173,6 +206,40 @@ impl FaultProxy {
     /// after `after_bytes` body bytes.
     pub fn cut_next_body(&self, k: u32, after_bytes: u64, m: Match) {
         self.add_rule(FaultAction::CutBodyAfter(after_bytes), k, m);
+    }
+
+    /// The next `k` matching requests are read and never answered.
+    pub fn hang_next(&self, k: u32, m: Match) {
+        self.add_rule(FaultAction::Hang, k, m);
+    }
+
+    /// The next `k` matching responses send their head and `after_bytes` body
+    /// bytes, then stall (the connection stays open, nothing more comes).
+    pub fn stall_next_body(&self, k: u32, after_bytes: u64, m: Match) {
+        self.add_rule(FaultAction::StallBodyAfter(after_bytes), k, m);
+    }
+
+    /// Answers the next `k` matching requests with 401 and this `WWW-Authenticate`.
+    pub fn challenge_next(&self, k: u32, www_authenticate: &str, m: Match) {
+        self.add_rule(FaultAction::Challenge(www_authenticate.to_string()), k, m);
+    }
+
+    /// Answers the next `k` matching listing GETs (`tags/list`, `_catalog`) with
+    /// made-up pages of `per_page` names, each linking to a new page.
+    pub fn endless_pages(&self, k: u32, per_page: usize, m: Match) {
+        self.add_rule(FaultAction::EndlessPages(per_page), k, m);
+    }
+
+    /// Answers the next `k` matching listing GETs with made-up pages whose
+    /// `Link` points at the page itself (`to_self`) or back to the first page.
+    pub fn looping_pages(&self, k: u32, to_self: bool, m: Match) {
+        self.add_rule(FaultAction::LoopingPages(to_self), k, m);
+    }
+
+    /// Replaces the `realm` of every challenge the registry sends (401 answers
+    /// passed through, and those of [`FaultProxy::fail_next`]) with `realm`.
+    pub fn rewrite_realm(&self, realm: Option<&str>) {
+        *self.shared.realm_rewrite.lock().unwrap() = realm.map(String::from);
     }
 
     fn add_rule(&self, action: FaultAction, remaining: u32, matcher: Match) {
@@ -230,35 +297,40 @@ impl Drop for FaultProxy {
     }
 }
 
-/// Takes a rule for `head` at request time (status rules only).
-fn take_status_rule(shared: &Shared, head: &Head) -> Option<u16> {
+/// Takes a rule for `head` applied at request time (all but body rules).
+fn take_request_rule(shared: &Shared, head: &Head) -> Option<FaultAction> {
+    let mut rules = shared.rules.lock().unwrap();
+    for r in rules.iter_mut() {
+        if r.remaining > 0 && r.matcher.matches(head) && r.action.answers_request() {
+            r.remaining -= 1;
+            return Some(r.action.clone());
+        }
+    }
+    None
+}
+
+/// Takes a cut or stall rule for a response of `body_len` bytes to `head`.
+fn take_body_rule(shared: &Shared, head: &Head, body_len: Option<u64>) -> Option<FaultAction> {
     let mut rules = shared.rules.lock().unwrap();
     for r in rules.iter_mut() {
         if r.remaining > 0 && r.matcher.matches(head) {
-            if let FaultAction::Status(s) = r.action {
-                r.remaining -= 1;
-                return Some(s);
+            if let FaultAction::CutBodyAfter(n) | FaultAction::StallBodyAfter(n) = r.action {
+                // Unknown length (chunked / until EOF): cut as well.
+                if body_len.map(|l| l > n).unwrap_or(true) {
+                    r.remaining -= 1;
+                    return Some(r.action.clone());
+                }
             }
         }
     }
     None
 }
 
-/// Takes a cut rule for a response of `body_len` bytes to `head`.
-fn take_cut_rule(shared: &Shared, head: &Head, body_len: Option<u64>) -> Option<u64> {
-    let mut rules = shared.rules.lock().unwrap();
-    for r in rules.iter_mut() {
-        if r.remaining > 0 && r.matcher.matches(head) {
-            if let FaultAction::CutBodyAfter(n) = r.action {
-                // Unknown length (chunked / until EOF): cut as well.
-                if body_len.map(|l| l > n).unwrap_or(true) {
-                    r.remaining -= 1;
-                    return Some(n);
-                }
-            }
-        }
+/// Holds a connection open without a word until the proxy stops.
+fn hold_until_stopped(shared: &Shared) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(100));
     }
-    None
 }
 
 fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
@@ -293,13 +365,28 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
             fault: None,
         };
 
-        if let Some(status) = take_status_rule(shared, &head) {
+        if let Some(action) = take_request_rule(shared, &head) {
             let _ = http::read_body(&mut reader, &head, false)?;
-            record.status = status;
-            record.fault = Some(FaultAction::Status(status));
+            record.status = match &action {
+                FaultAction::Status(s) => *s,
+                FaultAction::Challenge(_) => 401,
+                FaultAction::Hang => 0,
+                _ => 200,
+            };
+            record.fault = Some(action.clone());
             shared.log.lock().unwrap().push(record);
             sleep_delay(shared);
-            write_fault(shared, &head, &mut out, status)?;
+            match action {
+                FaultAction::Status(status) => write_fault(shared, &head, &mut out, status, None)?,
+                FaultAction::Challenge(c) => write_fault(shared, &head, &mut out, 401, Some(&c))?,
+                FaultAction::Hang => {
+                    hold_until_stopped(shared);
+                    return Ok(());
+                }
+                FaultAction::EndlessPages(n) => write_page(&head, &mut out, PageKind::Endless(n))?,
+                FaultAction::LoopingPages(to_self) => write_page(&head, &mut out, PageKind::Looping(to_self))?,
+                FaultAction::CutBodyAfter(_) | FaultAction::StallBodyAfter(_) => unreachable!("body rules"),
+            }
             if client_close {
                 return Ok(());
             }
@@ -336,7 +423,15 @@ fn sleep_delay(shared: &Shared) {
     }
 }
 
-fn write_fault(shared: &Shared, head: &Head, out: &mut TcpStream, status: u16) -> io::Result<()> {
+/// Answers `status` with a registry error body; a 401 carries `challenge`, or
+/// the registry's own challenge for the request.
+fn write_fault(
+    shared: &Shared,
+    head: &Head,
+    out: &mut TcpStream,
+    status: u16,
+    challenge: Option<&str>,
+) -> io::Result<()> {
     let (reason, code) = match status {
         401 => ("Unauthorized", "UNAUTHORIZED"),
         403 => ("Forbidden", "DENIED"),
@@ -358,7 +453,11 @@ fn write_fault(shared: &Shared, head: &Head, out: &mut TcpStream, status: u16) -
         headers.push(("Retry-After", "1".into()));
     }
     if status == 401 {
-        headers.push(("WWW-Authenticate", upstream_challenge(shared, head)));
+        let c = match challenge {
+            Some(c) => c.to_string(),
+            None => rewrite_challenge(shared, &upstream_challenge(shared, head)),
+        };
+        headers.push(("WWW-Authenticate", c));
     }
     let hdrs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     http::write_response(out, status, reason, &hdrs, body.as_bytes())
@@ -446,6 +545,11 @@ fn forward(
     };
     let status = resp.status();
     set(&|r| r.status = status);
+    if status == 401 {
+        if let Some(c) = resp.header("www-authenticate").map(String::from) {
+            resp.set_header("WWW-Authenticate", &rewrite_challenge(shared, &c));
+        }
+    }
     resp.remove_header("Connection");
     resp.remove_header("Keep-Alive");
 
@@ -487,14 +591,19 @@ fn forward(
     if until_eof {
         resp.set_header("Connection", "close");
     }
-    let cut = if no_body {
+    let rule = if no_body {
         None
     } else {
-        take_cut_rule(shared, head, body_len)
+        take_body_rule(shared, head, body_len)
     };
-    if let Some(n) = cut {
-        set(&|r| r.fault = Some(FaultAction::CutBodyAfter(n)));
+    if let Some(action) = &rule {
+        set(&|r| r.fault = Some(action.clone()));
     }
+    let (cut, stall) = match rule {
+        Some(FaultAction::CutBodyAfter(n)) => (Some(n), false),
+        Some(FaultAction::StallBodyAfter(n)) => (Some(n), true),
+        _ => (None, false),
+    };
 
     sleep_delay(shared);
     out.write_all(&resp.to_bytes())?;
@@ -517,6 +626,12 @@ fn forward(
         Ok(()) => {
             out.flush()?;
             Ok(!until_eof)
+        }
+        Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && stall => {
+            // The injected stall: the client has its bytes, and nothing more comes.
+            let _ = out.flush();
+            hold_until_stopped(shared);
+            Ok(false)
         }
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && cut.is_some() => {
             // The injected cut: close the client connection mid-body.
@@ -550,6 +665,83 @@ impl Write for CutWriter<'_> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
+}
+
+/// `realm="…"` of a challenge replaced by the configured rewrite, if any.
+fn rewrite_challenge(shared: &Shared, challenge: &str) -> String {
+    let Some(realm) = shared.realm_rewrite.lock().unwrap().clone() else {
+        return challenge.to_string();
+    };
+    let lower = challenge.to_ascii_lowercase();
+    let Some(start) = lower.find("realm=\"") else {
+        return challenge.to_string();
+    };
+    let value_start = start + "realm=\"".len();
+    let Some(len) = challenge[value_start..].find('"') else {
+        return challenge.to_string();
+    };
+    format!(
+        "{}{realm}{}",
+        &challenge[..value_start],
+        &challenge[value_start + len..]
+    )
+}
+
+enum PageKind {
+    /// This many names, `Link` to a page never seen before.
+    Endless(usize),
+    /// `Link` to this page itself (`true`) or to the first page.
+    Looping(bool),
+}
+
+/// A made-up `tags/list` or `_catalog` page with a `Link` that never ends.
+fn write_page(head: &Head, out: &mut TcpStream, kind: PageKind) -> io::Result<()> {
+    let (path, query) = http::split_target(head.target());
+    let get = |k: &str| query.iter().find(|(qk, _)| qk == k).map(|(_, v)| v.clone());
+    let n = get("n").unwrap_or_else(|| "100".into());
+    // Pages are numbered by `last=p<number>`; the first page has no `last`.
+    let page: u64 = get("last")
+        .and_then(|l| l.strip_prefix('p').and_then(|x| x.split('-').next().map(String::from)))
+        .and_then(|x| x.parse().ok())
+        .map(|p: u64| p + 1)
+        .unwrap_or(0);
+    let (names, next_last) = match kind {
+        PageKind::Endless(per_page) => {
+            // Long valid names (tags allow 128 characters) so memory shows.
+            let names: Vec<String> = (0..per_page).map(|i| format!("p{page}-{i:0>100}")).collect();
+            let last = names.last().cloned().unwrap_or_else(|| format!("p{page}-"));
+            (names, Some(last))
+        }
+        PageKind::Looping(to_self) => {
+            let names = vec![format!("p{page}-a"), format!("p{page}-b")];
+            let next = if to_self {
+                get("last")
+            } else if page == 0 {
+                Some(format!("p{page}-b"))
+            } else {
+                None // back to the first page
+            };
+            (names, next)
+        }
+    };
+    let body = if path.ends_with("/_catalog") {
+        serde_json::json!({ "repositories": names })
+    } else {
+        let repo = path.trim_start_matches("/v2/").trim_end_matches("/tags/list");
+        serde_json::json!({ "name": repo, "tags": names })
+    };
+    let mut link = format!("<{path}?n={n}");
+    if let Some(l) = next_last {
+        link.push_str(&format!("&last={}", http::percent_encode(&l)));
+    }
+    link.push_str(">; rel=\"next\"");
+    http::write_response(
+        out,
+        200,
+        "OK",
+        &[("Content-Type", "application/json"), ("Link", &link)],
+        body.to_string().as_bytes(),
+    )
 }
 
 /// Applies `n`/`last` to a tags/list body (tags sorted, as distribution 3
@@ -591,4 +783,53 @@ pub fn read_response<R: BufRead>(r: &mut R) -> io::Result<(Head, Vec<u8>)> {
     let head = http::read_head(r)?.ok_or_else(|| io::Error::new(io::ErrorKind::UnexpectedEof, "no response"))?;
     let body = http::read_body(r, &head, true)?;
     Ok((head, body))
+}
+
+/// Forwards TCP connections from `ip`:port to `target` (`host:port`), so a
+/// server on 127.0.0.1 is also reachable as another host (127.0.0.2 is a
+/// different address of the same loopback interface). Stops on drop.
+pub struct TcpRelay {
+    addr: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl TcpRelay {
+    pub fn start(ip: &str, target: &str) -> TcpRelay {
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (stop2, target) = (stop.clone(), target.to_string());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let (Ok(client), Ok(server)) = (conn, TcpStream::connect(&target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    thread::spawn(move || {
+                        let _ = io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(Shutdown::Write);
+                    });
+                }
+            }
+        });
+        TcpRelay { addr, stop }
+    }
+
+    /// `ip:port` the relay listens on.
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
 }
