@@ -199,6 +199,30 @@ fn listings_whose_link_loops_fail_with_eio_and_a_log_line() {
     );
 }
 
+#[test]
+fn a_tag_listing_whose_link_leads_to_another_host_fails_and_sends_nothing_there() {
+    let reg = Registry::start_with(RegistryOptions::token());
+    reg.client().push_random_image("foreign/app", "v1", &[100]);
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::builder(&proxy.url())
+        .args(["--username", TEST_USER])
+        .env("REGFS_PASSWORD", TEST_PASSWORD)
+        .start();
+    // "Another host" that would get the registry's token if the Link were followed.
+    let elsewhere = std::net::TcpListener::bind("127.0.0.2:0").unwrap();
+    elsewhere.set_nonblocking(true).unwrap();
+    let origin = format!("http://{}", elsewhere.local_addr().unwrap());
+    proxy.foreign_link_pages(u32::MAX, &origin, Match::method_path("GET", "/tags/list"));
+    let r = run("ls", vec![path_arg(&m.join("foreign/app/_tags"))]);
+    assert_eio_within_bound(r, "ls of a tag list linking to another host", &m);
+    assert!(m.log().contains("Link leads to another host"), "{}", m.log());
+    assert_eq!(
+        elsewhere.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "regfs connected to the host the Link named"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Challenges per registry and scope
 // ---------------------------------------------------------------------------

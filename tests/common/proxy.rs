@@ -55,6 +55,9 @@ pub enum FaultAction {
     /// Answer a `tags/list` or `_catalog` GET with a made-up page whose `Link`
     /// points at itself (`true`) or, from the second page, back to the first.
     LoopingPages(bool),
+    /// Answer a `tags/list` or `_catalog` GET with a made-up page whose `Link`
+    /// is this absolute URL prefix (another host) plus the page's path.
+    ForeignLinkPage(String),
 }
 
 impl FaultAction {
@@ -236,6 +239,12 @@ impl FaultProxy {
         self.add_rule(FaultAction::LoopingPages(to_self), k, m);
     }
 
+    /// Answers the next `k` matching listing GETs with a made-up page whose
+    /// `Link` is absolute, to `origin` (e.g. `http://127.0.0.2:PORT`).
+    pub fn foreign_link_pages(&self, k: u32, origin: &str, m: Match) {
+        self.add_rule(FaultAction::ForeignLinkPage(origin.to_string()), k, m);
+    }
+
     /// Replaces the `realm` of every challenge the registry sends (401 answers
     /// passed through, and those of [`FaultProxy::fail_next`]) with `realm`.
     pub fn rewrite_realm(&self, realm: Option<&str>) {
@@ -385,6 +394,7 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
                 }
                 FaultAction::EndlessPages(n) => write_page(&head, &mut out, PageKind::Endless(n))?,
                 FaultAction::LoopingPages(to_self) => write_page(&head, &mut out, PageKind::Looping(to_self))?,
+                FaultAction::ForeignLinkPage(origin) => write_page(&head, &mut out, PageKind::Foreign(origin))?,
                 FaultAction::CutBodyAfter(_) | FaultAction::StallBodyAfter(_) => unreachable!("body rules"),
             }
             if client_close {
@@ -692,6 +702,8 @@ enum PageKind {
     Endless(usize),
     /// `Link` to this page itself (`true`) or to the first page.
     Looping(bool),
+    /// An absolute `Link` to this origin.
+    Foreign(String),
 }
 
 /// A made-up `tags/list` or `_catalog` page with a `Link` that never ends.
@@ -712,6 +724,7 @@ fn write_page(head: &Head, out: &mut TcpStream, kind: PageKind) -> io::Result<()
             let last = names.last().cloned().unwrap_or_else(|| format!("p{page}-"));
             (names, Some(last))
         }
+        PageKind::Foreign(_) => (vec![format!("p{page}-a")], Some(format!("p{page}-a"))),
         PageKind::Looping(to_self) => {
             let names = vec![format!("p{page}-a"), format!("p{page}-b")];
             let next = if to_self {
@@ -730,7 +743,11 @@ fn write_page(head: &Head, out: &mut TcpStream, kind: PageKind) -> io::Result<()
         let repo = path.trim_start_matches("/v2/").trim_end_matches("/tags/list");
         serde_json::json!({ "name": repo, "tags": names })
     };
-    let mut link = format!("<{path}?n={n}");
+    let origin = match &kind {
+        PageKind::Foreign(o) => o.as_str(),
+        _ => "",
+    };
+    let mut link = format!("<{origin}{path}?n={n}");
     if let Some(l) = next_last {
         link.push_str(&format!("&last={}", http::percent_encode(&l)));
     }
