@@ -5,9 +5,10 @@
 #   2. cargo fmt --all -- --check            (when rustfmt is installed; differences fail)
 #   3. cargo build --release
 #   4. cargo clippy --release --all-targets  (when clippy is installed; errors fail,
-#                                             warnings too with REGFS_CLIPPY_DENY_WARNINGS=1)
+#                                             warnings too, unless REGFS_CLIPPY_DENY_WARNINGS=0)
 #   5. scripts/demo.sh, non-interactive      (smoke test of the real binary;
 #                                             skip with REGFS_SKIP_DEMO=1)
+#   5b. scripts/fuzz.sh, 15 s per target     (REGFS_FUZZ_SECONDS; skip with REGFS_SKIP_FUZZ=1)
 #   6. the test suite: cargo nextest run --release when cargo-nextest is
 #      installed, else cargo test --release (unit + integration tests)
 #
@@ -41,7 +42,7 @@ cargo build --release || step_failed "cargo build --release"
 if cargo clippy --version >/dev/null 2>&1; then
     clippy_args=(--release --all-targets)
     lint_args=()
-    [[ ${REGFS_CLIPPY_DENY_WARNINGS:-0} == 1 ]] && lint_args=(-D warnings)
+    [[ ${REGFS_CLIPPY_DENY_WARNINGS:-1} == 1 ]] && lint_args=(-D warnings)
     section "cargo clippy ${clippy_args[*]} -- ${lint_args[*]}"
     cargo clippy "${clippy_args[@]}" -- "${lint_args[@]}" || step_failed "cargo clippy"
 else
@@ -51,6 +52,24 @@ fi
 if [[ ${REGFS_SKIP_DEMO:-0} != 1 ]]; then
     section "Smoke test: scripts/demo.sh (non-interactive)"
     REGFS_DEMO_NONINTERACTIVE=1 bash scripts/demo.sh </dev/null || step_failed "scripts/demo.sh"
+fi
+
+# Fuzz the parsers of untrusted input (manifests, Link, WWW-Authenticate) for a
+# bounded time. Needs the nightly toolchain (cargo fuzz); its output goes to a
+# file, shown only when a target crashes.
+if [[ ${REGFS_SKIP_FUZZ:-0} != 1 ]]; then
+    section "Fuzz: scripts/fuzz.sh ${REGFS_FUZZ_SECONDS:-15} (log: target/fuzz.log)"
+    if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+        mkdir -p target
+        if bash scripts/fuzz.sh "${REGFS_FUZZ_SECONDS:-15}" >target/fuzz.log 2>&1; then
+            tail -n 1 target/fuzz.log
+        else
+            tail -n 60 target/fuzz.log
+            step_failed "scripts/fuzz.sh"
+        fi
+    else
+        log "no nightly toolchain on this machine: fuzzing skipped"
+    fi
 fi
 
 if ((${#FAILED[@]})); then

@@ -96,6 +96,9 @@ impl Chunks {
     }
 }
 
+/// Told about a digest whose content turned out wrong.
+pub type BadContentHook = Box<dyn Fn(&Digest) + Send + Sync>;
+
 /// What is known of a blob's length. Descriptors only claim one (a crafted
 /// manifest may claim anything); the registry's own answer settles it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +173,7 @@ pub struct BlobStore {
     sizes: Mutex<LruCache<Digest, KnownSize>>,
     /// Called with a digest whose content turned out wrong, so the kernel
     /// drops the pages and attributes it cached (set by the daemon).
-    on_bad_content: OnceLock<Box<dyn Fn(&Digest) + Send + Sync>>,
+    on_bad_content: OnceLock<BadContentHook>,
 }
 
 fn chunk_count(size: u64) -> u64 {
@@ -245,7 +248,7 @@ impl BlobStore {
     }
 
     /// Set the hook told about blobs whose content turned out wrong.
-    pub fn set_on_bad_content(&self, hook: Box<dyn Fn(&Digest) + Send + Sync>) {
+    pub fn set_on_bad_content(&self, hook: BadContentHook) {
         let _ = self.on_bad_content.set(hook);
     }
 

@@ -35,6 +35,12 @@ pub fn blob_ino(digest: &crate::registry::Digest) -> u64 {
     digest_ino(2, digest)
 }
 
+impl Default for Inodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Inodes {
     pub fn new() -> Self {
         let mut t = Table {
