@@ -13,7 +13,7 @@ use super::credentials::Credentials;
 use super::error::{RegistryError, Result};
 use super::reference::{Digest, Reference};
 use crate::oci;
-use crate::stats::Stats;
+use crate::stats::{Direction, Stats, Transfers};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Deadline for requests whose whole body is small (JSON, HEAD).
@@ -381,7 +381,16 @@ impl Client {
             if let Some(b) = body {
                 req = req.header(header::CONTENT_LENGTH, b.len()).body(b.to_reqwest()?);
             }
-            let failure = match req.send().await {
+            let started = std::time::Instant::now();
+            let sent = req.send().await;
+            let answer = sent.as_ref().ok();
+            self.stats.request_done(
+                kind.label(),
+                answer.map(|r| r.status().as_u16()),
+                started,
+                answer.map(|r| r.headers()),
+            );
+            let failure = match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed_auth => {
                     refreshed_auth = true;
@@ -468,6 +477,7 @@ impl Client {
     /// for large ones. The registry verifies `digest`; so did the caller.
     pub async fn upload_blob(&self, repo: &str, digest: &Digest, src: &FileRange) -> Result<()> {
         let size = src.len;
+        let transfer = Transfers::start(&self.stats, Direction::Push, repo, digest, size);
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let resp = self
             .send_body(
@@ -493,7 +503,9 @@ impl Client {
             let chunk = CHUNK_SIZE.max(min_chunk.unwrap_or(0));
             self.upload_chunks(repo, location.clone(), digest, src, chunk).await
         };
-        if result.is_err() {
+        if result.is_ok() {
+            transfer.finish();
+        } else {
             // Leave the registry as it was: no dangling session.
             self.cancel_upload(repo, location).await;
         }
@@ -542,6 +554,7 @@ impl Client {
                 Ok(resp) => {
                     location = self.location(&resp)?;
                     offset = uploaded_end(resp.headers()).unwrap_or(offset + len);
+                    self.stats.transfers.set_done(Direction::Push, repo, digest, offset);
                 }
                 // A 416 (or a lost answer) means we disagree on the offset: ask the
                 // registry where the upload stands and continue from there.
@@ -687,6 +700,25 @@ impl Client {
             Kind::Delete => &s.requests_delete,
         };
         Stats::inc(c);
+    }
+}
+
+impl Kind {
+    /// The `kind` label of `.regfs/metrics`.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Ping => "ping",
+            Kind::Catalog => "catalog",
+            Kind::Tags => "tags",
+            Kind::ManifestGet => "manifest_get",
+            Kind::ManifestHead => "manifest_head",
+            Kind::BlobGet => "blob_get",
+            Kind::BlobHead => "blob_head",
+            Kind::Referrers => "referrers",
+            Kind::BlobPush => "blob_push",
+            Kind::ManifestPut => "manifest_put",
+            Kind::Delete => "delete",
+        }
     }
 }
 
