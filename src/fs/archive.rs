@@ -81,12 +81,12 @@ fn descriptor(m: &CachedManifest, tag: &str) -> serde_json::Value {
     })
 }
 
-/// The `index.json` entry of `_export/<tag>.tar`: loaders name the image from
-/// its annotations. podman takes `ref.name` as the whole name (a bare tag
-/// would come out as `localhost/<tag>:latest`), containerd and docker read
-/// `io.containerd.image.name`; both get `<registry>/<repo>:<tag>`.
-fn export_descriptor(m: &CachedManifest, full_name: &str) -> serde_json::Value {
-    let mut d = descriptor(m, full_name);
+/// The `index.json` entry of `_export/<tag>.tar`, annotated as `docker save`
+/// does: `ref.name` is the tag, `io.containerd.image.name` the full
+/// `<registry>/<repo>:<tag>`, which podman, containerd and docker name the
+/// loaded image after (with the tag alone podman says `localhost/<tag>:latest`).
+fn export_descriptor(m: &CachedManifest, tag: &str, full_name: &str) -> serde_json::Value {
+    let mut d = descriptor(m, tag);
     d["annotations"][CONTAINERD_NAME] = json!(full_name);
     d
 }
@@ -182,7 +182,7 @@ impl View {
             })
             .collect();
         let full_name = format!("{}/{repo}:{tag}", self.registry_host);
-        let index = json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": [export_descriptor(root, &full_name)] });
+        let index = json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": [export_descriptor(root, tag, &full_name)] });
         members.push(Member::inline("index.json", serde_json::to_vec(&index).expect("JSON")));
         if let Some(image) = docker_image(root, &all) {
             let config = image.parsed.config.as_ref().and_then(|c| c.digest());

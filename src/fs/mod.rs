@@ -515,10 +515,7 @@ impl Filesystem for RegFs {
                 other => other,
             };
             if new_mtime.is_some() && node.kind() == Kind::File && !matches!(node, Node::Staged(_)) {
-                let e = FsError::new(
-                    libc::EPERM,
-                    format!("{} is read-only: its time cannot change", node.path()),
-                );
+                let e = FsError::new(libc::EPERM, "read-only file: its time cannot change");
                 return reply.error(fs.fail("setattr", Some(&node), &e));
             }
             if let Some(size) = size {

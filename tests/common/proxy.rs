@@ -104,6 +104,8 @@ struct Shared {
     tag_page_max: AtomicUsize,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
+    /// Headers added to every forwarded response (e.g. `RateLimit-Remaining`).
+    extra_headers: Mutex<Vec<(String, String)>>,
 }
 
 /// A running proxy; stops and closes its connections on drop.
@@ -127,6 +129,7 @@ impl FaultProxy {
             tag_page_max: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
+            extra_headers: Mutex::new(Vec::new()),
         });
         let s2 = shared.clone();
         thread::Builder::new()
@@ -160,6 +163,16 @@ impl FaultProxy {
     }
 
     /// Delays every response (before its first byte) by `ms`.
+    /// Add `name: value` to every response forwarded from now on, the way
+    /// hosted registries add `RateLimit-Limit` / `RateLimit-Remaining`.
+    pub fn add_response_header(&self, name: &str, value: &str) {
+        self.shared
+            .extra_headers
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
+    }
+
     pub fn set_delay_ms(&self, ms: u64) {
         self.shared.delay_ms.store(ms, Ordering::SeqCst);
     }
@@ -494,6 +507,9 @@ fn forward(
     };
     if let Some(n) = cut {
         set(&|r| r.fault = Some(FaultAction::CutBodyAfter(n)));
+    }
+    for (k, v) in shared.extra_headers.lock().unwrap().iter() {
+        resp.set_header(k, v);
     }
 
     sleep_delay(shared);
