@@ -156,10 +156,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 /// for the log.
 fn check_mountpoint(path: &Path, allow_non_empty: bool) -> anyhow::Result<Option<String>> {
     let mut note = None;
-    if let Err(e) = std::fs::metadata(path) {
-        if e.raw_os_error() != Some(libc::ENOTCONN) {
-            return Err(e).with_context(|| format!("mountpoint {}", path.display()));
-        }
+    if is_dead_mount(path) {
         lazy_unmount(path)?;
         note = Some(format!(
             "{} was a dead FUSE mount (its daemon is gone); detached it with `fusermount3 -uz` and mounting afresh",
@@ -204,6 +201,20 @@ fn mounted_at(mountinfo: &str, path: &Path) -> Option<(String, String)> {
             Some((f.next()?.to_string(), unescape_mountinfo(f.next()?)))
         })
         .last()
+}
+
+/// Is `path` a FUSE mount whose daemon is gone? `statfs` always asks the
+/// daemon (`stat` may be answered from the kernel's attribute cache), and a
+/// dead one answers ENOTCONN.
+pub fn is_dead_mount(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 /// `fusermount3 -uz`: detach a mount now, whatever still has it open.

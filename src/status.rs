@@ -265,7 +265,7 @@ pub fn unmount(mnt: &Path) -> anyhow::Result<()> {
     let snapshot = Snapshot::read(mnt);
     let snap = match snapshot {
         Ok(s) => s,
-        Err(_) if is_mounted(mnt) && is_dead(mnt) => {
+        Err(_) if is_mounted(mnt) && crate::daemon::is_dead_mount(mnt) => {
             crate::daemon::lazy_unmount(mnt)?;
             println!("{} was a dead mount (its daemon is gone): detached", mnt.display());
             return Ok(());
@@ -317,11 +317,6 @@ pub fn unmount(mnt: &Path) -> anyhow::Result<()> {
     }
     println!("daemon {pid} has finished");
     Ok(())
-}
-
-/// A FUSE mount whose daemon is gone answers ENOTCONN.
-fn is_dead(mnt: &Path) -> bool {
-    std::fs::metadata(mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
 }
 
 fn pid_alive(pid: u32) -> bool {

@@ -319,7 +319,7 @@ fn a_dead_mountpoint_is_recovered_and_a_live_one_refused() {
 
     m.signal(libc::SIGKILL);
     assert!(m.wait_exit(EXIT_DEADLINE).is_some());
-    let dead = fs::metadata(&mnt).unwrap_err();
+    let dead = fs::read_dir(&mnt).unwrap_err();
     assert_eq!(errno_of(&dead), libc::ENOTCONN, "the daemon is gone, the mount stays");
     let out = w.regfs(&["status", mnt.to_str().unwrap()]);
     assert!(
@@ -459,7 +459,7 @@ fn metrics_over_http_and_in_dot_regfs_move_with_reads() {
     assert_eq!(metric(&before, "regfs_cache_limit_bytes"), (10u64 << 30) as f64);
 
     let layer = &img.layers[0];
-    proxy.fail_next(1, 429, Match::path(&format!("/blobs/{}", layer.digest)));
+    proxy.fail_next(1, 429, Match::method_path("GET", &format!("/blobs/{}", layer.digest)));
     assert_eq!(
         fs::read(m.join(format!("team/app/_blobs/{}", layer.digest))).unwrap(),
         layer.bytes

@@ -162,7 +162,6 @@ impl FaultProxy {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Delays every response (before its first byte) by `ms`.
     /// Add `name: value` to every response forwarded from now on, the way
     /// hosted registries add `RateLimit-Limit` / `RateLimit-Remaining`.
     pub fn add_response_header(&self, name: &str, value: &str) {
@@ -173,6 +172,7 @@ impl FaultProxy {
             .push((name.to_string(), value.to_string()));
     }
 
+    /// Delays every response (before its first byte) by `ms`.
     pub fn set_delay_ms(&self, ms: u64) {
         self.shared.delay_ms.store(ms, Ordering::SeqCst);
     }
