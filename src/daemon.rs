@@ -186,10 +186,11 @@ fn check_mountpoint(path: &Path, allow_non_empty: bool) -> anyhow::Result<Option
     Ok(note)
 }
 
-/// (fstype, source) of the topmost mount at `path`, from /proc/self/mountinfo.
-fn mounted_at(mountinfo: &str, path: &Path) -> Option<(String, String)> {
+/// (fstype, source) of the topmost (last listed) mount at `path`, from /proc/self/mountinfo.
+pub fn mounted_at(mountinfo: &str, path: &Path) -> Option<(String, String)> {
     mountinfo
         .lines()
+        .rev()
         .filter(|l| {
             l.split(' ')
                 .nth(4)
@@ -200,7 +201,7 @@ fn mounted_at(mountinfo: &str, path: &Path) -> Option<(String, String)> {
             let mut f = after.split(' ');
             Some((f.next()?.to_string(), unescape_mountinfo(f.next()?)))
         })
-        .last()
+        .next()
 }
 
 /// Is `path` a FUSE mount whose daemon is gone? `statfs` always asks the

@@ -3,7 +3,7 @@
 //! protocol of their own.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -116,7 +116,7 @@ impl Snapshot {
 
     fn cache_line(&self) -> String {
         let (bytes, limit) = (self.stat("cache_bytes"), self.stat("cache_limit"));
-        let pct = if limit > 0 { bytes * 100 / limit } else { 0 };
+        let pct = (bytes * 100).checked_div(limit).unwrap_or(0);
         format!(
             "cache: {} blobs, {} of {} ({pct}%); {} blob(s) being fetched",
             self.stat("cache_blobs"),
@@ -248,14 +248,11 @@ pub fn run(mnt: &Path, watch: bool, interval: f64) -> anyhow::Result<()> {
 
 /// Whether /proc/self/mountinfo lists a mount at `path`.
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(canonical) = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)) else {
+    let Ok(abs) = std::fs::canonicalize(path).or_else(|_| std::path::absolute(path)) else {
         return false;
     };
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| PathBuf::from(m.replace("\\040", " ")) == canonical)
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    crate::daemon::mounted_at(&mountinfo, &abs).is_some()
 }
 
 /// `regfs unmount MOUNTPOINT`: unmount; when files are still open there,

@@ -30,6 +30,12 @@ fn digest_ino(kind: u8, digest: &crate::registry::Digest) -> u64 {
     DIGEST_BIT | (u64::from(kind & 3) << 61) | low
 }
 
+impl Default for Inodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Inodes {
     pub fn new() -> Self {
         let mut t = Table {
