@@ -18,6 +18,9 @@ pub struct Config {
     pub read_only: bool,
     pub allow_delete: bool,
     pub cache_dir: PathBuf,
+    /// Keep the cache dir's mode and create files with the caller's umask
+    /// (a cache shared on purpose); otherwise everything in it is private.
+    pub shared_cache: bool,
     pub cache_size: u64,
     /// How long tags, listings and tag→digest are trusted; `None` = forever.
     pub metadata_ttl: Option<Duration>,

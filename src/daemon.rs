@@ -24,6 +24,7 @@ const FUSE_THREADS: usize = 4;
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     let recovered = check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
+    set_private_umask(&cfg);
     let notify_ready = std::env::var_os(READY_ENV).is_some();
     if !cfg.foreground && !notify_ready {
         if let Some(note) = &recovered {
@@ -62,15 +63,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         );
     }
 
-    std::fs::create_dir_all(&cfg.cache_dir)
-        .with_context(|| format!("cannot create cache dir {}", cfg.cache_dir.display()))?;
-    let manifests = ManifestStore::new(&cfg.cache_dir, stats.clone())?;
+    make_cache_dir_private(&cfg)?;
+    let in_cache = |what: &str| format!("cannot use the cache dir {} ({what})", cfg.cache_dir.display());
+    let manifests = ManifestStore::new(&cfg.cache_dir, stats.clone()).with_context(|| in_cache("manifests"))?;
     let blobs = {
         let _guard = rt.enter();
-        let blobs = BlobStore::new(&cfg.cache_dir, cfg.cache_size, client.clone(), stats.clone())?;
+        let blobs = BlobStore::new(&cfg.cache_dir, cfg.cache_size, client.clone(), stats.clone())
+            .with_context(|| in_cache("blobs"))?;
         crate::metrics::keep_in_sync(stats.clone(), blobs.clone());
         blobs
     };
+    let blob_store = blobs.clone();
     let view = View::new(
         client,
         manifests,
@@ -114,6 +117,15 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     options.clone_fd = true;
     let mut session = fuser::Session::new(fs, &cfg.mountpoint, &options)
         .with_context(|| format!("cannot mount at {}", cfg.mountpoint.display()))?;
+    let notifier = session.notifier();
+    // Content found wrong after the kernel cached some of it: drop those pages
+    // and the size it was told, so no later read is served from them.
+    blob_store.set_on_bad_content(Box::new(move |digest| {
+        let ino = fuser::INodeNo(crate::fs::inodes::blob_ino(digest));
+        if let Err(e) = notifier.inval_inode(ino, 0, -1) {
+            tracing::debug!(%digest, "kernel cache invalidation: {e}");
+        }
+    }));
     let mut unmounter = session.unmount_callable();
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new().name("fuse-session".into()).spawn(move || {
@@ -143,10 +155,73 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None => {
             tracing::info!("signal received; unmounting");
-            unmounter.unmount().context("unmount failed")?;
+            if let Err(e) = unmounter.unmount() {
+                // Busy (a file open, a shell inside): detach it so the
+                // mountpoint is clean at once; the kernel finishes when the
+                // last user lets go. Never leave a dead mount behind.
+                tracing::warn!("unmount failed ({e}); detaching the mount lazily");
+                lazy_unmount(&cfg.mountpoint).context("lazy unmount failed")?;
+            }
         }
     }
     rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
+}
+
+/// Detach a mount that is busy: `umount2(MNT_DETACH)` as root, else
+/// `fusermount3 -u -z` (the setuid helper does it for the user who mounted).
+pub fn lazy_unmount(mountpoint: &Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; umount2 has no memory effects.
+    if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .status()
+        .context("cannot run fusermount3")?;
+    anyhow::ensure!(status.success(), "fusermount3 -u -z exited with {status}");
+    Ok(())
+}
+
+/// Every file and directory the daemon creates (cache, log, staging) is
+/// 0600 / 0700, unless the cache is shared on purpose.
+fn set_private_umask(cfg: &Config) {
+    if !cfg.shared_cache {
+        // SAFETY: umask only changes this process's file creation mask.
+        unsafe { libc::umask(0o077) };
+    }
+}
+
+/// The cache holds a private registry's blobs, the log and where images were
+/// seen: only its owner may read it. A directory the user opened up on purpose
+/// keeps its mode with `--shared-cache`.
+fn make_cache_dir_private(cfg: &Config) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    set_private_umask(cfg);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&cfg.cache_dir)
+        .with_context(|| format!("cannot create cache dir {}", cfg.cache_dir.display()))?;
+    let meta = std::fs::metadata(&cfg.cache_dir)
+        .with_context(|| format!("cannot use cache dir {}", cfg.cache_dir.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if !cfg.shared_cache && mode & 0o077 != 0 {
+        std::fs::set_permissions(&cfg.cache_dir, std::fs::Permissions::from_mode(0o700)).with_context(|| {
+            format!(
+                "cache dir {} is readable by others (mode {mode:o}) and cannot be made private",
+                cfg.cache_dir.display()
+            )
+        })?;
+        tracing::warn!(
+            cache_dir = %cfg.cache_dir.display(),
+            "cache dir was mode {mode:o}; made it 0700 (use --shared-cache to keep a shared cache open)"
+        );
+    }
     Ok(())
 }
 
@@ -159,7 +234,7 @@ fn check_mountpoint(path: &Path, allow_non_empty: bool) -> anyhow::Result<Option
     if is_dead_mount(path) {
         lazy_unmount(path)?;
         note = Some(format!(
-            "{} was a dead FUSE mount (its daemon is gone); detached it with `fusermount3 -uz` and mounting afresh",
+            "{} was a dead FUSE mount (its daemon is gone); detached it (lazy unmount) and mounting afresh",
             path.display()
         ));
     }
@@ -218,23 +293,6 @@ pub fn is_dead_mount(path: &Path) -> bool {
     r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
-/// `fusermount3 -uz`: detach a mount now, whatever still has it open.
-pub fn lazy_unmount(path: &Path) -> anyhow::Result<()> {
-    let out = Command::new("fusermount3")
-        .arg("-uz")
-        .arg(path)
-        .output()
-        .context("cannot run fusermount3 (Debian package fuse3)")?;
-    if !out.status.success() {
-        bail!(
-            "{} is a dead FUSE mount and `fusermount3 -uz` failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// A TLS handshake that met a plain-HTTP server fails with rustls'
 /// "corrupt message of type InvalidContentType": say what to write instead.
 fn plain_http_hint(error: &str, registry: &url::Url) -> String {
@@ -261,11 +319,18 @@ fn start_background(cfg: &Config) -> anyhow::Result<()> {
         .log_file
         .clone()
         .unwrap_or_else(|| crate::config::default_log_file(&cfg.cache_dir, &cfg.mountpoint));
-    std::fs::create_dir_all(&cfg.cache_dir)
-        .with_context(|| format!("cannot create cache dir {}", cfg.cache_dir.display()))?;
+    make_cache_dir_private(cfg)?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    // The child must not read stdin again: the password travels in its environment.
-    args.retain(|a| a != "--password-stdin");
+    // A password given on the command line's side (stdin or $REGFS_PASSWORD)
+    // reaches the daemon through a pipe on its stdin: never its environment,
+    // which /proc/PID/environ shows.
+    let password = cfg.credentials.as_ref().filter(|_| {
+        args.iter()
+            .any(|a| a == "--username" || a.to_string_lossy().starts_with("--username="))
+    });
+    if password.is_some() && !args.iter().any(|a| a == "--password-stdin") {
+        args.push("--password-stdin".into());
+    }
     if cfg.log_file.is_none() {
         args.push("--log-file".into());
         args.push(log_file.clone().into());
@@ -273,12 +338,14 @@ fn start_background(cfg: &Config) -> anyhow::Result<()> {
     let mut cmd = Command::new(exe);
     cmd.args(&args)
         .env(READY_ENV, "1")
-        .stdin(Stdio::null())
+        .env_remove("REGFS_PASSWORD")
+        .stdin(if password.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(c) = &cfg.credentials {
-        cmd.env("REGFS_PASSWORD", c.password());
-    }
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our session.
     unsafe {
         use std::os::unix::process::CommandExt;
@@ -288,6 +355,10 @@ fn start_background(cfg: &Config) -> anyhow::Result<()> {
         });
     }
     let mut child = cmd.spawn().context("cannot start the regfs daemon")?;
+    if let (Some(c), Some(mut stdin)) = (password, child.stdin.take()) {
+        // Dropping stdin closes the pipe: the daemon reads to its end.
+        let _ = stdin.write_all(c.password().as_bytes());
+    }
     let stdout = child.stdout.take().expect("piped");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;

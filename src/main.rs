@@ -73,6 +73,10 @@ struct MountArgs {
     /// Disk cache for blobs and manifests [default: $XDG_CACHE_HOME/regfs, ~/.cache/regfs; /var/cache/regfs for root without a home].
     #[arg(long)]
     cache_dir: Option<PathBuf>,
+    /// Keep the cache dir's permissions as they are (a cache shared on purpose);
+    /// by default it is made private (0700, files 0600).
+    #[arg(long)]
+    shared_cache: bool,
     /// Disk cache limit, e.g. 500M, 10G (`df` on the mount shows its use).
     #[arg(long, default_value = "10G", value_parser = config::parse_size)]
     cache_size: u64,
@@ -307,6 +311,7 @@ fn build_config(a: MountArgs) -> anyhow::Result<Config> {
         read_only: a.read_only,
         allow_delete: a.allow_delete,
         cache_dir: a.cache_dir.unwrap_or_else(config::default_cache_dir),
+        shared_cache: a.shared_cache,
         cache_size: a.cache_size,
         metadata_ttl: config::parse_ttl(&a.metadata_ttl)?,
         allow_other: a.allow_other,

@@ -275,9 +275,21 @@ pub fn platform_name(p: &Platform) -> Option<String> {
     Some(sanitize(&parts.join("-")))
 }
 
-/// A file name: no `/`, no NUL, not `.`/`..`, not empty.
+/// Longest name made from registry strings: room for a `~N` suffix within
+/// the 255 bytes a file name may have.
+const MAX_MADE_NAME: usize = 240;
+
+/// A file name from untrusted text (platforms, annotations, artifact types):
+/// no `/`, no control characters, not `.`/`..`, not empty, at most 240 bytes.
 pub fn sanitize(s: &str) -> String {
-    let out: String = s.chars().map(|c| if c == '/' || c == '\0' { '_' } else { c }).collect();
+    let mut out = String::with_capacity(s.len().min(MAX_MADE_NAME));
+    for c in s.chars() {
+        let c = if c == '/' || c.is_control() { '_' } else { c };
+        if out.len() + c.len_utf8() > MAX_MADE_NAME {
+            break;
+        }
+        out.push(c);
+    }
     match out.as_str() {
         "" | "." | ".." => format!("_{out}"),
         _ => out,
@@ -306,7 +318,10 @@ pub fn child_names(index: &Manifest) -> Vec<(String, ChildTarget)> {
     let mut out = Vec::new();
     let mut taken = std::collections::HashSet::new();
     for (i, d) in index.manifests.iter().enumerate() {
-        let Some(digest) = d.digest() else { continue };
+        let Some(digest) = d.digest() else {
+            tracing::warn!(digest = ?d.digest, "index entry without a valid digest; not shown");
+            continue;
+        };
         let is_blob = !d.media_type.is_empty() && !is_manifest_media_type(&d.media_type);
         let target = if is_blob {
             ChildTarget::Blob(digest)
@@ -347,7 +362,8 @@ fn annotation<'a>(d: &'a Descriptor, key: &str) -> Option<&'a str> {
 /// `sha256:abcdef…` → `sha256-abcdef012345` (12 hex digits).
 fn short_digest(d: &str) -> String {
     let (alg, hex) = d.split_once(':').unwrap_or(("digest", d));
-    sanitize(&format!("{alg}-{}", &hex[..hex.len().min(12)]))
+    let short: String = hex.chars().take(12).collect();
+    sanitize(&format!("{alg}-{short}"))
 }
 
 /// Names for `referrers/`: what each referrer is (its artifact type, else its
@@ -357,7 +373,10 @@ pub fn referrer_names(referrers: &[Descriptor]) -> Vec<(String, Digest)> {
     let mut out: Vec<(String, Digest)> = referrers
         .iter()
         .filter_map(|d| {
-            let digest = d.digest()?;
+            let Some(digest) = d.digest() else {
+                tracing::warn!(digest = ?d.digest, "referrer without a valid digest; not shown");
+                return None;
+            };
             let kind = d
                 .artifact_type
                 .as_deref()
@@ -438,6 +457,40 @@ mod naming_tests {
         assert_eq!(layer_name(7, 120), "007");
         assert_eq!(sanitize("a/b"), "a_b");
         assert_eq!(sanitize(".."), "_..");
+    }
+
+    #[test]
+    fn names_from_registry_text_are_safe_file_names() {
+        assert_eq!(sanitize("linux\namd64\t\u{7f}"), "linux_amd64__");
+        let long = "é".repeat(300);
+        let name = sanitize(&long);
+        assert!(name.len() <= 240 && name.chars().all(|c| c == 'é'), "{}", name.len());
+        // An index entry with a hostile platform and a crafted attestation annotation.
+        let index = Manifest::parse(
+            serde_json::json!({
+                "schemaVersion": 2, "mediaType": OCI_INDEX,
+                "manifests": [
+                    {"mediaType": OCI_MANIFEST, "digest": digest(1), "size": 1,
+                     "platform": {"os": "linux/../../etc", "architecture": "x".repeat(400)}},
+                    {"mediaType": OCI_MANIFEST, "digest": digest(2), "size": 1,
+                     "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                                     "vnd.docker.reference.digest": "sha256:ééé\n"}},
+                    {"mediaType": OCI_MANIFEST, "digest": "../../../../etc/passwd", "size": 1}
+                ]
+            })
+            .to_string()
+            .as_bytes(),
+            None,
+        );
+        let names = child_names(&index);
+        assert_eq!(names.len(), 2, "the entry with a path for a digest is not shown");
+        for (n, _) in &names {
+            assert!(
+                n.len() <= 255 && !n.contains('/') && !n.chars().any(char::is_control),
+                "{n:?}"
+            );
+        }
+        assert_eq!(names[1].0, "attestation-sha256-ééé_");
     }
 }
 

@@ -1,12 +1,20 @@
 //! Blobs on local disk, fetched lazily by HTTP Range.
 //!
 //! A blob being read lives in a sparse file `<cache>/partial/<hex>.<pid>.<n>` with a
-//! map of which 1 MiB chunks are present. A read fetches the chunks it needs
+//! map of which 1 MiB chunks are present (a range map: its memory follows what
+//! was fetched, never the size a descriptor claims). A read fetches the chunks it needs
 //! (and, when reads are sequential, a growing window ahead of them in parallel
 //! parts); bodies stream straight to the file, so memory stays bounded. As the
 //! present prefix grows it is hashed; when the whole blob is present and its
 //! sha256 matches, the file is renamed to `<cache>/blobs/sha256/<hex>` (atomic
 //! commit). A complete file from an earlier run is re-hashed once before it is trusted.
+//!
+//! Verified or error: a read that reaches the end of a blob is answered only
+//! once the whole blob hashed to its digest; on a mismatch that read and every
+//! later one of this file fail with EIO, the kernel's cached pages of the blob
+//! are dropped (the invalidation hook), and nothing reaches the cache. Reads in
+//! the middle of a blob not yet verified return the registry's bytes as they
+//! came (see the README, "Verification").
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -14,9 +22,11 @@ use std::num::NonZeroUsize;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex, Weak};
 
 use lru::LruCache;
+use rangemap::RangeMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
@@ -37,10 +47,12 @@ const SEQUENTIAL_SLACK: u64 = 4 << 20;
 const MAX_RESUMES: u32 = 3;
 /// Partially fetched blobs kept open (and their partial files kept) after use.
 const RECENT_FILES: usize = 64;
+/// Blob sizes remembered (claims from descriptors and the registry's word).
+const KNOWN_SIZES: usize = 1 << 18;
 
-#[derive(Clone, Debug)]
+/// The state of a run of chunks; chunks absent from the map are missing.
+#[derive(Clone, Debug, PartialEq, Eq)]
 enum ChunkState {
-    Missing,
     Fetching(u64),
     Present,
     /// The fetch with this id failed; callers waiting on it get the error,
@@ -49,16 +61,55 @@ enum ChunkState {
 }
 
 struct Chunks {
-    states: Vec<ChunkState>,
+    /// Chunk index ranges → state. Sparse: a 15 TiB claim costs nothing until read.
+    states: RangeMap<u64, ChunkState>,
     next_fetch_id: u64,
-    /// Set when the complete content did not match the digest.
+    /// Set when the content cannot be right (digest or length mismatch).
     poisoned: Option<FsError>,
+}
+
+impl Chunks {
+    fn new(count: u64, present: bool) -> Self {
+        let mut states = RangeMap::new();
+        if present && count > 0 {
+            states.insert(0..count, ChunkState::Present);
+        }
+        Chunks {
+            states,
+            next_fetch_id: 0,
+            poisoned: None,
+        }
+    }
+
+    fn state(&self, i: u64) -> Option<&ChunkState> {
+        self.states.get(&i)
+    }
+
+    fn all_present(&self, range: std::ops::Range<u64>) -> bool {
+        if range.is_empty() {
+            return true;
+        }
+        match self.states.get_key_value(&range.start) {
+            Some((r, ChunkState::Present)) => r.end >= range.end,
+            _ => false,
+        }
+    }
+}
+
+/// What is known of a blob's length. Descriptors only claim one (a crafted
+/// manifest may claim anything); the registry's own answer settles it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KnownSize {
+    Claimed(u64),
+    /// Two descriptors disagreed: ask the registry.
+    Disputed,
+    Confirmed(u64),
 }
 
 struct HashProgress {
     hasher: Sha256,
     /// Chunks `0..upto` are hashed.
-    upto: usize,
+    upto: u64,
     done: bool,
 }
 
@@ -96,6 +147,8 @@ pub struct BlobFile {
     hash: Mutex<HashProgress>,
     /// A hashing task is running (hashing never blocks the fetch tasks).
     hashing: AtomicBool,
+    /// The whole content hashed to the digest.
+    verified: AtomicBool,
     store: Weak<BlobStore>,
 }
 
@@ -111,10 +164,15 @@ pub struct BlobStore {
     files: Mutex<LruCache<Digest, Arc<BlobFile>>>,
     /// Complete files re-hashed during this run.
     verified: Mutex<HashSet<Digest>>,
+    /// Blob lengths: descriptors' claims and the registry's word.
+    sizes: Mutex<LruCache<Digest, KnownSize>>,
+    /// Called with a digest whose content turned out wrong, so the kernel
+    /// drops the pages and attributes it cached (set by the daemon).
+    on_bad_content: OnceLock<Box<dyn Fn(&Digest) + Send + Sync>>,
 }
 
-fn chunk_count(size: u64) -> usize {
-    size.div_ceil(CHUNK) as usize
+fn chunk_count(size: u64) -> u64 {
+    size.div_ceil(CHUNK)
 }
 
 impl BlobStore {
@@ -154,6 +212,8 @@ impl BlobStore {
             index: Mutex::new((lru, total)),
             files: Mutex::new(LruCache::new(NonZeroUsize::new(RECENT_FILES).unwrap())),
             verified: Mutex::new(HashSet::new()),
+            sizes: Mutex::new(LruCache::new(NonZeroUsize::new(KNOWN_SIZES).unwrap())),
+            on_bad_content: OnceLock::new(),
         });
         store.evict();
         Ok(store)
@@ -183,6 +243,51 @@ impl BlobStore {
             "cache_blobs {count}\ncache_bytes {bytes}\ncache_limit {}\nblobs_being_fetched {open}\n",
             self.limit
         )
+    }
+
+    /// Set the hook told about blobs whose content turned out wrong.
+    pub fn set_on_bad_content(&self, hook: Box<dyn Fn(&Digest) + Send + Sync>) {
+        let _ = self.on_bad_content.set(hook);
+    }
+
+    /// Tell the hook, on a thread of its own: a kernel invalidation may wait
+    /// for reads that the caller's thread still has to answer.
+    fn bad_content(self: &Arc<Self>, digest: &Digest) {
+        if self.on_bad_content.get().is_none() {
+            return;
+        }
+        let (store, digest) = (self.clone(), *digest);
+        let _ = std::thread::Builder::new()
+            .name("regfs-inval".into())
+            .spawn(move || (store.on_bad_content.get().expect("checked"))(&digest));
+    }
+
+    /// A descriptor says `digest` is `size` bytes long. A claim never
+    /// overrides the registry's word; two claims that disagree are disputed.
+    pub fn note_claimed_size(&self, digest: Digest, size: u64) {
+        let mut sizes = self.sizes.lock().unwrap();
+        let next = match sizes.get(&digest).copied() {
+            None => KnownSize::Claimed(size),
+            Some(KnownSize::Claimed(s)) if s != size => {
+                tracing::warn!(%digest, "descriptors disagree on the size of this blob ({s} and {size}); asking the registry");
+                KnownSize::Disputed
+            }
+            Some(known) => known,
+        };
+        sizes.put(digest, next);
+    }
+
+    /// The registry's own length for `digest` (HEAD, Content-Range or a verified file).
+    pub fn confirm_size(&self, digest: Digest, size: u64) {
+        self.sizes.lock().unwrap().put(digest, KnownSize::Confirmed(size));
+    }
+
+    /// The size to show for `digest` without a request, if one is known and undisputed.
+    pub fn known_size(&self, digest: &Digest) -> Option<u64> {
+        match self.sizes.lock().unwrap().get(digest).copied()? {
+            KnownSize::Claimed(s) | KnownSize::Confirmed(s) => Some(s),
+            KnownSize::Disputed => None,
+        }
     }
 
     /// Is the whole blob on disk (not necessarily verified yet in this run)?
@@ -224,7 +329,7 @@ impl BlobStore {
             let actual = tokio::task::spawn_blocking(move || hash_file(&f))
                 .await
                 .map_err(|e| FsError::new(libc::EIO, format!("hashing task: {e}")))??;
-            if actual != digest || len != size {
+            if actual != digest {
                 tracing::warn!(%digest, %actual, path = %path.display(), "cached blob failed verification; removing it and fetching again");
                 self.stats
                     .record_error(format!("cached blob {digest} failed verification; refetching"));
@@ -234,6 +339,13 @@ impl BlobStore {
             }
             self.verified.lock().unwrap().insert(digest);
         }
+        if len != size {
+            // The file hashes to its digest, so its length is the truth: the
+            // size shown (a descriptor's claim) was wrong.
+            self.confirm_size(digest, len);
+            self.bad_content(&digest);
+            return Err(self.size_mismatch(&digest, size, len));
+        }
         self.index.lock().unwrap().0.promote(&digest);
         Ok(Some(Arc::new(BlobFile {
             digest,
@@ -241,11 +353,7 @@ impl BlobStore {
             repo: String::new(),
             file,
             partial_path: Mutex::new(None),
-            chunks: Mutex::new(Chunks {
-                states: vec![ChunkState::Present; chunk_count(size)],
-                next_fetch_id: 0,
-                poisoned: None,
-            }),
+            chunks: Mutex::new(Chunks::new(chunk_count(size), true)),
             changed: Notify::new(),
             hash: Mutex::new(HashProgress {
                 hasher: Sha256::new(),
@@ -253,6 +361,7 @@ impl BlobStore {
                 done: true,
             }),
             hashing: AtomicBool::new(false),
+            verified: AtomicBool::new(true),
             store: Arc::downgrade(self),
         })))
     }
@@ -269,18 +378,15 @@ impl BlobStore {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        file.set_len(size)?; // sparse: only fetched ranges take space
+        // No set_len: the file grows as ranges arrive (allocated by fallocate),
+        // so a size claimed by a descriptor costs nothing on disk.
         let blob = Arc::new(BlobFile {
             digest,
             size,
             repo: repo.to_string(),
             file,
             partial_path: Mutex::new(Some(path)),
-            chunks: Mutex::new(Chunks {
-                states: vec![ChunkState::Missing; chunk_count(size)],
-                next_fetch_id: 0,
-                poisoned: None,
-            }),
+            chunks: Mutex::new(Chunks::new(chunk_count(size), false)),
             changed: Notify::new(),
             hash: Mutex::new(HashProgress {
                 hasher: Sha256::new(),
@@ -288,12 +394,20 @@ impl BlobStore {
                 done: false,
             }),
             hashing: AtomicBool::new(false),
+            verified: AtomicBool::new(false),
             store: Arc::downgrade(self),
         });
         if size == 0 {
             blob.advance_hash(); // nothing to fetch: verify and commit at once
         }
         Ok(blob)
+    }
+
+    fn size_mismatch(&self, digest: &Digest, shown: u64, actual: u64) -> FsError {
+        let msg = format!("blob {digest}: the registry says {actual} bytes, the descriptor said {shown}");
+        tracing::error!("size mismatch: {msg}");
+        self.stats.record_error(msg.clone());
+        FsError::new(libc::EIO, format!("size mismatch: {msg}"))
     }
 
     fn forget_complete(&self, digest: &Digest) {
@@ -388,13 +502,27 @@ impl BlobFile {
         self.partial_path.lock().unwrap().is_none()
     }
 
+    fn is_verified(&self) -> bool {
+        self.verified.load(Ordering::Acquire)
+    }
+
+    fn poisoned(&self) -> Option<FsError> {
+        self.chunks.lock().unwrap().poisoned.clone()
+    }
+
     /// Read `len` bytes at `offset` (fewer at the end of the blob) if they are
     /// on disk already; otherwise start fetching them (and the readahead window)
     /// and return `None`. Never waits on the network, so FUSE threads may call it
-    /// (inside the runtime context: it spawns fetch tasks).
+    /// (inside the runtime context: it spawns fetch tasks). A read that reaches
+    /// the end of the blob returns `None` until the whole blob is verified.
     pub fn try_read(self: &Arc<Self>, offset: u64, len: u64, rs: &Mutex<ReadState>) -> FsResult<Option<Vec<u8>>> {
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
         let end = offset.saturating_add(len).min(self.size);
-        if offset >= end {
+        // A read at or past the end still waits for the verdict: EOF is an answer too.
+        let offset = offset.min(end);
+        if offset == end && end < self.size {
             return Ok(Some(Vec::new()));
         }
         let store = self.store()?;
@@ -411,7 +539,7 @@ impl BlobFile {
                 let window_end = end.saturating_add(ahead).div_ceil(PART).saturating_mul(PART);
                 self.start_fetches(end, window_end.min(self.size));
             }
-            if !self.all_present(offset, end) {
+            if !self.all_present(offset, end) || (end >= self.size && !self.is_verified()) {
                 Stats::inc(&store.stats.fuse_read_waits);
                 return Ok(None);
             }
@@ -427,11 +555,15 @@ impl BlobFile {
         }
     }
 
-    /// After `try_read` returned `None`: wait for the bytes, then read them.
+    /// After `try_read` returned `None`: wait for the bytes (and, at the end
+    /// of the blob, for the verdict on the whole content), then read them.
     pub async fn wait_and_read(self: &Arc<Self>, offset: u64, end: u64, _rs: &Mutex<ReadState>) -> FsResult<Vec<u8>> {
         let end = end.min(self.size);
-        self.wait_present(offset, end).await?;
-        self.read_present(offset, end)
+        self.wait_present(offset.min(end), end).await?;
+        if end >= self.size {
+            self.wait_verified().await?;
+        }
+        self.read_present(offset.min(end), end)
     }
 
     fn read_present(&self, offset: u64, end: u64) -> FsResult<Vec<u8>> {
@@ -441,14 +573,11 @@ impl BlobFile {
     }
 
     fn all_present(&self, start: u64, end: u64) -> bool {
-        let c = self.chunks.lock().unwrap();
-        c.states[self.chunk_range(start, end)]
-            .iter()
-            .all(|s| matches!(s, ChunkState::Present))
+        self.chunks.lock().unwrap().all_present(self.chunk_range(start, end))
     }
 
-    fn chunk_range(&self, start: u64, end: u64) -> std::ops::Range<usize> {
-        (start / CHUNK) as usize..end.div_ceil(CHUNK) as usize
+    fn chunk_range(&self, start: u64, end: u64) -> std::ops::Range<u64> {
+        start / CHUNK..end.div_ceil(CHUNK)
     }
 
     /// Start fetches for every chunk of `start..end` nobody is fetching yet,
@@ -461,14 +590,18 @@ impl BlobFile {
         let mut parts = Vec::new();
         {
             let mut c = self.chunks.lock().unwrap();
-            let per_part = (PART / CHUNK) as usize;
+            if c.poisoned.is_some() {
+                return;
+            }
+            let per_part = PART / CHUNK;
+            let fetchable = |s: Option<&ChunkState>| matches!(s, None | Some(ChunkState::Failed(..)));
             let mut i = range.start;
             while i < range.end {
-                if matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..)) {
+                if fetchable(c.state(i)) {
                     let first = i;
                     // Parts never cross a PART-aligned boundary, so requests stay
                     // large and aligned however the reads arrive.
-                    while i < range.end && matches!(c.states[i], ChunkState::Missing | ChunkState::Failed(..)) {
+                    while i < range.end && fetchable(c.state(i)) {
                         i += 1;
                         if i.is_multiple_of(per_part) {
                             break;
@@ -476,12 +609,12 @@ impl BlobFile {
                     }
                     c.next_fetch_id += 1;
                     let id = c.next_fetch_id;
-                    for s in &mut c.states[first..i] {
-                        *s = ChunkState::Fetching(id);
-                    }
+                    c.states.insert(first..i, ChunkState::Fetching(id));
                     parts.push((first, i, id));
                 } else {
-                    i += 1;
+                    // Skip the whole run in this state.
+                    let run_end = c.states.get_key_value(&i).map(|(r, _)| r.end).unwrap_or(i + 1);
+                    i = run_end.min(range.end).max(i + 1);
                 }
             }
         }
@@ -506,23 +639,26 @@ impl BlobFile {
                 if let Some(e) = &c.poisoned {
                     return Err(e.clone());
                 }
-                let mut all_present = true;
-                for s in &c.states[range.clone()] {
+                if c.all_present(range.clone()) {
+                    return Ok(());
+                }
+                let mut covered = range.start;
+                for (r, s) in c.states.overlapping(range.clone()) {
+                    if r.start > covered {
+                        refetch = true; // a gap: missing chunks
+                    }
+                    covered = r.end;
                     match s {
                         ChunkState::Present => {}
                         ChunkState::Fetching(id) => {
-                            all_present = false;
                             waited_on.insert(*id);
                         }
                         ChunkState::Failed(id, e) if waited_on.contains(id) => return Err(e.clone()),
-                        ChunkState::Failed(..) | ChunkState::Missing => {
-                            all_present = false;
-                            refetch = true;
-                        }
+                        ChunkState::Failed(..) => refetch = true,
                     }
                 }
-                if all_present {
-                    return Ok(());
+                if covered < range.end {
+                    refetch = true;
                 }
             }
             if refetch {
@@ -533,9 +669,27 @@ impl BlobFile {
         }
     }
 
-    async fn fetch_part(self: Arc<Self>, first: usize, last: usize, id: u64) {
-        let start = first as u64 * CHUNK;
-        let end = (last as u64 * CHUNK).min(self.size);
+    /// Wait until the whole content is hashed: Ok when it matched the digest.
+    async fn wait_verified(self: &Arc<Self>) -> FsResult<()> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(e) = self.poisoned() {
+                return Err(e);
+            }
+            if self.is_verified() {
+                return Ok(());
+            }
+            // Every chunk is present here; make sure the hasher runs to the end.
+            self.kick_hasher();
+            notified.await;
+        }
+    }
+
+    async fn fetch_part(self: Arc<Self>, first: u64, last: u64, id: u64) {
+        let start = first * CHUNK;
+        let end = (last * CHUNK).min(self.size);
         if let Err(e) = self.fetch_range(start, end).await {
             tracing::warn!(digest = %self.digest, start, end, "blob fetch failed: {e}");
             if let Ok(store) = self.store() {
@@ -544,10 +698,14 @@ impl BlobFile {
                     .record_error(format!("GET blob {} bytes {start}-{end}: {e}", self.digest));
             }
             let mut c = self.chunks.lock().unwrap();
-            for s in &mut c.states[first..last] {
-                if matches!(s, ChunkState::Fetching(x) if *x == id) {
-                    *s = ChunkState::Failed(id, e.clone());
-                }
+            let ours: Vec<_> = c
+                .states
+                .overlapping(first..last)
+                .filter(|(_, s)| matches!(s, ChunkState::Fetching(x) if *x == id))
+                .map(|(r, _)| r.start.max(first)..r.end.min(last))
+                .collect();
+            for r in ours {
+                c.states.insert(r, ChunkState::Failed(id, e.clone()));
             }
             drop(c);
             self.changed.notify_waiters();
@@ -579,6 +737,13 @@ impl BlobFile {
         let mut resumes = 0;
         while pos < end {
             let body = store.client.get_blob(&self.repo, &self.digest, pos, end).await?;
+            if let Some(total) = body.total.filter(|&t| t != self.size) {
+                // The registry's own length settles what a descriptor claimed.
+                store.confirm_size(self.digest, total);
+                let e = store.size_mismatch(&self.digest, self.size, total);
+                self.poison_with(e.clone());
+                return Err(e);
+            }
             covered_from = covered_from.min(body.start);
             let mut off = body.start;
             let mut resp = body.response;
@@ -587,10 +752,12 @@ impl BlobFile {
                     Ok(Some(bytes)) => {
                         let room = self.size.saturating_sub(off);
                         if bytes.len() as u64 > room {
-                            return Err(FsError::new(
+                            let e = FsError::new(
                                 libc::EIO,
                                 format!("blob {} is longer than its size {}", self.digest, self.size),
-                            ));
+                            );
+                            self.poison_with(e.clone());
+                            return Err(e);
                         }
                         self.file.write_all_at(&bytes, off)?;
                         Stats::add(&store.stats.bytes_fetched, bytes.len() as u64);
@@ -624,25 +791,21 @@ impl BlobFile {
 
     /// Mark chunks entirely inside `from..to` present and wake readers.
     fn mark_present(self: &Arc<Self>, from: u64, to: u64) {
-        let first = from.div_ceil(CHUNK) as usize;
+        let first = from.div_ceil(CHUNK);
         let last = if to >= self.size {
             chunk_count(self.size)
         } else {
-            (to / CHUNK) as usize
+            to / CHUNK
         };
         if first >= last {
             return;
         }
-        let mut changed = false;
-        {
+        let changed = {
             let mut c = self.chunks.lock().unwrap();
-            for s in &mut c.states[first..last] {
-                if !matches!(s, ChunkState::Present) {
-                    *s = ChunkState::Present;
-                    changed = true;
-                }
-            }
-        }
+            let before = c.all_present(first..last);
+            c.states.insert(first..last, ChunkState::Present);
+            !before
+        };
         if changed {
             self.changed.notify_waiters();
             self.kick_hasher();
@@ -683,11 +846,7 @@ impl BlobFile {
 
     fn next_hashable(&self) -> bool {
         let h = self.hash.lock().unwrap();
-        !h.done
-            && matches!(
-                self.chunks.lock().unwrap().states.get(h.upto),
-                Some(ChunkState::Present)
-            )
+        !h.done && matches!(self.chunks.lock().unwrap().state(h.upto), Some(ChunkState::Present))
     }
 
     /// Hash the present prefix; when it is the whole blob, verify and commit.
@@ -699,11 +858,11 @@ impl BlobFile {
         let n = chunk_count(self.size);
         let mut buf = Vec::new();
         while h.upto < n {
-            let present = matches!(self.chunks.lock().unwrap().states[h.upto], ChunkState::Present);
+            let present = matches!(self.chunks.lock().unwrap().state(h.upto), Some(ChunkState::Present));
             if !present {
                 return;
             }
-            let off = h.upto as u64 * CHUNK;
+            let off = h.upto * CHUNK;
             let len = CHUNK.min(self.size - off) as usize;
             buf.resize(len, 0);
             if let Err(e) = self.file.read_exact_at(&mut buf, off) {
@@ -717,7 +876,9 @@ impl BlobFile {
         let actual = Digest::from_bytes(h.hasher.finalize_reset().into());
         drop(h);
         if actual == self.digest {
+            self.verified.store(true, Ordering::Release);
             self.commit();
+            self.changed.notify_waiters();
         } else {
             self.poison(actual);
         }
@@ -732,6 +893,7 @@ impl BlobFile {
                 *partial = None;
                 drop(partial);
                 tracing::debug!(digest = %self.digest, size = self.size, "blob verified and cached");
+                store.confirm_size(self.digest, self.size);
                 store.committed(self.digest, self.size);
             }
             Err(e) => tracing::warn!(digest = %self.digest, "cannot commit blob to the cache: {e}"),
@@ -741,14 +903,29 @@ impl BlobFile {
     fn poison(&self, actual: Digest) {
         let msg = format!("blob {} from {}: content hashes to {actual}", self.digest, self.repo);
         tracing::error!("digest mismatch: {msg}");
-        let err = FsError::new(libc::EIO, format!("digest mismatch: {msg}"));
         if let Ok(store) = self.store() {
-            store.stats.record_error(err.message.clone());
-            // A later open starts from scratch (the registry may have been fixed).
-            store.files.lock().unwrap().pop(&self.digest);
+            store.stats.record_error(format!("digest mismatch: {msg}"));
         }
-        self.chunks.lock().unwrap().poisoned = Some(err);
+        self.poison_with(FsError::new(libc::EIO, format!("digest mismatch: {msg}")));
+    }
+
+    /// This file's content cannot be right: every read of it fails from now
+    /// on, the kernel forgets what it cached, a later open fetches afresh.
+    fn poison_with(&self, err: FsError) {
+        {
+            let mut c = self.chunks.lock().unwrap();
+            if c.poisoned.is_some() {
+                return;
+            }
+            c.poisoned = Some(err);
+        }
+        // Waiting readers first: the kernel's invalidation waits for the pages
+        // their reads hold locked.
         self.changed.notify_waiters();
+        if let Ok(store) = self.store() {
+            store.files.lock().unwrap().pop(&self.digest);
+            store.bad_content(&self.digest);
+        }
     }
 }
 

@@ -11,7 +11,7 @@ pub use ttl::TtlCache;
 
 /// An error as the filesystem needs it: the errno and a message for the log.
 /// Cloneable, so one failed fetch can answer every caller that waited on it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsError {
     pub errno: i32,
     pub message: String,

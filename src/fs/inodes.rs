@@ -30,6 +30,11 @@ fn digest_ino(kind: u8, digest: &crate::registry::Digest) -> u64 {
     DIGEST_BIT | (u64::from(kind & 3) << 61) | low
 }
 
+/// The inode number of a blob file (`_blobs/<digest>` in any repository).
+pub fn blob_ino(digest: &crate::registry::Digest) -> u64 {
+    digest_ino(2, digest)
+}
+
 impl Default for Inodes {
     fn default() -> Self {
         Self::new()

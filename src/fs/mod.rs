@@ -779,7 +779,7 @@ fn prefetch_tag_digests(fs: &Arc<Inner>, repo: &str) {
     let fs = fs.clone();
     let repo = repo.to_string();
     tokio::spawn(async move {
-        fs.view.resolve_tags(&repo, &tags).await;
+        fs.view.prefetch_tag_digests(&repo, &tags).await;
     });
 }
 

@@ -289,18 +289,26 @@ impl Node {
 // Relative symlink targets, so links stay right when the tree is copied.
 
 /// A manifest directory seen from `depth` levels below the repository.
-pub fn manifest_target(depth: usize, digest: &impl std::fmt::Display) -> String {
+pub fn manifest_target(depth: usize, digest: &Digest) -> String {
     format!("{}{MANIFESTS}/{digest}", "../".repeat(depth))
 }
 
 /// A sibling manifest directory seen from `depth` levels below `_manifests/`.
-pub fn sibling_manifest_target(depth: usize, digest: &impl std::fmt::Display) -> String {
+pub fn sibling_manifest_target(depth: usize, digest: &Digest) -> String {
     format!("{}{digest}", "../".repeat(depth))
 }
 
 /// A blob seen from `depth` levels below the repository.
-pub fn blob_target(depth: usize, digest: &impl std::fmt::Display) -> String {
+pub fn blob_target(depth: usize, digest: &Digest) -> String {
     format!("{}{BLOBS}/{digest}", "../".repeat(depth))
+}
+
+/// Where a link whose descriptor has no valid digest points: a name that can
+/// never exist in `_blobs/` (not a digest), so the link dangles inside the mount.
+/// Link targets are built only from parsed `Digest`s (the functions above take
+/// nothing else), so no registry string ever becomes a path.
+pub fn invalid_digest_target(depth: usize) -> String {
+    format!("{}{BLOBS}/invalid-digest", "../".repeat(depth))
 }
 
 /// A name a file may have: not empty, no `/`, not `.` or `..`, at most 255 bytes.

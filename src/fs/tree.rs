@@ -13,6 +13,9 @@ impl Inner {
     /// usually none: sizes come from descriptors and caches).
     pub(super) async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
         let v = &self.view;
+        if let Node::Tag(r, _) | Node::TagsDir(r) = node {
+            v.note_tag_interest(r);
+        }
         let size = match node {
             Node::Root | Node::StatusDir => 0,
             Node::Status(f) => self.status_text(*f).len() as u64,
@@ -91,6 +94,9 @@ impl Inner {
         if super::write::pending_manifest_dir(v, node) {
             return self.staging.ghost_target(node).ok_or_else(|| not_found(node));
         }
+        if let Node::Tag(r, _) = node {
+            v.note_tag_interest(r);
+        }
         let target = match node {
             Node::Tag(r, t) => match self.staging.pending_link(r, t) {
                 Some(d) => Some(node::tag_target(&d)),
@@ -106,7 +112,7 @@ impl Inner {
                     .config
                     .as_ref()
                     .filter(|_| m.parsed.kind == ManifestKind::Image)
-                    .map(|c| node::blob_target(2, &c.digest))
+                    .map(|c| descriptor_target(node, c, |d| node::blob_target(2, d), 2))
             }
             Node::Layer(r, d, name) => {
                 let m = v.manifest(r, *d).await?;
@@ -114,7 +120,7 @@ impl Inner {
                 name.parse::<usize>()
                     .ok()
                     .filter(|&i| i < n && oci::layer_name(i, n) == *name)
-                    .map(|i| node::blob_target(3, &m.parsed.layers[i].digest))
+                    .map(|i| descriptor_target(node, &m.parsed.layers[i], |d| node::blob_target(3, d), 3))
             }
             Node::Child(r, d, name) => {
                 let m = v.manifest(r, *d).await?;
@@ -132,7 +138,7 @@ impl Inner {
                     .subject
                     .as_ref()
                     .filter(|_| has_tree(&m))
-                    .map(|s| node::sibling_manifest_target(1, &s.digest))
+                    .map(|s| descriptor_target(node, s, |d| node::sibling_manifest_target(1, d), 2))
             }
             Node::Referrer(r, d, name) => {
                 v.manifest(r, *d).await?;
@@ -252,7 +258,14 @@ impl Inner {
         };
         let mut out: Vec<(String, Node)> = names
             .into_iter()
-            .filter_map(|n| Some((n.clone(), node.child(&n)?)))
+            .filter_map(|n| match node.child(&n) {
+                Some(child) => Some((n, child)),
+                None => {
+                    // A registry listed a name no entry can have (`../x`, a newline…).
+                    tracing::warn!(dir = node.path(), name = ?n, "not a valid name; not listed");
+                    None
+                }
+            })
             .collect();
         if let Node::ManifestsDir(r) = node {
             let pending = self.view.pending_dirs.lock().unwrap();
@@ -369,4 +382,22 @@ fn node_name(node: &Node) -> &'static str {
 
 fn not_found(node: &Node) -> FsError {
     FsError::new(libc::ENOENT, format!("{} does not exist", node.path()))
+}
+
+/// The link target for a descriptor: built from its parsed digest, or, when
+/// the registry sent something that is not a valid digest (`../../etc/passwd`),
+/// a link that dangles inside the mount, with a log line.
+fn descriptor_target(
+    node: &Node,
+    desc: &oci::Descriptor,
+    target: impl Fn(&crate::registry::Digest) -> String,
+    depth_to_repo: usize,
+) -> String {
+    match desc.digest() {
+        Some(d) => target(&d),
+        None => {
+            tracing::warn!(path = node.path(), digest = ?desc.digest, "descriptor has an invalid digest; the link dangles");
+            node::invalid_digest_target(depth_to_repo)
+        }
+    }
 }

@@ -14,6 +14,11 @@ use crate::stats::Stats;
 
 /// Concurrent registry requests one listing may make (containerd's Dispatch uses a bound too).
 const FETCH_CONCURRENCY: usize = 8;
+/// Tags of one listing resolved in the background, at most.
+const MAX_TAG_PREFETCH: usize = 10_000;
+/// The background resolution of a listing stops once nobody has looked at the
+/// repository's tags (listing, lookup, readlink) for this long.
+const TAG_INTEREST_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Names in a directory and the digests they point at.
 pub type NamedDigests = Vec<(String, Digest)>;
@@ -53,8 +58,6 @@ pub struct View {
     remembered: Mutex<Vec<(String, Digest)>>,
     /// (repository, digest) pairs known to exist in that repository.
     present: Mutex<HashSet<(String, Digest)>>,
-    /// Blob sizes from descriptors or HEAD: immutable per digest.
-    sizes: Mutex<HashMap<Digest, u64>>,
     media_types: Mutex<HashMap<Digest, String>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
     pub(super) oci_content: TtlCache<String, Arc<LayoutContent>>,
@@ -62,6 +65,8 @@ pub struct View {
     pub(super) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
     /// `host[:port]`, for `RepoTags` in exported Docker archives.
     pub registry_host: String,
+    /// When each repository's tags were last looked at (see `TAG_INTEREST_WINDOW`).
+    tag_interest: Mutex<lru::LruCache<String, std::time::Instant>>,
 }
 
 impl View {
@@ -97,11 +102,11 @@ impl View {
             held_changed: tokio::sync::Notify::new(),
             pending_dirs: Mutex::new(HashSet::new()),
             deferred_tags: Mutex::new(Vec::new()),
-            sizes: Mutex::new(HashMap::new()),
             media_types: Mutex::new(HashMap::new()),
             exports: Mutex::new(HashMap::new()),
             oci_content: TtlCache::new(ttl),
             registry_host,
+            tag_interest: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(1024).unwrap())),
         }
     }
 
@@ -232,8 +237,9 @@ impl View {
         repos
     }
 
+    /// A blob of `size` bytes was pushed or checked by us: its size is known.
     pub(super) fn note_blob_size(&self, digest: Digest, size: u64) {
-        self.sizes.lock().unwrap().insert(digest, size);
+        self.blobs.confirm_size(digest, size);
     }
 
     pub fn peek_tags(&self, repo: &str) -> Option<Arc<Vec<String>>> {
@@ -264,6 +270,55 @@ impl View {
             .filter_map(|x| async move { x })
             .collect()
             .await
+    }
+
+    /// Someone is looking at `repo`'s tags (a listing, a lookup, a readlink).
+    pub fn note_tag_interest(&self, repo: &str) {
+        self.tag_interest
+            .lock()
+            .unwrap()
+            .put(repo.to_string(), std::time::Instant::now());
+    }
+
+    fn tags_still_wanted(&self, repo: &str) -> bool {
+        self.tag_interest
+            .lock()
+            .unwrap()
+            .peek(repo)
+            .is_some_and(|t| t.elapsed() < TAG_INTEREST_WINDOW)
+    }
+
+    /// After a listing of `_tags`: resolve its tags in the background so that
+    /// `ls -l` finds the link targets ready. Bounded: at most `MAX_TAG_PREFETCH`
+    /// tags, and it stops once nobody looks at the tags any more (`ls` returned
+    /// or was killed), so a 100k-tag listing does not keep the registry busy.
+    pub async fn prefetch_tag_digests(&self, repo: &str, tags: &[String]) {
+        self.note_tag_interest(repo);
+        let mut skipped = 0usize;
+        let resolved = stream::iter(tags.iter().take(MAX_TAG_PREFETCH).cloned())
+            .map(|t| async move {
+                if !self.tags_still_wanted(repo) {
+                    return false;
+                }
+                let _ = self.tag_digest(repo, &t).await;
+                true
+            })
+            .buffer_unordered(FETCH_CONCURRENCY)
+            .fold(0usize, |n, done| {
+                if !done {
+                    skipped += 1;
+                }
+                async move { n + usize::from(done) }
+            })
+            .await;
+        if skipped > 0 || tags.len() > MAX_TAG_PREFETCH {
+            tracing::debug!(
+                repo,
+                resolved,
+                of = tags.len(),
+                "stopped resolving tags in the background"
+            );
+        }
     }
 
     pub(super) fn mark_present(&self, repo: &str, d: Digest) {
@@ -299,7 +354,6 @@ impl View {
     /// A manifest's blobs and children exist in its repository (the registry
     /// refuses manifests whose references are missing), with the sizes it gives.
     pub(super) fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
-        let mut sizes = self.sizes.lock().unwrap();
         let mut present = self.present.lock().unwrap();
         let mut types = self.media_types.lock().unwrap();
         let blob_children = oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
@@ -315,7 +369,7 @@ impl View {
         );
         for desc in descriptors {
             if let Some(d) = desc.digest() {
-                sizes.insert(d, desc.size);
+                self.blobs.note_claimed_size(d, desc.size);
                 if present.insert((repo.to_string(), d)) {
                     self.locations.record(repo, &d);
                 }
@@ -354,15 +408,16 @@ impl View {
         self.media_types.lock().unwrap().get(digest).cloned()
     }
 
-    /// Size of a blob in `repo`, from descriptors seen so far, else HEAD.
+    /// Size of a blob in `repo`, from descriptors seen so far (a claim, checked
+    /// against the registry's length when the blob is read), else HEAD.
     pub async fn blob_size(&self, repo: &str, digest: Digest) -> FsResult<u64> {
         if self.is_present(repo, &digest) {
-            if let Some(&s) = self.sizes.lock().unwrap().get(&digest) {
+            if let Some(s) = self.blobs.known_size(&digest) {
                 return Ok(s);
             }
         }
         let size = self.client.head_blob(repo, &digest).await?;
-        self.sizes.lock().unwrap().insert(digest, size);
+        self.blobs.confirm_size(digest, size);
         self.mark_present(repo, digest);
         Ok(size)
     }

@@ -73,6 +73,9 @@ pub struct FetchedManifest {
 /// ranged request starts at 0).
 pub struct BlobBody {
     pub start: u64,
+    /// The blob's whole length as the registry states it (the total of a
+    /// `Content-Range`, or the `Content-Length` of a 200), when it states one.
+    pub total: Option<u64>,
     pub response: reqwest::Response,
 }
 
@@ -320,12 +323,13 @@ impl Client {
         let resp = self
             .send(Method::GET, url, &pull_scope(repo), Kind::BlobGet, h, false)
             .await?;
-        let body_start = if resp.status() == StatusCode::PARTIAL_CONTENT {
-            content_range_start(resp.headers()).ok_or_else(|| {
+        let (body_start, total) = if resp.status() == StatusCode::PARTIAL_CONTENT {
+            let start = content_range_start(resp.headers()).ok_or_else(|| {
                 RegistryError::Invalid(format!("GET blob {digest}: 206 without a valid Content-Range"))
-            })?
+            })?;
+            (start, content_range_total(resp.headers()))
         } else {
-            0
+            (0, content_length(resp.headers()))
         };
         if body_start > start {
             return Err(RegistryError::Invalid(format!(
@@ -334,6 +338,7 @@ impl Client {
         }
         Ok(BlobBody {
             start: body_start,
+            total,
             response: resp,
         })
     }
@@ -885,6 +890,12 @@ fn content_range_start(h: &HeaderMap) -> Option<u64> {
     let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
     let range = v.trim().strip_prefix("bytes ")?;
     range.split('-').next()?.trim().parse().ok()
+}
+
+/// The total of `Content-Range: bytes a-b/total` (`*` means unknown).
+fn content_range_total(h: &HeaderMap) -> Option<u64> {
+    let v = h.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    v.rsplit_once('/')?.1.trim().parse().ok()
 }
 
 /// `Retry-After` in seconds (the HTTP-date form is rare on registries; treated as absent).
