@@ -13,6 +13,9 @@ use crate::registry::credentials::Credentials;
 pub struct Config {
     /// Base URL of the registry, e.g. `https://ghcr.io` or `http://127.0.0.1:5000`.
     pub registry: Url,
+    /// REGISTRY as the user wrote it: the mount's source in /proc/mounts, so
+    /// `mount -a` recognises an fstab line as mounted already.
+    pub source: String,
     pub mountpoint: PathBuf,
     pub foreground: bool,
     pub read_only: bool,

@@ -100,7 +100,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
-        fuser::MountOption::FSName(format!("regfs:{}", cfg.registry_host())),
+        fuser::MountOption::FSName(fs_name(&cfg)),
         fuser::MountOption::Subtype("regfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoSuid,
@@ -291,6 +291,17 @@ pub fn is_dead_mount(path: &Path) -> bool {
     let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
     let r = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
     r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// The mount's source in /proc/mounts and `df`: REGISTRY as given (what an
+/// fstab line says, so `mount -a` sees it mounted), unless it cannot travel
+/// in the mount options (a comma or space): then `regfs:host[:port]`.
+fn fs_name(cfg: &Config) -> String {
+    if cfg.source.is_empty() || cfg.source.contains([',', ' ', '\t', '\n', '\\']) {
+        format!("regfs:{}", cfg.registry_host())
+    } else {
+        cfg.source.clone()
+    }
 }
 
 /// A TLS handshake that met a plain-HTTP server fails with rustls'

@@ -306,6 +306,7 @@ fn build_config(a: MountArgs) -> anyhow::Result<Config> {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     Ok(Config {
         registry,
+        source: a.registry.clone(),
         mountpoint: a.mountpoint,
         foreground: a.foreground,
         read_only: a.read_only,

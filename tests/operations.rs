@@ -266,6 +266,19 @@ fn mount_a_with_an_fstab_line() {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
     let line = info.lines().find(|l| l.contains(mnt.to_str().unwrap())).unwrap();
     assert!(line.contains("allow_other"), "allow_other reached the kernel: {line}");
+    assert!(
+        line.contains(&format!(" - fuse {} ", reg.url())) || line.contains(&format!(" - fuse.regfs {} ", reg.url())),
+        "the mount's source is the fstab source: {line}"
+    );
+    // A second `mount -a` sees the line mounted already and does nothing.
+    let again = {
+        let _helper = install_mount_helper();
+        w.run("mount", &["-a", "-T", fstab.to_str().unwrap()])
+    };
+    ok(&again, "second mount -a");
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert_eq!(info.lines().filter(|l| l.contains(mnt.to_str().unwrap())).count(), 1);
+    assert_eq!(mount_config(&mnt)["pid"], d.pid.to_string(), "the same daemon");
     // The per-mount log is named after the mountpoint.
     let log_name = format!(
         "{}.log",
