@@ -259,6 +259,12 @@ fn expand_option(mount: &clap::Command, opt: &str) -> anyhow::Result<Vec<String>
     if name == "ro" {
         return Ok(vec!["--read-only".into()]);
     }
+    if name == "password_stdin" || name == "password-stdin" {
+        anyhow::bail!(
+            "password_stdin cannot be a mount option (mount gives regfs no stdin): \
+             pass --password-stdin, or set $REGFS_PASSWORD with -o username=USER"
+        );
+    }
     let long = name.replace('_', "-");
     let arg = mount
         .get_arguments()
@@ -400,6 +406,9 @@ mod tests {
             norm(&["regfs", "r", "m", "-o", "page_size=3"]).is_err(),
             "hidden options stay hidden"
         );
+        assert!(norm(&["regfs", "r", "m", "-o", "password_stdin"])
+            .unwrap_err()
+            .contains("REGFS_PASSWORD"));
     }
 
     #[test]

@@ -61,7 +61,56 @@ pub fn install(addr: Option<SocketAddr>) -> anyhow::Result<()> {
         None => builder.install_recorder().context("metrics recorder installed twice")?,
     };
     let _ = HANDLE.set(handle);
+    describe();
     Ok(())
+}
+
+/// `# HELP` lines for the series regfs records itself.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "regfs_registry_requests_total",
+        "Registry request attempts by kind and HTTP status (error: no answer)"
+    );
+    describe_histogram!(
+        "regfs_registry_request_duration_seconds",
+        Unit::Seconds,
+        "Time from sending a registry request to its response headers"
+    );
+    describe_counter!("regfs_registry_throttled_total", "429 Too Many Requests answers");
+    describe_gauge!(
+        "regfs_registry_ratelimit_limit",
+        "Last RateLimit-Limit the registry sent"
+    );
+    describe_gauge!(
+        "regfs_registry_ratelimit_remaining",
+        "Last RateLimit-Remaining the registry sent"
+    );
+    describe_gauge!(
+        "regfs_registry_ratelimit_reset_seconds",
+        "Last RateLimit-Reset the registry sent"
+    );
+    describe_gauge!(
+        "regfs_cache_bytes",
+        Unit::Bytes,
+        "Bytes of verified blobs in the disk cache"
+    );
+    describe_gauge!(
+        "regfs_cache_limit_bytes",
+        Unit::Bytes,
+        "The disk cache limit (--cache-size)"
+    );
+    describe_gauge!("regfs_cache_blobs", "Verified blobs in the disk cache");
+    describe_counter!(
+        "regfs_bytes_fetched_total",
+        Unit::Bytes,
+        "Blob body bytes received from the registry"
+    );
+    describe_counter!(
+        "regfs_bytes_pushed_total",
+        Unit::Bytes,
+        "Blob bytes pushed to the registry"
+    );
 }
 
 /// Keep the recorder's copy of the counters fresh for the HTTP endpoint, and

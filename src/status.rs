@@ -189,8 +189,10 @@ pub fn run(mnt: &Path, watch: bool, interval: f64) -> anyhow::Result<()> {
     }
     let every = Duration::from_secs_f64(interval.max(0.1));
     let multi = MultiProgress::new();
+    let header = multi.add(ProgressBar::new_spinner());
+    header.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("template"));
     let summary = multi.add(ProgressBar::new_spinner());
-    summary.set_style(ProgressStyle::with_template("{spinner} {wide_msg}").expect("template"));
+    summary.set_style(ProgressStyle::with_template("  {msg}").expect("template"));
     let style = ProgressStyle::with_template(
         "  {prefix:40} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} eta {eta}",
     )
@@ -203,7 +205,8 @@ pub fn run(mnt: &Path, watch: bool, interval: f64) -> anyhow::Result<()> {
             Ok(s) => s,
             // The mount went away while watched: that is how a watch ends.
             Err(_) if !is_mounted(mnt) => {
-                summary.finish_with_message(format!("{} is no longer mounted", mnt.display()));
+                header.finish_with_message(format!("{} is no longer mounted", mnt.display()));
+                summary.finish_and_clear();
                 if multi.is_hidden() {
                     println!("{} is no longer mounted", mnt.display());
                 }
@@ -211,14 +214,14 @@ pub fn run(mnt: &Path, watch: bool, interval: f64) -> anyhow::Result<()> {
             }
             Err(e) => return Err(e),
         };
+        header.set_message(s.header(mnt));
+        header.tick();
         summary.set_message(format!(
-            "{}\n  pushes held: {}; {}; recent errors: {}",
-            s.header(mnt),
+            "pushes held: {}; {}; recent errors: {}",
             s.held.len(),
             s.cache_line(),
             s.errors.len()
         ));
-        summary.tick();
         for t in &s.transfers {
             let bar = bars.entry(t.key()).or_insert_with(|| {
                 let b = multi.add(ProgressBar::new(t.total));
