@@ -37,10 +37,13 @@ cleanup() {
             log "regfs daemon $pid did not exit within 10 s of the unmount; stopping it"
             kill "$pid" 2>/dev/null
         done
-        if ((DEMO_OK == 0)) && [[ -s $WORK/cache/regfs.log ]]; then
-            log "--- last lines of the regfs log ($WORK/cache/regfs.log) ---"
-            tail -n 40 "$WORK/cache/regfs.log" >&2
-        fi
+        # The background daemon logs to <cache-dir>/logs/<mountpoint>.log.
+        for f in "$WORK"/cache/logs/*.log; do
+            if ((DEMO_OK == 0)) && [[ -s $f ]]; then
+                log "--- last lines of the regfs log ($f) ---"
+                tail -n 40 "$f" >&2
+            fi
+        done
     fi
     stop_registry
     [[ -n $WORK ]] && rm -rf "$WORK"

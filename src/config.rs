@@ -13,6 +13,9 @@ use crate::registry::credentials::Credentials;
 pub struct Config {
     /// Base URL of the registry, e.g. `https://ghcr.io` or `http://127.0.0.1:5000`.
     pub registry: Url,
+    /// REGISTRY as the user wrote it: the mount's source in /proc/mounts, so
+    /// `mount -a` recognises an fstab line as mounted already.
+    pub source: String,
     pub mountpoint: PathBuf,
     pub foreground: bool,
     pub read_only: bool,
@@ -35,6 +38,10 @@ pub struct Config {
     pub credentials: Option<Credentials>,
     /// `n=` for catalog and tag-list pages; `None` lets the registry choose.
     pub page_size: Option<u32>,
+    /// Mount over a directory that has files (they are hidden while mounted).
+    pub allow_non_empty: bool,
+    /// Serve Prometheus metrics over HTTP here (`--metrics-addr`).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `host[:port]` means HTTPS; a full URL may choose the scheme; `docker.io` means Docker Hub.
@@ -84,12 +91,40 @@ pub fn parse_ttl(s: &str) -> anyhow::Result<Option<Duration>> {
     Ok(Some(Duration::from_secs(secs)))
 }
 
+/// `$XDG_CACHE_HOME/regfs`, `~/.cache/regfs`; for root without a home (an
+/// fstab or systemd mount) `/var/cache/regfs`.
 pub fn default_cache_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(x).join("regfs");
     }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into());
-    PathBuf::from(home).join(".cache").join("regfs")
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache").join("regfs"),
+        // SAFETY: getuid cannot fail.
+        None if unsafe { libc::getuid() } == 0 => PathBuf::from("/var/cache/regfs"),
+        None => PathBuf::from("/tmp/.cache/regfs"),
+    }
+}
+
+/// The log of a background mount: one file per mountpoint, named after it the
+/// way systemd names mount units (`/mnt/reg` → `logs/mnt-reg.log`), so mounts
+/// sharing a cache dir never share a log.
+pub fn default_log_file(cache_dir: &std::path::Path, mountpoint: &std::path::Path) -> PathBuf {
+    let abs = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let path = abs.to_string_lossy();
+    let trimmed = path.trim_matches('/');
+    let name: String = if trimmed.is_empty() {
+        "-".into()
+    } else {
+        trimmed
+            .chars()
+            .map(|c| match c {
+                '/' => '-',
+                c if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') => c,
+                _ => '_',
+            })
+            .collect()
+    };
+    cache_dir.join("logs").join(format!("{name}.log"))
 }
 
 impl Config {
@@ -124,6 +159,10 @@ impl Config {
             ),
             ("repos", self.repos.join(",")),
             ("log_level", self.log_level.clone()),
+            (
+                "metrics_addr",
+                self.metrics_addr.map(|a| a.to_string()).unwrap_or_default(),
+            ),
             ("pid", std::process::id().to_string()),
         ] {
             out.push_str(&format!("{k} {v}\n"));
@@ -172,5 +211,18 @@ mod tests {
         assert_eq!(parse_ttl("indefinite").unwrap(), None);
         assert_eq!(parse_ttl("5").unwrap(), Some(Duration::from_secs(5)));
         assert!(parse_ttl("-1").is_err());
+    }
+
+    #[test]
+    fn log_files_are_named_after_the_mountpoint() {
+        let cache = std::path::Path::new("/c");
+        assert_eq!(
+            default_log_file(cache, std::path::Path::new("/nonexistent/mnt/my reg")),
+            PathBuf::from("/c/logs/nonexistent-mnt-my_reg.log")
+        );
+        assert_eq!(
+            default_log_file(cache, std::path::Path::new("/")),
+            PathBuf::from("/c/logs/-.log")
+        );
     }
 }

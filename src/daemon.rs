@@ -23,13 +23,19 @@ const READY_LINE: &str = "ready";
 const FUSE_THREADS: usize = 4;
 
 pub fn run(cfg: Config) -> anyhow::Result<()> {
-    check_mountpoint(&cfg.mountpoint)?;
+    let recovered = check_mountpoint(&cfg.mountpoint, cfg.allow_non_empty)?;
     set_private_umask(&cfg);
     let notify_ready = std::env::var_os(READY_ENV).is_some();
     if !cfg.foreground && !notify_ready {
+        if let Some(note) = &recovered {
+            eprintln!("regfs: {note}");
+        }
         return start_background(&cfg);
     }
     init_logging(&cfg)?;
+    if let Some(note) = &recovered {
+        tracing::warn!("{note}");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("regfs-io")
@@ -45,16 +51,27 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         },
         stats.clone(),
     )?);
-    rt.block_on(client.ping())
-        .with_context(|| format!("cannot use registry {}", cfg.registry))?;
+    {
+        let _guard = rt.enter();
+        crate::metrics::install(cfg.metrics_addr)?;
+    }
+    if let Err(e) = rt.block_on(client.ping()) {
+        bail!(
+            "cannot use registry {}: {e}{}",
+            cfg.registry,
+            plain_http_hint(&e.to_string(), &cfg.registry)
+        );
+    }
 
     make_cache_dir_private(&cfg)?;
     let in_cache = |what: &str| format!("cannot use the cache dir {} ({what})", cfg.cache_dir.display());
     let manifests = ManifestStore::new(&cfg.cache_dir, stats.clone()).with_context(|| in_cache("manifests"))?;
     let blobs = {
         let _guard = rt.enter();
-        BlobStore::new(&cfg.cache_dir, cfg.cache_size, client.clone(), stats.clone())
-            .with_context(|| in_cache("blobs"))?
+        let blobs = BlobStore::new(&cfg.cache_dir, cfg.cache_size, client.clone(), stats.clone())
+            .with_context(|| in_cache("blobs"))?;
+        crate::metrics::keep_in_sync(stats.clone(), blobs.clone());
+        blobs
     };
     let blob_store = blobs.clone();
     let view = View::new(
@@ -83,7 +100,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let mut options = fuser::Config::default();
     options.mount_options = vec![
-        fuser::MountOption::FSName(format!("regfs:{}", cfg.registry_host())),
+        fuser::MountOption::FSName(fs_name(&cfg)),
         fuser::MountOption::Subtype("regfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoSuid,
@@ -153,7 +170,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
 /// Detach a mount that is busy: `umount2(MNT_DETACH)` as root, else
 /// `fusermount3 -u -z` (the setuid helper does it for the user who mounted).
-fn lazy_unmount(mountpoint: &Path) -> anyhow::Result<()> {
+pub fn lazy_unmount(mountpoint: &Path) -> anyhow::Result<()> {
     use std::os::unix::ffi::OsStrExt;
     let c_path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
     // SAFETY: a valid NUL-terminated path; umount2 has no memory effects.
@@ -208,25 +225,93 @@ fn make_cache_dir_private(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The mountpoint must be an existing directory that is not mounted on already.
-fn check_mountpoint(path: &Path) -> anyhow::Result<()> {
+/// The mountpoint must be an existing, empty (unless `allow_non_empty`)
+/// directory that nothing live is mounted on. A FUSE mount whose daemon is
+/// gone (ENOTCONN) is detached lazily first; the note saying so is returned
+/// for the log.
+fn check_mountpoint(path: &Path, allow_non_empty: bool) -> anyhow::Result<Option<String>> {
+    let mut note = None;
+    if is_dead_mount(path) {
+        lazy_unmount(path)?;
+        note = Some(format!(
+            "{} was a dead FUSE mount (its daemon is gone); detached it (lazy unmount) and mounting afresh",
+            path.display()
+        ));
+    }
     let meta = std::fs::metadata(path).with_context(|| format!("mountpoint {}", path.display()))?;
     if !meta.is_dir() {
         bail!("mountpoint {} is not a directory", path.display());
     }
     let canonical = std::fs::canonicalize(path)?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let busy = mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| Path::new(&unescape_mountinfo(m)) == canonical);
-    if busy {
+    if let Some((fstype, source)) = mounted_at(&mountinfo, &canonical) {
         bail!(
-            "mountpoint {} is busy: something is mounted there already",
+            "mountpoint {0} is busy: {source} ({fstype}) is mounted there already; unmount it first \
+             (`regfs unmount {0}`, `fusermount3 -u {0}` or `umount {0}`)",
             path.display()
         );
     }
-    Ok(())
+    if !allow_non_empty && std::fs::read_dir(path)?.next().is_some() {
+        bail!(
+            "mountpoint {} is not empty: mounting there would hide its files; use an empty directory \
+             or pass --allow-non-empty",
+            path.display()
+        );
+    }
+    Ok(note)
+}
+
+/// (fstype, source) of the topmost (last listed) mount at `path`, from /proc/self/mountinfo.
+pub fn mounted_at(mountinfo: &str, path: &Path) -> Option<(String, String)> {
+    mountinfo
+        .lines()
+        .rev()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|m| Path::new(&unescape_mountinfo(m)) == path)
+        })
+        .filter_map(|l| {
+            let (_, after) = l.split_once(" - ")?;
+            let mut f = after.split(' ');
+            Some((f.next()?.to_string(), unescape_mountinfo(f.next()?)))
+        })
+        .next()
+}
+
+/// Is `path` a FUSE mount whose daemon is gone? `statfs` always asks the
+/// daemon (`stat` may be answered from the kernel's attribute cache), and a
+/// dead one answers ENOTCONN.
+pub fn is_dead_mount(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut buf) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
+}
+
+/// The mount's source in /proc/mounts and `df`: REGISTRY as given (what an
+/// fstab line says, so `mount -a` sees it mounted), unless it cannot travel
+/// in the mount options (a comma or space): then `regfs:host[:port]`.
+fn fs_name(cfg: &Config) -> String {
+    if cfg.source.is_empty() || cfg.source.contains([',', ' ', '\t', '\n', '\\']) {
+        format!("regfs:{}", cfg.registry_host())
+    } else {
+        cfg.source.clone()
+    }
+}
+
+/// A TLS handshake that met a plain-HTTP server fails with rustls'
+/// "corrupt message of type InvalidContentType": say what to write instead.
+fn plain_http_hint(error: &str, registry: &url::Url) -> String {
+    if registry.scheme() == "https" && (error.contains("InvalidContentType") || error.contains("corrupt message")) {
+        let host = crate::config::host_port(registry);
+        return format!(". The registry answered in plain HTTP, not HTTPS: mount http://{host} to use it without TLS");
+    }
+    String::new()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -241,7 +326,10 @@ fn unescape_mountinfo(s: &str) -> String {
 /// ready; its error message otherwise.
 fn start_background(cfg: &Config) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
-    let log_file = cfg.log_file.clone().unwrap_or_else(|| cfg.cache_dir.join("regfs.log"));
+    let log_file = cfg
+        .log_file
+        .clone()
+        .unwrap_or_else(|| crate::config::default_log_file(&cfg.cache_dir, &cfg.mountpoint));
     make_cache_dir_private(cfg)?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     // A password given on the command line's side (stdin or $REGFS_PASSWORD)
@@ -310,6 +398,9 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     match &cfg.log_file {
         Some(path) => {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create log dir {}", dir.display()))?;
+            }
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -317,7 +408,12 @@ fn init_logging(cfg: &Config) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot open log file {}", path.display()))?;
             builder.with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
         }
-        None => builder.with_writer(std::io::stderr).init(),
+        // Colour only for a terminal: `2>file` and journald get plain text.
+        None => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).with_writer(std::io::stderr).init()
+        }
     }
     Ok(())
 }

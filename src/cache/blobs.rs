@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 
 use super::{FsError, FsResult};
 use crate::registry::{Client, Digest};
-use crate::stats::Stats;
+use crate::stats::{Direction, Stats, Transfers};
 
 /// Unit of presence tracking, and the smallest fetch (a random 4 KiB read costs one chunk).
 pub const CHUNK: u64 = 1 << 20;
@@ -228,12 +228,15 @@ impl BlobStore {
         self.complete_dir.join(digest.hex())
     }
 
+    /// Complete blobs on disk: (count, bytes, limit). `statfs` reports these.
+    pub fn cache_use(&self) -> (u64, u64, u64) {
+        let idx = self.index.lock().unwrap();
+        (idx.0.len() as u64, idx.1, self.limit)
+    }
+
     /// `name value` lines about the disk cache, for `.regfs/stats`.
     pub fn usage(&self) -> String {
-        let (count, bytes) = {
-            let idx = self.index.lock().unwrap();
-            (idx.0.len(), idx.1)
-        };
+        let (count, bytes, _) = self.cache_use();
         let open = self
             .files
             .lock()
@@ -864,6 +867,7 @@ impl BlobFile {
                 );
             }
         }
+        let transfer = Transfers::start(&store.stats, Direction::Fetch, &self.repo, &self.digest, self.size);
         let mut pos = start;
         // Bytes `covered_from..pos` are written (a 200 answer starts at 0).
         let mut covered_from = start;
@@ -897,6 +901,7 @@ impl BlobFile {
                         }
                         self.file.write_all_at(&bytes, off)?;
                         Stats::add(&store.stats.bytes_fetched, bytes.len() as u64);
+                        transfer.add(bytes.len() as u64);
                         off += bytes.len() as u64;
                         if off > pos {
                             pos = off;

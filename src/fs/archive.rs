@@ -19,6 +19,7 @@ use crate::tarstream::{Member, TarError, TarLayout};
 
 pub const OCI_LAYOUT_BYTES: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// Where an exported tar member's bytes come from.
 #[derive(Clone, Debug)]
@@ -78,6 +79,16 @@ fn descriptor(m: &CachedManifest, tag: &str) -> serde_json::Value {
         "size": m.bytes.len(),
         "annotations": { REF_NAME: tag },
     })
+}
+
+/// The `index.json` entry of `_export/<tag>.tar`, annotated as `docker save`
+/// does: `ref.name` is the tag, `io.containerd.image.name` the full
+/// `<registry>/<repo>:<tag>`, which podman, containerd and docker name the
+/// loaded image after (with the tag alone podman says `localhost/<tag>:latest`).
+fn export_descriptor(m: &CachedManifest, tag: &str, full_name: &str) -> serde_json::Value {
+    let mut d = descriptor(m, tag);
+    d["annotations"][CONTAINERD_NAME] = json!(full_name);
+    d
 }
 
 /// The image `manifest.json` of `docker save` describes: for an index, the
@@ -170,7 +181,8 @@ impl View {
                 Member::external(blob_path(&d), size, src)
             })
             .collect();
-        let index = json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": [descriptor(root, tag)] });
+        let full_name = format!("{}/{repo}:{tag}", self.registry_host);
+        let index = json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": [export_descriptor(root, tag, &full_name)] });
         members.push(Member::inline("index.json", serde_json::to_vec(&index).expect("JSON")));
         if let Some(image) = docker_image(root, &all) {
             let config = image.parsed.config.as_ref().and_then(|c| c.digest());
@@ -181,8 +193,7 @@ impl View {
                     .iter()
                     .filter_map(|l| Some(blob_path(&l.digest()?)))
                     .collect();
-                let repo_tag = format!("{}/{repo}:{tag}", self.registry_host);
-                let docker = json!([{ "Config": blob_path(&config), "RepoTags": [repo_tag], "Layers": layers }]);
+                let docker = json!([{ "Config": blob_path(&config), "RepoTags": [&full_name], "Layers": layers }]);
                 members.push(Member::inline(
                     "manifest.json",
                     serde_json::to_vec(&docker).expect("JSON"),

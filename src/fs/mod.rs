@@ -126,7 +126,21 @@ impl Inner {
     /// Log a failed operation once, with the registry's message; ENOENT is
     /// a normal answer and only logged at debug.
     fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Errno {
-        let path = node.map(Node::path).unwrap_or_default();
+        self.fail_at(op, &node.map(Node::path).unwrap_or_default(), e)
+    }
+
+    /// `fail` for operations on a name in a directory (create, mkdir, unlink,
+    /// rename …): the path logged is `<parent>/<name>`.
+    fn fail_in(&self, op: &str, parent: INodeNo, name: &str, e: &FsError) -> Errno {
+        let path = match self.inodes.get(parent.0).map(|p| p.path()) {
+            Some(p) if p.ends_with('/') => format!("{p}{name}"),
+            Some(p) => format!("{p}/{name}"),
+            None => name.to_string(),
+        };
+        self.fail_at(op, &path, e)
+    }
+
+    fn fail_at(&self, op: &str, path: &str, e: &FsError) -> Errno {
         if e.errno == libc::ENOENT || e.errno == libc::ESTALE {
             tracing::debug!(op, path, "{e}");
         } else {
@@ -186,6 +200,8 @@ impl Inner {
             StatusFile::Errors => self.view.stats.render_errors(),
             StatusFile::Config => self.opts.description.clone(),
             StatusFile::Held => self.view.render_held(),
+            StatusFile::Transfers => self.view.stats.transfers.render(),
+            StatusFile::Metrics => crate::metrics::render(&self.view.stats, &self.view.blobs),
         }
     }
 
@@ -235,6 +251,7 @@ impl Filesystem for RegFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_str().map(str::to_string);
+        let parent_ino = parent;
         self.spawn(move |fs| async move {
             let parent = match fs.node(parent) {
                 Ok(n) => n,
@@ -257,7 +274,7 @@ impl Filesystem for RegFs {
             };
             let child = match fs.resolve(child).await {
                 Ok(c) => c,
-                Err(e) => return reply.error(fs.fail("lookup", None, &e)),
+                Err(e) => return reply.error(fs.fail_in("lookup", parent_ino, &name, &e)),
             };
             match fs.attr(&child).await {
                 Ok(attr) => reply.entry(&fs.ttl(&child), &attr, Generation(0)),
@@ -462,7 +479,7 @@ impl Filesystem for RegFs {
                     FopenFlags::FOPEN_DIRECT_IO,
                 );
             }
-            Err(e) => reply.error(self.inner.fail("create", None, &e)),
+            Err(e) => reply.error(self.inner.fail_in("create", parent, &name, &e)),
         }
     }
 
@@ -475,7 +492,7 @@ impl Filesystem for RegFs {
         _gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -491,7 +508,18 @@ impl Filesystem for RegFs {
             };
             // Modes, owners and times (rsync -a sets them on everything it
             // writes) change nothing that matters: accepted, ignored. A size
-            // change is only possible on a file being written.
+            // change is only possible on a file being written. A new mtime on
+            // a read-only file (`touch manifest.json`) is refused as its open
+            // for writing was: the file cannot change, and saying so beats a
+            // silent success (setting the mtime it already has is fine).
+            let new_mtime = match mtime {
+                Some(fuser::TimeOrNow::SpecificTime(t)) if t == STABLE_MTIME => None,
+                other => other,
+            };
+            if new_mtime.is_some() && node.kind() == Kind::File && !matches!(node, Node::Staged(_)) {
+                let e = FsError::new(libc::EPERM, "read-only file: its time cannot change");
+                return reply.error(fs.fail("setattr", Some(&node), &e));
+            }
             if let Some(size) = size {
                 let result = match &node {
                     Node::Staged(id) => match fs.staging.get(*id) {
@@ -519,7 +547,7 @@ impl Filesystem for RegFs {
                     let attr = fs.make_attr(&node, 0);
                     reply.entry(&Duration::ZERO, &attr, Generation(0))
                 }
-                Err(e) => reply.error(fs.fail("mkdir", None, &e)),
+                Err(e) => reply.error(fs.fail_in("mkdir", parent, &name, &e)),
             }
         });
     }
@@ -529,7 +557,7 @@ impl Filesystem for RegFs {
         self.spawn(move |fs| async move {
             match fs.remove(parent, &name, true).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fs.fail("rmdir", None, &e)),
+                Err(e) => reply.error(fs.fail_in("rmdir", parent, &name, &e)),
             }
         });
     }
@@ -539,7 +567,7 @@ impl Filesystem for RegFs {
         self.spawn(move |fs| async move {
             match fs.remove(parent, &name, false).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fs.fail("unlink", None, &e)),
+                Err(e) => reply.error(fs.fail_in("unlink", parent, &name, &e)),
             }
         });
     }
@@ -553,7 +581,7 @@ impl Filesystem for RegFs {
                     let attr = fs.make_attr(&node, target.len() as u64);
                     reply.entry(&Duration::ZERO, &attr, Generation(0))
                 }
-                Err(e) => reply.error(fs.fail("symlink", None, &e)),
+                Err(e) => reply.error(fs.fail_in("symlink", parent, &name, &e)),
             }
         });
     }
@@ -575,7 +603,7 @@ impl Filesystem for RegFs {
         self.spawn(move |fs| async move {
             match fs.rename(parent, &name, newparent, &newname).await {
                 Ok(()) => reply.ok(),
-                Err(e) => reply.error(fs.fail("rename", None, &e)),
+                Err(e) => reply.error(fs.fail_in("rename", parent, &name, &e)),
             }
         });
     }
@@ -592,7 +620,7 @@ impl Filesystem for RegFs {
                     Ok(attr) => reply.entry(&fs.ttl(&node), &attr, Generation(0)),
                     Err(e) => reply.error(fs.fail("link", Some(&node), &e)),
                 },
-                Err(e) => reply.error(fs.fail("link", None, &e)),
+                Err(e) => reply.error(fs.fail_in("link", newparent, &newname, &e)),
             }
         });
     }
@@ -705,6 +733,25 @@ impl Filesystem for RegFs {
             }
         }
         reply.ok();
+    }
+
+    /// `df` on the mount: the disk cache's use against its limit (what a
+    /// reader of this mount can run out of); files are the cached blobs.
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: fuser::ReplyStatfs) {
+        const BSIZE: u64 = 4096;
+        let (blobs, used, limit) = self.inner.view.blobs.cache_use();
+        let blocks = limit.div_ceil(BSIZE);
+        let free = blocks.saturating_sub(used.div_ceil(BSIZE));
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            blobs,
+            u64::from(u32::MAX),
+            BSIZE as u32,
+            255,
+            BSIZE as u32,
+        );
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

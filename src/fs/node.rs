@@ -55,11 +55,15 @@ pub enum StatusFile {
     Errors,
     Config,
     Held,
+    Transfers,
+    Metrics,
 }
 
 impl StatusFile {
-    pub const ALL: [StatusFile; 5] = [
+    pub const ALL: [StatusFile; 7] = [
         StatusFile::Held,
+        StatusFile::Transfers,
+        StatusFile::Metrics,
         StatusFile::Stats,
         StatusFile::Version,
         StatusFile::Errors,
@@ -73,6 +77,8 @@ impl StatusFile {
             StatusFile::Errors => "errors",
             StatusFile::Config => "config",
             StatusFile::Held => "held",
+            StatusFile::Transfers => "transfers",
+            StatusFile::Metrics => "metrics",
         }
     }
 }

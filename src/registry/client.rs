@@ -15,7 +15,7 @@ use super::error::{RegistryError, Result};
 use super::flight::SingleFlight;
 use super::reference::{Digest, Reference};
 use crate::oci;
-use crate::stats::Stats;
+use crate::stats::{Direction, Stats, Transfers};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request whose whole body is small (JSON, HEAD) errors within this, every
@@ -688,7 +688,18 @@ impl Client {
         if let Some(b) = body {
             req = req.header(header::CONTENT_LENGTH, b.len()).body(b.to_reqwest()?);
         }
-        let resp = match tokio::time::timeout(within(left()), req.send()).await {
+        let sent = tokio::time::timeout(within(left()), req.send()).await;
+        let answer = match &sent {
+            Ok(Ok(r)) => Some(r),
+            _ => None,
+        };
+        self.stats.request_done(
+            kind.label(),
+            answer.map(|r| r.status().as_u16()),
+            started,
+            answer.map(|r| r.headers()),
+        );
+        let resp = match sent {
             Err(_) => return Err(Failure::timed_out()),
             Ok(Err(e)) if e.is_timeout() && deadline_hit(left()) => return Err(Failure::timed_out()),
             Ok(Err(e)) => return Err(Failure::from(RegistryError::from(e))),
@@ -757,6 +768,7 @@ impl Client {
     /// for large ones. The registry verifies `digest`; so did the caller.
     pub async fn upload_blob(&self, repo: &str, digest: &Digest, src: &FileRange) -> Result<()> {
         let size = src.len;
+        let transfer = Transfers::start(&self.stats, Direction::Push, repo, digest, size);
         let url = self.url(&format!("/v2/{repo}/blobs/uploads/"));
         let resp = self
             .send_body(
@@ -782,7 +794,9 @@ impl Client {
             let chunk = CHUNK_SIZE.max(min_chunk.unwrap_or(0));
             self.upload_chunks(repo, location.clone(), digest, src, chunk).await
         };
-        if result.is_err() {
+        if result.is_ok() {
+            transfer.finish();
+        } else {
             // Leave the registry as it was: no dangling session.
             self.cancel_upload(repo, location).await;
         }
@@ -831,6 +845,7 @@ impl Client {
                 Ok(resp) => {
                     location = self.location(&resp)?;
                     offset = uploaded_end(resp.headers()).unwrap_or(offset + len);
+                    self.stats.transfers.set_done(Direction::Push, repo, digest, offset);
                 }
                 // A 416 (or a lost answer) means we disagree on the offset: ask the
                 // registry where the upload stands and continue from there.
@@ -997,6 +1012,25 @@ enum Attempt {
 /// Did a time limit of `left` run out (within a few milliseconds)?
 fn deadline_hit(left: Option<Duration>) -> bool {
     left.is_some_and(|l| l < Duration::from_millis(50))
+}
+
+impl Kind {
+    /// The `kind` label of `.regfs/metrics`.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Ping => "ping",
+            Kind::Catalog => "catalog",
+            Kind::Tags => "tags",
+            Kind::ManifestGet => "manifest_get",
+            Kind::ManifestHead => "manifest_head",
+            Kind::BlobGet => "blob_get",
+            Kind::BlobHead => "blob_head",
+            Kind::Referrers => "referrers",
+            Kind::BlobPush => "blob_push",
+            Kind::ManifestPut => "manifest_put",
+            Kind::Delete => "delete",
+        }
+    }
 }
 
 /// A failed attempt: the error and how long the registry asked us to wait.

@@ -136,6 +136,8 @@ struct Shared {
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
     realm_rewrite: Mutex<Option<String>>,
+    /// Headers added to every forwarded response (e.g. `RateLimit-Remaining`).
+    extra_headers: Mutex<Vec<(String, String)>>,
 }
 
 /// A running proxy; stops and closes its connections on drop.
@@ -160,6 +162,7 @@ impl FaultProxy {
             stop: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             realm_rewrite: Mutex::new(None),
+            extra_headers: Mutex::new(Vec::new()),
         });
         let s2 = shared.clone();
         thread::Builder::new()
@@ -193,6 +196,16 @@ impl FaultProxy {
 
     pub fn host_port(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Add `name: value` to every response forwarded from now on, the way
+    /// hosted registries add `RateLimit-Limit` / `RateLimit-Remaining`.
+    pub fn add_response_header(&self, name: &str, value: &str) {
+        self.shared
+            .extra_headers
+            .lock()
+            .unwrap()
+            .push((name.to_string(), value.to_string()));
     }
 
     /// Delays every response (before its first byte) by `ms`.
@@ -614,6 +627,9 @@ fn forward(
         Some(FaultAction::StallBodyAfter(n)) => (Some(n), true),
         _ => (None, false),
     };
+    for (k, v) in shared.extra_headers.lock().unwrap().iter() {
+        resp.set_header(k, v);
+    }
 
     sleep_delay(shared);
     out.write_all(&resp.to_bytes())?;
