@@ -124,7 +124,8 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let secs = days_from_civil(n(0..4)?, n(5..7)?, n(8..10)?) * 86400 + n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
+    let secs =
+        days_from_civil(n(0..4)?, n(5..7)?, n(8..10)?) * 86400 + n(11..13)? * 3600 + n(14..16)? * 60 + n(17..19)?;
     let mut rest = &s[19..];
     if let Some(frac) = rest.strip_prefix('.') {
         rest = frac.trim_start_matches(|c: char| c.is_ascii_digit());
@@ -168,7 +169,9 @@ pub fn open(
     if let Some(want) = toc_digest {
         let actual = format!("sha256:{}", hex::encode(Sha256::digest(json)));
         if actual != want {
-            return Err(ContentsError::BadToc(format!("TOC digest {actual} is not the annotated {want}")));
+            return Err(ContentsError::BadToc(format!(
+                "TOC digest {actual} is not the annotated {want}"
+            )));
         }
     }
     let toc: Toc = serde_json::from_slice(json).map_err(|e| ContentsError::BadToc(e.to_string()))?;
@@ -182,12 +185,20 @@ fn entries_from_toc(digest: &str, blob_size: u64, toc_at: u64, toc: Toc, limits:
     starts.push(toc_at);
     starts.sort_unstable();
     starts.dedup();
-    let member_end = |start: u64| starts[starts.partition_point(|&s| s <= start)..].first().copied().unwrap_or(toc_at);
+    let member_end = |start: u64| {
+        starts[starts.partition_point(|&s| s <= start)..]
+            .first()
+            .copied()
+            .unwrap_or(toc_at)
+    };
 
     let mut entries: Vec<Entry> = Vec::new();
     for t in toc.entries {
         if entries.len() >= limits.max_entries {
-            problems.push(format!("more than {} entries: the rest is not listed", limits.max_entries));
+            problems.push(format!(
+                "more than {} entries: the rest is not listed",
+                limits.max_entries
+            ));
             break;
         }
         let Some(path) = normalize_path(&t.name) else {
@@ -195,9 +206,16 @@ fn entries_from_toc(digest: &str, blob_size: u64, toc_at: u64, toc: Toc, limits:
             continue;
         };
         let chunk = |size: u64| -> Option<Chunk> {
-            let len = if t.chunk_size > 0 { t.chunk_size } else { size.saturating_sub(t.chunk_offset) };
+            let len = if t.chunk_size > 0 {
+                t.chunk_size
+            } else {
+                size.saturating_sub(t.chunk_offset)
+            };
             let single = t.chunk_offset == 0 && len == t.size;
-            let sha = t.chunk_digest.as_deref().or(if single { t.digest.as_deref() } else { None });
+            let sha = t
+                .chunk_digest
+                .as_deref()
+                .or(if single { t.digest.as_deref() } else { None });
             Some(Chunk {
                 file_offset: t.chunk_offset,
                 len,
@@ -247,7 +265,11 @@ fn entries_from_toc(digest: &str, blob_size: u64, toc_at: u64, toc: Toc, limits:
         };
         let link = match kind {
             Kind::Symlink => t.link_name.clone().map(String::into_boxed_str),
-            Kind::HardLink => t.link_name.as_deref().and_then(normalize_path).map(String::into_boxed_str),
+            Kind::HardLink => t
+                .link_name
+                .as_deref()
+                .and_then(normalize_path)
+                .map(String::into_boxed_str),
             _ => None,
         };
         let mut xattrs = Vec::new();
@@ -288,23 +310,35 @@ pub(crate) fn read_chunks(chunks: &[Chunk], offset: u64, end: u64, src: &dyn Spa
             continue;
         }
         if c.end <= c.start {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "eStargz chunk with an empty member"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "eStargz chunk with an empty member",
+            ));
         }
         let member = src.read_at(c.start, c.end - c.start)?;
         let mut data = gunzip_member(&member, c.len.max(1) + (64 << 10))?;
         if (data.len() as u64) < c.len {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "eStargz chunk shorter than the TOC says"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "eStargz chunk shorter than the TOC says",
+            ));
         }
         data.truncate(c.len as usize);
         if Sha256::digest(&data).as_slice() != c.sha256 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "eStargz chunk digest mismatch: refusing the data"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "eStargz chunk digest mismatch: refusing the data",
+            ));
         }
         let from = (a - c.file_offset) as usize;
         out[(a - offset) as usize..(b - offset) as usize].copy_from_slice(&data[from..from + (b - a) as usize]);
         covered += b - a;
     }
     if covered != end - offset {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "eStargz chunks do not cover the file"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "eStargz chunks do not cover the file",
+        ));
     }
     Ok(out)
 }

@@ -33,17 +33,28 @@ fn zerr(what: &str, code: i32, strm: &z_stream) -> io::Error {
         String::new()
     } else {
         // SAFETY: zlib sets msg to a static NUL-terminated string or leaves it null.
-        unsafe { std::ffi::CStr::from_ptr(strm.msg) }.to_string_lossy().into_owned()
+        unsafe { std::ffi::CStr::from_ptr(strm.msg) }
+            .to_string_lossy()
+            .into_owned()
     };
-    io::Error::new(io::ErrorKind::InvalidData, format!("gzip: {what} failed ({code}) {msg}"))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("gzip: {what} failed ({code}) {msg}"),
+    )
 }
 
 impl Inflater {
     fn new(window_bits: i32) -> io::Result<Self> {
         let mut strm = Box::<z_stream>::default();
         // SAFETY: a default (zeroed, null allocator) stream, the library's own version string and struct size.
-        let ret =
-            unsafe { inflateInit2_(&mut *strm, window_bits, zlibVersion(), std::mem::size_of::<z_stream>() as i32) };
+        let ret = unsafe {
+            inflateInit2_(
+                &mut *strm,
+                window_bits,
+                zlibVersion(),
+                std::mem::size_of::<z_stream>() as i32,
+            )
+        };
         if ret != Z_OK {
             return Err(zerr("inflateInit2", ret, &strm));
         }
@@ -215,7 +226,8 @@ impl<R: Read> Read for GzipPass<R> {
                 && data_type & 64 == 0
                 && self.last_point.is_none_or(|last| self.out_total - last >= SPAN_SIZE)
             {
-                self.rec.seek_point(self.out_total, (data_type & 7) as u8, self.ring.snapshot());
+                self.rec
+                    .seek_point(self.out_total, (data_type & 7) as u8, self.ring.snapshot());
                 self.last_point = Some(self.out_total);
             }
             if produced > 0 {
@@ -329,7 +341,10 @@ pub fn gunzip_member(bytes: &[u8], max_out: u64) -> io::Result<Vec<u8>> {
         input = &input[used..];
         out.extend_from_slice(&buf[..produced]);
         if out.len() as u64 > max_out {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "gzip member decompresses to more than expected"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "gzip member decompresses to more than expected",
+            ));
         }
         match ret {
             Z_STREAM_END => return Ok(out),

@@ -90,7 +90,9 @@ fn sniff(head: &[u8], media_type: Option<&str>, problems: &mut Problems) -> Comp
             None
         };
         if by_type.is_some_and(|t| t != by_magic) {
-            problems.push(format!("media type {mt} but the bytes are {by_magic:?}; read as {by_magic:?}"));
+            problems.push(format!(
+                "media type {mt} but the bytes are {by_magic:?}; read as {by_magic:?}"
+            ));
         }
     }
     by_magic
@@ -109,7 +111,9 @@ fn scan_all<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
 }
 
 fn hex_digest(digest: &str) -> Result<[u8; 32], ContentsError> {
-    let hex = digest.strip_prefix("sha256:").ok_or_else(|| ContentsError::UnsupportedDigest(digest.to_string()))?;
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| ContentsError::UnsupportedDigest(digest.to_string()))?;
     let mut out = [0u8; 32];
     hex::decode_to_slice(hex, &mut out).map_err(|_| ContentsError::UnsupportedDigest(digest.to_string()))?;
     Ok(out)
@@ -129,7 +133,14 @@ impl LayerIndex {
         let expected = hex_digest(digest)?;
         let mut problems = Problems::default();
         let mut entries = Vec::new();
-        let mut buffered = BufReader::with_capacity(64 << 10, Hashing { inner: blob, hasher: Sha256::new(), count: 0 });
+        let mut buffered = BufReader::with_capacity(
+            64 << 10,
+            Hashing {
+                inner: blob,
+                hasher: Sha256::new(),
+                count: 0,
+            },
+        );
         let compression = sniff(buffered.fill_buf()?, media_type, &mut problems);
         let (spans, uncompressed_size, buffered) = match compression {
             Compression::Gzip => {
@@ -155,7 +166,10 @@ impl LayerIndex {
         io::copy(&mut hashing, &mut io::sink())?; // normally nothing is left
         let actual: [u8; 32] = hashing.hasher.finalize().into();
         if actual != expected {
-            return Err(ContentsError::DigestMismatch { expected: digest.to_string(), actual: hex::encode(actual) });
+            return Err(ContentsError::DigestMismatch {
+                expected: digest.to_string(),
+                actual: hex::encode(actual),
+            });
         }
         for e in &mut entries {
             let end = match &e.data {
@@ -208,7 +222,10 @@ impl LayerIndex {
     /// must serve this layer's blob. Every byte returned comes from spans whose
     /// sha256 matched; any mismatch or missing data is an error (EIO for the caller).
     pub fn read(&self, idx: usize, offset: u64, len: u64, src: &dyn SpanSource) -> io::Result<Vec<u8>> {
-        let e = self.entries.get(idx).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such entry"))?;
+        let e = self
+            .entries
+            .get(idx)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such entry"))?;
         if e.kind != Kind::File {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
@@ -233,7 +250,10 @@ impl LayerIndex {
                 Ok(out)
             }
             Data::Chunks(chunks) => super::estargz::read_chunks(chunks, offset, end, src),
-            Data::Broken => Err(io::Error::other(format!("{}: the layer's data for {} is unavailable", self.digest, e.path))),
+            Data::Broken => Err(io::Error::other(format!(
+                "{}: the layer's data for {} is unavailable",
+                self.digest, e.path
+            ))),
         }
     }
 
@@ -241,7 +261,10 @@ impl LayerIndex {
     fn read_stream(&self, start: u64, len: u64, src: &dyn SpanSource) -> io::Result<Vec<u8>> {
         let end = start + len;
         if end > self.uncompressed_size || self.spans.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the decoded layer"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the decoded layer",
+            ));
         }
         let mut out = Vec::with_capacity(len as usize);
         let mut pos = start;
@@ -332,7 +355,9 @@ impl LayerIndex {
         }
         let version = u32::from_le_bytes(bytes[INDEX_MAGIC.len()..INDEX_MAGIC.len() + 4].try_into().unwrap());
         if version != INDEX_VERSION {
-            return Err(bad(&format!("index version {version}, this build reads {INDEX_VERSION}")));
+            return Err(bad(&format!(
+                "index version {version}, this build reads {INDEX_VERSION}"
+            )));
         }
         let payload = &bytes[header..];
         if Sha256::digest(payload).as_slice() != &bytes[header - 32..header] {
@@ -397,7 +422,10 @@ impl Read for VerifiedSpan<'_> {
                 if !self.checked {
                     let actual: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
                     if actual != self.expected {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "span digest mismatch: refusing the data"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            "span digest mismatch: refusing the data",
+                        ));
                     }
                     self.checked = true;
                 }
@@ -406,7 +434,10 @@ impl Read for VerifiedSpan<'_> {
             let n = (self.end - self.pos).min(FETCH_PIECE);
             let piece = self.src.read_at(self.pos, n)?;
             if piece.len() as u64 != n {
-                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short read from the span source"));
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "short read from the span source",
+                ));
             }
             self.hasher.update(&piece);
             self.pos += n;

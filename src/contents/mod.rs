@@ -51,7 +51,10 @@ impl SpanSource for [u8] {
         let end = start.checked_add(len as usize).filter(|&e| e <= self.len());
         match end {
             Some(end) => Ok(self[start..end].to_vec()),
-            None => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the blob")),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past the end of the blob",
+            )),
         }
     }
 }

@@ -98,7 +98,11 @@ impl Rootfs {
     fn build(layers: Vec<Arc<LayerIndex>>, whiteouts: bool) -> Rootfs {
         let mut fs = Rootfs {
             layers: layers.clone(),
-            nodes: vec![Node { parent: ROOT, target: Target::Implicit, children: Some(BTreeMap::new()) }],
+            nodes: vec![Node {
+                parent: ROOT,
+                target: Target::Implicit,
+                children: Some(BTreeMap::new()),
+            }],
             nlinks: HashMap::new(),
             problems: Problems::default(),
         };
@@ -119,9 +123,15 @@ impl Rootfs {
 
     fn apply_whiteouts(&mut self, layer: &LayerIndex) {
         for e in &layer.entries {
-            let Some(hidden) = e.name().strip_prefix(".wh.") else { continue };
-            let Some(dir) = self.resolve(e.parent(), true) else { continue };
-            let Some(children) = self.nodes[dir as usize].children.as_mut() else { continue };
+            let Some(hidden) = e.name().strip_prefix(".wh.") else {
+                continue;
+            };
+            let Some(dir) = self.resolve(e.parent(), true) else {
+                continue;
+            };
+            let Some(children) = self.nodes[dir as usize].children.as_mut() else {
+                continue;
+            };
             if hidden == ".wh..opq" {
                 children.clear();
             } else if !hidden.starts_with(".wh.") {
@@ -151,7 +161,11 @@ impl Rootfs {
         }
         let parent = self.ensure_dir(e.parent());
         let name = e.name();
-        let existing = self.nodes[parent as usize].children.as_ref().and_then(|c| c.get(name)).copied();
+        let existing = self.nodes[parent as usize]
+            .children
+            .as_ref()
+            .and_then(|c| c.get(name))
+            .copied();
         if let Some(n) = existing {
             if e.kind == Kind::Dir && self.nodes[n as usize].children.is_some() {
                 self.nodes[n as usize].target = target;
@@ -160,7 +174,11 @@ impl Rootfs {
         }
         let id = self.nodes.len() as u32;
         let children = (e.kind == Kind::Dir).then(BTreeMap::new);
-        self.nodes.push(Node { parent, target, children });
+        self.nodes.push(Node {
+            parent,
+            target,
+            children,
+        });
         if let Some(c) = self.nodes[parent as usize].children.as_mut() {
             c.insert(name.into(), id);
         }
@@ -218,7 +236,11 @@ impl Rootfs {
     fn ensure_dir(&mut self, path: &str) -> u32 {
         let mut cur = ROOT;
         for part in path.split('/').filter(|p| !p.is_empty()) {
-            let existing = self.nodes[cur as usize].children.as_ref().and_then(|c| c.get(part)).copied();
+            let existing = self.nodes[cur as usize]
+                .children
+                .as_ref()
+                .and_then(|c| c.get(part))
+                .copied();
             if let Some(n) = existing {
                 if self.nodes[n as usize].children.is_some() {
                     cur = n;
@@ -235,8 +257,16 @@ impl Rootfs {
                 }
             }
             let id = self.nodes.len() as u32;
-            self.nodes.push(Node { parent: cur, target: Target::Implicit, children: Some(BTreeMap::new()) });
-            self.nodes[cur as usize].children.as_mut().unwrap().insert(part.into(), id);
+            self.nodes.push(Node {
+                parent: cur,
+                target: Target::Implicit,
+                children: Some(BTreeMap::new()),
+            });
+            self.nodes[cur as usize]
+                .children
+                .as_mut()
+                .unwrap()
+                .insert(part.into(), id);
             cur = id;
         }
         cur
@@ -271,7 +301,11 @@ impl Rootfs {
 
     /// The entry `name` of directory `dir`.
     pub fn lookup(&self, dir: NodeId, name: &str) -> Option<NodeId> {
-        self.nodes[dir.0 as usize].children.as_ref()?.get(name).map(|&n| NodeId(n))
+        self.nodes[dir.0 as usize]
+            .children
+            .as_ref()?
+            .get(name)
+            .map(|&n| NodeId(n))
     }
 
     /// The node at a `/`-separated path from the root, without following symlinks.
@@ -285,7 +319,10 @@ impl Rootfs {
 
     /// The entries of directory `dir`, sorted by name (empty for a non-directory).
     pub fn list(&self, dir: NodeId) -> impl Iterator<Item = (&str, NodeId)> + '_ {
-        self.nodes[dir.0 as usize].children.iter().flat_map(|m| m.iter().map(|(k, &v)| (&**k, NodeId(v))))
+        self.nodes[dir.0 as usize]
+            .children
+            .iter()
+            .flat_map(|m| m.iter().map(|(k, &v)| (&**k, NodeId(v))))
     }
 
     pub fn is_dir(&self, node: NodeId) -> bool {
@@ -295,7 +332,10 @@ impl Rootfs {
     /// The layer entry a node shows, `None` for an implied directory.
     pub fn identity(&self, node: NodeId) -> Option<Identity<'_>> {
         match self.nodes[node.0 as usize].target {
-            Target::Entry { layer, entry } => Some(Identity { layer_digest: &self.layers[layer as usize].digest, entry }),
+            Target::Entry { layer, entry } => Some(Identity {
+                layer_digest: &self.layers[layer as usize].digest,
+                entry,
+            }),
             Target::Implicit => None,
         }
     }
@@ -303,7 +343,12 @@ impl Rootfs {
     pub fn metadata(&self, node: NodeId) -> Metadata<'_> {
         let n = &self.nodes[node.0 as usize];
         let nlink = match &n.children {
-            Some(c) => 2 + c.values().filter(|&&v| self.nodes[v as usize].children.is_some()).count() as u32,
+            Some(c) => {
+                2 + c
+                    .values()
+                    .filter(|&&v| self.nodes[v as usize].children.is_some())
+                    .count() as u32
+            }
             None => self.nlinks.get(&n.target).copied().unwrap_or(1),
         };
         let Some(e) = self.entry(n.target) else {

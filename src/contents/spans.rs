@@ -44,7 +44,12 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new() -> Self {
-        Recorder { spans: Vec::new(), current: None, consumed: 0, last_byte: 0 }
+        Recorder {
+            spans: Vec::new(),
+            current: None,
+            consumed: 0,
+            last_byte: 0,
+        }
     }
 
     /// Compressed bytes consumed so far.
@@ -72,7 +77,14 @@ impl Recorder {
             comp_start -= 1;
             h.update([self.last_byte]);
         }
-        let span = Span { comp_start, comp_end: 0, uncomp_start, bits, window, sha256: [0; 32] };
+        let span = Span {
+            comp_start,
+            comp_end: 0,
+            uncomp_start,
+            bits,
+            window,
+            sha256: [0; 32],
+        };
         self.current = Some((span, h));
     }
 
@@ -99,7 +111,10 @@ pub struct WindowRing {
 
 impl WindowRing {
     pub fn new() -> Self {
-        WindowRing { buf: Vec::with_capacity(WINDOW), head: 0 }
+        WindowRing {
+            buf: Vec::with_capacity(WINDOW),
+            head: 0,
+        }
     }
 
     pub fn push(&mut self, mut data: &[u8]) {

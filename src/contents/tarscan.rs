@@ -90,7 +90,12 @@ impl<R: Read> Counted<'_, R> {
         while got < buf.len() {
             match self.inner.read(&mut buf[got..]) {
                 Ok(0) if got == 0 => return Ok(false),
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tar stream ends inside a header")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "tar stream ends inside a header",
+                    ))
+                }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -102,11 +107,17 @@ impl<R: Read> Counted<'_, R> {
 
     /// Skips `n` bytes plus padding to the next block.
     fn skip_padded(&mut self, n: u64) -> io::Result<()> {
-        let padded = n.checked_add(BLOCK - 1).map(|v| v & !(BLOCK - 1)).ok_or_else(|| bad("size overflow"))?;
+        let padded = n
+            .checked_add(BLOCK - 1)
+            .map(|v| v & !(BLOCK - 1))
+            .ok_or_else(|| bad("size overflow"))?;
         let copied = io::copy(&mut (&mut *self.inner).take(padded), &mut io::sink())?;
         self.pos += copied;
         if copied < padded {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tar stream ends inside an entry's data"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "tar stream ends inside an entry's data",
+            ));
         }
         Ok(())
     }
@@ -146,7 +157,10 @@ struct Pending {
 fn parse_pax(data: &[u8], pending: &mut Pending, limits: &Limits) -> Result<(), String> {
     let mut rest = data;
     while !rest.is_empty() {
-        let sp = rest.iter().position(|&b| b == b' ').ok_or("PAX record without a length")?;
+        let sp = rest
+            .iter()
+            .position(|&b| b == b' ')
+            .ok_or("PAX record without a length")?;
         let len: usize = std::str::from_utf8(&rest[..sp])
             .ok()
             .and_then(|s| s.parse().ok())
@@ -220,7 +234,10 @@ fn gnu_sparse_map<R: Read>(
     while extended {
         let mut ext = tar::GnuExtSparseHeader::new();
         if !r.block(ext.as_mut_bytes())? {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "tar ends inside a sparse map"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "tar ends inside a sparse map",
+            ));
         }
         for s in ext.sparse() {
             add(s, &mut map)?;
@@ -266,16 +283,25 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
             return Ok(()); // end of archive (the second zero block and the rest are drained by the caller)
         }
         let header = Header::from_byte_slice(&block);
-        let stored: u32 = block[..148].iter().chain(&[b' '; 8]).chain(&block[156..]).map(|&b| b as u32).sum();
+        let stored: u32 = block[..148]
+            .iter()
+            .chain(&[b' '; 8])
+            .chain(&block[156..])
+            .map(|&b| b as u32)
+            .sum();
         if header.cksum().ok() != Some(stored) {
             if at == 0 {
                 problems.push("not a tar archive (first header's checksum does not match)");
             } else {
-                problems.push(format!("tar header at offset {at} has a bad checksum; listing stops there"));
+                problems.push(format!(
+                    "tar header at offset {at} has a bad checksum; listing stops there"
+                ));
             }
             return Ok(());
         }
-        let entry_size = header.entry_size().map_err(|e| bad(format!("tar header at {at}: {e}")))?;
+        let entry_size = header
+            .entry_size()
+            .map_err(|e| bad(format!("tar header at {at}: {e}")))?;
         let kind = match header.entry_type() {
             EntryType::XHeader => {
                 if entry_size > limits.max_extension {
@@ -318,7 +344,10 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
             EntryType::Block => Kind::Block,
             EntryType::Fifo => Kind::Fifo,
             other => {
-                problems.push(format!("tar entry at {at} of unsupported type {:?} skipped", other.as_byte() as char));
+                problems.push(format!(
+                    "tar entry at {at} of unsupported type {:?} skipped",
+                    other.as_byte() as char
+                ));
                 r.skip_padded(entry_size)?;
                 pending = Pending::default();
                 continue;
@@ -331,22 +360,38 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
             None
         };
         // Like Go's archive/tar: only regular files carry data; other types' size is ignored.
-        let stored_size = if kind == Kind::File { p.size.unwrap_or(entry_size) } else { 0 };
+        let stored_size = if kind == Kind::File {
+            p.size.unwrap_or(entry_size)
+        } else {
+            0
+        };
         let raw_path = p.path.clone().unwrap_or_else(|| header.path_bytes().into_owned());
-        let raw_link = p.link.clone().or_else(|| header.link_name_bytes().map(|c| c.into_owned()));
+        let raw_link = p
+            .link
+            .clone()
+            .or_else(|| header.link_name_bytes().map(|c| c.into_owned()));
         let data_offset = r.pos;
 
         let mut skip_reason = p.unusable.clone();
         if raw_path.len() > limits.max_path || raw_link.as_ref().is_some_and(|l| l.len() > limits.max_path) {
-            skip_reason = Some(format!("tar entry at {at} with a path or link over {} bytes", limits.max_path));
+            skip_reason = Some(format!(
+                "tar entry at {at} with a path or link over {} bytes",
+                limits.max_path
+            ));
         }
         let path = normalize_path(&lossy(&raw_path));
         if path.is_none() && skip_reason.is_none() {
-            skip_reason = Some(format!("tar entry {:?} escapes the layer root (absolute or '..'): ignored", lossy(&raw_path)));
+            skip_reason = Some(format!(
+                "tar entry {:?} escapes the layer root (absolute or '..'): ignored",
+                lossy(&raw_path)
+            ));
         }
         if entries.len() >= limits.max_entries && skip_reason.is_none() {
             if !capped {
-                problems.push(format!("more than {} entries: the rest of the layer is not listed", limits.max_entries));
+                problems.push(format!(
+                    "more than {} entries: the rest of the layer is not listed",
+                    limits.max_entries
+                ));
                 capped = true;
             }
             skip_reason = Some(String::new());
@@ -356,7 +401,8 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
             (Kind::HardLink, Some(l)) => match normalize_path(&lossy(l)) {
                 Some(n) => Some(n.into_boxed_str()),
                 None => {
-                    skip_reason.get_or_insert_with(|| format!("hard link to {:?} escapes the layer root: ignored", lossy(l)));
+                    skip_reason
+                        .get_or_insert_with(|| format!("hard link to {:?} escapes the layer root: ignored", lossy(l)));
                     None
                 }
             },
@@ -365,14 +411,23 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
         let (size, data) = match (&sparse, kind) {
             (Some(Ok(map)), _) => {
                 let real = header.as_gnu().and_then(|g| g.real_size().ok()).unwrap_or(0);
-                (real, Data::Sparse { offset: data_offset, map: map.clone() })
+                (
+                    real,
+                    Data::Sparse {
+                        offset: data_offset,
+                        map: map.clone(),
+                    },
+                )
             }
             (Some(Err(e)), _) => {
                 problems.push(format!("tar entry {:?}: {e}; reads fail", lossy(&raw_path)));
                 (header.size().unwrap_or(0), Data::Broken)
             }
             (None, Kind::File) if p.pax_sparse => {
-                problems.push(format!("tar entry {:?} is a PAX sparse file (not supported); reads fail", lossy(&raw_path)));
+                problems.push(format!(
+                    "tar entry {:?} is a PAX sparse file (not supported); reads fail",
+                    lossy(&raw_path)
+                ));
                 (stored_size, Data::Broken)
             }
             (None, Kind::File) if stored_size > 0 => (stored_size, Data::Contiguous { offset: data_offset }),
