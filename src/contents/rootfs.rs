@@ -228,7 +228,7 @@ impl Rootfs {
 
     fn symlink_target(&self, n: u32) -> Option<&str> {
         let e = self.entry(self.nodes[n as usize].target)?;
-        (e.kind == Kind::Symlink).then(|| e.link.as_deref()).flatten()
+        (e.kind == Kind::Symlink).then_some(e.link.as_deref()).flatten()
     }
 
     /// The directory at `path`, created (implicitly) where missing; a non-directory

@@ -145,7 +145,7 @@ impl<R: Read> Read for PlainPass<R> {
         }
         self.rec.consume(&buf[..n]);
         let pos = self.rec.consumed();
-        if pos % PLAIN_SPAN_SIZE == 0 {
+        if pos.is_multiple_of(PLAIN_SPAN_SIZE) {
             self.rec.seek_point(pos, 0, Box::default());
         }
         Ok(n)
