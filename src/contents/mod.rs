@@ -15,6 +15,8 @@
 //! - [`Rootfs`]: a tree over one layer (as its tar holds it) or over an image's
 //!   layers merged with the OCI whiteout rules, with stable identities
 //!   (layer digest, entry index) for inode numbers.
+//! - [`IndexStore`]: indexes kept in the cache dir, built once (in parallel for
+//!   an image's layers), loaded back on later mounts, damaged files rebuilt.
 
 pub mod entry;
 pub mod estargz;
@@ -22,6 +24,7 @@ mod gzip;
 mod index;
 pub mod rootfs;
 mod spans;
+pub mod store;
 pub mod tarscan;
 mod zstd;
 
@@ -33,6 +36,7 @@ use std::io;
 pub use entry::{Data, Entry, Kind};
 pub use index::{Compression, LayerIndex};
 pub use rootfs::{Identity, Metadata, NodeId, Rootfs};
+pub use store::{FileSource, IndexStore, LayerRef};
 pub use tarscan::{Limits, Problems};
 
 /// Ranged reads of one layer blob. The caller implements it over the blob

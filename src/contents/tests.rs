@@ -3,7 +3,7 @@
 //! where it has one.
 
 use std::cell::Cell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -939,4 +939,91 @@ fn estargz_toc_is_read_from_the_footer_and_chunks_are_verified() {
     // An ordinary gzip layer is not eStargz.
     let plain = gzip(&metadata_layer());
     assert_eq!(estargz::probe(&plain, plain.len() as u64).unwrap(), None);
+}
+
+#[test]
+fn the_store_builds_once_keeps_indexes_on_disk_and_rebuilds_damaged_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = gzip(
+        &Layer::new()
+            .file("etc/os-release", b"ID=base\n")
+            .file("bin/sh", b"#!sh")
+            .finish(),
+    );
+    let top = gzip(
+        &Layer::new()
+            .file("etc/os-release", b"ID=top\n")
+            .file("bin/.wh.sh", b"")
+            .finish(),
+    );
+    let r = |blob: &[u8], mt: &str| LayerRef {
+        digest: digest_of(blob),
+        media_type: mt.into(),
+        size: blob.len() as u64,
+    };
+    const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    let layers = vec![
+        r(&base, GZ),
+        r(&top, GZ),
+        r(
+            b"elsewhere",
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+        ),
+        r(b"lying", GZ), // the registry serves other bytes than the digest says
+    ];
+    let blobs: HashMap<String, Vec<u8>> = [
+        (layers[0].digest.clone(), base.clone()),
+        (layers[1].digest.clone(), top.clone()),
+        (layers[3].digest.clone(), b"not the bytes of the digest".to_vec()),
+    ]
+    .into();
+    let opened = std::sync::atomic::AtomicUsize::new(0);
+    let open = |l: &LayerRef| -> io::Result<io::Cursor<Vec<u8>>> {
+        opened.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        blobs
+            .get(&l.digest)
+            .cloned()
+            .map(io::Cursor::new)
+            .ok_or_else(|| io::Error::other("not in the registry"))
+    };
+    let store = IndexStore::new(dir.path().join("contents"), Limits::default()).unwrap();
+    let fs = store.image(&layers, open);
+    assert_eq!(
+        opened.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "the foreign layer is never fetched"
+    );
+    assert_eq!(
+        listing(&fs).keys().cloned().collect::<Vec<_>>(),
+        ["bin", "etc", "etc/os-release"]
+    );
+    assert_eq!(read_all(&fs, "etc/os-release", &top), b"ID=top\n");
+    assert!(store.path(&layers[0].digest).exists() && store.path(&layers[1].digest).exists());
+    assert!(
+        !store.path(&layers[3].digest).exists(),
+        "a layer that failed verification leaves no index"
+    );
+    drop(fs);
+
+    // A new store on the same directory (a later mount) loads instead of building.
+    let store = IndexStore::new(dir.path().join("contents"), Limits::default()).unwrap();
+    opened.store(0, std::sync::atomic::Ordering::SeqCst);
+    let fs = store.image(&layers[..2], open);
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(read_all(&fs, "etc/os-release", &top), b"ID=top\n");
+    drop(fs);
+
+    // A damaged index file is rebuilt from the blob.
+    let store = IndexStore::new(dir.path().join("contents"), Limits::default()).unwrap();
+    let path = store.path(&layers[1].digest);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+    let fs = store.image(&layers[..2], open);
+    assert_eq!(opened.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(read_all(&fs, "etc/os-release", &top), b"ID=top\n");
+    assert!(store.disk_usage() > 0);
+    store.remove(&layers[1].digest).unwrap();
+    assert!(!path.exists());
 }
