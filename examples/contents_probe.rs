@@ -36,7 +36,12 @@ fn main() -> anyhow::Result<()> {
     println!("sha256 of the blob alone: {:.2}s", t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let index = LayerIndex::build(&digest, None, BufReader::new(std::fs::File::open(&path)?), &Limits::default())?;
+    let index = LayerIndex::build(
+        &digest,
+        None,
+        BufReader::new(std::fs::File::open(&path)?),
+        &Limits::default(),
+    )?;
     let pass = t.elapsed().as_secs_f64();
     println!(
         "pass: {pass:.2}s, {} entries, {} spans, {} -> {} bytes ({:?}), problems: {}",
@@ -65,15 +70,19 @@ fn main() -> anyhow::Result<()> {
     println!("tree: {:.3}s", t.elapsed().as_secs_f64());
 
     // Files spread over the layer, a fresh tree (no span cache) per read.
-    let files: Vec<usize> =
-        (0..index.entries.len()).filter(|&i| index.entries[i].kind == Kind::File && index.entries[i].size > 0).collect();
+    let files: Vec<usize> = (0..index.entries.len())
+        .filter(|&i| index.entries[i].kind == Kind::File && index.entries[i].size > 0)
+        .collect();
     for k in 0..n {
         let i = files[(k * 2 + 1) * files.len() / (2 * n)];
         let e = &index.entries[i];
         let fresh = Arc::new(LayerIndex::load(&file, &digest)?);
         let tree = Rootfs::layer(fresh);
         let node = tree.lookup_path(&e.path).expect("in the tree");
-        let src = Counting { inner: FileSource::open(std::path::Path::new(&path))?, fetched: Cell::new(0) };
+        let src = Counting {
+            inner: FileSource::open(std::path::Path::new(&path))?,
+            fetched: Cell::new(0),
+        };
         let t = Instant::now();
         let data = tree.read(node, 0, e.size, &src)?;
         println!(

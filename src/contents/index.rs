@@ -50,6 +50,9 @@ pub struct LayerIndex {
     pub problems: Problems,
     #[serde(skip)]
     cache: Mutex<Vec<(usize, Arc<Vec<u8>>)>>,
+    /// Names per regular file with hard links in this layer (computed on first need).
+    #[serde(skip)]
+    links: std::sync::OnceLock<std::collections::HashMap<u32, u32>>,
 }
 
 /// Hashes and counts what passes through.
@@ -190,6 +193,7 @@ impl LayerIndex {
             spans,
             problems,
             cache: Mutex::default(),
+            links: Default::default(),
         })
     }
 
@@ -210,7 +214,31 @@ impl LayerIndex {
             spans: Vec::new(),
             problems,
             cache: Mutex::default(),
+            links: Default::default(),
         }
+    }
+
+    /// How many names entry `idx` has in this layer: itself plus the hard
+    /// links to it (each resolved to the last entry of its target path before it).
+    pub fn nlink(&self, idx: u32) -> u32 {
+        let links = self.links.get_or_init(|| {
+            let mut by_path: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
+            let mut counts = std::collections::HashMap::new();
+            for (i, e) in self.entries.iter().enumerate() {
+                match e.kind {
+                    Kind::HardLink => {
+                        if let Some(&t) = e.link.as_deref().and_then(|l| by_path.get(l)) {
+                            *counts.entry(t).or_insert(1) += 1;
+                        }
+                    }
+                    _ => {
+                        by_path.insert(&e.path, i as u32);
+                    }
+                }
+            }
+            counts
+        });
+        links.get(&idx).copied().unwrap_or(1)
     }
 
     /// Number of seek points.

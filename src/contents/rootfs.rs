@@ -28,6 +28,13 @@ use super::SpanSource;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeId(u32);
 
+impl NodeId {
+    /// The node's number, to keep in a caller's own handle ([`Rootfs::node`] turns it back).
+    pub fn index(self) -> u32 {
+        self.0
+    }
+}
+
 /// What a node shows: an entry of one of the layers, or a directory the tar
 /// implies (a path's parent that has no entry of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -287,6 +294,22 @@ impl Rootfs {
         }
         counts.retain(|_, n| *n > 1);
         self.nlinks = counts;
+    }
+
+    /// The node numbered `index` (as [`NodeId::index`] gave it), if this tree has it.
+    /// A tree rebuilt from the same layers numbers its nodes the same way.
+    pub fn node(&self, index: u32) -> Option<NodeId> {
+        ((index as usize) < self.nodes.len()).then_some(NodeId(index))
+    }
+
+    /// Number of layers under the tree.
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// The index of layer `i` (bottom first).
+    pub fn layer_index(&self, i: usize) -> Option<Arc<LayerIndex>> {
+        self.layers.get(i).cloned()
     }
 
     /// The root directory.

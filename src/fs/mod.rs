@@ -3,6 +3,7 @@
 //! and answered from there.
 
 mod archive;
+mod contents;
 mod import;
 pub mod inodes;
 mod locations;
@@ -61,6 +62,8 @@ enum Handle {
     Staged(u64),
     /// `_export/<tag>.tar`, made on the fly.
     Export(Arc<archive::Export>),
+    /// A regular file inside `rootfs/` or `_layers/`.
+    Contents(Arc<contents::ContentsFile>),
 }
 
 struct DirEntry {
@@ -98,6 +101,12 @@ impl RegFs {
                 dirs: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Image contents (`rootfs/`, `_layers/`) are read-only views: any change there is EROFS.
+    fn in_contents(&self, inos: &[INodeNo]) -> bool {
+        inos.iter()
+            .any(|i| self.inner.inodes.get(i.0).is_some_and(|n| n.is_contents()))
     }
 
     /// Run `f` on the runtime with the shared state.
@@ -212,6 +221,10 @@ impl Inner {
             Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), FopenFlags::FOPEN_DIRECT_IO),
             Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), FopenFlags::empty()),
             Node::Staged(id) => (Handle::Staged(*id), FopenFlags::FOPEN_DIRECT_IO),
+            Node::ContentsEntry(..) => (
+                Handle::Contents(Arc::new(self.contents_open(node).await?)),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             // Status text changes between reads: no page cache, sizes from the snapshot.
             Node::Status(f) => (
                 Handle::Bytes(Bytes::from(self.status_text(*f))),
@@ -242,6 +255,16 @@ impl Filesystem for RegFs {
                 return reply.error(Errno::ENOENT);
             };
             // A file being written hides whatever the registry has under its name.
+            if matches!(parent, Node::ContentsDir(..)) {
+                let child = match fs.contents_lookup(&parent, &name).await {
+                    Ok(c) => c,
+                    Err(e) => return reply.error(fs.fail("lookup", Some(&parent), &e)),
+                };
+                return match fs.attr(&child).await {
+                    Ok(attr) => reply.entry(&fs.ttl(&child), &attr, Generation(0)),
+                    Err(e) => reply.error(fs.fail("lookup", Some(&child), &e)),
+                };
+            }
             let child = match fs.staging.find(&parent, &name) {
                 Some(id) if !fs.staging.is_settled(id) => Node::Staged(id),
                 Some(_) => match parent.child(&name) {
@@ -293,6 +316,9 @@ impl Filesystem for RegFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        if writing && self.in_contents(&[ino]) {
+            return reply.error(Errno::EROFS);
+        }
         self.spawn(move |fs| async move {
             let node = match fs.node(ino) {
                 Ok(n) => n,
@@ -330,6 +356,18 @@ impl Filesystem for RegFs {
             return reply.error(Errno::EBADF);
         };
         match &*handle {
+            Handle::Contents(file) => {
+                let file = file.clone();
+                self.spawn(move |fs| async move {
+                    match file.read(offset, u64::from(size)).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => {
+                            let node = fs.node(ino).ok();
+                            reply.error(fs.fail("read", node.as_ref(), &e))
+                        }
+                    }
+                })
+            }
             Handle::Export(export) => {
                 let export = export.clone();
                 self.spawn(move |fs| async move {
@@ -436,6 +474,9 @@ impl Filesystem for RegFs {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         let result = self.inner.node(parent).and_then(|parent| {
             self.inner.check_manifest_dir_writable(&parent)?;
@@ -482,6 +523,9 @@ impl Filesystem for RegFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if self.in_contents(&[ino]) {
+            return reply.error(Errno::EROFS);
+        }
         self.spawn(move |fs| async move {
             let node = match fs.node(ino) {
                 Ok(n) => n,
@@ -510,6 +554,9 @@ impl Filesystem for RegFs {
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             match fs.mkdir(parent, &name).await {
@@ -523,6 +570,9 @@ impl Filesystem for RegFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             match fs.remove(parent, &name, true).await {
@@ -533,6 +583,9 @@ impl Filesystem for RegFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             match fs.remove(parent, &name, false).await {
@@ -543,6 +596,9 @@ impl Filesystem for RegFs {
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = link_name.to_string_lossy().to_string();
         let target = target.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
@@ -566,6 +622,9 @@ impl Filesystem for RegFs {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if self.in_contents(&[parent, newparent]) {
+            return reply.error(Errno::EROFS);
+        }
         let (name, newname) = (
             name.to_string_lossy().to_string(),
             newname.to_string_lossy().to_string(),
@@ -579,6 +638,9 @@ impl Filesystem for RegFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        if self.in_contents(&[ino, newparent]) {
+            return reply.error(Errno::EROFS);
+        }
         let newname = newname.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             let result = async {

@@ -62,6 +62,8 @@ pub struct View {
     pub(super) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
     /// `host[:port]`, for `RepoTags` in exported Docker archives.
     pub registry_host: String,
+    /// Layer indexes and trees of image contents (`rootfs/`, `_layers/`).
+    pub contents: super::contents::ContentsState,
 }
 
 impl View {
@@ -77,6 +79,7 @@ impl View {
         let registry_host = client.registry_host();
         let (locations, known) = super::locations::Locations::open(cache_dir, &registry_host);
         View {
+            contents: super::contents::ContentsState::new(cache_dir),
             locations,
             client,
             manifests,
