@@ -272,3 +272,108 @@ fn a_small_read_after_the_blob_left_the_cache_fetches_one_span_not_the_layer() {
         layer.gz.len()
     );
 }
+
+#[test]
+fn an_index_rootfs_is_a_link_to_this_platforms_child() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    let here = work.path().join("here");
+    write(&here, "etc/os-release", b"ID=host\n");
+    let there = work.path().join("there");
+    write(&there, "etc/os-release", b"ID=other\n");
+    let other_arch = if host_arch() == "s390x" { "amd64" } else { "s390x" };
+    let (lh, lt) = (layer_of(&here), layer_of(&there));
+    let host_img = c.push_real_image("shop/multi", None, OCI_MANIFEST, host_arch(), None, &[&lh]);
+    let other_img = c.push_real_image("shop/multi", None, OCI_MANIFEST, other_arch, None, &[&lt]);
+    c.push_index(
+        "shop/multi",
+        "latest",
+        IndexKind::Oci,
+        &[
+            (&other_img, Platform::new("linux", other_arch, None)),
+            (&host_img, Platform::new("linux", host_arch(), None)),
+        ],
+    );
+    let m = Mount::start(&reg.url());
+    let link = m.join("shop/multi/_tags/latest/rootfs");
+    assert_eq!(
+        fs::read_link(&link).unwrap().to_str().unwrap(),
+        format!("manifests/linux-{}/rootfs", host_arch())
+    );
+    assert_eq!(fs::read(link.join("etc/os-release")).unwrap(), b"ID=host\n");
+    let other = m.join(format!(
+        "shop/multi/_tags/latest/manifests/linux-{other_arch}/rootfs/etc/os-release"
+    ));
+    assert_eq!(fs::read(other).unwrap(), b"ID=other\n");
+}
+
+#[test]
+fn bad_layers_never_break_the_mount_and_a_corrupted_span_reads_as_eio() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    // An image whose second layer is not a tar at all (nor gzip): the rest still shows.
+    let good = work.path().join("good");
+    write(&good, "etc/os-release", b"ID=good\n");
+    let junk = RealLayer {
+        gz: random_bytes(10_000),
+        diff_id: sha256_digest(b"junk"),
+    };
+    c.push_real_image(
+        "shop/bad",
+        Some("junk"),
+        OCI_MANIFEST,
+        host_arch(),
+        None,
+        &[&layer_of(&good), &junk],
+    );
+
+    // An image with a 12 MiB layer of incompressible files, for the corruption below.
+    let dir = work.path().join("big");
+    for i in 0..12 {
+        write(&dir, &format!("data/f{i:02}"), &random_bytes(1 << 20));
+    }
+    let big = layer_of(&dir);
+    let img = c.push_real_image("shop/bad", Some("big"), OCI_MANIFEST, host_arch(), None, &[&big]);
+    let cache = work.path().join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    {
+        let m = Mount::builder(&reg.url()).cache_dir(&cache).start();
+        let root = m.join("shop/bad/_tags/junk/rootfs");
+        assert_eq!(list_dir(&root).unwrap(), ["etc"]);
+        assert_eq!(fs::read(root.join("etc/os-release")).unwrap(), b"ID=good\n");
+        let junk_tree = m.join(format!("shop/bad/_layers/{}", junk.digest()));
+        assert_eq!(
+            list_dir(&junk_tree).unwrap(),
+            Vec::<String>::new(),
+            "a layer that is not a tar is empty"
+        );
+        assert_eq!(list_dir(&m.join("shop/bad/_tags/big/rootfs/data")).unwrap().len(), 12);
+    }
+    // The blob leaves the cache, and the registry's copy gets one byte flipped late in the blob.
+    let hex = img.layers[0].digest.trim_start_matches("sha256:").to_string();
+    let _ = fs::remove_file(cache.join("blobs/sha256").join(&hex));
+    let data = reg
+        .storage_dir()
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(&hex)
+        .join("data");
+    let mut bytes = fs::read(&data).unwrap();
+    let at = bytes.len() * 9 / 10;
+    bytes[at] ^= 0x55;
+    fs::write(&data, &bytes).unwrap();
+
+    let m = Mount::builder(&reg.url()).cache_dir(&cache).start();
+    let files = m.join("shop/bad/_tags/big/rootfs/data");
+    // Far from the damage: exact bytes. Over it: EIO, never wrong bytes.
+    let first = fs::read(files.join("f00")).unwrap();
+    assert_eq!(sha256_hex(&first), sha256_hex(&fs::read(dir.join("data/f00")).unwrap()));
+    assert_eq!(err(fs::read(files.join("f11"))), libc::EIO);
+    assert!(m.is_mounted());
+    assert_eq!(
+        fs::read(m.join("shop/bad/_tags/junk/rootfs/etc/os-release")).unwrap(),
+        b"ID=good\n"
+    );
+}
