@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{FileAttr, FileType, INodeNo};
@@ -44,8 +44,8 @@ const KEPT_TREES: usize = 32;
 pub struct ContentsState {
     store: Option<Arc<IndexStore>>,
     trees: Mutex<lru::LruCache<(String, TreeKey), Arc<Rootfs>>>,
-    /// Indexes of layers by digest, for reads of `ContentsEntry` nodes.
-    layers: Mutex<HashMap<Digest, Arc<LayerIndex>>>,
+    /// Indexes of layers by digest, for `ContentsEntry` nodes (alive while a kept tree holds them).
+    layers: Mutex<HashMap<Digest, Weak<LayerIndex>>>,
 }
 
 impl ContentsState {
@@ -185,26 +185,18 @@ impl Inner {
                 }]
             }
         };
-        // Open the blobs of layers whose index is not ready (fetching starts in the blob cache).
-        let mut readers = HashMap::new();
-        for l in &layers {
-            if store.cached(&l.digest).is_some() || !contents::store::is_readable_layer(&l.media_type) {
-                continue;
-            }
-            let Ok(d) = l.digest.parse::<Digest>() else { continue };
-            match blob_reader(&self.view.blobs, repo, d, l.size).await {
-                Ok(r) => {
-                    readers.insert(l.digest.clone(), Mutex::new(Some(r)));
-                }
-                Err(e) => tracing::warn!(digest = %l.digest, "layer blob unavailable: {e}"),
-            }
-        }
+        // Built on a blocking thread: blobs are read (and indexes loaded or built)
+        // there, so no runtime worker waits on the network or on another build.
+        let (blobs, repo_name, rt) = (
+            self.view.blobs.clone(),
+            repo.to_string(),
+            tokio::runtime::Handle::current(),
+        );
         let tree = tokio::task::spawn_blocking(move || {
             let open = |l: &LayerRef| -> io::Result<BlobReader> {
-                readers
-                    .get(&l.digest)
-                    .and_then(|r| r.lock().unwrap().take())
-                    .ok_or_else(|| io::Error::other("layer blob unavailable"))
+                let d: Digest = l.digest.parse().map_err(|_| io::Error::other("not a sha256 digest"))?;
+                rt.block_on(blob_reader(&blobs, &repo_name, d, l.size))
+                    .map_err(|e| io::Error::other(e.message))
             };
             let indexes = store.layers(&layers, open);
             match key {
@@ -220,10 +212,11 @@ impl Inner {
         let tree = Arc::new(tree);
         {
             let mut layers = self.view.contents.layers.lock().unwrap();
+            layers.retain(|_, w| w.strong_count() > 0);
             for i in 0..tree.layer_count() {
                 if let Some(index) = tree.layer_index(i) {
                     if let Ok(d) = index.digest.parse::<Digest>() {
-                        layers.insert(d, index);
+                        layers.insert(d, Arc::downgrade(&index));
                     }
                 }
             }
@@ -278,24 +271,41 @@ impl Inner {
             .collect())
     }
 
-    /// The layer index behind a `ContentsEntry` (from a tree built earlier, or the store).
-    fn layer_index(&self, repo: &str, layer: &Digest) -> FsResult<Arc<LayerIndex>> {
-        if let Some(i) = self.view.contents.layers.lock().unwrap().get(layer) {
-            return Ok(i.clone());
+    /// The layer index behind a `ContentsEntry` (from a kept tree, or loaded from the store).
+    async fn layer_index(&self, layer: &Digest) -> FsResult<Arc<LayerIndex>> {
+        if let Some(i) = self
+            .view
+            .contents
+            .layers
+            .lock()
+            .unwrap()
+            .get(layer)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(i);
         }
-        let _ = repo;
-        self.store()?
-            .cached(&layer.to_string())
-            .ok_or_else(|| FsError::new(libc::ESTALE, "layer index not loaded; look the entry up again"))
+        let (store, digest) = (self.store()?, layer.to_string());
+        let index = tokio::task::spawn_blocking(move || store.cached(&digest))
+            .await
+            .map_err(|e| eio(format!("loading a layer index failed: {e}")))?
+            .ok_or_else(|| FsError::new(libc::ESTALE, "layer index not loaded; look the entry up again"))?;
+        if let Ok(d) = index.digest.parse::<Digest>() {
+            self.view
+                .contents
+                .layers
+                .lock()
+                .unwrap()
+                .insert(d, Arc::downgrade(&index));
+        }
+        Ok(index)
     }
 
     /// Attributes of contents nodes (`None` for any other node).
     pub(super) async fn contents_attr(&self, node: &Node) -> FsResult<Option<FileAttr>> {
         let (m, ino) = match node {
-            Node::Rootfs(r, d) => {
+            Node::Rootfs(..) => {
                 // Reached only for an index (an image's rootfs resolves to its tree's root).
                 let target = self.contents_link(node).await?;
-                let _ = (r, d);
                 return Ok(Some(self.synthetic_attr(
                     node,
                     FileType::Symlink,
@@ -316,8 +326,8 @@ impl Inner {
                     .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
                 (owned(tree.metadata(n)), self.inodes.ino(node))
             }
-            Node::ContentsEntry(r, layer, entry, _) => {
-                let index = self.layer_index(r, layer)?;
+            Node::ContentsEntry(_, layer, entry, _) => {
+                let index = self.layer_index(layer).await?;
                 let e = index
                     .entries
                     .get(*entry as usize)
@@ -383,8 +393,8 @@ impl Inner {
     /// `readlink` of a symlink inside a tree, or of an index's `rootfs`.
     pub(super) async fn contents_link(&self, node: &Node) -> FsResult<String> {
         match node {
-            Node::ContentsEntry(r, layer, entry, _) => {
-                let index = self.layer_index(r, layer)?;
+            Node::ContentsEntry(_, layer, entry, _) => {
+                let index = self.layer_index(layer).await?;
                 index
                     .entries
                     .get(*entry as usize)
@@ -444,7 +454,7 @@ impl Inner {
         if *kind != contents::Kind::File {
             return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", node.path())));
         }
-        let index = self.layer_index(r, layer)?;
+        let index = self.layer_index(layer).await?;
         let source = blob_reader(&self.view.blobs, r, *layer, index.blob_size).await?;
         Ok(ContentsFile {
             index,
