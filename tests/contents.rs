@@ -25,7 +25,15 @@ fn layer_of(dir: &Path) -> RealLayer {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
     let tar = run_ok(
         Command::new("tar")
-            .args(["--sort=name", "--numeric-owner", "--mtime", MTIME, "-C"])
+            .args([
+                "--sort=name",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=user.*",
+                "--mtime",
+                MTIME,
+                "-C",
+            ])
             .arg(dir)
             .args(["-cf", "-", "."]),
     )
@@ -60,6 +68,11 @@ fn layers(work: &Path) -> Vec<RealLayer> {
     write(&l1, "bin/tool", &random_bytes(300_000));
     fs::set_permissions(l1.join("bin/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
     std::os::unix::fs::chown(l1.join("bin/tool"), Some(1234), Some(5678)).unwrap();
+    run_ok(
+        Command::new("setfattr")
+            .args(["-n", "user.comment", "-v", "hello"])
+            .arg(l1.join("bin/tool")),
+    );
     write(&l1, "opq/lower", b"hidden by the opaque marker\n");
     write(&l1, "opq/sub/deep", b"hidden too\n");
     write(&l1, "usr/lib/libc.so", b"libc\n");
@@ -179,6 +192,9 @@ fn rootfs_is_the_layers_applied_in_order_as_umoci_unpacks_them() {
         fs::symlink_metadata(rootfs.join("bin/tool")).unwrap().mtime(),
         1_700_000_000
     );
+    // PAX xattrs (GNU tar --xattrs: SCHILY.xattr.*) through getxattr/listxattr.
+    assert_eq!(xattr_str(&rootfs.join("bin/tool"), "user.comment"), "hello");
+    assert_eq!(list_xattrs(&rootfs.join("bin/tool")).unwrap(), ["user.comment"]);
     // Whiteouts and opaque directories.
     for gone in [
         "etc/gone",

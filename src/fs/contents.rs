@@ -300,6 +300,31 @@ impl Inner {
         Ok(index)
     }
 
+    /// Extended attributes of a contents node (PAX `SCHILY.xattr.*` of its
+    /// entry); `None` when `ino` is not a contents node.
+    pub(super) async fn contents_xattrs(&self, ino: INodeNo) -> Option<FsResult<Vec<(String, Vec<u8>)>>> {
+        let node = self.inodes.get(ino.0).filter(Node::is_contents)?;
+        let copy = |x: &[(Box<str>, Box<[u8]>)]| x.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+        Some(match &node {
+            Node::ContentsEntry(_, layer, entry, _) => match self.layer_index(layer).await {
+                Ok(index) => Ok(index
+                    .entries
+                    .get(*entry as usize)
+                    .map(|e| copy(&e.xattrs))
+                    .unwrap_or_default()),
+                Err(e) => Err(e),
+            },
+            Node::ContentsDir(r, key, n) => match self.tree(r, *key).await {
+                Ok(tree) => match tree.node(*n) {
+                    Some(n) => Ok(copy(tree.metadata(n).xattrs)),
+                    None => Err(FsError::new(libc::ESTALE, "tree changed; look it up again")),
+                },
+                Err(e) => Err(e),
+            },
+            _ => Ok(Vec::new()),
+        })
+    }
+
     /// Attributes of contents nodes (`None` for any other node).
     pub(super) async fn contents_attr(&self, node: &Node) -> FsResult<Option<FileAttr>> {
         let (m, ino) = match node {

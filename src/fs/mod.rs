@@ -660,6 +660,15 @@ impl Filesystem for RegFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
         let name = name.to_str().unwrap_or_default().to_string();
         self.spawn(move |fs| async move {
+            if let Some(attrs) = fs.contents_xattrs(ino).await {
+                return match attrs {
+                    Ok(attrs) => match attrs.into_iter().find(|(k, _)| *k == name) {
+                        Some((_, value)) => reply_xattr(reply, size, &value),
+                        None => reply.error(Errno::from_i32(libc::ENODATA)),
+                    },
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
             let attrs = match fs.node(ino) {
                 Ok(node) => fs.xattrs(&node).await,
                 Err(e) => Err(e),
@@ -676,6 +685,15 @@ impl Filesystem for RegFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
         self.spawn(move |fs| async move {
+            if let Some(attrs) = fs.contents_xattrs(ino).await {
+                return match attrs {
+                    Ok(attrs) => {
+                        let names: Vec<u8> = attrs.iter().flat_map(|(k, _)| k.bytes().chain([0])).collect();
+                        reply_xattr(reply, size, &names)
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
             let attrs = match fs.node(ino) {
                 Ok(node) => fs.xattrs(&node).await,
                 Err(e) => Err(e),
