@@ -187,6 +187,8 @@ fn rootfs_is_the_layers_applied_in_order_as_umoci_unpacks_them() {
         strip(find(&rootfs, &["-type", "d"], dirs), &rootfs),
         strip(find(&expected, &["-type", "d"], dirs), &expected)
     );
+    // Directory entries carry the type too (find -type reads it from readdir).
+    assert_eq!(find(&rootfs, &["-type", "p"], "%P\n"), ["run/fifo"]);
     // mtimes from the tar headers.
     assert_eq!(
         fs::symlink_metadata(rootfs.join("bin/tool")).unwrap().mtime(),

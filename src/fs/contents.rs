@@ -503,6 +503,17 @@ impl ContentsFile {
     }
 }
 
+/// The directory-entry type of devices and fifos inside image contents
+/// (`Node::kind` has only directory, file and symlink).
+pub(super) fn special_file_type(node: &Node) -> Option<FileType> {
+    match node {
+        Node::ContentsEntry(.., contents::Kind::Char) => Some(FileType::CharDevice),
+        Node::ContentsEntry(.., contents::Kind::Block) => Some(FileType::BlockDevice),
+        Node::ContentsEntry(.., contents::Kind::Fifo) => Some(FileType::NamedPipe),
+        _ => None,
+    }
+}
+
 /// Metadata with owned strings dropped: what an attribute needs.
 struct Meta {
     kind: contents::Kind,

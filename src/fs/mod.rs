@@ -70,6 +70,8 @@ struct DirEntry {
     ino: u64,
     kind: Kind,
     name: String,
+    /// Devices and fifos inside image contents (`kind` says File for them).
+    special: Option<FileType>,
 }
 
 struct Inner {
@@ -744,16 +746,19 @@ impl Filesystem for RegFs {
                             ino: ino.0,
                             kind: Kind::Directory,
                             name: ".".into(),
+                            special: None,
                         },
                         DirEntry {
                             ino: ino.0,
                             kind: Kind::Directory,
                             name: "..".into(),
+                            special: None,
                         },
                     ];
                     entries.extend(children.into_iter().map(|(name, child)| DirEntry {
                         ino: fs.inodes.ino(&child),
                         kind: child.kind(),
+                        special: contents::special_file_type(&child),
                         name,
                     }));
                     if let Node::TagsDir(repo) = &node {
@@ -773,11 +778,11 @@ impl Filesystem for RegFs {
             return reply.error(Errno::EBADF);
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let kind = match e.kind {
+            let kind = e.special.unwrap_or(match e.kind {
                 Kind::Directory => FileType::Directory,
                 Kind::File => FileType::RegularFile,
                 Kind::Symlink => FileType::Symlink,
-            };
+            });
             if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
                 break;
             }
