@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod contents;
 pub mod daemon;
 pub mod fs;
 pub mod metrics;

@@ -3,6 +3,7 @@
 //! and answered from there.
 
 mod archive;
+mod contents;
 mod import;
 pub mod inodes;
 mod locations;
@@ -63,12 +64,16 @@ enum Handle {
     StagedRead(u64),
     /// `_export/<tag>.tar`, made on the fly.
     Export(Arc<archive::Export>),
+    /// A regular file inside `rootfs/` or `_layers/`.
+    Contents(Arc<contents::ContentsFile>),
 }
 
 struct DirEntry {
     ino: u64,
     kind: Kind,
     name: String,
+    /// Devices and fifos inside image contents (`kind` says File for them).
+    special: Option<FileType>,
 }
 
 struct Inner {
@@ -100,6 +105,12 @@ impl RegFs {
                 dirs: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Image contents (`rootfs/`, `_layers/`) are read-only views: any change there is EROFS.
+    fn in_contents(&self, inos: &[INodeNo]) -> bool {
+        inos.iter()
+            .any(|i| self.inner.inodes.get(i.0).is_some_and(|n| n.is_contents()))
     }
 
     /// Run `f` on the runtime with the shared state.
@@ -230,6 +241,10 @@ impl Inner {
             Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), FopenFlags::FOPEN_DIRECT_IO),
             Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), FopenFlags::empty()),
             Node::Staged(id) => (Handle::StagedRead(*id), FopenFlags::FOPEN_DIRECT_IO),
+            Node::ContentsEntry(..) => (
+                Handle::Contents(Arc::new(self.contents_open(node).await?)),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             // Status text changes between reads: no page cache, sizes from the snapshot.
             Node::Status(f) => (
                 Handle::Bytes(Bytes::from(self.status_text(*f))),
@@ -261,6 +276,16 @@ impl Filesystem for RegFs {
                 return reply.error(Errno::ENOENT);
             };
             // A file being written hides whatever the registry has under its name.
+            if matches!(parent, Node::ContentsDir(..)) {
+                let child = match fs.contents_lookup(&parent, &name).await {
+                    Ok(c) => c,
+                    Err(e) => return reply.error(fs.fail("lookup", Some(&parent), &e)),
+                };
+                return match fs.attr(&child).await {
+                    Ok(attr) => reply.entry(&fs.ttl(&child), &attr, Generation(0)),
+                    Err(e) => reply.error(fs.fail("lookup", Some(&child), &e)),
+                };
+            }
             let child = match fs.staging.find(&parent, &name) {
                 Some(id) if !fs.staging.is_settled(id) => Node::Staged(id),
                 Some(_) => match parent.child(&name) {
@@ -312,6 +337,9 @@ impl Filesystem for RegFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let truncate = flags.0 & libc::O_TRUNC != 0;
+        if writing && self.in_contents(&[ino]) {
+            return reply.error(Errno::EROFS);
+        }
         self.spawn(move |fs| async move {
             let node = match fs.node(ino) {
                 Ok(n) => n,
@@ -349,6 +377,18 @@ impl Filesystem for RegFs {
             return reply.error(Errno::EBADF);
         };
         match &*handle {
+            Handle::Contents(file) => {
+                let file = file.clone();
+                self.spawn(move |fs| async move {
+                    match file.read(offset, u64::from(size)).await {
+                        Ok(data) => reply.data(&data),
+                        Err(e) => {
+                            let node = fs.node(ino).ok();
+                            reply.error(fs.fail("read", node.as_ref(), &e))
+                        }
+                    }
+                })
+            }
             Handle::Export(export) => {
                 let export = export.clone();
                 self.spawn(move |fs| async move {
@@ -455,6 +495,9 @@ impl Filesystem for RegFs {
         _flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         let result = self.inner.node(parent).and_then(|parent| {
             self.inner.check_manifest_dir_writable(&parent)?;
@@ -501,6 +544,9 @@ impl Filesystem for RegFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        if self.in_contents(&[ino]) {
+            return reply.error(Errno::EROFS);
+        }
         self.spawn(move |fs| async move {
             let node = match fs.node(ino) {
                 Ok(n) => n,
@@ -540,6 +586,9 @@ impl Filesystem for RegFs {
     }
 
     fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             match fs.mkdir(parent, &name).await {
@@ -553,6 +602,9 @@ impl Filesystem for RegFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             match fs.remove(parent, &name, true).await {
@@ -563,6 +615,9 @@ impl Filesystem for RegFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = name.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             match fs.remove(parent, &name, false).await {
@@ -573,6 +628,9 @@ impl Filesystem for RegFs {
     }
 
     fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        if self.in_contents(&[parent]) {
+            return reply.error(Errno::EROFS);
+        }
         let name = link_name.to_string_lossy().to_string();
         let target = target.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
@@ -596,6 +654,9 @@ impl Filesystem for RegFs {
         _flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        if self.in_contents(&[parent, newparent]) {
+            return reply.error(Errno::EROFS);
+        }
         let (name, newname) = (
             name.to_string_lossy().to_string(),
             newname.to_string_lossy().to_string(),
@@ -609,6 +670,9 @@ impl Filesystem for RegFs {
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        if self.in_contents(&[ino, newparent]) {
+            return reply.error(Errno::EROFS);
+        }
         let newname = newname.to_string_lossy().to_string();
         self.spawn(move |fs| async move {
             let result = async {
@@ -628,6 +692,15 @@ impl Filesystem for RegFs {
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
         let name = name.to_str().unwrap_or_default().to_string();
         self.spawn(move |fs| async move {
+            if let Some(attrs) = fs.contents_xattrs(ino).await {
+                return match attrs {
+                    Ok(attrs) => match attrs.into_iter().find(|(k, _)| *k == name) {
+                        Some((_, value)) => reply_xattr(reply, size, &value),
+                        None => reply.error(Errno::from_i32(libc::ENODATA)),
+                    },
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
             let attrs = match fs.node(ino) {
                 Ok(node) => fs.xattrs(&node).await,
                 Err(e) => Err(e),
@@ -644,6 +717,15 @@ impl Filesystem for RegFs {
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
         self.spawn(move |fs| async move {
+            if let Some(attrs) = fs.contents_xattrs(ino).await {
+                return match attrs {
+                    Ok(attrs) => {
+                        let names: Vec<u8> = attrs.iter().flat_map(|(k, _)| k.bytes().chain([0])).collect();
+                        reply_xattr(reply, size, &names)
+                    }
+                    Err(e) => reply.error(errno(&e)),
+                };
+            }
             let attrs = match fs.node(ino) {
                 Ok(node) => fs.xattrs(&node).await,
                 Err(e) => Err(e),
@@ -694,16 +776,19 @@ impl Filesystem for RegFs {
                             ino: ino.0,
                             kind: Kind::Directory,
                             name: ".".into(),
+                            special: None,
                         },
                         DirEntry {
                             ino: ino.0,
                             kind: Kind::Directory,
                             name: "..".into(),
+                            special: None,
                         },
                     ];
                     entries.extend(children.into_iter().map(|(name, child)| DirEntry {
                         ino: fs.inodes.ino(&child),
                         kind: child.kind(),
+                        special: contents::special_file_type(&child),
                         name,
                     }));
                     if let Node::TagsDir(repo) = &node {
@@ -723,11 +808,11 @@ impl Filesystem for RegFs {
             return reply.error(Errno::EBADF);
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
-            let kind = match e.kind {
+            let kind = e.special.unwrap_or(match e.kind {
                 Kind::Directory => FileType::Directory,
                 Kind::File => FileType::RegularFile,
                 Kind::Symlink => FileType::Symlink,
-            };
+            });
             if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
                 break;
             }

@@ -47,6 +47,8 @@ pub const LAYERS: &str = "layers";
 pub const CHILDREN: &str = "manifests";
 pub const SUBJECT: &str = "subject";
 pub const REFERRERS: &str = "referrers";
+pub const ROOTFS: &str = "rootfs";
+pub const LAYER_TREES: &str = "_layers";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum StatusFile {
@@ -123,6 +125,15 @@ pub enum Node {
     ExportDir(String),
     /// `_export/<tag>.tar`: the tag as a tar made on the fly.
     ExportTar(String, String),
+    /// `rootfs` of a manifest directory: an image's tree (resolved to its
+    /// `ContentsDir` root), or for an index a link to this platform's child.
+    Rootfs(String, Digest),
+    /// `<repo>/_layers/`: lists nothing; `sha256:<hex>` names a layer's tree.
+    LayerTreesDir(String),
+    /// A directory inside a tree (see contents.rs): the tree and the node number.
+    ContentsDir(String, super::contents::TreeKey, u32),
+    /// Any other entry of a tree, named by its layer entry (same entry, same inode).
+    ContentsEntry(String, Digest, u32, crate::contents::Kind),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,6 +157,7 @@ impl Node {
                 UPLOADS => Some(Node::UploadsDir(repo.clone())),
                 OCI => Some(Node::OciDir(repo.clone())),
                 EXPORT => Some(Node::ExportDir(repo.clone())),
+                LAYER_TREES => Some(Node::LayerTreesDir(repo.clone())),
                 n if is_valid_component(n) && repo.len() + 1 + n.len() <= 255 => Some(Node::Dir(format!("{repo}/{n}"))),
                 _ => None,
             },
@@ -160,6 +172,7 @@ impl Node {
                     CHILDREN => Some(Node::ChildrenDir(r, d)),
                     SUBJECT => Some(Node::Subject(r, d)),
                     REFERRERS => Some(Node::ReferrersDir(r, d)),
+                    ROOTFS => Some(Node::Rootfs(r, d)),
                     _ => None,
                 }
             }
@@ -182,6 +195,10 @@ impl Node {
                 .map(|t| Node::ExportTar(repo.clone(), t.to_string())),
             Node::ReferrersDir(repo, d) => Some(Node::Referrer(repo.clone(), *d, name.to_string())),
             Node::BlobsDir(repo) => name.parse().ok().map(|d| Node::Blob(repo.clone(), d)),
+            Node::LayerTreesDir(repo) => name
+                .parse()
+                .ok()
+                .map(|d| Node::ContentsDir(repo.clone(), super::contents::TreeKey::Layer(d), 0)),
             _ => None,
         }
     }
@@ -203,6 +220,8 @@ impl Node {
             | Node::Subject(..)
             | Node::Referrer(..)
             | Node::Upload(..) => Kind::Symlink,
+            Node::ContentsEntry(.., crate::contents::Kind::Symlink) => Kind::Symlink,
+            Node::ContentsEntry(..) => Kind::File,
             _ => Kind::Directory,
         }
     }
@@ -240,6 +259,10 @@ impl Node {
             Node::ExportDir(r) => format!("/{r}/{EXPORT}"),
             Node::ExportTar(r, t) => format!("/{r}/{EXPORT}/{t}{TAR_SUFFIX}"),
             Node::Blob(r, d) => format!("/{r}/{BLOBS}/{d}"),
+            Node::Rootfs(r, d) => format!("/{r}/{MANIFESTS}/{d}/{ROOTFS}"),
+            Node::LayerTreesDir(r) => format!("/{r}/{LAYER_TREES}"),
+            Node::ContentsDir(r, key, n) => format!("/{r}/({key:?} directory #{n})"),
+            Node::ContentsEntry(r, d, e, _) => format!("/{r}/({d} entry #{e})"),
         }
     }
 
@@ -268,6 +291,14 @@ impl Node {
         }
     }
 
+    /// Entries of image contents (`rootfs/`, `_layers/`): read-only views.
+    pub fn is_contents(&self) -> bool {
+        matches!(
+            self,
+            Node::Rootfs(..) | Node::LayerTreesDir(..) | Node::ContentsDir(..) | Node::ContentsEntry(..)
+        )
+    }
+
     /// Everything inside a manifest directory is derived from immutable bytes
     /// (referrers excepted: new ones can be pushed at any time).
     pub fn is_immutable(&self) -> bool {
@@ -282,6 +313,10 @@ impl Node {
                 | Node::Child(..)
                 | Node::Subject(..)
                 | Node::Blob(..)
+                | Node::Rootfs(..)
+                | Node::LayerTreesDir(..)
+                | Node::ContentsDir(..)
+                | Node::ContentsEntry(..)
         )
     }
 }

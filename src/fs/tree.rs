@@ -12,6 +12,9 @@ impl Inner {
     /// Check that `node` exists and compute its attributes (a request at most,
     /// usually none: sizes come from descriptors and caches).
     pub(super) async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
+        if let Some(attr) = self.contents_attr(node).await? {
+            return Ok(attr);
+        }
         let v = &self.view;
         if let Node::Tag(r, _) | Node::TagsDir(r) = node {
             v.note_tag_interest(r);
@@ -84,12 +87,19 @@ impl Inner {
             | Node::Subject(..)
             | Node::Referrer(..)
             | Node::Upload(..) => self.link_target(node).await?.len() as u64,
+            // Answered by contents_attr above.
+            Node::Rootfs(..) | Node::LayerTreesDir(..) | Node::ContentsDir(..) | Node::ContentsEntry(..) => {
+                unreachable!("contents nodes have their own attributes")
+            }
         };
         Ok(self.make_attr(node, size))
     }
 
     /// Where a symlink node points (relative, per layout.md).
     pub(super) async fn link_target(&self, node: &Node) -> FsResult<String> {
+        if node.is_contents() {
+            return self.contents_link(node).await;
+        }
         let v = &self.view;
         if super::write::pending_manifest_dir(v, node) {
             return self.staging.ghost_target(node).ok_or_else(|| not_found(node));
@@ -154,6 +164,9 @@ impl Inner {
 
     /// The entries of a directory node, by name.
     pub(super) async fn list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
+        if matches!(node, Node::ContentsDir(..) | Node::LayerTreesDir(..)) {
+            return self.contents_list(node).await;
+        }
         let v = &self.view;
         let names: Vec<String> = match node {
             Node::Root => {
@@ -298,6 +311,7 @@ impl Inner {
             } else {
                 Node::Blob(r, d)
             }),
+            n @ Node::Rootfs(..) => self.contents_resolve(n).await,
             n => Ok(n),
         }
     }

@@ -67,6 +67,8 @@ pub struct View {
     pub registry_host: String,
     /// When each repository's tags were last looked at (see `TAG_INTEREST_WINDOW`).
     tag_interest: Mutex<lru::LruCache<String, std::time::Instant>>,
+    /// Layer indexes and trees of image contents (`rootfs/`, `_layers/`).
+    pub contents: super::contents::ContentsState,
 }
 
 impl View {
@@ -82,6 +84,7 @@ impl View {
         let registry_host = client.registry_host();
         let (locations, known) = super::locations::Locations::open(cache_dir, &registry_host);
         View {
+            contents: super::contents::ContentsState::new(cache_dir),
             locations,
             client,
             manifests,

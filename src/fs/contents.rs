@@ -1,0 +1,566 @@
+//! Glue between the tree and `crate::contents`: `rootfs/` of image manifests,
+//! `<repo>/_layers/sha256:<hex>/`, their attributes, listings, links and
+//! reads (layout.md, "Image contents"). Everything here is read-only.
+//!
+//! Nodes: a directory inside a tree is `ContentsDir(repo, tree, node)` (its
+//! children depend on the tree); every other entry is `ContentsEntry(repo,
+//! layer, entry, kind)`, named by the layer entry itself, so the same entry of
+//! the same layer is one inode in every image of the repository (`diff -r`
+//! between two tags sharing base layers skips the shared files unread).
+//!
+//! Indexes are built on first need (an image's layers in parallel) by the
+//! [`IndexStore`] in `<cache>/contents/`, from the blob cache; reads go
+//! through the blob cache too (local bytes when present, Range GETs when not),
+//! every span checked against the digest the verified pass recorded.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+
+use super::node::{self, Node};
+use super::Inner;
+use crate::cache::{BlobFile, BlobStore, FsError, FsResult, ReadState};
+use crate::contents::{self, IndexStore, LayerIndex, LayerRef, Limits, Rootfs, SpanSource};
+use crate::oci::{self, ChildTarget, ManifestKind};
+use crate::registry::Digest;
+
+/// Which tree a directory belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TreeKey {
+    /// The merged root filesystem of an image manifest.
+    Image(Digest),
+    /// One layer as its tar holds it.
+    Layer(Digest),
+}
+
+/// Trees kept built, at most (each holds its layers' indexes).
+const KEPT_TREES: usize = 32;
+
+/// The contents state of a mount: the index store and the trees built so far.
+pub struct ContentsState {
+    store: Option<Arc<IndexStore>>,
+    trees: Mutex<lru::LruCache<(String, TreeKey), Arc<Rootfs>>>,
+    /// Indexes of layers by digest, for `ContentsEntry` nodes (alive while a kept tree holds them).
+    layers: Mutex<HashMap<Digest, Weak<LayerIndex>>>,
+}
+
+impl ContentsState {
+    pub fn new(cache_dir: &Path) -> Self {
+        let store = match IndexStore::new(cache_dir.join("contents"), Limits::default()) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => {
+                tracing::warn!(
+                    "image contents unavailable: cannot create {}/contents: {e}",
+                    cache_dir.display()
+                );
+                None
+            }
+        };
+        ContentsState {
+            store,
+            trees: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(KEPT_TREES).unwrap())),
+            layers: Mutex::default(),
+        }
+    }
+}
+
+fn eio(msg: impl Into<String>) -> FsError {
+    FsError::new(libc::EIO, msg)
+}
+
+/// Blocking reads of a blob through the blob cache, from a blocking thread.
+struct BlobReader {
+    rt: tokio::runtime::Handle,
+    file: Arc<BlobFile>,
+    state: Mutex<ReadState>,
+    size: u64,
+    pos: u64,
+}
+
+impl BlobReader {
+    fn read_range(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let data = self
+            .rt
+            .block_on(self.file.read(offset, len, &self.state))
+            .map_err(|e| io::Error::other(e.message))?;
+        if data.len() as u64 != len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short blob read"));
+        }
+        Ok(data)
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.size - self.pos).min(1 << 20);
+        if n == 0 {
+            return Ok(0);
+        }
+        let data = self.read_range(self.pos, n)?;
+        buf[..data.len()].copy_from_slice(&data);
+        self.pos += n;
+        Ok(data.len())
+    }
+}
+
+impl SpanSource for BlobReader {
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.read_range(offset, len)
+    }
+}
+
+async fn blob_reader(blobs: &Arc<BlobStore>, repo: &str, digest: Digest, size: u64) -> FsResult<BlobReader> {
+    let file = blobs.open(repo, digest, size).await?;
+    Ok(BlobReader {
+        rt: tokio::runtime::Handle::current(),
+        file,
+        state: Mutex::new(ReadState::default()),
+        size,
+        pos: 0,
+    })
+}
+
+/// An open file inside a tree.
+pub(super) struct ContentsFile {
+    index: Arc<LayerIndex>,
+    entry: u32,
+    source: BlobReader,
+}
+
+/// This machine's platform, as index children name it (`linux-amd64`).
+fn host_platform() -> (&'static str, &'static str) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        "powerpc64" => "ppc64le",
+        other => other,
+    };
+    ("linux", arch)
+}
+
+impl Inner {
+    fn store(&self) -> FsResult<Arc<IndexStore>> {
+        self.view
+            .contents
+            .store
+            .clone()
+            .ok_or_else(|| eio("image contents are unavailable (see the log)"))
+    }
+
+    /// The tree `key` of `repo`, built (indexes included) on first need.
+    pub(super) async fn tree(&self, repo: &str, key: TreeKey) -> FsResult<Arc<Rootfs>> {
+        let k = (repo.to_string(), key);
+        if let Some(t) = self.view.contents.trees.lock().unwrap().get(&k) {
+            return Ok(t.clone());
+        }
+        let store = self.store()?;
+        let layers: Vec<LayerRef> = match key {
+            TreeKey::Image(d) => {
+                let m = self.view.manifest(repo, d).await?;
+                if m.parsed.kind != ManifestKind::Image {
+                    return Err(FsError::new(libc::ENOENT, format!("{d} is not an image manifest")));
+                }
+                m.parsed
+                    .layers
+                    .iter()
+                    .map(|l| LayerRef {
+                        digest: l.digest.clone(),
+                        media_type: l.media_type.clone(),
+                        size: l.size,
+                    })
+                    .collect()
+            }
+            TreeKey::Layer(d) => {
+                let size = self.view.blob_size(repo, d).await?;
+                let media_type = self.view.blob_media_type(&d).unwrap_or_default();
+                vec![LayerRef {
+                    digest: d.to_string(),
+                    media_type,
+                    size,
+                }]
+            }
+        };
+        // Built on a blocking thread: blobs are read (and indexes loaded or built)
+        // there, so no runtime worker waits on the network or on another build.
+        let (blobs, repo_name, rt) = (
+            self.view.blobs.clone(),
+            repo.to_string(),
+            tokio::runtime::Handle::current(),
+        );
+        let tree = tokio::task::spawn_blocking(move || {
+            let open = |l: &LayerRef| -> io::Result<BlobReader> {
+                let d: Digest = l.digest.parse().map_err(|_| io::Error::other("not a sha256 digest"))?;
+                rt.block_on(blob_reader(&blobs, &repo_name, d, l.size))
+                    .map_err(|e| io::Error::other(e.message))
+            };
+            let indexes = store.layers(&layers, open);
+            match key {
+                TreeKey::Image(_) => Rootfs::merged(indexes),
+                TreeKey::Layer(_) => Rootfs::layer(indexes.into_iter().next().expect("one layer")),
+            }
+        })
+        .await
+        .map_err(|e| eio(format!("building the tree failed: {e}")))?;
+        if !tree.problems().is_empty() {
+            tracing::warn!(repo, ?key, "contents: {}", tree.problems().summary());
+        }
+        let tree = Arc::new(tree);
+        {
+            let mut layers = self.view.contents.layers.lock().unwrap();
+            layers.retain(|_, w| w.strong_count() > 0);
+            for i in 0..tree.layer_count() {
+                if let Some(index) = tree.layer_index(i) {
+                    if let Ok(d) = index.digest.parse::<Digest>() {
+                        layers.insert(d, Arc::downgrade(&index));
+                    }
+                }
+            }
+        }
+        self.view.contents.trees.lock().unwrap().put(k, tree.clone());
+        Ok(tree)
+    }
+
+    /// The node for `node` of `tree`: a directory stays in the tree, anything
+    /// else is named by its layer entry.
+    fn contents_node(repo: &str, key: TreeKey, tree: &Rootfs, n: contents::NodeId) -> Option<Node> {
+        if tree.is_dir(n) {
+            return Some(Node::ContentsDir(repo.to_string(), key, n.index()));
+        }
+        let id = tree.identity(n)?;
+        let layer: Digest = id.layer_digest.parse().ok()?;
+        Some(Node::ContentsEntry(
+            repo.to_string(),
+            layer,
+            id.entry,
+            tree.metadata(n).kind,
+        ))
+    }
+
+    /// `lookup` inside a tree directory.
+    pub(super) async fn contents_lookup(&self, parent: &Node, name: &str) -> FsResult<Node> {
+        let Node::ContentsDir(repo, key, dir) = parent else {
+            return Err(FsError::new(libc::ENOTDIR, "not a contents directory"));
+        };
+        let tree = self.tree(repo, *key).await?;
+        let dir = tree
+            .node(*dir)
+            .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
+        let child = tree
+            .lookup(dir, name)
+            .ok_or_else(|| FsError::new(libc::ENOENT, format!("{}/{name} does not exist", parent.path())))?;
+        Self::contents_node(repo, *key, &tree, child).ok_or_else(|| eio("entry without identity"))
+    }
+
+    /// Entries of a tree directory.
+    pub(super) async fn contents_list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
+        let Node::ContentsDir(repo, key, dir) = node else {
+            return Ok(Vec::new()); // `_layers/` itself lists nothing
+        };
+        let tree = self.tree(repo, *key).await?;
+        let dir = tree
+            .node(*dir)
+            .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
+        Ok(tree
+            .list(dir)
+            .filter_map(|(name, n)| Some((name.to_string(), Self::contents_node(repo, *key, &tree, n)?)))
+            .collect())
+    }
+
+    /// The layer index behind a `ContentsEntry` (from a kept tree, or loaded from the store).
+    async fn layer_index(&self, layer: &Digest) -> FsResult<Arc<LayerIndex>> {
+        if let Some(i) = self
+            .view
+            .contents
+            .layers
+            .lock()
+            .unwrap()
+            .get(layer)
+            .and_then(Weak::upgrade)
+        {
+            return Ok(i);
+        }
+        let (store, digest) = (self.store()?, layer.to_string());
+        let index = tokio::task::spawn_blocking(move || store.cached(&digest))
+            .await
+            .map_err(|e| eio(format!("loading a layer index failed: {e}")))?
+            .ok_or_else(|| FsError::new(libc::ESTALE, "layer index not loaded; look the entry up again"))?;
+        if let Ok(d) = index.digest.parse::<Digest>() {
+            self.view
+                .contents
+                .layers
+                .lock()
+                .unwrap()
+                .insert(d, Arc::downgrade(&index));
+        }
+        Ok(index)
+    }
+
+    /// Extended attributes of a contents node (PAX `SCHILY.xattr.*` of its
+    /// entry); `None` when `ino` is not a contents node.
+    pub(super) async fn contents_xattrs(&self, ino: INodeNo) -> Option<FsResult<Vec<(String, Vec<u8>)>>> {
+        let node = self.inodes.get(ino.0).filter(Node::is_contents)?;
+        let copy = |x: &[(Box<str>, Box<[u8]>)]| x.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
+        Some(match &node {
+            Node::ContentsEntry(_, layer, entry, _) => match self.layer_index(layer).await {
+                Ok(index) => Ok(index
+                    .entries
+                    .get(*entry as usize)
+                    .map(|e| copy(&e.xattrs))
+                    .unwrap_or_default()),
+                Err(e) => Err(e),
+            },
+            Node::ContentsDir(r, key, n) => match self.tree(r, *key).await {
+                Ok(tree) => match tree.node(*n) {
+                    Some(n) => Ok(copy(tree.metadata(n).xattrs)),
+                    None => Err(FsError::new(libc::ESTALE, "tree changed; look it up again")),
+                },
+                Err(e) => Err(e),
+            },
+            _ => Ok(Vec::new()),
+        })
+    }
+
+    /// Attributes of contents nodes (`None` for any other node).
+    pub(super) async fn contents_attr(&self, node: &Node) -> FsResult<Option<FileAttr>> {
+        let (m, ino) = match node {
+            Node::Rootfs(..) => {
+                // Reached only for an index (an image's rootfs resolves to its tree's root).
+                let target = self.contents_link(node).await?;
+                return Ok(Some(self.synthetic_attr(
+                    node,
+                    FileType::Symlink,
+                    0o777,
+                    target.len() as u64,
+                )));
+            }
+            Node::LayerTreesDir(r) => {
+                if !self.view.is_known_repo(r).await? && !self.view.is_repo(r).await? {
+                    return Err(FsError::new(libc::ENOENT, format!("{} does not exist", node.path())));
+                }
+                return Ok(Some(self.synthetic_attr(node, FileType::Directory, 0o555, 0)));
+            }
+            Node::ContentsDir(r, key, n) => {
+                let tree = self.tree(r, *key).await?;
+                let n = tree
+                    .node(*n)
+                    .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
+                (owned(tree.metadata(n)), self.inodes.ino(node))
+            }
+            Node::ContentsEntry(_, layer, entry, _) => {
+                let index = self.layer_index(layer).await?;
+                let e = index
+                    .entries
+                    .get(*entry as usize)
+                    .ok_or_else(|| eio("no such layer entry"))?;
+                let mut m = entry_metadata(e);
+                m.nlink = index.nlink(*entry);
+                (m, self.inodes.ino(node))
+            }
+            _ => return Ok(None),
+        };
+        let kind = match m.kind {
+            contents::Kind::Dir => FileType::Directory,
+            contents::Kind::Symlink => FileType::Symlink,
+            contents::Kind::Char => FileType::CharDevice,
+            contents::Kind::Block => FileType::BlockDevice,
+            contents::Kind::Fifo => FileType::NamedPipe,
+            contents::Kind::File | contents::Kind::HardLink => FileType::RegularFile,
+        };
+        let mtime = if m.mtime >= 0 {
+            UNIX_EPOCH + Duration::from_secs(m.mtime as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(m.mtime.unsigned_abs())
+        };
+        Ok(Some(FileAttr {
+            ino: INodeNo(ino),
+            size: m.size,
+            blocks: m.size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm: (m.mode & 0o7777) as u16,
+            nlink: m.nlink,
+            uid: m.uid,
+            gid: m.gid,
+            rdev: libc::makedev(m.dev_major, m.dev_minor) as u32,
+            blksize: 1 << 16,
+            flags: 0,
+        }))
+    }
+
+    fn synthetic_attr(&self, node: &Node, kind: FileType, perm: u16, size: u64) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(self.inodes.ino(node)),
+            size,
+            blocks: 0,
+            atime: UNIX_EPOCH,
+            mtime: UNIX_EPOCH,
+            ctime: UNIX_EPOCH,
+            crtime: UNIX_EPOCH,
+            kind,
+            perm,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: 1 << 16,
+            flags: 0,
+        }
+    }
+
+    /// `readlink` of a symlink inside a tree, or of an index's `rootfs`.
+    pub(super) async fn contents_link(&self, node: &Node) -> FsResult<String> {
+        match node {
+            Node::ContentsEntry(_, layer, entry, _) => {
+                let index = self.layer_index(layer).await?;
+                index
+                    .entries
+                    .get(*entry as usize)
+                    .and_then(|e| e.link.as_deref())
+                    .map(str::to_string)
+                    .ok_or_else(|| FsError::new(libc::EINVAL, "not a symlink"))
+            }
+            Node::Rootfs(r, d) => {
+                let m = self.view.manifest(r, *d).await?;
+                let (os, arch) = host_platform();
+                let child = m
+                    .parsed
+                    .manifests
+                    .iter()
+                    .find(|c| {
+                        c.platform
+                            .as_ref()
+                            .is_some_and(|p| p.os == os && p.architecture == arch)
+                    })
+                    .and_then(|c| c.digest());
+                let name = child.and_then(|c| {
+                    oci::child_names(&m.parsed)
+                        .into_iter()
+                        .find(|(_, t)| *t == ChildTarget::Manifest(c))
+                        .map(|(n, _)| n)
+                });
+                name.map(|n| format!("{}/{n}/{}", node::CHILDREN, node::ROOTFS))
+                    .ok_or_else(|| FsError::new(libc::ENOENT, format!("{}: no child for {os}/{arch}", node.path())))
+            }
+            n => Err(FsError::new(libc::EINVAL, format!("{} is not a symlink", n.path()))),
+        }
+    }
+
+    /// An image's `rootfs` is its tree's root; an index's stays a link.
+    pub(super) async fn contents_resolve(&self, node: Node) -> FsResult<Node> {
+        match node {
+            Node::Rootfs(r, d) => {
+                let m = self.view.manifest(&r, d).await?;
+                match m.parsed.kind {
+                    ManifestKind::Image => Ok(Node::ContentsDir(r, TreeKey::Image(d), 0)),
+                    ManifestKind::Index => Ok(Node::Rootfs(r, d)),
+                    _ => Err(FsError::new(
+                        libc::ENOENT,
+                        format!("{} has no root filesystem", Node::Rootfs(r, d).path()),
+                    )),
+                }
+            }
+            n => Ok(n),
+        }
+    }
+
+    /// Opens a regular file of a tree.
+    pub(super) async fn contents_open(&self, node: &Node) -> FsResult<ContentsFile> {
+        let Node::ContentsEntry(r, layer, entry, kind) = node else {
+            return Err(FsError::new(libc::EINVAL, "not a contents file"));
+        };
+        if *kind != contents::Kind::File {
+            return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", node.path())));
+        }
+        let index = self.layer_index(layer).await?;
+        let source = blob_reader(&self.view.blobs, r, *layer, index.blob_size).await?;
+        Ok(ContentsFile {
+            index,
+            entry: *entry,
+            source,
+        })
+    }
+}
+
+impl ContentsFile {
+    /// Reads on a blocking thread (decoding is CPU work; the source may wait on the network).
+    pub(super) async fn read(self: Arc<Self>, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        tokio::task::spawn_blocking(move || {
+            self.index.read(self.entry as usize, offset, len, &self.source).map_err(|e| {
+                tracing::warn!(layer = %self.index.digest, entry = self.entry, "read of layer contents failed: {e}");
+                eio(format!("layer {} entry {}: {e}", self.index.digest, self.entry))
+            })
+        })
+        .await
+        .map_err(|e| eio(format!("read task failed: {e}")))?
+    }
+}
+
+/// The directory-entry type of devices and fifos inside image contents
+/// (`Node::kind` has only directory, file and symlink).
+pub(super) fn special_file_type(node: &Node) -> Option<FileType> {
+    match node {
+        Node::ContentsEntry(.., contents::Kind::Char) => Some(FileType::CharDevice),
+        Node::ContentsEntry(.., contents::Kind::Block) => Some(FileType::BlockDevice),
+        Node::ContentsEntry(.., contents::Kind::Fifo) => Some(FileType::NamedPipe),
+        _ => None,
+    }
+}
+
+/// Metadata with owned strings dropped: what an attribute needs.
+struct Meta {
+    kind: contents::Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: i64,
+    dev_major: u32,
+    dev_minor: u32,
+    nlink: u32,
+}
+
+fn owned(m: contents::Metadata<'_>) -> Meta {
+    Meta {
+        kind: m.kind,
+        mode: m.mode,
+        uid: m.uid,
+        gid: m.gid,
+        size: m.size,
+        mtime: m.mtime,
+        dev_major: m.dev_major,
+        dev_minor: m.dev_minor,
+        nlink: m.nlink,
+    }
+}
+
+/// Attributes of a layer entry seen on its own (nlink set by the caller).
+fn entry_metadata(e: &contents::Entry) -> Meta {
+    let kind = if e.kind == contents::Kind::HardLink {
+        contents::Kind::File
+    } else {
+        e.kind
+    };
+    Meta {
+        kind,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        size: match e.kind {
+            contents::Kind::File => e.size,
+            contents::Kind::Symlink => e.link.as_deref().map_or(0, |l| l.len() as u64),
+            _ => 0,
+        },
+        mtime: e.mtime,
+        dev_major: e.dev_major,
+        dev_minor: e.dev_minor,
+        nlink: 1,
+    }
+}
