@@ -258,9 +258,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 
 // ---------------------------------------------------------------- issue 5: rsync
 
-#[test]
-fn rsync_backup_is_verified_incremental_and_restores_with_the_same_digests() {
-    let reg = Registry::start();
+on_both_registries! {
+fn rsync_backup_is_verified_incremental_and_restores_with_the_same_digests(kind) {
+    let reg = Registry::start_kind(kind);
     let c = reg.client();
     let fx = seed(&c, "shop/app");
     let m = Mount::start(&reg.url());
@@ -424,10 +424,11 @@ fn rsync_backup_is_verified_incremental_and_restores_with_the_same_digests() {
         String::from_utf8_lossy(&diff.stdout)
     );
 }
+}
 
-#[test]
-fn oci_layout_backup_and_restore_with_rsync() {
-    let reg = Registry::start();
+on_both_registries! {
+fn oci_layout_backup_and_restore_with_rsync(kind) {
+    let reg = Registry::start_kind(kind);
     let c = reg.client();
     let fx = seed(&c, "shop/app");
     let m = Mount::start(&reg.url());
@@ -472,12 +473,13 @@ fn oci_layout_backup_and_restore_with_rsync() {
         fx.smallest_layer()
     );
 }
+}
 
+on_both_registries! {
 /// The disaster-recovery case: the backup goes into another (empty)
 /// registry, so every blob is uploaded exactly once.
-#[test]
-fn rsync_backup_restores_into_another_registry() {
-    let reg = Registry::start();
+fn rsync_backup_restores_into_another_registry(kind) {
+    let reg = Registry::start_kind(kind);
     let fx = seed(&reg.client(), "shop/app");
     let m = Mount::start(&reg.url());
     let work = tempdir("regfs-dr-");
@@ -485,7 +487,7 @@ fn rsync_backup_restores_into_another_registry() {
     rsync_logged(&["-a", &slash(&m.join("shop/app")), &slash(&bk)], log_path(&m));
     drop(m);
 
-    let reg2 = Registry::start();
+    let reg2 = Registry::start_kind(kind);
     let c2 = reg2.client();
     let m2 = Mount::start(&reg2.url());
     let dest = m2.join("shop/app");
@@ -499,6 +501,7 @@ fn rsync_backup_restores_into_another_registry() {
         "bytes pushed = the sum of the distinct blobs (stats: {:?})",
         m2.stats()
     );
+}
 }
 
 /// A restore through a mount that has not seen the blobs in another
@@ -671,9 +674,9 @@ fn whole_registry_rsync_copies_every_repository() {
 
 // ---------------------------------------------------------------- issue 5: _oci/ consumers
 
-#[test]
-fn skopeo_and_umoci_read_the_oci_layout_from_the_mount() {
-    let reg = Registry::start();
+on_both_registries! {
+fn skopeo_and_umoci_read_the_oci_layout_from_the_mount(kind) {
+    let reg = Registry::start_kind(kind);
     let c = reg.client();
     let fx = seed(&c, "shop/app");
     let m = Mount::start(&reg.url());
@@ -755,6 +758,7 @@ fn skopeo_and_umoci_read_the_oci_layout_from_the_mount() {
         "umoci unpack: the 2 MiB layer"
     );
 }
+}
 
 // ---------------------------------------------------------------- issue 6: _export
 
@@ -802,9 +806,9 @@ fn blob_path(d: &str) -> String {
     format!("blobs/sha256/{}", d.trim_start_matches("sha256:"))
 }
 
-#[test]
-fn export_tar_of_an_image_loads_with_skopeo_docker_archive() {
-    let reg = Registry::start();
+on_both_registries! {
+fn export_tar_of_an_image_loads_with_skopeo_docker_archive(kind) {
+    let reg = Registry::start_kind(kind);
     let c = reg.client();
     let fx = seed(&c, "shop/app");
     let m = Mount::start(&reg.url());
@@ -921,6 +925,7 @@ fn export_tar_of_an_image_loads_with_skopeo_docker_archive() {
         log.clone(),
     );
     assert_eq!(index_refs(&verify_oci_layout(&oci).0)["v1"], fx.v1.digest);
+}
 }
 
 #[test]

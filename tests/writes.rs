@@ -68,6 +68,10 @@ fn start_registry() -> Registry {
     gated(Registry::start)
 }
 
+fn start_registry_kind(kind: RegistryKind) -> Registry {
+    gated(|| Registry::start_kind(kind))
+}
+
 fn start_registry_with(opts: RegistryOptions) -> Registry {
     gated(|| Registry::start_with(opts))
 }
@@ -538,9 +542,9 @@ fn mkdir_p_makes_a_local_repository_until_a_push_makes_it_real() {
 // Blobs: _uploads/NAME and _blobs/sha256:<hex>
 // ---------------------------------------------------------------------------
 
-#[test]
-fn upload_is_pushed_on_close_and_becomes_a_link_to_its_blob() {
-    let reg = start_registry();
+on_both_registries! {
+fn upload_is_pushed_on_close_and_becomes_a_link_to_its_blob(kind) {
+    let reg = start_registry_kind(kind);
     let proxy = FaultProxy::start(&reg.host_port());
     let c = reg.client();
     c.push_random_image("team/app", "base", &[1000]);
@@ -609,6 +613,7 @@ fn upload_is_pushed_on_close_and_becomes_a_link_to_its_blob() {
     let listed = ls(&uploads);
     assert_eq!(listed, ["again.bin", "big.bin", "layer.bin"]);
 }
+}
 
 /// `cp FILE _uploads/NAME && readlink _uploads/NAME`: once close() has
 /// returned (the blob is in the registry), the name is the link.
@@ -651,9 +656,9 @@ fn upload_is_a_link_as_soon_as_close_returns() {
     );
 }
 
-#[test]
-fn blob_written_by_digest_is_pushed_and_a_wrong_digest_is_eio_with_nothing_committed() {
-    let reg = start_registry();
+on_both_registries! {
+fn blob_written_by_digest_is_pushed_and_a_wrong_digest_is_eio_with_nothing_committed(kind) {
+    let reg = start_registry_kind(kind);
     let c = reg.client();
     c.push_random_image("team/app", "base", &[1000]);
     let m = mount(Mount::builder(&reg.url()));
@@ -699,10 +704,11 @@ fn blob_written_by_digest_is_pushed_and_a_wrong_digest_is_eio_with_nothing_commi
         );
     }
 }
+}
 
-#[test]
-fn hard_link_between_repositories_is_a_cross_repository_mount() {
-    let reg = start_registry();
+on_both_registries! {
+fn hard_link_between_repositories_is_a_cross_repository_mount(kind) {
+    let reg = start_registry_kind(kind);
     let proxy = FaultProxy::start(&reg.host_port());
     let c = reg.client();
     let img = c.push_random_image("team/src", "v1", &[4 * MIB]);
@@ -758,14 +764,15 @@ fn hard_link_between_repositories_is_a_cross_repository_mount() {
         Err(libc::EINVAL)
     );
 }
+}
 
 // ---------------------------------------------------------------------------
 // Manifests by tag
 // ---------------------------------------------------------------------------
 
-#[test]
-fn manifest_copied_to_a_tag_is_put_with_its_exact_bytes() {
-    let reg = start_registry();
+on_both_registries! {
+fn manifest_copied_to_a_tag_is_put_with_its_exact_bytes(kind) {
+    let reg = start_registry_kind(kind);
     let c = reg.client();
     let img = LocalImage::new("amd64", "by-tag", true);
     img.push_blobs(&c, "team/app");
@@ -827,6 +834,7 @@ fn manifest_copied_to_a_tag_is_put_with_its_exact_bytes() {
 
     assert_eq!(tags_of(&c, "team/app"), ["bare", "docker", "v1"]);
     assert_eq!(ls(&tags), ["bare", "docker", "v1"]);
+}
 }
 
 #[test]
@@ -941,9 +949,9 @@ fn write_by_digest(m: &Mount, repo: &str, digest: &str, bytes: &[u8]) -> WriteRe
     write_file(&dir.join("manifest.json"), bytes)
 }
 
-#[test]
-fn manifest_by_digest_is_put_and_held_until_its_blobs_arrive() {
-    let reg = start_registry();
+on_both_registries! {
+fn manifest_by_digest_is_put_and_held_until_its_blobs_arrive(kind) {
+    let reg = start_registry_kind(kind);
     let c = reg.client();
     let m = mount(Mount::builder(&reg.url()));
     fs::create_dir_all(m.join("team/app")).unwrap();
@@ -1008,10 +1016,11 @@ fn manifest_by_digest_is_put_and_held_until_its_blobs_arrive() {
         Err(libc::EEXIST)
     );
 }
+}
 
-#[test]
-fn index_before_its_children_is_held_then_lands_with_its_tag() {
-    let reg = start_registry();
+on_both_registries! {
+fn index_before_its_children_is_held_then_lands_with_its_tag(kind) {
+    let reg = start_registry_kind(kind);
     let c = reg.client();
     let amd = LocalImage::new("amd64", "multi-amd64", true);
     let arm = LocalImage::new("arm64", "multi-arm64", true);
@@ -1087,6 +1096,7 @@ fn index_before_its_children_is_held_then_lands_with_its_tag() {
         .collect();
     assert_eq!(got, want, "skopeo copy --all of the index");
 }
+}
 
 // ---------------------------------------------------------------------------
 // Tags as symlinks: retag, replace, errors
@@ -1100,9 +1110,9 @@ fn manifest_puts(proxy: &FaultProxy, from: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn ln_s_retags_and_ln_sfn_replaces_a_tag_with_one_put() {
-    let reg = start_registry();
+on_both_registries! {
+fn ln_s_retags_and_ln_sfn_replaces_a_tag_with_one_put(kind) {
+    let reg = start_registry_kind(kind);
     let proxy = FaultProxy::start(&reg.host_port());
     let c = reg.client();
     let a = c.push_random_image("team/app", "a", &[1000]);
@@ -1187,6 +1197,7 @@ fn ln_s_retags_and_ln_sfn_replaces_a_tag_with_one_put() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(tags_of(&c, "team/app"), ["a", "b", "v1"]);
     assert_eq!(manifest_puts(&proxy, start).len(), 2, "refused links push nothing");
+}
 }
 
 #[test]
@@ -1348,9 +1359,9 @@ fn read_only_mount_refuses_every_write_with_erofs() {
 // rsync: temporary name, then rename
 // ---------------------------------------------------------------------------
 
-#[test]
-fn rsync_temp_file_then_rename_and_inplace_work() {
-    let reg = start_registry();
+on_both_registries! {
+fn rsync_temp_file_then_rename_and_inplace_work(kind) {
+    let reg = start_registry_kind(kind);
     let c = reg.client();
     let img = LocalImage::new("amd64", "rsync", true);
     let m = mount(Mount::builder(&reg.url()));
@@ -1448,6 +1459,7 @@ fn rsync_temp_file_then_rename_and_inplace_work() {
         let names = list_dir(&m.join("team/app").join(d)).unwrap();
         assert!(!names.iter().any(|n| n.starts_with('.')), "{d}: {names:?}");
     }
+}
 }
 
 #[test]

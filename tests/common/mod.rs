@@ -5,7 +5,8 @@
 //! parallel. Use it from a test file with `mod common;` and
 //! `use common::*;`.
 //!
-//! - [`Registry`]: a real `docker-registry` (distribution 2.8) on a free
+//! - [`Registry`]: a real `docker-registry` (distribution 2.8) or
+//!   `ferro-oci-server` ([`RegistryKind`], [`on_both_registries!`]) on a free
 //!   loopback port; plain, htpasswd, token auth (with a test [`TokenIssuer`]),
 //!   TLS with a test CA; optional delete. `stop()`/`start_again()` for
 //!   "registry down" tests.
@@ -51,7 +52,7 @@ pub use client::{
 };
 pub use mount::{is_fuse_mounted, log_path, tail, BackgroundMount, Mount, MountBuilder, MountFailure};
 pub use proxy::{FaultAction, FaultProxy, Match};
-pub use registry::{AuthMode, Registry, RegistryOptions};
+pub use registry::{AuthMode, Registry, RegistryKind, RegistryOptions};
 pub use token::{TokenIssuer, TokenIssuerOptions};
 pub use tree::*;
 
