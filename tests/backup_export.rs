@@ -69,6 +69,9 @@ impl Fixture {
     }
 }
 
+/// The OCI empty descriptor's blob, `{}`.
+const EMPTY_BLOB_DIGEST: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+
 /// Pushes to `repo`: `v1` (OCI image, 3 real layers, one of 2 MiB), `v2`
 /// (Docker schema 2 image sharing v1's base layer), `multi` (OCI index: a
 /// linux/<this arch> child and one other platform), an SBOM artifact whose
@@ -495,9 +498,15 @@ fn rsync_backup_restores_into_another_registry(kind) {
     rsync_logged(&["-a", &slash(&bk), &slash(&dest)], log_path(&m2));
     assert_restored(&c2, "shop/app", &fx, &m2, "restore into another registry");
     // A blob shared by several images (v1, v2 and a child share the base layer) is uploaded once.
+    // ferro-oci-server holds the OCI empty blob `{}` from the start (an artifact's
+    // config), so it is not uploaded there.
+    let empty_blob = (kind == RegistryKind::Ferro)
+        .then(|| fx.blobs.get(EMPTY_BLOB_DIGEST).copied())
+        .flatten()
+        .unwrap_or(0);
     assert_eq!(
         m2.stat("bytes_pushed"),
-        fx.blob_bytes(),
+        fx.blob_bytes() - empty_blob,
         "bytes pushed = the sum of the distinct blobs (stats: {:?})",
         m2.stats()
     );

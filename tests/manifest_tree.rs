@@ -645,30 +645,36 @@ fn artifacts_link_their_subject_and_referrers_come_from_the_tag_fallback(kind) {
         ls(&v1),
         strings(&["config.json", "layers", "manifest.json", "referrers"])
     );
-    let expected: BTreeMap<String, String> = [
-        (
-            format!("vnd.dev.cosign.artifact.sig.v1+json-{}", short_hex(&sig.digest)),
-            &sig,
-        ),
-        (format!("spdx+json-{}", short_hex(&sbom.digest)), &sbom),
-        (format!("manifest-{}", short_hex(&plain.digest)), &plain),
-        (format!("text_plain-{}", short_hex(&note.digest)), &note),
-    ]
-    .into_iter()
-    .map(|(n, r)| (n, format!("../../{}", r.digest)))
-    .collect();
-    assert_children(&v1.join("referrers"), &expected);
-    assert_children(&m.join(format!("app/_manifests/{}/referrers", app.digest)), &expected);
-    for (r, name) in [
+    // distribution has no referrers API: the names come from the hand-made
+    // `sha256-<hex>` fallback index (no artifactType for `plain`, no bundle).
+    // ferro-oci-server answers the API: every manifest with this subject,
+    // `plain` named by its config media type (the spec's artifactType rule),
+    // and the index with a subject too.
+    let mut referrers: Vec<(&RawManifest, String)> = vec![
         (
             &sig,
             format!("vnd.dev.cosign.artifact.sig.v1+json-{}", short_hex(&sig.digest)),
         ),
         (&sbom, format!("spdx+json-{}", short_hex(&sbom.digest))),
-        (&plain, format!("manifest-{}", short_hex(&plain.digest))),
         (&note, format!("text_plain-{}", short_hex(&note.digest))),
-    ] {
-        let dir = v1.join("referrers").join(&name);
+    ];
+    if kind.has_referrers_api() {
+        referrers.push((&plain, format!("vnd.example.config.v1+json-{}", short_hex(&plain.digest))));
+        referrers.push((
+            &index_with_subject,
+            format!("vnd.example.bundle.v1-{}", short_hex(&index_with_subject.digest)),
+        ));
+    } else {
+        referrers.push((&plain, format!("manifest-{}", short_hex(&plain.digest))));
+    }
+    let expected: BTreeMap<String, String> = referrers
+        .iter()
+        .map(|(r, n)| (n.clone(), format!("../../{}", r.digest)))
+        .collect();
+    assert_children(&v1.join("referrers"), &expected);
+    assert_children(&m.join(format!("app/_manifests/{}/referrers", app.digest)), &expected);
+    for (r, name) in &referrers {
+        let dir = v1.join("referrers").join(name);
         assert_file_eq(&dir.join("manifest.json"), &r.bytes);
         // Back from the referrer to what it refers to.
         assert_eq!(link_of(&dir.join("subject")), format!("../{}", app.digest));

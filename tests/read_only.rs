@@ -45,8 +45,11 @@ fn seed_many_repos(c: &RegistryClient, count: usize, name: impl Fn(usize) -> Str
     let mut names = vec![first.clone()];
     for i in 1..count {
         let repo = name(i);
+        // ferro-oci-server ignores `?mount=` (202, an upload session) but serves
+        // every blob under every repository name, so the config is there anyway.
+        let mounted = c.mount_blob(&repo, &img.config.digest, &first);
         assert!(
-            c.mount_blob(&repo, &img.config.digest, &first),
+            mounted || c.get_blob(&repo, &img.config.digest).len() as u64 == img.config.size(),
             "blob mount into {repo}"
         );
         c.push_manifest(&repo, "latest", OCI_MANIFEST, &img.manifest);
@@ -106,8 +109,12 @@ fn root_lists_every_repository_of_a_catalog_over_100_entries(kind) {
     let (top, nested) = seed_catalog(&reg);
     let m = Mount::start(&reg.url());
     check_root_listing(&m, &top, &nested);
-    // 125 names do not fit the registry's default 100-entry page.
-    assert!(m.stat("requests_catalog") >= 2, "stats: {:?}", m.stats());
+    match kind {
+        // 125 names do not fit distribution's default 100-entry page.
+        RegistryKind::Distribution => assert!(m.stat("requests_catalog") >= 2, "stats: {:?}", m.stats()),
+        // ferro-oci-server pages only when asked with `n=`: one answer holds all.
+        RegistryKind::Ferro => assert_eq!(m.stat("requests_catalog"), 1, "stats: {:?}", m.stats()),
+    }
 }
 }
 
@@ -342,8 +349,10 @@ fn manifest_directory_links_config_layers_and_platform_children(kind) {
 on_both_registries! {
 fn blob_is_byte_exact_with_exact_size_before_reading(kind) {
     let reg = Registry::start_kind(kind);
+    // Not "data/blobs": ferro-oci-server routes /v2/data/blobs/manifests/v1 as
+    // the blob "manifests/v1" of repository "data" (405), distribution does not.
     let c = reg.client();
-    let img = c.push_random_image("data/blobs", "v1", &[12_345, 40 * MIB]);
+    let img = c.push_random_image("data/bytes", "v1", &[12_345, 40 * MIB]);
     // A second image sharing the first layer.
     c.push_image(
         "data/other",
@@ -353,7 +362,7 @@ fn blob_is_byte_exact_with_exact_size_before_reading(kind) {
         vec![img.layers[0].bytes.clone()],
     );
     let m = Mount::start(&reg.url());
-    let blobs = m.join("data/blobs/_blobs");
+    let blobs = m.join("data/bytes/_blobs");
     for blob in [&img.config, &img.layers[0], &img.layers[1]] {
         let p = blobs.join(&blob.digest);
         let meta = fs::metadata(&p).unwrap();

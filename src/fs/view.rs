@@ -12,6 +12,11 @@ use crate::oci::{self, Manifest, ManifestKind};
 use crate::registry::{Client, Digest, Reference, RegistryError};
 use crate::stats::Stats;
 
+/// A name missing from a cached catalog older than this is looked for in a
+/// fresh one: a repository pushed by someone else after the mount is reachable
+/// by name at once (no negative caching of names beyond this).
+const NAME_MISS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Concurrent registry requests one listing may make (containerd's Dispatch uses a bound too).
 const FETCH_CONCURRENCY: usize = 8;
 
@@ -141,25 +146,42 @@ impl View {
 
     /// Does `path` exist as a directory (a repository or a namespace above one)?
     pub async fn dir_exists(&self, path: &str) -> FsResult<bool> {
-        let prefix = format!("{path}/");
-        if self
-            .known_repos()
-            .await?
-            .iter()
-            .any(|r| r == path || r.starts_with(&prefix))
-        {
+        if self.dir_known(path).await? || self.is_repo(path).await? {
             return Ok(true);
         }
-        if self.is_repo(path).await? {
+        // A blob-only repository or a namespace pushed since the catalog was read.
+        if self.catalog.expire_if_older(&(), NAME_MISS_RECHECK) && self.dir_known(path).await? {
             return Ok(true);
         }
         // Without a catalog a namespace cannot be seen; any valid name can be entered.
         Ok(self.catalog().await?.is_none())
     }
 
-    /// Is `repo` a repository? (Its tag list answers.)
+    /// Is `path` a known repository or a namespace above one (no tag list asked)?
+    async fn dir_known(&self, path: &str) -> FsResult<bool> {
+        let prefix = format!("{path}/");
+        Ok(self
+            .known_repos()
+            .await?
+            .iter()
+            .any(|r| r == path || r.starts_with(&prefix)))
+    }
+
+    /// Is `repo` a repository? (Its tag list answers. An empty list counts only
+    /// for a name the catalog lists, or when there is no catalog: some
+    /// registries, e.g. ferro-oci-server, answer `{"tags":[]}` for any name.)
     pub async fn is_repo(&self, repo: &str) -> FsResult<bool> {
         match self.tags(repo).await {
+            Ok(tags) if tags.is_empty() => {
+                if self.is_known_repo(repo).await? {
+                    return Ok(true);
+                }
+                self.catalog.expire_if_older(&(), NAME_MISS_RECHECK);
+                Ok(match self.catalog().await? {
+                    Some(c) => c.iter().any(|r| r == repo),
+                    None => true,
+                })
+            }
             Ok(_) => Ok(true),
             Err(e) if e.errno == libc::ENOENT => Ok(false),
             Err(e) => Err(e),
@@ -178,7 +200,10 @@ impl View {
                 Ok(Arc::new(self.client.tags(repo).await?))
             })
             .await?;
-        self.seen_repos.lock().unwrap().insert(repo.to_string());
+        // An empty list proves nothing on registries that answer it for any name.
+        if !tags.is_empty() {
+            self.seen_repos.lock().unwrap().insert(repo.to_string());
+        }
         Ok(tags)
     }
 
