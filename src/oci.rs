@@ -353,6 +353,14 @@ fn short_digest(d: &str) -> String {
 /// Names for `referrers/`: what each referrer is (its artifact type, else its
 /// config media type, without the `application/` prefix), then `-` and 12 hex
 /// digits of its digest, so names stay unique and stable.
+/// cosign's digest tags next to the referrers tag: `sha256-<hex>.sig`, ….
+pub const COSIGN_TAG_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+
+/// The referrers tag schema's tag for `subject`: `sha256-<hex>`.
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
+}
+
 pub fn referrer_names(referrers: &[Descriptor]) -> Vec<(String, Digest)> {
     let mut out: Vec<(String, Digest)> = referrers
         .iter()

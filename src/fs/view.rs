@@ -50,6 +50,9 @@ pub struct View {
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
     referrers: TtlCache<(String, Digest), Arc<NamedDigests>>,
+    /// The registry answered a referrers request as having no such API
+    /// (distribution 2.x): the tag schema is used from then on, without asking.
+    no_referrers_api: std::sync::atomic::AtomicBool,
     /// Where digests were seen, kept across mounts (mount sources for pushes).
     locations: super::locations::Locations,
     /// The repository the last cross-repository mount came from.
@@ -93,6 +96,7 @@ impl View {
             tags: TtlCache::new(ttl),
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
+            no_referrers_api: std::sync::atomic::AtomicBool::new(false),
             present: Mutex::new(HashSet::new()),
             remembered: Mutex::new(known),
             last_mount_source: Mutex::new(None),
@@ -352,25 +356,65 @@ impl View {
     }
 
     /// Named referrers of a manifest: the referrers API, else the
-    /// `sha256-<hex>` tag schema (distribution 2.x has no API).
+    /// `sha256-<hex>` tag schema (distribution 2.x has no API); plus cosign's
+    /// digest tags `sha256-<hex>.sig` / `.att` / `.sbom`, named `cosign-sig`, ….
+    /// Tags are looked for in the (cached) tag list, so a registry without the
+    /// API costs no request per manifest.
     pub async fn referrers(&self, repo: &str, digest: Digest) -> FsResult<Arc<NamedDigests>> {
         self.referrers
             .get_or_fetch((repo.to_string(), digest), || async {
-                let index = match self.client.referrers(repo, &digest).await? {
+                let tags = match self.tags(repo).await {
+                    Ok(t) => t,
+                    Err(e) if e.errno == libc::ENOENT => Arc::new(Vec::new()),
+                    Err(e) => return Err(e),
+                };
+                let fallback_tag = oci::referrers_tag(&digest);
+                let index = match self.referrers_api(repo, digest).await? {
                     Some(bytes) => Some(Manifest::parse(&bytes, Some(oci::OCI_INDEX))),
-                    None => {
-                        let tag = Reference::Tag(format!("sha256-{}", digest.hex()));
-                        match self.client.get_manifest(repo, &tag).await {
+                    None if tags.contains(&fallback_tag) => {
+                        match self.client.get_manifest(repo, &Reference::Tag(fallback_tag)).await {
                             Ok(m) => Some(Manifest::parse(&m.bytes, m.media_type.as_deref())),
                             Err(RegistryError::NotFound(_)) => None,
                             Err(e) => return Err(e.into()),
                         }
                     }
+                    None => None,
                 };
                 let descriptors = index.map(|m| m.manifests).unwrap_or_default();
-                Ok(Arc::new(oci::referrer_names(&descriptors)))
+                let mut named = oci::referrer_names(&descriptors);
+                for suffix in oci::COSIGN_TAG_SUFFIXES {
+                    let tag = format!("{}.{suffix}", oci::referrers_tag(&digest));
+                    if tags.contains(&tag) {
+                        match self.tag_digest(repo, &tag).await {
+                            Ok(d) => named.push((format!("cosign-{suffix}"), d)),
+                            Err(e) => tracing::info!(repo, tag, "cosign tag does not resolve: {e}"),
+                        }
+                    }
+                }
+                named.sort();
+                Ok(Arc::new(named))
             })
             .await
+    }
+
+    /// The referrers API's index for `digest`, or `None` when the registry
+    /// has no referrers API (asked once per mount).
+    pub async fn referrers_api(&self, repo: &str, digest: Digest) -> FsResult<Option<bytes::Bytes>> {
+        use std::sync::atomic::Ordering;
+        if self.no_referrers_api.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let answer = self.client.referrers(repo, &digest).await?;
+        if answer.is_none() {
+            tracing::info!("the registry has no referrers API: using the sha256-<hex> tag schema");
+            self.no_referrers_api.store(true, Ordering::Relaxed);
+        }
+        Ok(answer)
+    }
+
+    /// Forget the referrers of `subject` (a referrer was pushed).
+    pub fn invalidate_referrers(&self, repo: &str, subject: Digest) {
+        self.referrers.invalidate(&(repo.to_string(), subject));
     }
 
     /// What is known about a blob without asking: its size and media type
@@ -405,20 +449,30 @@ impl View {
         self.manifests_from(repo, roots).await
     }
 
-    /// The manifests `roots` and everything below them (index children),
-    /// fetched concurrently; a missing child is skipped, not an error.
+    /// The manifests `roots` and everything below them (index children) and
+    /// referring to them (referrers: signatures, SBOMs, attestations — untagged
+    /// where the registry has the referrers API), fetched concurrently; a
+    /// missing child is skipped, not an error.
     pub async fn manifests_from(&self, repo: &str, roots: Vec<Digest>) -> FsResult<Vec<Arc<CachedManifest>>> {
         let mut frontier = roots;
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut out = Vec::new();
         while !frontier.is_empty() {
             frontier.retain(|d| seen.insert(*d));
-            let fetched: Vec<FsResult<Arc<CachedManifest>>> = stream::iter(frontier.drain(..))
-                .map(|d| self.manifest(repo, d))
+            let fetched: Vec<(FsResult<Arc<CachedManifest>>, Vec<Digest>)> = stream::iter(frontier.drain(..))
+                .map(|d| async move {
+                    let m = self.manifest(repo, d).await;
+                    let referrers = match &m {
+                        Ok(_) => self.referrer_digests(repo, d).await,
+                        Err(_) => Vec::new(),
+                    };
+                    (m, referrers)
+                })
                 .buffer_unordered(FETCH_CONCURRENCY)
                 .collect()
                 .await;
-            for m in fetched {
+            for (m, referrers) in fetched {
+                frontier.extend(referrers);
                 match m {
                     Ok(m) => {
                         if m.parsed.kind == ManifestKind::Index {
@@ -440,6 +494,18 @@ impl View {
         }
         out.sort_by_key(|m| m.digest);
         Ok(out)
+    }
+
+    /// Digests of the referrers of `digest` (a failure is logged, not fatal:
+    /// referrers must not hide the images they refer to).
+    async fn referrer_digests(&self, repo: &str, digest: Digest) -> Vec<Digest> {
+        match self.referrers(repo, digest).await {
+            Ok(r) => r.iter().map(|(_, d)| *d).collect(),
+            Err(e) => {
+                tracing::info!(repo, %digest, "referrers not listed: {e}");
+                Vec::new()
+            }
+        }
     }
 
     /// Configs and layers of every reachable manifest, with their sizes.

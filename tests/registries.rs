@@ -1,0 +1,324 @@
+//! Works with the registries people run: names that appear after mounting,
+//! referrers and cosign signature tags through backups, deletes a registry
+//! refuses, foreign layers, hosted-registry habits (tests/common/quirks.rs) and
+//! pull-through caches for fleets.
+//!
+//! Tests marked with `on_both_registries!` run against Debian's
+//! docker-registry (distribution 2.8) and ferro-oci-server (OCI 1.1).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use reqwest::blocking::Response;
+use reqwest::header::HeaderMap;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// Far below the default 60 s `--metadata-ttl`, far above the 1 s recheck.
+const NAME_APPEARS_WITHIN: Duration = Duration::from_secs(5);
+/// Watchdog for commands that must not hang (not a timing assertion).
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+/// Names in a directory of the mount, without dot entries (`.regfs`).
+fn ls(path: &Path) -> Vec<String> {
+    list_dir(path)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", path.display()))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect()
+}
+
+fn lstat_errno(p: &Path) -> i32 {
+    match fs::symlink_metadata(p) {
+        Ok(m) => panic!("{} exists ({:?}), expected an error", p.display(), m.file_type()),
+        Err(e) => errno_of(&e),
+    }
+}
+
+fn slash(p: &Path) -> String {
+    format!("{}/", p.display())
+}
+
+/// rsync under a watchdog, panicking with its output and the mount's log tail.
+fn rsync_to(args: &[&str], m: &Mount) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let log = log_path(m);
+    with_deadline(WATCHDOG, "rsync", move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        rsync(&a, || tail(&log, 40))
+    })
+}
+
+fn get(c: &RegistryClient, path: &str) -> Response {
+    c.send(Method::GET, path, HeaderMap::new(), None)
+}
+
+fn json_of(resp: Response, what: &str) -> Value {
+    assert!(resp.status().is_success(), "{what}: HTTP {}", resp.status());
+    serde_json::from_slice(&resp.bytes().unwrap()).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Digests listed in an index's `manifests`.
+fn index_digests(index: &Value) -> BTreeSet<String> {
+    index["manifests"]
+        .as_array()
+        .unwrap_or(&vec![])
+        .iter()
+        .map(|d| d["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Names that appear after mounting
+// ---------------------------------------------------------------------------
+
+on_both_registries! {
+/// A repository, a namespace, a tag (and on distribution a blob-only
+/// repository) pushed by someone else after the mount read the catalog are
+/// reachable by name within seconds, not after the 60 s metadata TTL.
+fn names_pushed_after_mounting_are_reachable_at_once(kind) {
+    let reg = Registry::start_kind(kind);
+    let c = reg.client();
+    c.push_random_image("first", "v1", &[100]);
+    let m = Mount::start(&reg.url());
+    assert_eq!(ls(m.path()), vec!["first"]);
+
+    // Looked up before they exist: ENOENT, which the mount must not keep.
+    for name in ["later", "ns", "ns/deep", "blobonly", "first/_tags/v2"] {
+        assert_eq!(lstat_errno(&m.join(name)), libc::ENOENT, "{name} before the push");
+    }
+    let later = c.push_random_image("later", "v1", &[200]);
+    let deep = c.push_random_image("ns/deep", "v1", &[300]);
+    let v2 = c.push_random_image("first", "v2", &[400]);
+    // distribution lists a repository holding only blobs; ferro-oci-server's
+    // blobs are global (no repository made by a blob push).
+    let blob = random_bytes(500);
+    let blob_digest = c.push_blob("blobonly", &blob);
+
+    let appears = |rel: &str| {
+        let p = m.join(rel);
+        assert!(
+            wait_until(NAME_APPEARS_WITHIN, || fs::symlink_metadata(&p).is_ok()),
+            "{rel} not reachable within {NAME_APPEARS_WITHIN:?} of its push"
+        );
+    };
+    appears("later/_tags/v1");
+    appears("ns");
+    appears("ns/deep/_tags/v1");
+    appears("first/_tags/v2");
+    assert_file_eq(&m.join("later/_tags/v1/manifest.json"), &later.manifest);
+    assert_file_eq(&m.join("ns/deep/_tags/v1/manifest.json"), &deep.manifest);
+    assert_file_eq(&m.join("first/_tags/v2/manifest.json"), &v2.manifest);
+    match kind {
+        RegistryKind::Distribution => {
+            appears("blobonly");
+            assert_file_eq(&m.join(format!("blobonly/_blobs/{blob_digest}")), &blob);
+        }
+        RegistryKind::Ferro => assert_eq!(lstat_errno(&m.join("blobonly")), libc::ENOENT),
+    }
+}
+}
+
+// ---------------------------------------------------------------------------
+// Referrers and signature tags
+// ---------------------------------------------------------------------------
+
+const COSIGN_SIG: &str = "application/vnd.dev.cosign.artifact.sig.v1+json";
+const SPDX: &str = "application/spdx+json";
+
+/// What the source repository holds: an image, two untagged referrers (a
+/// signature and an SBOM, found only through the referrers API), an artifact
+/// without `artifactType`, and a cosign-style signature under the digest tag
+/// `sha256-<hex>.sig`.
+struct Signed {
+    image: ImageInfo,
+    sig: RawManifest,
+    sbom: RawManifest,
+    plain: RawManifest,
+    cosign: RawManifest,
+}
+
+impl Signed {
+    /// The names `_tags/v1/referrers/` shows for this fixture.
+    fn referrer_names(&self) -> BTreeMap<String, String> {
+        [
+            (format!("vnd.dev.cosign.artifact.sig.v1+json-{}", short_hex(&self.sig.digest)), &self.sig),
+            (format!("spdx+json-{}", short_hex(&self.sbom.digest)), &self.sbom),
+            (format!("vnd.example.config.v1+json-{}", short_hex(&self.plain.digest)), &self.plain),
+            ("cosign-sig".to_string(), &self.cosign),
+        ]
+        .into_iter()
+        .map(|(n, m)| (n, m.digest.clone()))
+        .collect()
+    }
+    fn untagged(&self) -> [&RawManifest; 3] {
+        [&self.sig, &self.sbom, &self.plain]
+    }
+}
+
+fn seed_signed(c: &RegistryClient, repo: &str) -> Signed {
+    let image = c.push_random_image(repo, "v1", &[3000]);
+    let subject = image.descriptor();
+    let payload = c.push_blob_as(repo, "application/vnd.dev.cosign.simplesigning.v1+json", br#"{"critical":{}}"#);
+    let sig = c.push_artifact(repo, Some(COSIGN_SIG), None, std::slice::from_ref(&payload), Some(subject.clone()));
+    let doc = c.push_blob_as(repo, SPDX, br#"{"spdxVersion":"SPDX-2.3","name":"signed"}"#);
+    let sbom = c.push_artifact(repo, Some(SPDX), None, &[doc], Some(subject.clone()));
+    let config = c.push_blob_as(repo, "application/vnd.example.config.v1+json", br#"{"kind":"plain"}"#);
+    let plain = c.push_artifact(repo, None, Some(&config), &[], Some(subject));
+    // cosign's own scheme: a manifest tagged sha256-<subject hex>.sig, no subject field.
+    let sig_layer = c.push_blob_as(repo, "application/vnd.dev.cosign.simplesigning.v1+json", br#"{"cosign":1}"#);
+    let cosign_config = c.push_blob_as(repo, "application/vnd.oci.image.config.v1+json", br#"{"cosign":"config"}"#);
+    let cosign = c.push_manifest_json(
+        repo,
+        Some(&format!("sha256-{}.sig", image.hex())),
+        OCI_MANIFEST,
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": cosign_config.descriptor(),
+            "layers": [descriptor_with(sig_layer.descriptor(), json!({"annotations": {"dev.cosignproject.cosign/signature": "MEUCIQ=="}}))],
+        }),
+    );
+    Signed {
+        image,
+        sig,
+        sbom,
+        plain,
+        cosign,
+    }
+}
+
+fn assert_referrers_listed(m: &Mount, repo: &str, fx: &Signed, how: &str) {
+    let dir = m.join(format!("{repo}/_tags/v1/referrers"));
+    let got: BTreeMap<String, String> = ls(&dir)
+        .into_iter()
+        .map(|n| {
+            let target = fs::read_link(dir.join(&n)).unwrap();
+            let d = target.file_name().unwrap().to_string_lossy().into_owned();
+            (n, d)
+        })
+        .collect();
+    assert_eq!(got, fx.referrer_names(), "{how}: referrers of {repo}:v1");
+    for r in fx.untagged() {
+        assert_file_eq(&dir.join(format!("../../../_manifests/{}/manifest.json", r.digest)), &r.bytes);
+    }
+}
+
+/// Untagged referrers found through the API are listed in `_manifests/`,
+/// their blobs in `_blobs/`, both in `_oci/blobs/` and in a tag's export.
+#[test]
+fn untagged_referrers_are_listed_in_manifests_oci_and_export() {
+    let reg = Registry::start_kind(RegistryKind::Ferro);
+    let c = reg.client();
+    let fx = seed_signed(&c, "signed");
+    let m = Mount::start(&reg.url());
+    assert_referrers_listed(&m, "signed", &fx, "ferro source");
+    let manifests: BTreeSet<String> = ls(&m.join("signed/_manifests")).into_iter().collect();
+    let oci: BTreeSet<String> = ls(&m.join("signed/_oci/blobs/sha256")).into_iter().collect();
+    for r in fx.untagged() {
+        assert!(manifests.contains(&r.digest), "_manifests/ lacks {}: {manifests:?}", r.digest);
+        assert!(oci.contains(r.hex()), "_oci/blobs/sha256 lacks {}", r.digest);
+    }
+    assert!(manifests.contains(&fx.cosign.digest));
+    // The SBOM document is a blob of the repository now.
+    let sbom: Value = serde_json::from_slice(&fx.sbom.bytes).unwrap();
+    let doc = sbom["layers"][0]["digest"].as_str().unwrap().to_string();
+    assert!(ls(&m.join("signed/_blobs")).contains(&doc), "_blobs/ lacks the SBOM document");
+
+    // The export of v1 carries its referrers' manifests and blobs.
+    let work = tempfile::tempdir().unwrap();
+    let tar = m.join("signed/_export/v1.tar");
+    let out = Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .expect("tar -tf");
+    assert!(out.status.success(), "tar -tf: {}", String::from_utf8_lossy(&out.stderr));
+    let members = String::from_utf8_lossy(&out.stdout).into_owned();
+    for r in fx.untagged() {
+        assert!(members.contains(&format!("blobs/sha256/{}", r.hex())), "{members}");
+    }
+    assert!(members.contains(&format!("blobs/sha256/{}", doc.trim_start_matches("sha256:"))), "{members}");
+    drop(work);
+}
+
+on_both_registries! {
+/// ferro (referrers API) → rsync backup → restore into `kind`. Into ferro the
+/// referrers are found through the API again; into distribution (no API) the
+/// restore writes the tag-schema index `sha256-<hex>` listing them. Either way
+/// a fresh mount lists the same referrers, and the cosign tag comes back.
+fn backup_and_restore_carry_referrers_and_signature_tags(kind) {
+    let src = Registry::start_kind(RegistryKind::Ferro);
+    let fx = seed_signed(&src.client(), "signed");
+    let work = tempfile::tempdir().unwrap();
+    let bk = work.path().join("signed");
+    {
+        let m = Mount::start(&src.url());
+        rsync_to(&["-a", &slash(&m.join("signed")), &slash(&bk)], &m);
+    }
+    for r in fx.untagged() {
+        assert_file_eq(&bk.join(format!("_manifests/{}/manifest.json", r.digest)), &r.bytes);
+    }
+
+    let dest = Registry::start_kind(kind);
+    let c = dest.client();
+    {
+        let m = Mount::start(&dest.url());
+        fs::create_dir_all(m.join("signed")).unwrap();
+        rsync_to(&["-a", &slash(&bk), &slash(&m.join("signed"))], &m);
+        assert!(
+            wait_until(Duration::from_secs(30), || c.manifest_status("signed", "v1") == 200),
+            "v1 restored"
+        );
+    }
+    // What the destination registry itself says.
+    for r in fx.untagged().iter().chain([&&fx.cosign]) {
+        let (bytes, _, _) = c.get_manifest("signed", &r.digest);
+        assert_bytes_eq(&bytes, &r.bytes, &format!("restored {}", r.digest));
+    }
+    let cosign_tag = format!("sha256-{}.sig", fx.image.hex());
+    assert!(c.list_tags("signed").contains(&cosign_tag), "{:?}", c.list_tags("signed"));
+    let want: BTreeSet<String> = fx.untagged().iter().map(|r| r.digest.clone()).collect();
+    let listed = match kind {
+        RegistryKind::Ferro => json_of(
+            get(&c, &format!("/v2/signed/referrers/{}", fx.image.digest)),
+            "referrers API",
+        ),
+        RegistryKind::Distribution => {
+            let (bytes, _, _) = c.get_manifest("signed", &format!("sha256-{}", fx.image.hex()));
+            serde_json::from_slice(&bytes).unwrap()
+        }
+    };
+    assert_eq!(index_digests(&listed), want, "referrers of v1 in the restored registry: {listed}");
+    let m = Mount::start(&dest.url());
+    assert_referrers_listed(&m, "signed", &fx, "restored");
+}
+}
+
+// ---------------------------------------------------------------------------
+// Deletes a registry refuses
+// ---------------------------------------------------------------------------
+
+/// ferro-oci-server answers a tag DELETE with 405 UNSUPPORTED: `rm` of a tag
+/// is ENOTSUP (with --allow-delete), and a manifest delete by digest works
+/// (ferro needs no switch for it; distribution needs `delete.enabled`).
+#[test]
+fn ferro_tag_delete_is_enotsup_and_manifest_delete_works() {
+    let reg = Registry::start_kind(RegistryKind::Ferro);
+    let c = reg.client();
+    let img = c.push_random_image("app", "v1", &[100]);
+    c.tag_manifest("app", &img.digest, "keep");
+    let m = Mount::builder(&reg.url()).arg("--allow-delete").start();
+    let e = fs::remove_file(m.join("app/_tags/v1")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOTSUP, "{e}");
+    assert_eq!(c.manifest_status("app", "v1"), 200, "the tag is still there");
+    assert!(m.log().contains("cannot delete tags"), "log line");
+    fs::remove_dir_all(m.join(format!("app/_manifests/{}", img.digest))).expect("rm -r _manifests/<digest>");
+    assert_eq!(c.manifest_status("app", &img.digest), 404);
+}
