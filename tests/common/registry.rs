@@ -82,6 +82,10 @@ pub struct RegistryOptions {
     pub tls: bool,
     /// `storage.delete.enabled: true` (manifest and blob DELETE).
     pub delete_enabled: bool,
+    /// distribution's pull-through cache mode (`proxy.remoteurl`): this
+    /// registry serves what the origin at this URL holds, caching as it goes,
+    /// and refuses pushes.
+    pub proxy_remote: Option<String>,
 }
 
 impl RegistryOptions {
@@ -106,6 +110,13 @@ impl RegistryOptions {
     pub fn with_delete(mut self) -> Self {
         self.delete_enabled = true;
         self
+    }
+    /// A pull-through cache in front of `origin` (`http://host:port`).
+    pub fn pull_through(origin: &str) -> Self {
+        RegistryOptions {
+            proxy_remote: Some(origin.to_string()),
+            ..Default::default()
+        }
     }
     pub fn of_kind(kind: RegistryKind) -> Self {
         RegistryOptions {
@@ -141,7 +152,7 @@ impl Registry {
     pub fn start_with(opts: RegistryOptions) -> Registry {
         if opts.kind == RegistryKind::Ferro {
             assert!(
-                matches!(opts.auth, AuthMode::None) && !opts.tls,
+                matches!(opts.auth, AuthMode::None) && !opts.tls && opts.proxy_remote.is_none(),
                 "ferro-oci-server has no auth or TLS: put a proxy in front"
             );
         }
@@ -203,6 +214,9 @@ impl Registry {
             y.push_str("  delete:\n    enabled: true\n");
         }
         y.push_str("  maintenance:\n    uploadpurging:\n      enabled: false\n");
+        if let Some(origin) = &self.opts.proxy_remote {
+            y.push_str(&format!("proxy:\n  remoteurl: {origin}\n"));
+        }
         y.push_str("http:\n");
         y.push_str(&format!("  addr: 127.0.0.1:{}\n", self.port));
         y.push_str("  secret: regfs-test-secret\n");
