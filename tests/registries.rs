@@ -425,3 +425,109 @@ fn fleet_of_mounts_through_a_pull_through_cache_fetches_each_blob_once() {
         "nothing written to the origin"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Foreign / non-distributable layers
+// ---------------------------------------------------------------------------
+
+const DOCKER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+const OCI_NONDISTRIBUTABLE: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+
+/// A Windows-style image (Docker schema 2, a foreign base layer with `urls`)
+/// and an OCI image with a non-distributable layer; neither layer is in the
+/// registry. They are never requested from it: not listed in `_blobs/`,
+/// `_oci/` or exports, so rsync and tar succeed; `layers/00` still points at
+/// them, stat shows the descriptor's size, `user.regfs.urls` the URLs, a read
+/// is EREMOTE, and the log says why.
+#[test]
+fn foreign_layers_are_never_fetched_and_never_fail_a_backup() {
+    let reg = Registry::start_with(RegistryOptions {
+        allow_foreign_urls: true,
+        ..Default::default()
+    });
+    let c = reg.client();
+    let repo = "win/app";
+    let urls = ["https://mcr.example.invalid/base.tar.gz", "https://mirror.example.invalid/base.tar.gz"];
+    let foreign = random_bytes(4096);
+    let foreign_digest = sha256_digest(&foreign);
+    let nondist = random_bytes(2048);
+    let nondist_digest = sha256_digest(&nondist);
+    let own = c.push_blob(repo, &random_bytes(1000));
+    let config = c.push_blob(repo, &image_config("amd64", "win"));
+    let config_size = image_config("amd64", "win").len();
+    let docker = c.push_manifest_json(
+        repo,
+        Some("docker"),
+        DOCKER_MANIFEST,
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": DOCKER_MANIFEST,
+            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": config, "size": config_size},
+            "layers": [
+                {"mediaType": DOCKER_FOREIGN, "digest": foreign_digest, "size": foreign.len(), "urls": urls},
+                {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": own, "size": 1000},
+            ],
+        }),
+    );
+    let oci = c.push_manifest_json(
+        repo,
+        Some("oci"),
+        OCI_MANIFEST,
+        &json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config, "size": config_size},
+            "layers": [
+                {"mediaType": OCI_NONDISTRIBUTABLE, "digest": nondist_digest, "size": nondist.len(), "urls": [urls[0]]},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": own, "size": 1000},
+            ],
+        }),
+    );
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let app = m.join(repo);
+
+    let blobs = ls(&app.join("_blobs"));
+    assert_eq!(blobs, vec![config.clone(), own.clone()].into_iter().collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+    let layer = app.join("_tags/docker/layers/00");
+    assert_eq!(link_of(&layer), format!("../../../_blobs/{foreign_digest}"));
+    assert_eq!(fs::metadata(&layer).unwrap().len(), foreign.len() as u64, "size from the descriptor");
+    assert_eq!(xattr_str(&layer, "user.regfs.urls"), urls.join("\n"));
+    assert_eq!(xattr_str(&layer, "user.regfs.mediatype"), DOCKER_FOREIGN);
+    let e = fs::read(&layer).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EREMOTE, "{e}");
+    let nd = app.join("_tags/oci/layers/00");
+    assert_eq!(xattr_str(&nd, "user.regfs.urls"), urls[0]);
+    assert_eq!(errno_of(&fs::read(&nd).unwrap_err()), libc::EREMOTE);
+    assert!(m.log().contains("foreign layer"), "a log line says why");
+
+    // rsync of the repository and the OCI layout, and the exports, succeed.
+    let work = tempfile::tempdir().unwrap();
+    rsync_to(&["-a", &slash(&app), &slash(&work.path().join("bk"))], &m);
+    assert_file_eq(&work.path().join(format!("bk/_manifests/{}/manifest.json", docker.digest)), &docker.bytes);
+    assert_eq!(link_of(&work.path().join(format!("bk/_manifests/{}/layers/00", docker.digest))), format!("../../../_blobs/{foreign_digest}"));
+    rsync_to(&["-a", &slash(&app.join("_oci")), &slash(&work.path().join("oci"))], &m);
+    let oci_blobs = ls(&work.path().join("oci/blobs/sha256"));
+    assert!(oci_blobs.contains(&oci.hex().to_string()));
+    for d in [&foreign_digest, &nondist_digest] {
+        assert!(!oci_blobs.contains(&d.trim_start_matches("sha256:").to_string()), "{d} in _oci/");
+    }
+    for tag in ["docker", "oci"] {
+        let out = Command::new("tar")
+            .arg("-tf")
+            .arg(app.join(format!("_export/{tag}.tar")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tar -tf {tag}.tar: {}", String::from_utf8_lossy(&out.stderr));
+        let listing = String::from_utf8_lossy(&out.stdout);
+        assert!(!listing.contains(foreign_digest.trim_start_matches("sha256:")), "{listing}");
+        assert!(!listing.contains(nondist_digest.trim_start_matches("sha256:")), "{listing}");
+    }
+    // Never asked of the registry.
+    let asked: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains(foreign_digest.trim_start_matches("sha256:")) || r.target.contains(nondist_digest.trim_start_matches("sha256:")))
+        .collect();
+    assert!(asked.is_empty(), "foreign layers requested: {asked:#?}");
+}

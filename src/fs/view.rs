@@ -64,6 +64,8 @@ pub struct View {
     /// Blob sizes from descriptors or HEAD: immutable per digest.
     sizes: Mutex<HashMap<Digest, u64>>,
     media_types: Mutex<HashMap<Digest, String>>,
+    /// Foreign layers seen in manifests, with their download URLs.
+    foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
     pub(super) oci_content: TtlCache<String, Arc<LayoutContent>>,
     /// Export tars laid out so far, by (repository, tag, tag digest).
@@ -108,6 +110,7 @@ impl View {
             deferred_tags: Mutex::new(Vec::new()),
             sizes: Mutex::new(HashMap::new()),
             media_types: Mutex::new(HashMap::new()),
+            foreign: Mutex::new(HashMap::new()),
             exports: Mutex::new(HashMap::new()),
             oci_content: TtlCache::new(ttl),
             registry_host,
@@ -344,6 +347,18 @@ impl View {
         );
         for desc in descriptors {
             if let Some(d) = desc.digest() {
+                if desc.is_foreign() {
+                    let urls = desc.urls.clone().unwrap_or_default();
+                    let mut foreign = self.foreign.lock().unwrap();
+                    if !foreign.contains_key(&d) {
+                        tracing::info!(repo, digest = %d, media_type = %desc.media_type, urls = ?urls,
+                            "foreign layer: not fetched from the registry (download it from its URLs)");
+                        foreign.insert(d, urls);
+                    }
+                    sizes.insert(d, desc.size);
+                    types.insert(d, desc.media_type.clone());
+                    continue;
+                }
                 sizes.insert(d, desc.size);
                 if present.insert((repo.to_string(), d)) {
                     self.locations.record(repo, &d);
@@ -423,8 +438,18 @@ impl View {
         self.media_types.lock().unwrap().get(digest).cloned()
     }
 
+    /// The download URLs of a foreign layer (`None`: not a foreign layer).
+    pub fn foreign_urls(&self, digest: &Digest) -> Option<Vec<String>> {
+        self.foreign.lock().unwrap().get(digest).cloned()
+    }
+
     /// Size of a blob in `repo`, from descriptors seen so far, else HEAD.
     pub async fn blob_size(&self, repo: &str, digest: Digest) -> FsResult<u64> {
+        if self.foreign_urls(&digest).is_some() {
+            if let Some(&s) = self.sizes.lock().unwrap().get(&digest) {
+                return Ok(s);
+            }
+        }
         if self.is_present(repo, &digest) {
             if let Some(&s) = self.sizes.lock().unwrap().get(&digest) {
                 return Ok(s);
@@ -515,8 +540,11 @@ impl View {
             .await?
             .iter()
             .flat_map(|m| {
+                // Foreign layers are not in the registry: not listed, so
+                // rsync and find never try to read them.
                 m.parsed
                     .blobs()
+                    .filter(|d| !d.is_foreign())
                     .filter_map(|d| Some((d.digest()?, d.size)))
                     .collect::<Vec<_>>()
             })

@@ -86,6 +86,9 @@ pub struct RegistryOptions {
     /// registry serves what the origin at this URL holds, caching as it goes,
     /// and refuses pushes.
     pub proxy_remote: Option<String>,
+    /// Accept foreign layers' `urls` (distribution allows none by default):
+    /// `validation.manifests.urls.allow: ['^https?://']`.
+    pub allow_foreign_urls: bool,
 }
 
 impl RegistryOptions {
@@ -214,6 +217,9 @@ impl Registry {
             y.push_str("  delete:\n    enabled: true\n");
         }
         y.push_str("  maintenance:\n    uploadpurging:\n      enabled: false\n");
+        if self.opts.allow_foreign_urls {
+            y.push_str("validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n");
+        }
         if let Some(origin) = &self.opts.proxy_remote {
             y.push_str(&format!("proxy:\n  remoteurl: {origin}\n"));
         }
