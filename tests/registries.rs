@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::quirks::{ECR_PASSWORD, ECR_USER, RATE_LIMIT};
 use common::*;
 use reqwest::blocking::Response;
 use reqwest::header::HeaderMap;
@@ -530,4 +531,160 @@ fn foreign_layers_are_never_fetched_and_never_fail_a_backup() {
         .filter(|r| r.target.contains(foreign_digest.trim_start_matches("sha256:")) || r.target.contains(nondist_digest.trim_start_matches("sha256:")))
         .collect();
     assert!(asked.is_empty(), "foreign layers requested: {asked:#?}");
+}
+
+// ---------------------------------------------------------------------------
+// Hosted-registry habits (tests/common/quirks.rs)
+// ---------------------------------------------------------------------------
+
+/// Manifest GETs by tag (what Docker Hub counts against the pull limit when
+/// a HEAD would have done).
+fn manifest_gets_by_tag(p: &QuirkProxy) -> Vec<String> {
+    p.requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.target.contains("/manifests/") && !r.target.contains("/manifests/sha256:"))
+        .map(|r| r.target)
+        .collect()
+}
+
+/// Docker Hub: token realm on another host with `service=registry.docker.io`
+/// and `library/` scopes, `_catalog` refused (the mount lists `--repo`),
+/// `RateLimit-*` shown in `.regfs/stats`, and tags resolved by HEAD so that
+/// only manifest bodies actually read use up the limit.
+#[test]
+fn docker_hub_token_realm_catalog_denied_and_rate_limit_in_stats() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let a = c.push_random_image("library/alpine", "3.19", &[1000]);
+    let b = c.push_random_image("library/alpine", "3.20", &[1000]);
+    let hub = QuirkProxy::start(&reg.host_port(), Quirk::DockerHub);
+    let m = Mount::builder(&hub.url()).args(["--repo", "library/alpine"]).start();
+
+    assert_eq!(ls(m.path()), vec!["library"]);
+    assert_eq!(ls(&m.join("library/alpine/_tags")), vec!["3.19", "3.20"]);
+    for (tag, img) in [("3.19", &a), ("3.20", &b)] {
+        assert_eq!(
+            fs::read_link(m.join(format!("library/alpine/_tags/{tag}"))).unwrap(),
+            Path::new(&format!("../_manifests/{}", img.digest))
+        );
+    }
+    assert_eq!(manifest_gets_by_tag(&hub), Vec::<String>::new(), "tags resolved by HEAD");
+    assert_file_eq(&m.join("library/alpine/_tags/3.19/manifest.json"), &a.manifest);
+
+    let tokens: Vec<_> = hub.side_requests().into_iter().filter(|r| r.target.starts_with("/token")).collect();
+    assert!(!tokens.is_empty());
+    for t in &tokens {
+        assert!(t.target.contains("service=registry.docker.io"), "{t:?}");
+    }
+    assert!(
+        tokens.iter().any(|t| t.target.contains("repository%3Alibrary%2Falpine%3Apull")
+            || t.target.contains("repository:library/alpine:pull")),
+        "a token for library/alpine: {tokens:#?}"
+    );
+    assert!(hub.requests().iter().any(|r| r.target.starts_with("/v2/_catalog") && r.status == 401));
+
+    let stats = m.stats();
+    assert_eq!(stats.get("ratelimit_limit"), Some(&RATE_LIMIT), "{stats:?}");
+    assert_eq!(stats.get("ratelimit_window_seconds"), Some(&21600), "{stats:?}");
+    assert_eq!(stats.get("ratelimit_remaining"), Some(&hub.rate_remaining()), "{stats:?}");
+    assert_eq!(hub.rate_remaining(), RATE_LIMIT - 1, "one manifest body read, one pull counted");
+}
+
+/// GHCR: public images still need an anonymous Bearer token, and an index is
+/// only served to an `Accept` that lists index types.
+#[test]
+fn ghcr_anonymous_token_and_index_accept() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let amd = c.push_random_image("org/tool", "amd64", &[500]);
+    let arm = c.push_random_image("org/tool", "arm64", &[500]);
+    let index = c.push_index(
+        "org/tool",
+        "multi",
+        IndexKind::Oci,
+        &[
+            (&amd, Platform::new("linux", "amd64", None)),
+            (&arm, Platform::new("linux", "arm64", Some("v8"))),
+        ],
+    );
+    let ghcr = QuirkProxy::start(&reg.host_port(), Quirk::Ghcr);
+    let m = Mount::start(&ghcr.url());
+    assert_file_eq(&m.join("org/tool/_tags/multi/manifest.json"), &index.manifest);
+    assert_eq!(ls(&m.join("org/tool/_tags/multi/manifests")), vec!["linux-amd64", "linux-arm64-v8"]);
+    assert_file_eq(&m.join("org/tool/_tags/multi/manifests/linux-arm64-v8/manifest.json"), &arm.manifest);
+    let tokens: Vec<_> = ghcr.side_requests().into_iter().filter(|r| r.target.starts_with("/token")).collect();
+    assert!(!tokens.is_empty(), "anonymous token fetched");
+    assert!(tokens.iter().all(|t| t.authorization.is_none()), "anonymous: no credentials sent");
+    assert!(
+        !ghcr.requests().iter().any(|r| r.status == 404 && r.target.contains("/manifests/")),
+        "no manifest refused for its Accept: {:#?}",
+        ghcr.requests()
+    );
+}
+
+/// ECR: a `Basic` challenge that carries a `service`; credentials are sent Basic.
+#[test]
+fn ecr_basic_challenge_with_service() {
+    let reg = Registry::start();
+    let img = reg.client().push_random_image("team/svc", "prod", &[700]);
+    let ecr = QuirkProxy::start(&reg.host_port(), Quirk::Ecr);
+    let m = Mount::builder(&ecr.url())
+        .args(["--username", ECR_USER, "--repo", "team/svc"])
+        .env("REGFS_PASSWORD", ECR_PASSWORD)
+        .start();
+    assert_file_eq(&m.join("team/svc/_tags/prod/manifest.json"), &img.manifest);
+    assert_file_eq(&m.join(format!("team/svc/_blobs/{}", img.layers[0].digest)), &img.layers[0].bytes);
+    assert!(ecr.requests().iter().any(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))));
+    assert!(!m.log().contains(ECR_PASSWORD));
+}
+
+/// Quay: tag pages of 2 with a relative `Link` holding an opaque page token.
+#[test]
+fn quay_opaque_page_tokens_in_relative_links() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let img = c.push_random_image("quay/app", "t0", &[100]);
+    let tags: Vec<String> = (0..7).map(|i| format!("t{i}")).collect();
+    for t in &tags[1..] {
+        c.tag_manifest("quay/app", &img.digest, t);
+    }
+    let quay = QuirkProxy::start(&reg.host_port(), Quirk::Quay);
+    let m = Mount::start(&quay.url());
+    assert_eq!(ls(&m.join("quay/app/_tags")), tags);
+    let pages: Vec<_> = quay.requests().into_iter().filter(|r| r.target.contains("/tags/list")).collect();
+    assert!(pages.iter().filter(|r| r.target.contains("next_page=gAAAAAB")).count() >= 3, "{pages:#?}");
+}
+
+/// A DELETE answered 405 without an error body (Quay, Harbor, caches) is ENOTSUP.
+#[test]
+fn delete_answered_405_is_enotsup() {
+    let reg = Registry::start_with(RegistryOptions::default().with_delete());
+    let img = reg.client().push_random_image("app", "v1", &[100]);
+    let p = QuirkProxy::start(&reg.host_port(), Quirk::Delete405);
+    let m = Mount::builder(&p.url()).arg("--allow-delete").start();
+    let e = fs::remove_dir_all(m.join(format!("app/_manifests/{}", img.digest))).unwrap_err();
+    assert_eq!(errno_of(&e), libc::ENOTSUP, "{e}");
+    assert!(p.requests().iter().any(|r| r.method == "DELETE" && r.status == 405));
+    assert_eq!(reg.client().manifest_status("app", &img.digest), 200, "nothing deleted");
+}
+
+/// Blob GETs redirected to another host (object store / CDN): the bytes are
+/// exact, `Range` reaches the CDN, and the registry token is not sent there.
+#[test]
+fn blob_redirect_to_another_host_keeps_range_and_drops_authorization() {
+    let reg = Registry::start();
+    let img = reg.client().push_random_image("cdn/app", "v1", &[5 * MIB]);
+    let p = QuirkProxy::start(&reg.host_port(), Quirk::RedirectBlobs);
+    let m = Mount::start(&p.url());
+    let layer = &img.layers[0];
+    let path = m.join(format!("cdn/app/_blobs/{}", layer.digest));
+    let mut f = fs::File::open(&path).unwrap();
+    let tail = read_exact_at(&mut f, 4 * MIB as u64 + 12_345, 10_000).unwrap();
+    assert_bytes_eq(&tail, &layer.bytes[4 * MIB + 12_345..4 * MIB + 22_345], "ranged read");
+    assert_file_eq(&path, &layer.bytes);
+    let cdn: Vec<_> = p.side_requests().into_iter().filter(|r| r.target.starts_with("/cdn/")).collect();
+    assert!(!cdn.is_empty(), "blob served by the CDN");
+    assert!(cdn.iter().all(|r| r.authorization.is_none()), "Authorization sent to the CDN: {cdn:#?}");
+    assert!(cdn.iter().any(|r| r.range.is_some()), "Range kept across the redirect: {cdn:#?}");
+    assert!(p.requests().iter().any(|r| r.status == 307 && r.authorization.is_some()));
 }

@@ -381,7 +381,11 @@ impl Client {
             if let Some(b) = body {
                 req = req.header(header::CONTENT_LENGTH, b.len()).body(b.to_reqwest()?);
             }
-            let failure = match req.send().await {
+            let sent = req.send().await;
+            if let Ok(resp) = &sent {
+                self.note_rate_limit(resp.headers());
+            }
+            let failure = match sent {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !refreshed_auth => {
                     refreshed_auth = true;
@@ -423,6 +427,16 @@ impl Client {
             Stats::inc(&self.stats.retries);
             tracing::info!(request = %what, attempt, delay_ms = delay.as_millis() as u64, "retrying after: {error}");
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Docker Hub-style `RateLimit-Limit` / `RateLimit-Remaining` headers, kept for `.regfs/stats`.
+    fn note_rate_limit(&self, h: &HeaderMap) {
+        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        if let (Some(limit), Some(remaining)) = (get("ratelimit-limit"), get("ratelimit-remaining")) {
+            if let Some(r) = crate::stats::RateLimit::parse(limit, remaining) {
+                self.stats.note_rate_limit(r);
+            }
         }
     }
 

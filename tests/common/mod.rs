@@ -16,6 +16,8 @@
 //! - [`Mount`]: the real `regfs` binary mounted in the foreground (or
 //!   [`BackgroundMount`] for the daemonizing mode), unmounted on drop.
 //! - [`FaultProxy`]: delays, injected statuses, cut bodies, tag pagination.
+//! - [`QuirkProxy`]: habits of hosted registries (Docker Hub, GHCR, ECR, Quay,
+//!   405 on DELETE, blobs redirected to a CDN).
 //! - [`tree`]: manifests of any shape (artifacts, referrers tag, indexes
 //!   with annotations), storage injection, xattrs.
 //! - [`backup`]: real layers with their `diff_id`, images docker-archive
@@ -34,6 +36,7 @@ pub mod http;
 pub mod mount;
 pub mod pki;
 pub mod proxy;
+pub mod quirks;
 pub mod registry;
 pub mod token;
 pub mod tree;
@@ -52,6 +55,7 @@ pub use client::{
 };
 pub use mount::{is_fuse_mounted, log_path, tail, BackgroundMount, Mount, MountBuilder, MountFailure};
 pub use proxy::{FaultAction, FaultProxy, Match};
+pub use quirks::{Quirk, QuirkProxy};
 pub use registry::{AuthMode, Registry, RegistryKind, RegistryOptions};
 pub use token::{TokenIssuer, TokenIssuerOptions};
 pub use tree::*;
