@@ -1,14 +1,13 @@
 //! Command line → `Config` → mount. Nothing else lives here.
 
-
 use std::io::Read;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
 use regfs::config::{self, Config};
-use regfs::{daemon, registry};
 use regfs::registry::credentials::{self, CredentialSources, Credentials};
+use regfs::{daemon, registry};
 
 #[derive(Parser)]
 #[command(name = "regfs", version, about = "Mount a container registry as a filesystem")]

@@ -162,9 +162,15 @@ impl Signed {
     /// The names `_tags/v1/referrers/` shows for this fixture.
     fn referrer_names(&self) -> BTreeMap<String, String> {
         [
-            (format!("vnd.dev.cosign.artifact.sig.v1+json-{}", short_hex(&self.sig.digest)), &self.sig),
+            (
+                format!("vnd.dev.cosign.artifact.sig.v1+json-{}", short_hex(&self.sig.digest)),
+                &self.sig,
+            ),
             (format!("spdx+json-{}", short_hex(&self.sbom.digest)), &self.sbom),
-            (format!("vnd.example.config.v1+json-{}", short_hex(&self.plain.digest)), &self.plain),
+            (
+                format!("vnd.example.config.v1+json-{}", short_hex(&self.plain.digest)),
+                &self.plain,
+            ),
             ("cosign-sig".to_string(), &self.cosign),
         ]
         .into_iter()
@@ -179,15 +185,33 @@ impl Signed {
 fn seed_signed(c: &RegistryClient, repo: &str) -> Signed {
     let image = c.push_random_image(repo, "v1", &[3000]);
     let subject = image.descriptor();
-    let payload = c.push_blob_as(repo, "application/vnd.dev.cosign.simplesigning.v1+json", br#"{"critical":{}}"#);
-    let sig = c.push_artifact(repo, Some(COSIGN_SIG), None, std::slice::from_ref(&payload), Some(subject.clone()));
+    let payload = c.push_blob_as(
+        repo,
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        br#"{"critical":{}}"#,
+    );
+    let sig = c.push_artifact(
+        repo,
+        Some(COSIGN_SIG),
+        None,
+        std::slice::from_ref(&payload),
+        Some(subject.clone()),
+    );
     let doc = c.push_blob_as(repo, SPDX, br#"{"spdxVersion":"SPDX-2.3","name":"signed"}"#);
     let sbom = c.push_artifact(repo, Some(SPDX), None, &[doc], Some(subject.clone()));
     let config = c.push_blob_as(repo, "application/vnd.example.config.v1+json", br#"{"kind":"plain"}"#);
     let plain = c.push_artifact(repo, None, Some(&config), &[], Some(subject));
     // cosign's own scheme: a manifest tagged sha256-<subject hex>.sig, no subject field.
-    let sig_layer = c.push_blob_as(repo, "application/vnd.dev.cosign.simplesigning.v1+json", br#"{"cosign":1}"#);
-    let cosign_config = c.push_blob_as(repo, "application/vnd.oci.image.config.v1+json", br#"{"cosign":"config"}"#);
+    let sig_layer = c.push_blob_as(
+        repo,
+        "application/vnd.dev.cosign.simplesigning.v1+json",
+        br#"{"cosign":1}"#,
+    );
+    let cosign_config = c.push_blob_as(
+        repo,
+        "application/vnd.oci.image.config.v1+json",
+        br#"{"cosign":"config"}"#,
+    );
     let cosign = c.push_manifest_json(
         repo,
         Some(&format!("sha256-{}.sig", image.hex())),
@@ -220,7 +244,10 @@ fn assert_referrers_listed(m: &Mount, repo: &str, fx: &Signed, how: &str) {
         .collect();
     assert_eq!(got, fx.referrer_names(), "{how}: referrers of {repo}:v1");
     for r in fx.untagged() {
-        assert_file_eq(&dir.join(format!("../../../_manifests/{}/manifest.json", r.digest)), &r.bytes);
+        assert_file_eq(
+            &dir.join(format!("../../../_manifests/{}/manifest.json", r.digest)),
+            &r.bytes,
+        );
     }
 }
 
@@ -236,29 +263,39 @@ fn untagged_referrers_are_listed_in_manifests_oci_and_export() {
     let manifests: BTreeSet<String> = ls(&m.join("signed/_manifests")).into_iter().collect();
     let oci: BTreeSet<String> = ls(&m.join("signed/_oci/blobs/sha256")).into_iter().collect();
     for r in fx.untagged() {
-        assert!(manifests.contains(&r.digest), "_manifests/ lacks {}: {manifests:?}", r.digest);
+        assert!(
+            manifests.contains(&r.digest),
+            "_manifests/ lacks {}: {manifests:?}",
+            r.digest
+        );
         assert!(oci.contains(r.hex()), "_oci/blobs/sha256 lacks {}", r.digest);
     }
     assert!(manifests.contains(&fx.cosign.digest));
     // The SBOM document is a blob of the repository now.
     let sbom: Value = serde_json::from_slice(&fx.sbom.bytes).unwrap();
     let doc = sbom["layers"][0]["digest"].as_str().unwrap().to_string();
-    assert!(ls(&m.join("signed/_blobs")).contains(&doc), "_blobs/ lacks the SBOM document");
+    assert!(
+        ls(&m.join("signed/_blobs")).contains(&doc),
+        "_blobs/ lacks the SBOM document"
+    );
 
     // The export of v1 carries its referrers' manifests and blobs.
     let work = tempfile::tempdir().unwrap();
     let tar = m.join("signed/_export/v1.tar");
-    let out = Command::new("tar")
-        .arg("-tf")
-        .arg(&tar)
-        .output()
-        .expect("tar -tf");
-    assert!(out.status.success(), "tar -tf: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("tar").arg("-tf").arg(&tar).output().expect("tar -tf");
+    assert!(
+        out.status.success(),
+        "tar -tf: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let members = String::from_utf8_lossy(&out.stdout).into_owned();
     for r in fx.untagged() {
         assert!(members.contains(&format!("blobs/sha256/{}", r.hex())), "{members}");
     }
-    assert!(members.contains(&format!("blobs/sha256/{}", doc.trim_start_matches("sha256:"))), "{members}");
+    assert!(
+        members.contains(&format!("blobs/sha256/{}", doc.trim_start_matches("sha256:"))),
+        "{members}"
+    );
     drop(work);
 }
 
@@ -348,7 +385,9 @@ fn origin_gets(proxy: &FaultProxy, path: &str) -> usize {
     proxy
         .requests()
         .iter()
-        .filter(|r| r.method == "GET" && r.target.split('?').next() == Some(path) && (r.status == 200 || r.status == 206))
+        .filter(|r| {
+            r.method == "GET" && r.target.split('?').next() == Some(path) && (r.status == 200 || r.status == 206)
+        })
         .count()
 }
 
@@ -397,7 +436,10 @@ fn fleet_of_mounts_through_a_pull_through_cache_fetches_each_blob_once() {
     // Each request the cache cannot answer from its storage yet goes to the
     // origin (whole blob, Range not forwarded) besides its own store fetch:
     // a few GETs for the first mount, measured 2-3 per blob here.
-    assert!(after_first.iter().all(|&n| n >= 1), "origin GETs per blob: {after_first:?}");
+    assert!(
+        after_first.iter().all(|&n| n >= 1),
+        "origin GETs per blob: {after_first:?}"
+    );
     eprintln!("origin blob GETs after the first mount: {after_first:?}");
     let manifest_gets = origin_gets(&counter, &format!("/v2/team/app/manifests/{}", img.digest));
 
@@ -416,13 +458,27 @@ fn fleet_of_mounts_through_a_pull_through_cache_fetches_each_blob_once() {
     // Pushes: the cache refuses them (405 UNSUPPORTED); the writer gets
     // ENOTSUP from close().
     let blob = b"not for a cache";
-    assert_eq!(write_and_close(&first.join("team/app/_uploads/new.bin"), blob), Err(libc::ENOTSUP));
-    assert_eq!(origin.client().get_status(&format!("/v2/team/app/blobs/{}", sha256_digest(blob))), Ok(404));
-    assert_eq!(write_and_close(&first.join("team/app/_tags/v2"), &img.manifest), Err(libc::ENOTSUP));
+    assert_eq!(
+        write_and_close(&first.join("team/app/_uploads/new.bin"), blob),
+        Err(libc::ENOTSUP)
+    );
+    assert_eq!(
+        origin
+            .client()
+            .get_status(&format!("/v2/team/app/blobs/{}", sha256_digest(blob))),
+        Ok(404)
+    );
+    assert_eq!(
+        write_and_close(&first.join("team/app/_tags/v2"), &img.manifest),
+        Err(libc::ENOTSUP)
+    );
     assert_eq!(cache.client().manifest_status("team/app", "v2"), 404);
     assert!(first.log().contains("405"), "the registry's answer is logged");
     assert!(
-        !counter.requests().iter().any(|r| r.method != "GET" && r.method != "HEAD"),
+        !counter
+            .requests()
+            .iter()
+            .any(|r| r.method != "GET" && r.method != "HEAD"),
         "nothing written to the origin"
     );
 }
@@ -448,7 +504,10 @@ fn foreign_layers_are_never_fetched_and_never_fail_a_backup() {
     });
     let c = reg.client();
     let repo = "win/app";
-    let urls = ["https://mcr.example.invalid/base.tar.gz", "https://mirror.example.invalid/base.tar.gz"];
+    let urls = [
+        "https://mcr.example.invalid/base.tar.gz",
+        "https://mirror.example.invalid/base.tar.gz",
+    ];
     let foreign = random_bytes(4096);
     let foreign_digest = sha256_digest(&foreign);
     let nondist = random_bytes(2048);
@@ -489,10 +548,21 @@ fn foreign_layers_are_never_fetched_and_never_fail_a_backup() {
     let app = m.join(repo);
 
     let blobs = ls(&app.join("_blobs"));
-    assert_eq!(blobs, vec![config.clone(), own.clone()].into_iter().collect::<BTreeSet<_>>().into_iter().collect::<Vec<_>>());
+    assert_eq!(
+        blobs,
+        vec![config.clone(), own.clone()]
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
     let layer = app.join("_tags/docker/layers/00");
     assert_eq!(link_of(&layer), format!("../../../_blobs/{foreign_digest}"));
-    assert_eq!(fs::metadata(&layer).unwrap().len(), foreign.len() as u64, "size from the descriptor");
+    assert_eq!(
+        fs::metadata(&layer).unwrap().len(),
+        foreign.len() as u64,
+        "size from the descriptor"
+    );
     assert_eq!(xattr_str(&layer, "user.regfs.urls"), urls.join("\n"));
     assert_eq!(xattr_str(&layer, "user.regfs.mediatype"), DOCKER_FOREIGN);
     let e = fs::read(&layer).unwrap_err();
@@ -505,13 +575,24 @@ fn foreign_layers_are_never_fetched_and_never_fail_a_backup() {
     // rsync of the repository and the OCI layout, and the exports, succeed.
     let work = tempfile::tempdir().unwrap();
     rsync_to(&["-a", &slash(&app), &slash(&work.path().join("bk"))], &m);
-    assert_file_eq(&work.path().join(format!("bk/_manifests/{}/manifest.json", docker.digest)), &docker.bytes);
-    assert_eq!(link_of(&work.path().join(format!("bk/_manifests/{}/layers/00", docker.digest))), format!("../../../_blobs/{foreign_digest}"));
+    assert_file_eq(
+        &work
+            .path()
+            .join(format!("bk/_manifests/{}/manifest.json", docker.digest)),
+        &docker.bytes,
+    );
+    assert_eq!(
+        link_of(&work.path().join(format!("bk/_manifests/{}/layers/00", docker.digest))),
+        format!("../../../_blobs/{foreign_digest}")
+    );
     rsync_to(&["-a", &slash(&app.join("_oci")), &slash(&work.path().join("oci"))], &m);
     let oci_blobs = ls(&work.path().join("oci/blobs/sha256"));
     assert!(oci_blobs.contains(&oci.hex().to_string()));
     for d in [&foreign_digest, &nondist_digest] {
-        assert!(!oci_blobs.contains(&d.trim_start_matches("sha256:").to_string()), "{d} in _oci/");
+        assert!(
+            !oci_blobs.contains(&d.trim_start_matches("sha256:").to_string()),
+            "{d} in _oci/"
+        );
     }
     for tag in ["docker", "oci"] {
         let out = Command::new("tar")
@@ -519,16 +600,29 @@ fn foreign_layers_are_never_fetched_and_never_fail_a_backup() {
             .arg(app.join(format!("_export/{tag}.tar")))
             .output()
             .unwrap();
-        assert!(out.status.success(), "tar -tf {tag}.tar: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tar -tf {tag}.tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(!listing.contains(foreign_digest.trim_start_matches("sha256:")), "{listing}");
-        assert!(!listing.contains(nondist_digest.trim_start_matches("sha256:")), "{listing}");
+        assert!(
+            !listing.contains(foreign_digest.trim_start_matches("sha256:")),
+            "{listing}"
+        );
+        assert!(
+            !listing.contains(nondist_digest.trim_start_matches("sha256:")),
+            "{listing}"
+        );
     }
     // Never asked of the registry.
     let asked: Vec<_> = proxy
         .requests()
         .into_iter()
-        .filter(|r| r.target.contains(foreign_digest.trim_start_matches("sha256:")) || r.target.contains(nondist_digest.trim_start_matches("sha256:")))
+        .filter(|r| {
+            r.target.contains(foreign_digest.trim_start_matches("sha256:"))
+                || r.target.contains(nondist_digest.trim_start_matches("sha256:"))
+        })
         .collect();
     assert!(asked.is_empty(), "foreign layers requested: {asked:#?}");
 }
@@ -568,26 +662,47 @@ fn docker_hub_token_realm_catalog_denied_and_rate_limit_in_stats() {
             Path::new(&format!("../_manifests/{}", img.digest))
         );
     }
-    assert_eq!(manifest_gets_by_tag(&hub), Vec::<String>::new(), "tags resolved by HEAD");
+    assert_eq!(
+        manifest_gets_by_tag(&hub),
+        Vec::<String>::new(),
+        "tags resolved by HEAD"
+    );
     assert_file_eq(&m.join("library/alpine/_tags/3.19/manifest.json"), &a.manifest);
 
-    let tokens: Vec<_> = hub.side_requests().into_iter().filter(|r| r.target.starts_with("/token")).collect();
+    let tokens: Vec<_> = hub
+        .side_requests()
+        .into_iter()
+        .filter(|r| r.target.starts_with("/token"))
+        .collect();
     assert!(!tokens.is_empty());
     for t in &tokens {
         assert!(t.target.contains("service=registry.docker.io"), "{t:?}");
     }
     assert!(
-        tokens.iter().any(|t| t.target.contains("repository%3Alibrary%2Falpine%3Apull")
-            || t.target.contains("repository:library/alpine:pull")),
+        tokens
+            .iter()
+            .any(|t| t.target.contains("repository%3Alibrary%2Falpine%3Apull")
+                || t.target.contains("repository:library/alpine:pull")),
         "a token for library/alpine: {tokens:#?}"
     );
-    assert!(hub.requests().iter().any(|r| r.target.starts_with("/v2/_catalog") && r.status == 401));
+    assert!(hub
+        .requests()
+        .iter()
+        .any(|r| r.target.starts_with("/v2/_catalog") && r.status == 401));
 
     let stats = m.stats();
     assert_eq!(stats.get("ratelimit_limit"), Some(&RATE_LIMIT), "{stats:?}");
     assert_eq!(stats.get("ratelimit_window_seconds"), Some(&21600), "{stats:?}");
-    assert_eq!(stats.get("ratelimit_remaining"), Some(&hub.rate_remaining()), "{stats:?}");
-    assert_eq!(hub.rate_remaining(), RATE_LIMIT - 1, "one manifest body read, one pull counted");
+    assert_eq!(
+        stats.get("ratelimit_remaining"),
+        Some(&hub.rate_remaining()),
+        "{stats:?}"
+    );
+    assert_eq!(
+        hub.rate_remaining(),
+        RATE_LIMIT - 1,
+        "one manifest body read, one pull counted"
+    );
 }
 
 /// GHCR: public images still need an anonymous Bearer token, and an index is
@@ -610,13 +725,29 @@ fn ghcr_anonymous_token_and_index_accept() {
     let ghcr = QuirkProxy::start(&reg.host_port(), Quirk::Ghcr);
     let m = Mount::start(&ghcr.url());
     assert_file_eq(&m.join("org/tool/_tags/multi/manifest.json"), &index.manifest);
-    assert_eq!(ls(&m.join("org/tool/_tags/multi/manifests")), vec!["linux-amd64", "linux-arm64-v8"]);
-    assert_file_eq(&m.join("org/tool/_tags/multi/manifests/linux-arm64-v8/manifest.json"), &arm.manifest);
-    let tokens: Vec<_> = ghcr.side_requests().into_iter().filter(|r| r.target.starts_with("/token")).collect();
+    assert_eq!(
+        ls(&m.join("org/tool/_tags/multi/manifests")),
+        vec!["linux-amd64", "linux-arm64-v8"]
+    );
+    assert_file_eq(
+        &m.join("org/tool/_tags/multi/manifests/linux-arm64-v8/manifest.json"),
+        &arm.manifest,
+    );
+    let tokens: Vec<_> = ghcr
+        .side_requests()
+        .into_iter()
+        .filter(|r| r.target.starts_with("/token"))
+        .collect();
     assert!(!tokens.is_empty(), "anonymous token fetched");
-    assert!(tokens.iter().all(|t| t.authorization.is_none()), "anonymous: no credentials sent");
     assert!(
-        !ghcr.requests().iter().any(|r| r.status == 404 && r.target.contains("/manifests/")),
+        tokens.iter().all(|t| t.authorization.is_none()),
+        "anonymous: no credentials sent"
+    );
+    assert!(
+        !ghcr
+            .requests()
+            .iter()
+            .any(|r| r.status == 404 && r.target.contains("/manifests/")),
         "no manifest refused for its Accept: {:#?}",
         ghcr.requests()
     );
@@ -633,8 +764,14 @@ fn ecr_basic_challenge_with_service() {
         .env("REGFS_PASSWORD", ECR_PASSWORD)
         .start();
     assert_file_eq(&m.join("team/svc/_tags/prod/manifest.json"), &img.manifest);
-    assert_file_eq(&m.join(format!("team/svc/_blobs/{}", img.layers[0].digest)), &img.layers[0].bytes);
-    assert!(ecr.requests().iter().any(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))));
+    assert_file_eq(
+        &m.join(format!("team/svc/_blobs/{}", img.layers[0].digest)),
+        &img.layers[0].bytes,
+    );
+    assert!(ecr
+        .requests()
+        .iter()
+        .any(|r| r.authorization.as_deref().is_some_and(|a| a.starts_with("Basic "))));
     assert!(!m.log().contains(ECR_PASSWORD));
 }
 
@@ -651,8 +788,15 @@ fn quay_opaque_page_tokens_in_relative_links() {
     let quay = QuirkProxy::start(&reg.host_port(), Quirk::Quay);
     let m = Mount::start(&quay.url());
     assert_eq!(ls(&m.join("quay/app/_tags")), tags);
-    let pages: Vec<_> = quay.requests().into_iter().filter(|r| r.target.contains("/tags/list")).collect();
-    assert!(pages.iter().filter(|r| r.target.contains("next_page=gAAAAAB")).count() >= 3, "{pages:#?}");
+    let pages: Vec<_> = quay
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/tags/list"))
+        .collect();
+    assert!(
+        pages.iter().filter(|r| r.target.contains("next_page=gAAAAAB")).count() >= 3,
+        "{pages:#?}"
+    );
 }
 
 /// A DELETE answered 405 without an error body (Quay, Harbor, caches) is ENOTSUP.
@@ -682,9 +826,22 @@ fn blob_redirect_to_another_host_keeps_range_and_drops_authorization() {
     let tail = read_exact_at(&mut f, 4 * MIB as u64 + 12_345, 10_000).unwrap();
     assert_bytes_eq(&tail, &layer.bytes[4 * MIB + 12_345..4 * MIB + 22_345], "ranged read");
     assert_file_eq(&path, &layer.bytes);
-    let cdn: Vec<_> = p.side_requests().into_iter().filter(|r| r.target.starts_with("/cdn/")).collect();
+    let cdn: Vec<_> = p
+        .side_requests()
+        .into_iter()
+        .filter(|r| r.target.starts_with("/cdn/"))
+        .collect();
     assert!(!cdn.is_empty(), "blob served by the CDN");
-    assert!(cdn.iter().all(|r| r.authorization.is_none()), "Authorization sent to the CDN: {cdn:#?}");
-    assert!(cdn.iter().any(|r| r.range.is_some()), "Range kept across the redirect: {cdn:#?}");
-    assert!(p.requests().iter().any(|r| r.status == 307 && r.authorization.is_some()));
+    assert!(
+        cdn.iter().all(|r| r.authorization.is_none()),
+        "Authorization sent to the CDN: {cdn:#?}"
+    );
+    assert!(
+        cdn.iter().any(|r| r.range.is_some()),
+        "Range kept across the redirect: {cdn:#?}"
+    );
+    assert!(p
+        .requests()
+        .iter()
+        .any(|r| r.status == 307 && r.authorization.is_some()));
 }

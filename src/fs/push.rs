@@ -281,7 +281,10 @@ impl View {
             .and_then(|v| v.as_array_mut())
             .ok_or_else(|| FsError::new(libc::EIO, format!("{tag} is not an index")))?;
         let digest = m.digest.to_string();
-        if entries.iter().any(|e| e.get("digest").and_then(|d| d.as_str()) == Some(&digest)) {
+        if entries
+            .iter()
+            .any(|e| e.get("digest").and_then(|d| d.as_str()) == Some(&digest))
+        {
             return Ok(());
         }
         entries.push(referrer_descriptor(m));
@@ -424,23 +427,6 @@ impl View {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn manifest_validation() {
-        assert_eq!(validate_manifest(b"{nope").unwrap_err().errno, libc::EINVAL);
-        assert_eq!(validate_manifest(b"{}").unwrap_err().errno, libc::EINVAL);
-        let big = vec![b' '; (MAX_MANIFEST_SIZE + 1) as usize];
-        assert_eq!(validate_manifest(&big).unwrap_err().errno, libc::EFBIG);
-        let ok = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":1},"layers":[]}"#;
-        assert_eq!(validate_manifest(ok).unwrap(), crate::oci::OCI_MANIFEST);
-        let typed = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#;
-        assert_eq!(validate_manifest(typed).unwrap(), "application/vnd.example+json");
-    }
-}
-
 /// A referrers-index entry for `m` (OCI distribution spec, "Listing Referrers"):
 /// its `artifactType`, else its config's media type, and its annotations.
 fn referrer_descriptor(m: &CachedManifest) -> serde_json::Value {
@@ -462,4 +448,21 @@ fn referrer_descriptor(m: &CachedManifest) -> serde_json::Value {
         d["annotations"] = a.clone();
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_validation() {
+        assert_eq!(validate_manifest(b"{nope").unwrap_err().errno, libc::EINVAL);
+        assert_eq!(validate_manifest(b"{}").unwrap_err().errno, libc::EINVAL);
+        let big = vec![b' '; (MAX_MANIFEST_SIZE + 1) as usize];
+        assert_eq!(validate_manifest(&big).unwrap_err().errno, libc::EFBIG);
+        let ok = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":1},"layers":[]}"#;
+        assert_eq!(validate_manifest(ok).unwrap(), crate::oci::OCI_MANIFEST);
+        let typed = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#;
+        assert_eq!(validate_manifest(typed).unwrap(), "application/vnd.example+json");
+    }
 }

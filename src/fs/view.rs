@@ -350,10 +350,10 @@ impl View {
                 if desc.is_foreign() {
                     let urls = desc.urls.clone().unwrap_or_default();
                     let mut foreign = self.foreign.lock().unwrap();
-                    if !foreign.contains_key(&d) {
+                    if let std::collections::hash_map::Entry::Vacant(e) = foreign.entry(d) {
                         tracing::info!(repo, digest = %d, media_type = %desc.media_type, urls = ?urls,
                             "foreign layer: not fetched from the registry (download it from its URLs)");
-                        foreign.insert(d, urls);
+                        e.insert(urls);
                     }
                     sizes.insert(d, desc.size);
                     types.insert(d, desc.media_type.clone());

@@ -167,7 +167,11 @@ fn serve(s: &Shared, conn: TcpStream, is_side: bool) -> io::Result<()> {
     let mut out = conn.try_clone()?;
     while let Some(head) = http::read_head(&mut reader)? {
         let body = http::read_body(&mut reader, &head, false)?;
-        let answer = if is_side { side(s, &head) } else { registry(s, &head, &body)? };
+        let answer = if is_side {
+            side(s, &head)
+        } else {
+            registry(s, &head, &body)?
+        };
         let seen = SeenRequest {
             method: head.method().to_string(),
             target: head.target().to_string(),
@@ -257,7 +261,10 @@ fn registry(s: &Shared, head: &Head, body: &[u8]) -> io::Result<Answer> {
         }
         return Ok(Answer::new(
             401,
-            &[("WWW-Authenticate", challenge), ("Content-Type", "application/json".into())],
+            &[
+                ("WWW-Authenticate", challenge),
+                ("Content-Type", "application/json".into()),
+            ],
             br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
         ));
     }
@@ -292,11 +299,15 @@ fn registry(s: &Shared, head: &Head, body: &[u8]) -> io::Result<Answer> {
     let mut a = forward(s, head, body)?;
     if s.quirk == Quirk::DockerHub && path.contains("/manifests/") {
         if head.method() == "GET" && a.status == 200 {
-            let _ = s.remaining.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1));
+            let _ = s
+                .remaining
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1));
         }
         let left = s.remaining.load(Ordering::SeqCst);
-        a.headers.push(("RateLimit-Limit".into(), format!("{RATE_LIMIT};w={RATE_WINDOW}")));
-        a.headers.push(("RateLimit-Remaining".into(), format!("{left};w={RATE_WINDOW}")));
+        a.headers
+            .push(("RateLimit-Limit".into(), format!("{RATE_LIMIT};w={RATE_WINDOW}")));
+        a.headers
+            .push(("RateLimit-Remaining".into(), format!("{left};w={RATE_WINDOW}")));
     }
     if s.quirk == Quirk::Ghcr && head.method() == "GET" && path.contains("/manifests/") {
         let ct = a
@@ -345,8 +356,14 @@ fn quay_tags(s: &Shared, head: &Head, path: &str, query: &[(String, String)]) ->
     let mut headers = vec![("Content-Type", "application/json".to_string())];
     if offset + 2 < tags.len() {
         let token = format!("gAAAAAB{}", s.next_id.fetch_add(1, Ordering::SeqCst) * 7919);
-        s.pages.lock().unwrap().insert(token.clone(), (repo.clone(), offset + 2));
-        headers.push(("Link", format!(r#"</v2/{repo}/tags/list?n=2&next_page={token}>; rel="next""#)));
+        s.pages
+            .lock()
+            .unwrap()
+            .insert(token.clone(), (repo.clone(), offset + 2));
+        headers.push((
+            "Link",
+            format!(r#"</v2/{repo}/tags/list?n=2&next_page={token}>; rel="next""#),
+        ));
     }
     Ok(Answer::new(200, &headers, &body))
 }
@@ -356,7 +373,11 @@ fn side(s: &Shared, head: &Head) -> Answer {
     let (path, query) = http::split_target(head.target());
     if path == "/token" {
         let service = query.iter().find(|(k, _)| k == "service").map(|(_, v)| v.as_str());
-        let want = if s.quirk == Quirk::DockerHub { "registry.docker.io" } else { "ghcr.io" };
+        let want = if s.quirk == Quirk::DockerHub {
+            "registry.docker.io"
+        } else {
+            "ghcr.io"
+        };
         if service != Some(want) {
             return Answer::error(400, "DENIED", "wrong service");
         }

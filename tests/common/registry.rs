@@ -455,7 +455,8 @@ pub fn ferro_program() -> String {
     if in_path {
         return "ferro-oci-server".to_string();
     }
-    let cargo_home = std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+    let cargo_home =
+        std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
     format!("{cargo_home}/bin/ferro-oci-server")
 }
 
