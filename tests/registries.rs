@@ -123,6 +123,7 @@ fn names_pushed_after_mounting_are_reachable_at_once(kind) {
         );
     };
     appears("later/_tags/v1");
+    assert_eq!(ls(&m.join("later/_tags")), vec!["v1"]);
     appears("ns");
     appears("ns/deep/_tags/v1");
     appears("first/_tags/v2");

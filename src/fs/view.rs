@@ -207,8 +207,11 @@ impl View {
                 Ok(Arc::new(self.client.tags(repo).await?))
             })
             .await?;
-        // An empty list proves nothing on registries that answer it for any name.
-        if !tags.is_empty() {
+        // An empty list proves nothing on registries that answer it for any
+        // name, and is not kept: the first tag pushed shows at once.
+        if tags.is_empty() {
+            self.tags.invalidate(&repo.to_string());
+        } else {
             self.seen_repos.lock().unwrap().insert(repo.to_string());
         }
         Ok(tags)
