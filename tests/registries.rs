@@ -846,3 +846,38 @@ fn blob_redirect_to_another_host_keeps_range_and_drops_authorization() {
         .iter()
         .any(|r| r.status == 307 && r.authorization.is_some()));
 }
+
+/// The OCI-layout route: ferro's `_oci/` (which holds the untagged referrers)
+/// rsynced out and into distribution's `_oci/`; the referrers are pushed by
+/// digest and listed in the `sha256-<hex>` tag-schema index there.
+#[test]
+fn oci_layout_restore_into_distribution_keeps_referrers_findable() {
+    let src = Registry::start_kind(RegistryKind::Ferro);
+    let fx = seed_signed(&src.client(), "signed");
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("layout");
+    {
+        let m = Mount::start(&src.url());
+        rsync_to(&["-a", &slash(&m.join("signed/_oci")), &slash(&layout)], &m);
+    }
+    for r in fx.untagged() {
+        assert_file_eq(&layout.join(format!("blobs/sha256/{}", r.hex())), &r.bytes);
+    }
+    let dest = Registry::start();
+    let c = dest.client();
+    {
+        let m = Mount::start(&dest.url());
+        fs::create_dir_all(m.join("signed/_oci")).unwrap();
+        rsync_to(&["-a", &slash(&layout), &slash(&m.join("signed/_oci"))], &m);
+        assert!(
+            wait_until(Duration::from_secs(30), || c.manifest_status("signed", "v1") == 200),
+            "v1 restored"
+        );
+    }
+    let (bytes, _, _) = c.get_manifest("signed", &format!("sha256-{}", fx.image.hex()));
+    let index: Value = serde_json::from_slice(&bytes).unwrap();
+    let want: BTreeSet<String> = fx.untagged().iter().map(|r| r.digest.clone()).collect();
+    assert_eq!(index_digests(&index), want, "{index}");
+    let m = Mount::start(&dest.url());
+    assert_referrers_listed(&m, "signed", &fx, "restored from an OCI layout");
+}
