@@ -94,6 +94,22 @@ ensure_cargo() {
         die "cargo not found; install Rust (https://rustup.rs) and retry"
 }
 
+# ensure_ferro — the second registry implementation of the test matrix:
+# ferro-oci-server (OCI distribution 1.1: referrers API, Link-paginated tags and
+# catalog) from crates.io, installed with cargo when missing (~8 min on 2 cores).
+# The tests find it on PATH or in ~/.cargo/bin (REGFS_FERRO overrides).
+REGFS_FERRO_VERSION="${REGFS_FERRO_VERSION:-1.0.0}"
+ensure_ferro() {
+    local bin="${CARGO_HOME:-$HOME/.cargo}/bin/ferro-oci-server"
+    if command -v ferro-oci-server >/dev/null 2>&1 || [[ -x $bin ]]; then
+        return 0
+    fi
+    ensure_cargo
+    log "installing ferro-oci-server $REGFS_FERRO_VERSION (cargo install --locked; takes minutes)"
+    cargo install --locked --version "$REGFS_FERRO_VERSION" ferro-oci-server ||
+        die "cargo install ferro-oci-server failed"
+}
+
 # ensure_fuse — fail with a hint when FUSE cannot work here.
 ensure_fuse() {
     [[ -e /dev/fuse ]] || die "/dev/fuse is missing (load the fuse module, or give the container --device /dev/fuse)"

@@ -27,6 +27,7 @@ step_failed() { FAILED+=("$1"); log "FAILED: $1"; }
 
 section "Packages"
 ensure_packages || step_failed "ensure_packages"
+ensure_ferro || step_failed "ensure_ferro"
 ensure_cargo
 
 if cargo fmt --version >/dev/null 2>&1; then

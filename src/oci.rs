@@ -52,11 +52,25 @@ pub struct Descriptor {
     pub annotations: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub artifact_type: Option<String>,
+    /// Where a foreign (non-distributable) layer is downloaded from.
+    #[serde(default)]
+    pub urls: Option<Vec<String>>,
 }
+
+/// Docker's foreign layer type (Windows base layers).
+pub const DOCKER_FOREIGN_LAYER: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+/// OCI's non-distributable layer types share this prefix.
+pub const OCI_NONDISTRIBUTABLE_PREFIX: &str = "application/vnd.oci.image.layer.nondistributable.";
 
 impl Descriptor {
     pub fn digest(&self) -> Option<Digest> {
         self.digest.parse().ok()
+    }
+
+    /// A foreign / non-distributable layer: registries need not hold it
+    /// (clients download it from its `urls`), so it is never fetched from one.
+    pub fn is_foreign(&self) -> bool {
+        self.media_type == DOCKER_FOREIGN_LAYER || self.media_type.starts_with(OCI_NONDISTRIBUTABLE_PREFIX)
     }
 }
 
@@ -369,6 +383,14 @@ fn short_digest(d: &str) -> String {
 /// Names for `referrers/`: what each referrer is (its artifact type, else its
 /// config media type, without the `application/` prefix), then `-` and 12 hex
 /// digits of its digest, so names stay unique and stable.
+/// cosign's digest tags next to the referrers tag: `sha256-<hex>.sig`, ….
+pub const COSIGN_TAG_SUFFIXES: [&str; 3] = ["sig", "att", "sbom"];
+
+/// The referrers tag schema's tag for `subject`: `sha256-<hex>`.
+pub fn referrers_tag(subject: &Digest) -> String {
+    format!("sha256-{}", subject.hex())
+}
+
 pub fn referrer_names(referrers: &[Descriptor]) -> Vec<(String, Digest)> {
     let mut out: Vec<(String, Digest)> = referrers
         .iter()

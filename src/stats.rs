@@ -16,6 +16,7 @@ macro_rules! counters {
             $(pub $name: AtomicU64,)*
             recent_errors: Mutex<VecDeque<String>>,
             pub transfers: Transfers,
+            rate_limit: Mutex<Option<RateLimit>>,
         }
 
         impl Stats {
@@ -25,6 +26,7 @@ macro_rules! counters {
                 for (name, value) in self.counters() {
                     out.push_str(&format!("{name} {value}\n"));
                 }
+                out.push_str(&self.render_rate_limit());
                 out
             }
 
@@ -63,6 +65,34 @@ counters!(
 
 const RECENT_ERRORS: usize = 100;
 
+/// The registry's last `RateLimit-Limit` / `RateLimit-Remaining` answer
+/// (Docker Hub: `100;w=21600` = 100 pulls per 21600 s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    pub limit: u64,
+    pub remaining: u64,
+    pub window_seconds: Option<u64>,
+}
+
+impl RateLimit {
+    /// From the two header values, e.g. `100;w=21600` and `76;w=21600`.
+    pub fn parse(limit: &str, remaining: &str) -> Option<RateLimit> {
+        fn split(v: &str) -> Option<(u64, Option<u64>)> {
+            let mut parts = v.split(';');
+            let n = parts.next()?.trim().parse().ok()?;
+            let w = parts.find_map(|p| p.trim().strip_prefix("w=").and_then(|w| w.parse().ok()));
+            Some((n, w))
+        }
+        let (limit, w1) = split(limit)?;
+        let (remaining, w2) = split(remaining)?;
+        Some(RateLimit {
+            limit,
+            remaining,
+            window_seconds: w1.or(w2),
+        })
+    }
+}
+
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
@@ -81,6 +111,25 @@ impl Stats {
             q.pop_front();
         }
         q.push_back(format!("{} {line}", iso8601(SystemTime::now())));
+    }
+
+    /// Remember the registry's rate-limit headers (shown in `.regfs/stats`).
+    pub fn note_rate_limit(&self, r: RateLimit) {
+        *self.rate_limit.lock().unwrap() = Some(r);
+    }
+
+    /// `ratelimit_*` lines once the registry has sent rate-limit headers.
+    fn render_rate_limit(&self) -> String {
+        match *self.rate_limit.lock().unwrap() {
+            None => String::new(),
+            Some(r) => {
+                let mut s = format!("ratelimit_limit {}\nratelimit_remaining {}\n", r.limit, r.remaining);
+                if let Some(w) = r.window_seconds {
+                    s.push_str(&format!("ratelimit_window_seconds {w}\n"));
+                }
+                s
+            }
+        }
     }
 
     pub fn render_errors(&self) -> String {
@@ -286,5 +335,24 @@ mod tests {
         assert_eq!(leading_number("100;w=21600"), Some(100.0));
         assert_eq!(leading_number(" 57 "), Some(57.0));
         assert_eq!(leading_number("x"), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_hub_rate_limit_headers() {
+        assert_eq!(
+            RateLimit::parse("100;w=21600", "76;w=21600"),
+            Some(RateLimit {
+                limit: 100,
+                remaining: 76,
+                window_seconds: Some(21600)
+            })
+        );
+        assert_eq!(RateLimit::parse("5000", "4999").map(|r| r.window_seconds), Some(None));
+        assert_eq!(RateLimit::parse("x", "1"), None);
     }
 }

@@ -89,6 +89,19 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         self.entries.lock().unwrap().insert(key, e);
     }
 
+    /// Drops the value if it was stored more than `age` ago (a fetch under way
+    /// is kept); true if something was dropped, so the next get fetches again.
+    pub fn expire_if_older(&self, key: &K, age: Duration) -> bool {
+        let mut entries = self.entries.lock().unwrap();
+        let old = entries
+            .get(key)
+            .is_some_and(|e| e.stored.lock().unwrap().is_some_and(|at| at.elapsed() > age));
+        if old {
+            entries.remove(key);
+        }
+        old
+    }
+
     pub fn invalidate(&self, key: &K) {
         self.entries.lock().unwrap().remove(key);
     }

@@ -63,7 +63,8 @@ fn content(manifests: &[Arc<CachedManifest>]) -> BTreeMap<Digest, (u64, bool)> {
         for d in blob_children {
             out.entry(d).or_insert((sizes.get(&d).copied().unwrap_or(0), false));
         }
-        for desc in m.parsed.blobs() {
+        // Foreign layers are left out, as OCI layouts allow (never fetched).
+        for desc in m.parsed.blobs().filter(|d| !d.is_foreign()) {
             if let Some(d) = desc.digest() {
                 out.entry(d).or_insert((desc.size, false));
             }

@@ -220,6 +220,12 @@ impl Inner {
         let v = &self.view;
         Ok(match node {
             Node::Blob(r, d) => {
+                if let Some(urls) = v.foreign_urls(d) {
+                    return Err(crate::cache::FsError::new(
+                        libc::EREMOTE,
+                        format!("foreign layer {d}: not in the registry, download it from {urls:?}"),
+                    ));
+                }
                 let size = v.blob_size(r, *d).await?;
                 let file = v.blobs.open(r, *d, size).await?;
                 (

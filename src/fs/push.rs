@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::view::View;
 use crate::cache::{CachedManifest, FsError, FsResult};
-use crate::oci::{Manifest, ManifestKind};
+use crate::oci::{self, Manifest, ManifestKind};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
 use crate::registry::{Digest, Reference, RegistryError};
 use crate::stats::Stats;
@@ -175,6 +175,7 @@ impl View {
             Err(e) => return Err(e.into()),
         }
         self.pushed_manifest(repo, &reference, digest, bytes, media_type);
+        self.list_in_referrers_tag(repo, digest).await;
         self.release_deferred(repo).await;
         self.retry_held(repo).await;
         Ok(Pushed::Done(digest))
@@ -239,6 +240,64 @@ impl View {
         tracing::info!(repo, %reference, %digest, "manifest pushed");
     }
 
+    /// A manifest with a `subject` was pushed. Where the registry has the
+    /// referrers API it lists it by itself; elsewhere the OCI spec's tag schema
+    /// keeps it findable: add it to the index tagged `sha256-<subject hex>`
+    /// (made when missing). Failures are logged: the manifest itself is pushed.
+    async fn list_in_referrers_tag(&self, repo: &str, digest: Digest) {
+        let Some(m) = self.manifests.get(&digest) else { return };
+        let Some(subject) = m.parsed.subject.as_ref().and_then(|s| s.digest()) else {
+            return;
+        };
+        self.invalidate_referrers(repo, subject);
+        match self.referrers_api(repo, subject).await {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(repo, %digest, "referrers API check failed; referrers tag not updated: {e}");
+                return;
+            }
+        }
+        if let Err(e) = self.add_to_referrers_tag(repo, subject, &m).await {
+            tracing::warn!(repo, %digest, %subject, "referrers tag not updated: {e}");
+            self.stats
+                .record_error(format!("referrers tag of {repo}@{subject}: {e}"));
+        }
+    }
+
+    async fn add_to_referrers_tag(&self, repo: &str, subject: Digest, m: &CachedManifest) -> FsResult<()> {
+        let tag = oci::referrers_tag(&subject);
+        let reference = Reference::Tag(tag.clone());
+        let mut index = match self.client.get_manifest(repo, &reference).await {
+            Ok(f) => serde_json::from_slice::<serde_json::Value>(&f.bytes)
+                .map_err(|e| FsError::new(libc::EIO, format!("{tag} is not JSON: {e}")))?,
+            Err(RegistryError::NotFound(_)) => {
+                serde_json::json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": [] })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let entries = index
+            .get_mut("manifests")
+            .and_then(|v| v.as_array_mut())
+            .ok_or_else(|| FsError::new(libc::EIO, format!("{tag} is not an index")))?;
+        let digest = m.digest.to_string();
+        if entries
+            .iter()
+            .any(|e| e.get("digest").and_then(|d| d.as_str()) == Some(&digest))
+        {
+            return Ok(());
+        }
+        entries.push(referrer_descriptor(m));
+        let bytes = Bytes::from(serde_json::to_vec(&index).expect("JSON values serialize"));
+        self.client
+            .put_manifest(repo, &reference, oci::OCI_INDEX, bytes)
+            .await?;
+        self.invalidate_tags(repo, Some(&tag));
+        self.invalidate_referrers(repo, subject);
+        tracing::info!(repo, %subject, referrer = %m.digest, "listed in the referrers tag {tag}");
+        Ok(())
+    }
+
     /// Try the held manifests of `repo` again until no more go through.
     pub async fn retry_held(&self, repo: &str) {
         loop {
@@ -263,7 +322,10 @@ impl View {
                         tracing::warn!(repo, %digest, "held manifest push failed: {e}");
                         self.stats.record_error(format!("held manifest {repo}@{digest}: {e}"));
                     }
-                    Ok(_) => self.pushed_manifest(repo, &reference, digest, bytes, media_type),
+                    Ok(_) => {
+                        self.pushed_manifest(repo, &reference, digest, bytes, media_type);
+                        self.list_in_referrers_tag(repo, digest).await;
+                    }
                 }
                 self.held
                     .lock()
@@ -375,6 +437,29 @@ impl View {
         }
         out
     }
+}
+
+/// A referrers-index entry for `m` (OCI distribution spec, "Listing Referrers"):
+/// its `artifactType`, else its config's media type, and its annotations.
+fn referrer_descriptor(m: &CachedManifest) -> serde_json::Value {
+    let raw: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap_or_default();
+    let artifact_type = raw
+        .get("artifactType")
+        .and_then(|v| v.as_str())
+        .filter(|t| !t.is_empty())
+        .or_else(|| raw.pointer("/config/mediaType").and_then(|v| v.as_str()));
+    let mut d = serde_json::json!({
+        "mediaType": m.parsed.media_type,
+        "digest": m.digest.to_string(),
+        "size": m.bytes.len(),
+    });
+    if let Some(t) = artifact_type {
+        d["artifactType"] = t.into();
+    }
+    if let Some(a) = raw.get("annotations").filter(|a| a.is_object()) {
+        d["annotations"] = a.clone();
+    }
+    d
 }
 
 #[cfg(test)]

@@ -346,6 +346,9 @@ impl Inner {
                 if let Some(t) = v.blob_media_type(d) {
                     attrs.insert(1, (XATTR_MEDIA_TYPE, t));
                 }
+                if let Some(urls) = v.foreign_urls(d) {
+                    attrs.push((XATTR_URLS, urls.join("\n")));
+                }
                 attrs
             }
             _ => Vec::new(),
@@ -356,6 +359,8 @@ impl Inner {
 const XATTR_DIGEST: &str = "user.regfs.digest";
 const XATTR_MEDIA_TYPE: &str = "user.regfs.mediatype";
 const XATTR_SIZE: &str = "user.regfs.size";
+/// A foreign layer's download URLs, one per line.
+const XATTR_URLS: &str = "user.regfs.urls";
 
 /// Schema1 and unknown media types are shown raw: `manifest.json` only.
 fn has_tree(m: &CachedManifest) -> bool {

@@ -12,6 +12,11 @@ use crate::oci::{self, Manifest, ManifestKind};
 use crate::registry::{Client, Digest, Reference, RegistryError};
 use crate::stats::Stats;
 
+/// A name missing from a cached catalog older than this is looked for in a
+/// fresh one: a repository pushed by someone else after the mount is reachable
+/// by name at once (no negative caching of names beyond this).
+const NAME_MISS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Concurrent registry requests one listing may make (containerd's Dispatch uses a bound too).
 const FETCH_CONCURRENCY: usize = 8;
 /// Tags of one listing resolved in the background, at most.
@@ -50,6 +55,9 @@ pub struct View {
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
     referrers: TtlCache<(String, Digest), Arc<NamedDigests>>,
+    /// The registry answered a referrers request as having no such API
+    /// (distribution 2.x): the tag schema is used from then on, without asking.
+    no_referrers_api: std::sync::atomic::AtomicBool,
     /// Where digests were seen, kept across mounts (mount sources for pushes).
     locations: super::locations::Locations,
     /// The repository the last cross-repository mount came from.
@@ -59,6 +67,8 @@ pub struct View {
     /// (repository, digest) pairs known to exist in that repository.
     present: Mutex<HashSet<(String, Digest)>>,
     media_types: Mutex<HashMap<Digest, String>>,
+    /// Foreign layers seen in manifests, with their download URLs.
+    foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
     pub(super) oci_content: TtlCache<String, Arc<LayoutContent>>,
     /// Export tars laid out so far, by (repository, tag, tag digest).
@@ -96,6 +106,7 @@ impl View {
             tags: TtlCache::new(ttl),
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
+            no_referrers_api: std::sync::atomic::AtomicBool::new(false),
             present: Mutex::new(HashSet::new()),
             remembered: Mutex::new(known),
             last_mount_source: Mutex::new(None),
@@ -106,6 +117,7 @@ impl View {
             pending_dirs: Mutex::new(HashSet::new()),
             deferred_tags: Mutex::new(Vec::new()),
             media_types: Mutex::new(HashMap::new()),
+            foreign: Mutex::new(HashMap::new()),
             exports: Mutex::new(HashMap::new()),
             oci_content: TtlCache::new(ttl),
             registry_host,
@@ -149,25 +161,42 @@ impl View {
 
     /// Does `path` exist as a directory (a repository or a namespace above one)?
     pub async fn dir_exists(&self, path: &str) -> FsResult<bool> {
-        let prefix = format!("{path}/");
-        if self
-            .known_repos()
-            .await?
-            .iter()
-            .any(|r| r == path || r.starts_with(&prefix))
-        {
+        if self.dir_known(path).await? || self.is_repo(path).await? {
             return Ok(true);
         }
-        if self.is_repo(path).await? {
+        // A blob-only repository or a namespace pushed since the catalog was read.
+        if self.catalog.expire_if_older(&(), NAME_MISS_RECHECK) && self.dir_known(path).await? {
             return Ok(true);
         }
         // Without a catalog a namespace cannot be seen; any valid name can be entered.
         Ok(self.catalog().await?.is_none())
     }
 
-    /// Is `repo` a repository? (Its tag list answers.)
+    /// Is `path` a known repository or a namespace above one (no tag list asked)?
+    async fn dir_known(&self, path: &str) -> FsResult<bool> {
+        let prefix = format!("{path}/");
+        Ok(self
+            .known_repos()
+            .await?
+            .iter()
+            .any(|r| r == path || r.starts_with(&prefix)))
+    }
+
+    /// Is `repo` a repository? (Its tag list answers. An empty list counts only
+    /// for a name the catalog lists, or when there is no catalog: some
+    /// registries, e.g. ferro-oci-server, answer `{"tags":[]}` for any name.)
     pub async fn is_repo(&self, repo: &str) -> FsResult<bool> {
         match self.tags(repo).await {
+            Ok(tags) if tags.is_empty() => {
+                if self.is_known_repo(repo).await? {
+                    return Ok(true);
+                }
+                self.catalog.expire_if_older(&(), NAME_MISS_RECHECK);
+                Ok(match self.catalog().await? {
+                    Some(c) => c.iter().any(|r| r == repo),
+                    None => true,
+                })
+            }
             Ok(_) => Ok(true),
             Err(e) if e.errno == libc::ENOENT => Ok(false),
             Err(e) => Err(e),
@@ -186,7 +215,13 @@ impl View {
                 Ok(Arc::new(self.client.tags(repo).await?))
             })
             .await?;
-        self.seen_repos.lock().unwrap().insert(repo.to_string());
+        // An empty list proves nothing on registries that answer it for any
+        // name, and is not kept: the first tag pushed shows at once.
+        if tags.is_empty() {
+            self.tags.invalidate(&repo.to_string());
+        } else {
+            self.seen_repos.lock().unwrap().insert(repo.to_string());
+        }
         Ok(tags)
     }
 
@@ -375,6 +410,18 @@ impl View {
         );
         for desc in descriptors {
             if let Some(d) = desc.digest() {
+                if desc.is_foreign() {
+                    let urls = desc.urls.clone().unwrap_or_default();
+                    let mut foreign = self.foreign.lock().unwrap();
+                    if let std::collections::hash_map::Entry::Vacant(e) = foreign.entry(d) {
+                        tracing::info!(repo, digest = %d, media_type = %desc.media_type, urls = ?urls,
+                            "foreign layer: not fetched from the registry (download it from its URLs)");
+                        e.insert(urls);
+                    }
+                    self.blobs.note_claimed_size(d, desc.size);
+                    types.insert(d, desc.media_type.clone());
+                    continue;
+                }
                 self.blobs.note_claimed_size(d, desc.size);
                 if present.insert((repo.to_string(), d)) {
                     self.locations.record(repo, &d);
@@ -387,25 +434,65 @@ impl View {
     }
 
     /// Named referrers of a manifest: the referrers API, else the
-    /// `sha256-<hex>` tag schema (distribution 2.x has no API).
+    /// `sha256-<hex>` tag schema (distribution 2.x has no API); plus cosign's
+    /// digest tags `sha256-<hex>.sig` / `.att` / `.sbom`, named `cosign-sig`, ….
+    /// Tags are looked for in the (cached) tag list, so a registry without the
+    /// API costs no request per manifest.
     pub async fn referrers(&self, repo: &str, digest: Digest) -> FsResult<Arc<NamedDigests>> {
         self.referrers
             .get_or_fetch((repo.to_string(), digest), || async {
-                let index = match self.client.referrers(repo, &digest).await? {
+                let tags = match self.tags(repo).await {
+                    Ok(t) => t,
+                    Err(e) if e.errno == libc::ENOENT => Arc::new(Vec::new()),
+                    Err(e) => return Err(e),
+                };
+                let fallback_tag = oci::referrers_tag(&digest);
+                let index = match self.referrers_api(repo, digest).await? {
                     Some(bytes) => Some(Manifest::parse(&bytes, Some(oci::OCI_INDEX))),
-                    None => {
-                        let tag = Reference::Tag(format!("sha256-{}", digest.hex()));
-                        match self.client.get_manifest(repo, &tag).await {
+                    None if tags.contains(&fallback_tag) => {
+                        match self.client.get_manifest(repo, &Reference::Tag(fallback_tag)).await {
                             Ok(m) => Some(Manifest::parse(&m.bytes, m.media_type.as_deref())),
                             Err(RegistryError::NotFound(_)) => None,
                             Err(e) => return Err(e.into()),
                         }
                     }
+                    None => None,
                 };
                 let descriptors = index.map(|m| m.manifests).unwrap_or_default();
-                Ok(Arc::new(oci::referrer_names(&descriptors)))
+                let mut named = oci::referrer_names(&descriptors);
+                for suffix in oci::COSIGN_TAG_SUFFIXES {
+                    let tag = format!("{}.{suffix}", oci::referrers_tag(&digest));
+                    if tags.contains(&tag) {
+                        match self.tag_digest(repo, &tag).await {
+                            Ok(d) => named.push((format!("cosign-{suffix}"), d)),
+                            Err(e) => tracing::info!(repo, tag, "cosign tag does not resolve: {e}"),
+                        }
+                    }
+                }
+                named.sort();
+                Ok(Arc::new(named))
             })
             .await
+    }
+
+    /// The referrers API's index for `digest`, or `None` when the registry
+    /// has no referrers API (asked once per mount).
+    pub async fn referrers_api(&self, repo: &str, digest: Digest) -> FsResult<Option<bytes::Bytes>> {
+        use std::sync::atomic::Ordering;
+        if self.no_referrers_api.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let answer = self.client.referrers(repo, &digest).await?;
+        if answer.is_none() {
+            tracing::info!("the registry has no referrers API: using the sha256-<hex> tag schema");
+            self.no_referrers_api.store(true, Ordering::Relaxed);
+        }
+        Ok(answer)
+    }
+
+    /// Forget the referrers of `subject` (a referrer was pushed).
+    pub fn invalidate_referrers(&self, repo: &str, subject: Digest) {
+        self.referrers.invalidate(&(repo.to_string(), subject));
     }
 
     /// What is known about a blob without asking: its size and media type
@@ -414,9 +501,20 @@ impl View {
         self.media_types.lock().unwrap().get(digest).cloned()
     }
 
+    /// The download URLs of a foreign layer (`None`: not a foreign layer).
+    pub fn foreign_urls(&self, digest: &Digest) -> Option<Vec<String>> {
+        self.foreign.lock().unwrap().get(digest).cloned()
+    }
+
     /// Size of a blob in `repo`, from descriptors seen so far (a claim, checked
     /// against the registry's length when the blob is read), else HEAD.
     pub async fn blob_size(&self, repo: &str, digest: Digest) -> FsResult<u64> {
+        if self.foreign_urls(&digest).is_some() {
+            // Never asked of the registry: the descriptor's size is all there is.
+            if let Some(s) = self.blobs.known_size(&digest) {
+                return Ok(s);
+            }
+        }
         if self.is_present(repo, &digest) {
             if let Some(s) = self.blobs.known_size(&digest) {
                 return Ok(s);
@@ -441,20 +539,30 @@ impl View {
         self.manifests_from(repo, roots).await
     }
 
-    /// The manifests `roots` and everything below them (index children),
-    /// fetched concurrently; a missing child is skipped, not an error.
+    /// The manifests `roots` and everything below them (index children) and
+    /// referring to them (referrers: signatures, SBOMs, attestations — untagged
+    /// where the registry has the referrers API), fetched concurrently; a
+    /// missing child is skipped, not an error.
     pub async fn manifests_from(&self, repo: &str, roots: Vec<Digest>) -> FsResult<Vec<Arc<CachedManifest>>> {
         let mut frontier = roots;
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut out = Vec::new();
         while !frontier.is_empty() {
             frontier.retain(|d| seen.insert(*d));
-            let fetched: Vec<FsResult<Arc<CachedManifest>>> = stream::iter(frontier.drain(..))
-                .map(|d| self.manifest(repo, d))
+            let fetched: Vec<(FsResult<Arc<CachedManifest>>, Vec<Digest>)> = stream::iter(frontier.drain(..))
+                .map(|d| async move {
+                    let m = self.manifest(repo, d).await;
+                    let referrers = match &m {
+                        Ok(_) => self.referrer_digests(repo, d).await,
+                        Err(_) => Vec::new(),
+                    };
+                    (m, referrers)
+                })
                 .buffer_unordered(FETCH_CONCURRENCY)
                 .collect()
                 .await;
-            for m in fetched {
+            for (m, referrers) in fetched {
+                frontier.extend(referrers);
                 match m {
                     Ok(m) => {
                         if m.parsed.kind == ManifestKind::Index {
@@ -478,6 +586,18 @@ impl View {
         Ok(out)
     }
 
+    /// Digests of the referrers of `digest` (a failure is logged, not fatal:
+    /// referrers must not hide the images they refer to).
+    async fn referrer_digests(&self, repo: &str, digest: Digest) -> Vec<Digest> {
+        match self.referrers(repo, digest).await {
+            Ok(r) => r.iter().map(|(_, d)| *d).collect(),
+            Err(e) => {
+                tracing::info!(repo, %digest, "referrers not listed: {e}");
+                Vec::new()
+            }
+        }
+    }
+
     /// Configs and layers of every reachable manifest, with their sizes.
     pub async fn reachable_blobs(&self, repo: &str) -> FsResult<Vec<(Digest, u64)>> {
         let mut blobs: Vec<(Digest, u64)> = self
@@ -485,8 +605,11 @@ impl View {
             .await?
             .iter()
             .flat_map(|m| {
+                // Foreign layers are not in the registry: not listed, so
+                // rsync and find never try to read them.
                 m.parsed
                     .blobs()
+                    .filter(|d| !d.is_foreign())
                     .filter_map(|d| Some((d.digest()?, d.size)))
                     .collect::<Vec<_>>()
             })

@@ -699,6 +699,9 @@ impl Client {
             started,
             answer.map(|r| r.headers()),
         );
+        if let Some(r) = answer {
+            self.note_rate_limit(r.headers());
+        }
         let resp = match sent {
             Err(_) => return Err(Failure::timed_out()),
             Ok(Err(e)) if e.is_timeout() && deadline_hit(left()) => return Err(Failure::timed_out()),
@@ -723,6 +726,16 @@ impl Client {
             Ok(bytes) => Ok(Attempt::Done(Answer::Whole(headers, bytes))),
             Err(RegistryError::Network(_)) if deadline_hit(left()) => Err(Failure::timed_out()),
             Err(e) => Err(Failure::from(e)),
+        }
+    }
+
+    /// Docker Hub-style `RateLimit-Limit` / `RateLimit-Remaining` headers, kept for `.regfs/stats`.
+    fn note_rate_limit(&self, h: &HeaderMap) {
+        let get = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+        if let (Some(limit), Some(remaining)) = (get("ratelimit-limit"), get("ratelimit-remaining")) {
+            if let Some(r) = crate::stats::RateLimit::parse(limit, remaining) {
+                self.stats.note_rate_limit(r);
+            }
         }
     }
 

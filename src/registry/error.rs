@@ -87,7 +87,9 @@ impl RegistryError {
             416 => RegistryError::Invalid(text),
             401 | 403 => RegistryError::Denied(text),
             429 => RegistryError::RateLimited(text),
-            405 if code.as_deref() == Some("UNSUPPORTED") => RegistryError::Unsupported(text),
+            // Method Not Allowed, with or without an UNSUPPORTED code (a tag
+            // DELETE on ferro-oci-server or Quay, any write to a pull-through cache).
+            405 => RegistryError::Unsupported(text),
             s if s >= 500 => RegistryError::Server(text),
             s if !(400..500).contains(&s) => RegistryError::Invalid(text),
             // Any other 4xx is the registry refusing this request: final, not retried.

@@ -5,7 +5,8 @@
 //! parallel. Use it from a test file with `mod common;` and
 //! `use common::*;`.
 //!
-//! - [`Registry`]: a real `docker-registry` (distribution 2.8) on a free
+//! - [`Registry`]: a real `docker-registry` (distribution 2.8) or
+//!   `ferro-oci-server` ([`RegistryKind`], [`on_both_registries!`]) on a free
 //!   loopback port; plain, htpasswd, token auth (with a test [`TokenIssuer`]),
 //!   TLS with a test CA; optional delete. `stop()`/`start_again()` for
 //!   "registry down" tests.
@@ -15,6 +16,8 @@
 //! - [`Mount`]: the real `regfs` binary mounted in the foreground (or
 //!   [`BackgroundMount`] for the daemonizing mode), unmounted on drop.
 //! - [`FaultProxy`]: delays, injected statuses, cut bodies, tag pagination.
+//! - [`QuirkProxy`]: habits of hosted registries (Docker Hub, GHCR, ECR, Quay,
+//!   405 on DELETE, blobs redirected to a CDN).
 //! - [`tree`]: manifests of any shape (artifacts, referrers tag, indexes
 //!   with annotations), storage injection, xattrs.
 //! - [`backup`]: real layers with their `diff_id`, images docker-archive
@@ -33,6 +36,7 @@ pub mod http;
 pub mod mount;
 pub mod pki;
 pub mod proxy;
+pub mod quirks;
 pub mod registry;
 pub mod token;
 pub mod tree;
@@ -51,7 +55,8 @@ pub use client::{
 };
 pub use mount::{is_fuse_mounted, log_path, tail, BackgroundMount, Mount, MountBuilder, MountFailure};
 pub use proxy::{FaultAction, FaultProxy, Match, TcpRelay};
-pub use registry::{AuthMode, Registry, RegistryOptions};
+pub use quirks::{Quirk, QuirkProxy};
+pub use registry::{AuthMode, Registry, RegistryKind, RegistryOptions};
 pub use token::{TokenIssuer, TokenIssuerOptions};
 pub use tree::*;
 

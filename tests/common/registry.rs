@@ -1,4 +1,20 @@
-//! A real `docker-registry` (CNCF distribution 2.8) on a free loopback port.
+//! A real registry on a free loopback port: Debian's `docker-registry` (CNCF
+//! distribution 2.8) or `ferro-oci-server` (an independent OCI distribution
+//! 1.1 implementation), chosen by [`RegistryKind`].
+//!
+//! What ferro-oci-server 1.0.0 does differently from distribution 2.8 (seen
+//! with curl and in its source; the suites that run on both state where it
+//! matters):
+//! - referrers API (`GET /v2/<name>/referrers/<digest>`), distribution has none;
+//! - tag lists and the catalog honour `n`/`last` and send a relative `Link`;
+//! - `DELETE` of a manifest by tag answers 405 `UNSUPPORTED`; manifest delete by
+//!   digest always works (no `delete.enabled` switch);
+//! - blob GETs ignore `Range` (200 with the whole blob);
+//! - blobs are global: any repository name serves any stored blob, and a
+//!   cross-repository mount (`?mount=&from=`) is ignored (202, a new upload);
+//! - manifests and tags live in memory: a restart forgets everything but blob
+//!   bytes, so stop/start tests run on distribution only;
+//! - no auth and no TLS (put a proxy in front for those).
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
@@ -25,14 +41,54 @@ pub enum AuthMode {
     Token(TokenIssuerOptions),
 }
 
+/// Which registry implementation a test runs against (see the module docs
+/// for how they differ; [`crate::on_both_registries`] runs a body on each).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RegistryKind {
+    /// Debian's `docker-registry`: CNCF distribution 2.8.
+    #[default]
+    Distribution,
+    /// `ferro-oci-server` from crates.io (installed by `scripts/lib.sh ensure_ferro`).
+    Ferro,
+}
+
+impl RegistryKind {
+    /// Whether `GET /v2/<name>/referrers/<digest>` exists.
+    pub fn has_referrers_api(self) -> bool {
+        self == RegistryKind::Ferro
+    }
+    /// Whether `DELETE /v2/<name>/manifests/<tag>` can succeed (ferro: 405).
+    pub fn deletes_tags(self) -> bool {
+        false
+    }
+    /// Whether blob GETs answer a `Range` with 206.
+    pub fn serves_ranges(self) -> bool {
+        self == RegistryKind::Distribution
+    }
+    /// Whether `?mount=<digest>&from=<repo>` mounts without data (distribution)
+    /// or is ignored with a fresh upload session (ferro).
+    pub fn mounts_blobs(self) -> bool {
+        self == RegistryKind::Distribution
+    }
+}
+
 /// What registry to start.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
+    /// The implementation; auth, TLS and the delete switch are distribution's.
+    pub kind: RegistryKind,
     pub auth: AuthMode,
     /// Serve HTTPS with a certificate for 127.0.0.1 signed by a fresh test CA.
     pub tls: bool,
     /// `storage.delete.enabled: true` (manifest and blob DELETE).
     pub delete_enabled: bool,
+    /// distribution's pull-through cache mode (`proxy.remoteurl`): this
+    /// registry serves what the origin at this URL holds, caching as it goes,
+    /// and refuses pushes.
+    pub proxy_remote: Option<String>,
+    /// Accept foreign layers' `urls` (distribution allows none by default):
+    /// `validation.manifests.urls.allow: ['^https?://']`.
+    pub allow_foreign_urls: bool,
 }
 
 impl RegistryOptions {
@@ -58,6 +114,19 @@ impl RegistryOptions {
         self.delete_enabled = true;
         self
     }
+    /// A pull-through cache in front of `origin` (`http://host:port`).
+    pub fn pull_through(origin: &str) -> Self {
+        RegistryOptions {
+            proxy_remote: Some(origin.to_string()),
+            ..Default::default()
+        }
+    }
+    pub fn of_kind(kind: RegistryKind) -> Self {
+        RegistryOptions {
+            kind,
+            ..Default::default()
+        }
+    }
 }
 
 /// A running registry. Killed (by the pid started here) on drop; its storage
@@ -78,7 +147,18 @@ impl Registry {
         Registry::start_with(RegistryOptions::default())
     }
 
+    /// Plain HTTP, no auth, of the given implementation.
+    pub fn start_kind(kind: RegistryKind) -> Registry {
+        Registry::start_with(RegistryOptions::of_kind(kind))
+    }
+
     pub fn start_with(opts: RegistryOptions) -> Registry {
+        if opts.kind == RegistryKind::Ferro {
+            assert!(
+                matches!(opts.auth, AuthMode::None) && !opts.tls && opts.proxy_remote.is_none(),
+                "ferro-oci-server has no auth or TLS: put a proxy in front"
+            );
+        }
         let dir = tempfile::Builder::new().prefix("regfs-registry-").tempdir().unwrap();
         fs::create_dir_all(dir.path().join("storage")).unwrap();
 
@@ -120,7 +200,7 @@ impl Registry {
                 Err(e) => last_err = e,
             }
         }
-        panic!("docker-registry did not start: {last_err}");
+        panic!("{} did not start: {last_err}", reg.program());
     }
 
     fn write_config(&self) {
@@ -137,6 +217,12 @@ impl Registry {
             y.push_str("  delete:\n    enabled: true\n");
         }
         y.push_str("  maintenance:\n    uploadpurging:\n      enabled: false\n");
+        if self.opts.allow_foreign_urls {
+            y.push_str("validation:\n  manifests:\n    urls:\n      allow:\n        - ^https?://\n");
+        }
+        if let Some(origin) = &self.opts.proxy_remote {
+            y.push_str(&format!("proxy:\n  remoteurl: {origin}\n"));
+        }
         y.push_str("http:\n");
         y.push_str(&format!("  addr: 127.0.0.1:{}\n", self.port));
         y.push_str("  secret: regfs-test-secret\n");
@@ -169,33 +255,59 @@ impl Registry {
         fs::write(&self.config, y).unwrap();
     }
 
+    /// The program started for this registry's kind.
+    pub fn program(&self) -> String {
+        match self.opts.kind {
+            RegistryKind::Distribution => "docker-registry".to_string(),
+            RegistryKind::Ferro => ferro_program(),
+        }
+    }
+
+    pub fn kind(&self) -> RegistryKind {
+        self.opts.kind
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(self.program());
+        match self.opts.kind {
+            RegistryKind::Distribution => {
+                // distribution reads REGISTRY_* variables as config overrides (e.g.
+                // podman's REGISTRY_AUTH_FILE would become `auth.file`): drop them.
+                for (k, _) in std::env::vars_os() {
+                    if k.to_string_lossy().starts_with("REGISTRY_") {
+                        cmd.env_remove(k);
+                    }
+                }
+                cmd.arg("serve").arg(&self.config);
+            }
+            RegistryKind::Ferro => {
+                cmd.env("FERRO_OCI_LISTEN", self.host_port())
+                    .env("FERRO_OCI_STORAGE_DIR", self.storage_dir())
+                    .env("RUST_LOG", "info");
+            }
+        }
+        cmd
+    }
+
     fn spawn_and_wait(&mut self) -> Result<(), String> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let mut cmd = Command::new("docker-registry");
-        // distribution reads REGISTRY_* variables as config overrides (e.g.
-        // podman's REGISTRY_AUTH_FILE would become `auth.file`): drop them.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("REGISTRY_") {
-                cmd.env_remove(k);
-            }
-        }
-        let mut child = cmd
-            .arg("serve")
-            .arg(&self.config)
+        let program = self.program();
+        let mut child = self
+            .command()
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .map_err(|e| format!("spawning docker-registry: {e}"))?;
+            .map_err(|e| format!("spawning {program}: {e} (ferro-oci-server: scripts/lib.sh ensure_ferro)"))?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(format!(
-                    "docker-registry exited ({status}) on port {}; log:\n{}",
+                    "{program} exited ({status}) on port {}; log:\n{}",
                     self.port,
                     self.log()
                 ));
@@ -317,7 +429,7 @@ impl Registry {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("docker-registry did not start again: {last}");
+        panic!("{} did not start again: {last}", self.program());
     }
 
     pub fn is_running(&self) -> bool {
@@ -329,6 +441,57 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `ferro-oci-server` from `$REGFS_FERRO`, PATH, or `~/.cargo/bin` (where
+/// `cargo install` puts it).
+pub fn ferro_program() -> String {
+    if let Ok(p) = std::env::var("REGFS_FERRO") {
+        return p;
+    }
+    let in_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("ferro-oci-server").is_file()))
+        .unwrap_or(false);
+    if in_path {
+        return "ferro-oci-server".to_string();
+    }
+    let cargo_home =
+        std::env::var("CARGO_HOME").unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap()));
+    format!("{cargo_home}/bin/ferro-oci-server")
+}
+
+/// Runs one test body against each registry implementation: expands to a
+/// module `NAME` holding `#[test] fn distribution()` and `#[test] fn ferro()`,
+/// each calling the body with its [`RegistryKind`]. Filter one with
+/// `-E 'test(/::ferro$/)'`.
+///
+/// ```ignore
+/// on_both_registries! {
+///     /// doc
+///     fn tags_listed(kind) {
+///         let reg = Registry::start_kind(kind);
+///         ...
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! on_both_registries {
+    ($(#[$attr:meta])* fn $name:ident($kind:ident) $body:block) => {
+        $(#[$attr])*
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            fn body($kind: $crate::common::RegistryKind) $body
+            #[test]
+            fn distribution() {
+                body($crate::common::RegistryKind::Distribution)
+            }
+            #[test]
+            fn ferro() {
+                body($crate::common::RegistryKind::Ferro)
+            }
+        }
+    };
 }
 
 /// A port that was free a moment ago on 127.0.0.1.
