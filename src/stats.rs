@@ -336,11 +336,6 @@ mod tests {
         assert_eq!(leading_number(" 57 "), Some(57.0));
         assert_eq!(leading_number("x"), None);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
 
     #[test]
     fn docker_hub_rate_limit_headers() {
