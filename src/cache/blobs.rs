@@ -676,12 +676,7 @@ impl BlobFile {
             .client
             .get_blob(&self.repo, &self.digest, start, end, &stall)
             .await?;
-        if let Some(total) = body.total.filter(|&t| t != self.size) {
-            store.confirm_size(self.digest, total);
-            let e = store.size_mismatch(&self.digest, self.size, total);
-            self.poison_with(e.clone());
-            return Err(e);
-        }
+        self.check_registry_length(&store, body.total)?;
         let mut off = body.start;
         while off < end {
             let Some(bytes) = body.chunk().await? else {
@@ -878,13 +873,7 @@ impl BlobFile {
                 .client
                 .get_blob(&self.repo, &self.digest, pos, end, &stall)
                 .await?;
-            if let Some(total) = body.total.filter(|&t| t != self.size) {
-                // The registry's own length settles what a descriptor claimed.
-                store.confirm_size(self.digest, total);
-                let e = store.size_mismatch(&self.digest, self.size, total);
-                self.poison_with(e.clone());
-                return Err(e);
-            }
+            self.check_registry_length(&store, body.total)?;
             covered_from = covered_from.min(body.start);
             let mut off = body.start;
             let cut = loop {
@@ -927,6 +916,18 @@ impl BlobFile {
             tracing::info!(digest = %self.digest, pos, "blob body cut ({why}); resuming with Range");
         }
         Ok(())
+    }
+
+    /// The registry's own length (when it states one) settles what a
+    /// descriptor claimed: a disagreement poisons this file.
+    fn check_registry_length(&self, store: &BlobStore, total: Option<u64>) -> FsResult<()> {
+        let Some(total) = total.filter(|&t| t != self.size) else {
+            return Ok(());
+        };
+        store.confirm_size(self.digest, total);
+        let e = store.size_mismatch(&self.digest, self.size, total);
+        self.poison_with(e.clone());
+        Err(e)
     }
 
     /// Mark chunks entirely inside `from..to` present and wake readers.
