@@ -11,7 +11,7 @@
 #   * Only processes started here are ever stopped, by their recorded pid.
 
 # The Debian packages the scripts and the integration tests rely on.
-REGFS_PACKAGES=(docker-registry skopeo umoci rsync fuse3 apache2-utils openssl attr curl jq podman)
+REGFS_PACKAGES=(docker-registry skopeo umoci rsync fuse3 apache2-utils openssl attr curl jq podman python3 zstd gzip tar findutils diffutils coreutils util-linux mount)
 
 REGFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REGFS_BIN="${REGFS_BIN:-$REGFS_ROOT/target/release/regfs}"

@@ -159,9 +159,10 @@ fn sizes_claimed_by_two_manifests_that_disagree_are_settled_by_the_registry() {
     });
     let lying_digest = reg.inject_manifest("lies/disputed", Some("liar"), lying.to_string().as_bytes());
     let m = Mount::start(&reg.url());
-    // Both manifests seen: their claims disagree.
-    fs::read(m.join(format!("lies/disputed/_manifests/{lying_digest}/manifest.json"))).unwrap();
+    // Both manifests seen, the lying one last: their claims disagree, and the
+    // last claim must not win.
     fs::read(m.join(format!("lies/disputed/_manifests/{}/manifest.json", img.digest))).unwrap();
+    fs::read(m.join(format!("lies/disputed/_manifests/{lying_digest}/manifest.json"))).unwrap();
     let blob = m.join(format!("lies/disputed/_blobs/{}", layer.digest));
     assert_eq!(
         fs::metadata(&blob).unwrap().len(),
