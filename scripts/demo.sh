@@ -132,6 +132,13 @@ got="sha256:$(sha256sum "$MNT/library/alpine/_blobs/$LAYER" | cut -d' ' -f1)"
 [[ $got == "$LAYER" ]] || die "blob content hashes to $got, not $LAYER"
 echo "ok: the bytes hash to their name"
 
+section "Inside the image: its layers applied in order, read lazily (rootfs/ is not listed, enter it by name)"
+show "find mnt/library/alpine/_tags/latest/rootfs -type f"
+FILE="$(cd "$MNT/library/alpine/_tags/latest/rootfs" && find . -type f -path '*3.20*' | head -n 1)"
+[[ -n $FILE ]] || die "rootfs of library/alpine:latest shows no file of its 3.20 layer"
+show "cat mnt/library/alpine/_tags/latest/rootfs/${FILE#./} | head -n 3"
+show "diff -r mnt/library/alpine/_tags/3.20/rootfs mnt/library/alpine/_tags/latest/rootfs && echo same files"
+
 section "A multi-arch index: one directory per platform"
 show "ls -l mnt/multi/arch/_tags/latest/manifests/"
 
@@ -144,5 +151,6 @@ if [[ -t 0 && -z ${REGFS_DEMO_NONINTERACTIVE:-} && ${CI:-} != true ]]; then
     echo "The registry is mounted at $REGFS_ROOT/mnt — try it from another shell, e.g.:"
     echo "  ls $REGFS_ROOT/mnt/library/alpine/_manifests"
     echo "  cat $REGFS_ROOT/mnt/multi/arch/_tags/latest/manifest.json | jq ."
+    echo "  ls -l $REGFS_ROOT/mnt/library/alpine/_tags/edge/rootfs/"
     read -r -p "Press Enter to unmount and clean up... " _ || true
 fi
