@@ -993,8 +993,8 @@ impl BlobFile {
     /// Hash the present prefix; when it is the whole blob, verify and commit.
     fn advance_hash(&self) {
         let mut h = self.hash.lock().unwrap();
-        if h.done {
-            return;
+        if h.done || self.no_space.load(Ordering::Acquire) {
+            return; // out of space: the file is given back, reads verify on their own
         }
         let n = chunk_count(self.size);
         let mut buf = Vec::new();
@@ -1008,6 +1008,9 @@ impl BlobFile {
             buf.resize(len, 0);
             if let Err(e) = self.file.read_exact_at(&mut buf, off) {
                 drop(h);
+                if self.no_space.load(Ordering::Acquire) {
+                    return; // the file was emptied to give the space back
+                }
                 self.poison_with(FsError::new(
                     libc::EIO,
                     format!("blob {}: reading back for verification failed: {e}", self.digest),
@@ -1020,6 +1023,9 @@ impl BlobFile {
         h.done = true;
         let actual = Digest::from_bytes(h.hasher.finalize_reset().into());
         drop(h);
+        if self.no_space.load(Ordering::Acquire) {
+            return; // the bytes may have been emptied under the hash
+        }
         if actual == self.digest {
             self.verified.store(true, Ordering::Release);
             self.commit();
