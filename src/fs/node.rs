@@ -1,6 +1,7 @@
-//! Every kind of entry in the tree (docs/layout: `../shared/design/layout.md`),
+//! Every kind of entry in the tree (the README's "The tree"),
 //! and the one place where names map to nodes and back.
 //!
+//! ```text
 //!     MOUNT/
 //!     ├── .regfs/{stats,version,errors}            StatusDir, StatusFile
 //!     └── <namespace>/…/<repository>/              Dir (namespace and/or repository)
@@ -14,12 +15,14 @@
 //!         │   └── referrers/<name> → ../../sha256:…  ReferrersDir, Referrer
 //!         ├── _blobs/sha256:<hex>                  BlobsDir, Blob
 //!         └── _uploads/<name>                      UploadsDir, Upload (→ ../_blobs/… once pushed)
-//!
+//! ```
 //!
 //! Reachable by name only (not listed, so copying a repository copies no data twice):
 //!
+//! ```text
 //!         ├── _oci/{oci-layout,index.json,blobs/sha256/<hex>}   Oci* (an OCI image layout)
 //!         └── _export/<tag>.tar                                  ExportDir, ExportTar
+//! ```
 //!
 //! Files being written live as `Staged(id)` nodes until they are committed.
 //!
