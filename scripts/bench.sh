@@ -16,6 +16,18 @@
 #   BENCH_MOUNT_OPTS="..."  extra options for every `regfs mount`
 #   BENCH_TMPDIR=DIR        where the blob, registry storage and caches go (default $TMPDIR or /tmp)
 #
+# Far registry (the far_* sections): regfs and the baseline both go through
+# examples/farproxy.rs, a loopback proxy that delays and throttles (no netem here):
+#   BENCH_FAR_RTT_MS=40          round trip added to every request
+#   BENCH_FAR_CONNECT_MS=40      added once per new connection (the TCP handshake)
+#   BENCH_FAR_MBPS=25            cap per connection and direction, MB/s (0 = none)
+#   BENCH_FAR_TAGS=1000          tags listed by far_tags (repository bench/fartags)
+#   BENCH_FAR_BACKUP_TAGS=20     tags in far_backup's repository (same image mix as backup_rsync)
+# Metadata at scale (the scale section, on loopback, no proxy):
+#   BENCH_SCALE_STEPS="1000 10000"  repositories in the registry and tags in one repository
+#                                   at each step (growth is reported between the first and last)
+#   BENCH_SCALE_REPEAT=2            repetitions per step (best counts, median shown)
+#
 # Adding a section: write a function bench_<name> that mounts with bench_mount,
 # measures, calls `report "<one line>"` and bench_unmount; add <name> to SECTIONS.
 # Setup shared by several sections (the big blob, the tag repository) is done
@@ -26,7 +38,8 @@ set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REGFS_ROOT"
 
-SECTIONS=(cold_read warm_read random_read tags_listing peak_rss backup_rsync restore_rsync export_tar upload)
+SECTIONS=(cold_read warm_read random_read tags_listing peak_rss backup_rsync restore_rsync export_tar upload
+    far_cold_read far_ttfb far_tags far_export far_upload far_backup scale)
 
 BENCH_SIZE_MB="${BENCH_SIZE_MB:-1024}"
 BENCH_REPEAT="${BENCH_REPEAT:-3}"
@@ -36,6 +49,13 @@ BENCH_SEED="${BENCH_SEED:-42}"
 BENCH_BACKUP_TAGS="${BENCH_BACKUP_TAGS:-120}"
 BENCH_BACKUP_IMAGES="${BENCH_BACKUP_IMAGES:-4}"
 BENCH_BACKUP_LAYER_MB="${BENCH_BACKUP_LAYER_MB:-4}"
+BENCH_FAR_RTT_MS="${BENCH_FAR_RTT_MS:-40}"
+BENCH_FAR_CONNECT_MS="${BENCH_FAR_CONNECT_MS:-40}"
+BENCH_FAR_MBPS="${BENCH_FAR_MBPS:-25}"
+BENCH_FAR_TAGS="${BENCH_FAR_TAGS:-1000}"
+BENCH_FAR_BACKUP_TAGS="${BENCH_FAR_BACKUP_TAGS:-20}"
+read -r -a SCALE_STEPS <<<"${BENCH_SCALE_STEPS:-1000 10000}"
+BENCH_SCALE_REPEAT="${BENCH_SCALE_REPEAT:-2}"
 read -r -a MOUNT_OPTS <<<"${BENCH_MOUNT_OPTS:-}"
 read -r -a RUN_SECTIONS <<<"${BENCH_SECTIONS:-${SECTIONS[*]}}"
 
@@ -56,6 +76,7 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     [[ -n $REGFS_MOUNTPOINT ]] && regfs_unmount
+    stop_far_proxy
     stop_registry
     [[ -n $WORK ]] && rm -rf "$WORK"
     exit "$rc"
@@ -82,6 +103,12 @@ verdict() {
 
 # min A B... — the smallest number.
 min() { printf '%s\n' "$@" | sort -g | head -n1; }
+
+# median A B... — the middle number (the lower middle for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# best_med A B... — "best X s, median Y s".
+best_med() { printf 'best %s s, median %s s' "$(min "$@")" "$(median "$@")"; }
 
 # bench_mount — a fresh mount (new mountpoint, empty cache dir) in MNT; the
 # daemon runs with --foreground in the background so REGFS_MOUNT_PID is its pid.
@@ -323,23 +350,29 @@ make_big_layer() {
 # 1 MiB layer and a small text layer (real gzip tars; configs list their diff_ids).
 need_backup_repo() {
     ((BACKUP_READY)) && return 0
+    build_backup_repo "$BACKUP_REPO" "$BENCH_BACKUP_TAGS"
+    BACKUP_READY=1
+}
+
+# build_backup_repo REPO TAGS — the backup image mix (see need_backup_repo) with TAGS tags in REPO.
+build_backup_repo() {
+    local repo="${1:?}" tags="${2:?}"
     local n_img="$BENCH_BACKUP_IMAGES" per i d base own small prefix count done=0 letters=abcdefghijklmnopqrstuvwxyz
-    section "Setup: $BENCH_BACKUP_TAGS tags over $n_img images (${BENCH_BACKUP_LAYER_MB} MiB shared base layer + 1 MiB own layer each) in $BACKUP_REPO"
+    section "Setup: $tags tags over $n_img images (${BENCH_BACKUP_LAYER_MB} MiB shared base layer + 1 MiB own layer each) in $repo"
     base="$(make_big_layer "$WORK/backup-base.tar.gz" "$BENCH_BACKUP_LAYER_MB" base)"
-    per=$(((BENCH_BACKUP_TAGS + n_img - 1) / n_img))
+    per=$(((tags + n_img - 1) / n_img))
     for ((i = 0; i < n_img; i++)); do
         own="$(make_big_layer "$WORK/backup-own$i.tar.gz" 1 "own$i")"
         small="$(make_layer "$WORK/backup-small$i.tar.gz" "backup image $i")"
-        d="$(make_image "$BACKUP_REPO" - "$base" "$own" "$small")"
+        d="$(make_image "$repo" - "$base" "$own" "$small")"
         prefix="${letters:i%26:1}" # tags a0001.., b0001.., ...
-        count=$((BENCH_BACKUP_TAGS - done < per ? BENCH_BACKUP_TAGS - done : per))
+        count=$((tags - done < per ? tags - done : per))
         ((count > 0)) || break
-        tag_many "$BACKUP_REPO" "$MT_OCI_MANIFEST" "$REGISTRY_DIR/build/manifests/${d#sha256:}.json" "$prefix" "$count"
+        tag_many "$repo" "$MT_OCI_MANIFEST" "$REGISTRY_DIR/build/manifests/${d#sha256:}.json" "$prefix" "$count"
         done=$((done + count))
     done
-    echo "$BACKUP_REPO: $(curl -sf "$REGISTRY_URL/v2/$BACKUP_REPO/tags/list" | jq '.tags | length') tags," \
+    echo "$repo: $(curl -sf "$REGISTRY_URL/v2/$repo/tags/list" | jq '.tags | length') tags," \
         "$(du -sm "$REGISTRY_DIR/storage" | cut -f1) MiB in the registry"
-    BACKUP_READY=1
 }
 
 # tag_count REPO — number of tags the registry lists for REPO (0 when unknown).
@@ -551,6 +584,455 @@ bench_upload() {
     ((ok)) || report "upload $SIZE_LABEL: CONTENT CHECK FAILED (see the log above)"
 }
 
+# ---------------------------------------------------------------- issue 13: a far registry
+
+FAR_PID=""
+FAR_URL=""
+FAR_HOST=""
+FAR_STATS=""
+FAR_LABEL=""
+
+# need_far — start examples/farproxy.rs in front of the registry: FAR_URL / FAR_HOST
+# is the registry as seen from far away (both regfs and the baselines use it).
+need_far() {
+    [[ -n $FAR_PID ]] && return 0
+    local bin="$REGFS_ROOT/target/release/examples/farproxy" i addr=""
+    [[ -x $bin ]] || die "no $bin (cargo build --release --example farproxy)"
+    FAR_STATS="$WORK/farproxy.stats"
+    "$bin" --upstream "$REGISTRY_HOST" --rtt-ms "$BENCH_FAR_RTT_MS" --connect-ms "$BENCH_FAR_CONNECT_MS" \
+        --mbps "$BENCH_FAR_MBPS" --stats "$FAR_STATS" >"$WORK/farproxy.out" 2>"$WORK/farproxy.log" &
+    FAR_PID=$!
+    for ((i = 0; i < 100; i++)); do
+        addr="$(sed -n 's/^listening on //p' "$WORK/farproxy.out")"
+        [[ -n $addr ]] && break
+        sleep 0.05
+    done
+    [[ -n $addr ]] || die "farproxy did not start (log: $WORK/farproxy.log)"
+    FAR_HOST="$addr"
+    FAR_URL="http://$addr"
+    FAR_LABEL="${BENCH_FAR_RTT_MS} ms RTT + ${BENCH_FAR_CONNECT_MS} ms per connection, ${BENCH_FAR_MBPS} MB/s per connection"
+    log "farproxy: $FAR_URL -> $REGISTRY_URL ($FAR_LABEL; pid $FAR_PID)"
+}
+
+stop_far_proxy() {
+    [[ -n $FAR_PID ]] || return 0
+    kill "$FAR_PID" 2>/dev/null || true
+    wait "$FAR_PID" 2>/dev/null || true
+    FAR_PID=""
+}
+
+# far_connections — connections the proxy has accepted so far.
+far_connections() { awk '$1 == "connections" { print $2 }' "$FAR_STATS"; }
+
+# far_mount — a fresh mount (as bench_mount) that reaches the registry through the proxy.
+far_mount() { REGISTRY_URL="$FAR_URL" bench_mount; }
+
+far_blob_url() { printf '%s/v2/%s/blobs/%s\n' "$FAR_URL" "$BLOB_REPO" "$BLOB_DIGEST"; }
+
+# j. cold sequential read through the proxy vs curl through the same proxy.
+bench_far_cold_read() {
+    need_blob
+    need_far
+    section "j. far cold read, $SIZE_LABEL ($FAR_LABEL; best of $BENCH_REPEAT, fresh mount and empty cache each time)"
+    local i t0 c0 times=() tc=() tr ratio
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        far_mount
+        c0="$(far_connections)"
+        t0="$(now)"
+        cat "$(blob_path)" >/dev/null
+        times+=("$(elapsed "$t0")")
+        echo "  run $((i + 1)): regfs ${times[-1]} s, $(stat_of requests_blob_get) blob GETs, $(stat_of requests) requests," \
+            "$(($(far_connections) - c0)) new connections during the read"
+        bench_unmount
+        t0="$(now)"
+        curl -sf -o /dev/null "$(far_blob_url)"
+        tc+=("$(elapsed "$t0")")
+        echo "         curl ${tc[-1]} s"
+    done
+    tr="$(min "${times[@]}")"
+    ratio="$(calc "$(min "${tc[@]}") / $tr" 2)"
+    report "far cold read $SIZE_LABEL ($FAR_LABEL): regfs $(best_med "${times[@]}") ($(calc "$BENCH_SIZE_MB / $tr" 1) MiB/s), curl $(best_med "${tc[@]}") ($(calc "$BENCH_SIZE_MB / $(min "${tc[@]}")" 1) MiB/s), ratio (regfs/curl throughput, best) ${ratio}x (target >= 4x) $(verdict "$ratio" '>=' 4)"
+}
+
+# k. time to the first 4 KiB of an uncached blob: regfs from a fresh mount
+# (lookup of every path component included; and again with the path already
+# stat-ed, i.e. the read alone) vs a fresh `curl -r 0-4095` (new connection).
+bench_far_ttfb() {
+    need_blob
+    need_far
+    section "k. far time to first 4 KiB ($FAR_LABEL; best of $BENCH_REPEAT, fresh mount each time)"
+    local i t0 path full=() readonly=() tc=() r0 ratio
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        far_mount
+        path="$(blob_path)"
+        t0="$(now)"
+        head -c 4096 "$path" >/dev/null
+        full+=("$(elapsed "$t0")")
+        echo "  run $((i + 1)): regfs path + first 4 KiB ${full[-1]} s ($(stat_of requests) requests: $(stat_of requests_blob_head) blob HEAD, $(stat_of requests_blob_get) blob GET, $(stat_of requests_tags) tags, $(stat_of requests_manifest_get) manifest GET)"
+        bench_unmount
+        far_mount
+        path="$(blob_path)"
+        stat "$path" >/dev/null
+        r0="$(stat_of requests)"
+        t0="$(now)"
+        head -c 4096 "$path" >/dev/null
+        readonly+=("$(elapsed "$t0")")
+        echo "         regfs first 4 KiB of a stat-ed path ${readonly[-1]} s ($(($(stat_of requests) - r0)) requests)"
+        bench_unmount
+        t0="$(now)"
+        curl -sf -r 0-4095 -o /dev/null "$(far_blob_url)"
+        tc+=("$(elapsed "$t0")")
+        echo "         curl -r 0-4095 ${tc[-1]} s"
+    done
+    ratio="$(calc "$(min "${full[@]}") / $(min "${tc[@]}")" 2)"
+    report "far time to first 4 KiB ($FAR_LABEL): regfs path lookup + read $(best_med "${full[@]}"), read of a stat-ed path $(best_med "${readonly[@]}"); curl -r 0-4095 $(best_med "${tc[@]}"); ratio (regfs/curl time, best) ${ratio}x (target <= 1.3x) $(verdict "$ratio" '<=' 1.3); stat-ed ratio $(calc "$(min "${readonly[@]}") / $(min "${tc[@]}")" 2)x"
+}
+
+FAR_TAG_REPO=bench/fartags
+FAR_TAGS_READY=0
+
+# l. ls -l _tags of BENCH_FAR_TAGS tags vs curl: tags/list plus one manifest HEAD
+# per tag, on one connection (what a script does) and 16 in parallel.
+bench_far_tags() {
+    need_far
+    if ((!FAR_TAGS_READY)); then
+        section "Setup: $BENCH_FAR_TAGS tags in $FAR_TAG_REPO"
+        local layer d
+        layer="$(make_layer "$WORK/fartags-layer.tar.gz" "bench far tags")"
+        d="$(make_image "$FAR_TAG_REPO" - "$layer")"
+        tag_many "$FAR_TAG_REPO" "$MT_OCI_MANIFEST" "$REGISTRY_DIR/build/manifests/${d#sha256:}.json" t "$BENCH_FAR_TAGS"
+        FAR_TAGS_READY=1
+    fi
+    section "l. far ls -l _tags with $BENCH_FAR_TAGS tags ($FAR_LABEL; best of $BENCH_REPEAT, fresh mount each time)"
+    local i t0 c0 cold=() seq=() par=() cfg n ok
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        far_mount
+        c0="$(far_connections)"
+        t0="$(now)"
+        ls -l "$MNT/$FAR_TAG_REPO/_tags" >/dev/null
+        cold+=("$(elapsed "$t0")")
+        n="$(find "$MNT/$FAR_TAG_REPO/_tags/" -mindepth 1 -maxdepth 1 -type l | wc -l)"
+        echo "  run $((i + 1)): regfs ${cold[-1]} s, $n symlinks, $(stat_of requests_tags) tags/list + $(stat_of requests_manifest_head) manifest HEAD +" \
+            "$(stat_of requests_manifest_get) manifest GET requests, $(($(far_connections) - c0)) new connections"
+        bench_unmount
+    done
+    cfg="$WORK/far-heads.curl"
+    : >"$cfg"
+    for ((i = 1; i <= BENCH_FAR_TAGS; i++)); do
+        printf 'url = "%s/v2/%s/manifests/t%04d"\noutput = "/dev/null"\n' "$FAR_URL" "$FAR_TAG_REPO" "$i" >>"$cfg"
+    done
+    # One connection, one HEAD after the other: BENCH_FAR_TAGS round trips (run once).
+    t0="$(now)"
+    curl -sf -o /dev/null "$FAR_URL/v2/$FAR_TAG_REPO/tags/list"
+    ok="$(curl -s -I -H "Accept: $MT_OCI_MANIFEST" -w '%{http_code}\n' -K "$cfg" | grep -c '^200$' || true)"
+    seq+=("$(elapsed "$t0")")
+    echo "  curl tags/list + $BENCH_FAR_TAGS HEADs on one connection: ${seq[-1]} s ($ok answered 200)"
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        t0="$(now)"
+        curl -sf -o /dev/null "$FAR_URL/v2/$FAR_TAG_REPO/tags/list"
+        ok="$(curl -s -I -H "Accept: $MT_OCI_MANIFEST" -w '%{http_code}\n' --parallel --parallel-max 16 -K "$cfg" | grep -c '^200$' || true)"
+        par+=("$(elapsed "$t0")")
+        echo "  curl tags/list + $BENCH_FAR_TAGS HEADs, 16 in parallel: ${par[-1]} s ($ok answered 200)"
+    done
+    report "far ls -l _tags ($BENCH_FAR_TAGS tags, $FAR_LABEL): regfs $(best_med "${cold[@]}"); curl tags/list + HEADs one connection ${seq[0]} s, 16 parallel $(best_med "${par[@]}"); ratio (regfs/curl one-connection time) $(calc "$(min "${cold[@]}") / ${seq[0]}" 3)x (target <= 0.1x) $(verdict "$(calc "$(min "${cold[@]}") / ${seq[0]}")" '<=' 0.1), regfs/curl 16-parallel $(calc "$(min "${cold[@]}") / $(min "${par[@]}")" 2)x (target <= 1.0x) $(verdict "$(calc "$(min "${cold[@]}") / $(min "${par[@]}")")" '<=' 1.0); $n of $BENCH_FAR_TAGS listed"
+}
+
+# m. _export/latest.tar (cold) vs skopeo copy to docker-archive, both through the proxy.
+bench_far_export() {
+    need_blob
+    need_far
+    section "m. far cat _export/latest.tar, $SIZE_LABEL layer ($FAR_LABEL; best of $BENCH_REPEAT, fresh mount and empty cache each time)"
+    local i t0 regfs=() sk=() x="$WORK/far-skopeo-archive.tar" tr ts
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        far_mount
+        t0="$(now)"
+        cat "$MNT/$BLOB_REPO/_export/latest.tar" >/dev/null
+        regfs+=("$(elapsed "$t0")")
+        echo "  run $((i + 1)): regfs ${regfs[-1]} s, $(calc "$(stat_of bytes_fetched) / 1048576" 1) MiB fetched, $(stat_of requests) requests"
+        bench_unmount
+        rm -f "$x"
+        t0="$(now)"
+        skopeo copy --src-tls-verify=false "docker://$FAR_HOST/$BLOB_REPO:latest" "docker-archive:$x" >/dev/null 2>&1 ||
+            die "skopeo copy docker-archive (through the proxy) failed"
+        sk+=("$(elapsed "$t0")")
+        echo "         skopeo copy ${sk[-1]} s, $(stat -c %s "$x") bytes"
+        rm -f "$x"
+        sync
+    done
+    tr="$(min "${regfs[@]}")"
+    ts="$(min "${sk[@]}")"
+    report "far _export tar of a $SIZE_LABEL image ($FAR_LABEL): regfs $(best_med "${regfs[@]}"), skopeo copy docker:// docker-archive: $(best_med "${sk[@]}"), ratio (regfs/skopeo time, best) $(calc "$tr / $ts" 2)x (target <= 0.3x) $(verdict "$(calc "$tr / $ts")" '<=' 0.3)"
+}
+
+# n. upload of BENCH_SIZE_MB fresh random bytes: cp into _uploads/ vs curl POST + PUT -T, through the proxy.
+bench_far_upload() {
+    need_far
+    section "n. far upload of $SIZE_LABEL ($FAR_LABEL; best of $BENCH_REPEAT; fresh data, repository and mount each time)"
+    local i t0 tr=() tc=() f="$WORK/far-upload.bin" d repo link ok=1 ratio
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        head -c "${BENCH_SIZE_MB}M" /dev/urandom >"$f"
+        d="$(blob_digest "$f")"
+        sync
+        repo="bench/far-upload-regfs-$i"
+        far_mount
+        mkdir -p "$MNT/$repo"
+        t0="$(now)"
+        cp "$f" "$MNT/$repo/_uploads/blob"
+        tr+=("$(elapsed "$t0")")
+        link="$(readlink "$MNT/$repo/_uploads/blob" || true)"
+        if [[ $link != "../_blobs/$d" ]] || ! registry_has_blob "$repo" "$d" "$(file_size "$f")"; then
+            log "far upload check failed: _uploads/blob -> '$link', expected ../_blobs/$d (or the registry lacks it)"
+            ok=0
+        fi
+        echo "  run $((i + 1)): regfs cp ${tr[-1]} s, $(stat_of requests_blob_push) blob push requests"
+        bench_unmount
+        head -c "${BENCH_SIZE_MB}M" /dev/urandom >"$f"
+        d="$(blob_digest "$f")"
+        sync
+        repo="bench/far-upload-curl-$i"
+        t0="$(now)"
+        REGISTRY_URL="$FAR_URL" curl_upload "$repo" "$f" "$d"
+        tc+=("$(elapsed "$t0")")
+        registry_has_blob "$repo" "$d" "$(file_size "$f")" || { log "far curl upload of $d not in the registry"; ok=0; }
+        echo "         curl POST + PUT ${tc[-1]} s"
+    done
+    rm -f "$f"
+    ratio="$(calc "$(min "${tc[@]}") / $(min "${tr[@]}")" 2)"
+    report "far upload $SIZE_LABEL ($FAR_LABEL): regfs cp $(best_med "${tr[@]}"), curl POST + PUT $(best_med "${tc[@]}"), ratio (regfs/curl throughput, best) ${ratio}x (target >= 0.9x: one blob is one stream) $(verdict "$ratio" '>=' 0.9)"
+    ((ok)) || report "far upload $SIZE_LABEL: CONTENT CHECK FAILED (see the log above)"
+}
+
+FAR_BACKUP_REPO=bench/farbackup
+FAR_BACKUP_READY=0
+
+# o. rsync -a backup of a BENCH_FAR_BACKUP_TAGS-tag repository vs skopeo sync, through the proxy.
+bench_far_backup() {
+    need_far
+    if ((!FAR_BACKUP_READY)); then
+        build_backup_repo "$FAR_BACKUP_REPO" "$BENCH_FAR_BACKUP_TAGS"
+        FAR_BACKUP_READY=1
+    fi
+    section "o. far rsync -a backup of $FAR_BACKUP_REPO ($BENCH_FAR_BACKUP_TAGS tags, $FAR_LABEL; best of $BENCH_REPEAT, fresh mount and empty cache each time)"
+    local i t0 c0 regfs=() sk=() bk="$WORK/far-backup" sd="$WORK/far-skopeo-sync" tr ts
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        rm -rf "$bk" "$sd"
+        far_mount
+        c0="$(far_connections)"
+        t0="$(now)"
+        rsync -a "$MNT/$FAR_BACKUP_REPO/" "$bk/"
+        regfs+=("$(elapsed "$t0")")
+        echo "  run $((i + 1)): regfs rsync ${regfs[-1]} s ($(stat_of requests) requests, $(calc "$(stat_of bytes_fetched) / 1048576" 1) MiB fetched," \
+            "$(($(far_connections) - c0)) new connections, $(du -sm "$bk" | cut -f1) MiB copied)"
+        bench_unmount
+        t0="$(now)"
+        skopeo sync --src docker --dest dir --src-tls-verify=false "$FAR_HOST/$FAR_BACKUP_REPO" "$sd/" >/dev/null 2>&1 ||
+            die "skopeo sync (through the proxy) failed"
+        sk+=("$(elapsed "$t0")")
+        echo "         skopeo sync ${sk[-1]} s ($(du -sm "$sd" | cut -f1) MiB written)"
+    done
+    rm -rf "$bk" "$sd"
+    tr="$(min "${regfs[@]}")"
+    ts="$(min "${sk[@]}")"
+    report "far rsync -a backup of $BENCH_FAR_BACKUP_TAGS tags ($FAR_LABEL): regfs $(best_med "${regfs[@]}"), skopeo sync --src docker --dest dir $(best_med "${sk[@]}"), ratio (regfs/skopeo time, best) $(calc "$tr / $ts" 2)x (target <= 0.3x) $(verdict "$(calc "$tr / $ts")" '<=' 0.3)"
+}
+
+# ---------------------------------------------------------------- issue 13 item 5: metadata at scale
+
+SCALE_MANIFEST=""
+SCALE_REPOS=0 # repositories r00001.. seeded so far
+
+# curl_parallel_status METHOD CFG [CURL_ARGS...] — run the requests in the curl
+# config CFG, 8 at a time on reused connections; prints how many answered 2xx.
+curl_parallel_status() {
+    local method="$1" cfg="$2"
+    shift 2
+    curl -s -X "$method" -o /dev/null -w '%{http_code}\n' --parallel --parallel-max 8 "$@" -K "$cfg" | grep -c '^20[01]$' || true
+}
+
+# scale_seed_repos N — grow the registry to N repositories r00001..rN, each with
+# one tag v1 on a manifest with no layers: a cross-repository mount of its config
+# and a manifest PUT per repository, 8 requests in flight.
+scale_seed_repos() {
+    local n="${1:?}" i cfg cd mounted put t0
+    if [[ -z $SCALE_MANIFEST ]]; then
+        printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}' >"$WORK/scale-config.json"
+        cd="$(push_blob scale/seed "$WORK/scale-config.json")"
+        SCALE_MANIFEST="$WORK/scale-manifest.json"
+        jq -cn --arg mt "$MT_OCI_MANIFEST" --arg cmt "$MT_OCI_CONFIG" --arg cd "$cd" \
+            --argjson cs "$(file_size "$WORK/scale-config.json")" \
+            '{schemaVersion: 2, mediaType: $mt, config: {mediaType: $cmt, digest: $cd, size: $cs}, layers: []}' >"$SCALE_MANIFEST"
+        push_manifest scale/seed v1 "$MT_OCI_MANIFEST" "$SCALE_MANIFEST" >/dev/null
+        SCALE_CONFIG_DIGEST="$cd"
+    fi
+    ((n > SCALE_REPOS)) || return 0
+    t0="$(now)"
+    cfg="$WORK/scale-mounts.curl"
+    : >"$cfg"
+    for ((i = SCALE_REPOS + 1; i <= n; i++)); do
+        printf 'url = "%s/v2/r%05d/blobs/uploads/?mount=%s&from=scale/seed"\n' "$REGISTRY_URL" "$i" "$SCALE_CONFIG_DIGEST" >>"$cfg"
+    done
+    mounted="$(curl_parallel_status POST "$cfg")"
+    : >"$cfg"
+    for ((i = SCALE_REPOS + 1; i <= n; i++)); do
+        printf 'url = "%s/v2/r%05d/manifests/v1"\n' "$REGISTRY_URL" "$i" >>"$cfg"
+    done
+    put="$(curl_parallel_status PUT "$cfg" -H "Content-Type: $MT_OCI_MANIFEST" --data-binary @"$SCALE_MANIFEST")"
+    ((mounted == n - SCALE_REPOS && put == n - SCALE_REPOS)) ||
+        die "scale_seed_repos: $mounted mounts and $put manifest PUTs of $((n - SCALE_REPOS)) succeeded"
+    echo "seeded repositories r$(printf %05d $((SCALE_REPOS + 1)))..r$(printf %05d "$n") in $(elapsed "$t0") s"
+    SCALE_REPOS="$n"
+}
+
+# scale_seed_tags REPO N — REPO with tags t00001..tN on the scale manifest, 8 PUTs in flight.
+scale_seed_tags() {
+    local repo="${1:?}" n="${2:?}" i cfg put t0
+    t0="$(now)"
+    curl -sf -o /dev/null -X POST "$REGISTRY_URL/v2/$repo/blobs/uploads/?mount=$SCALE_CONFIG_DIGEST&from=scale/seed"
+    cfg="$WORK/scale-tags.curl"
+    : >"$cfg"
+    for ((i = 1; i <= n; i++)); do
+        printf 'url = "%s/v2/%s/manifests/t%05d"\n' "$REGISTRY_URL" "$repo" "$i" >>"$cfg"
+    done
+    put="$(curl_parallel_status PUT "$cfg" -H "Content-Type: $MT_OCI_MANIFEST" --data-binary @"$SCALE_MANIFEST")"
+    ((put == n)) || die "scale_seed_tags: $put of $n tag PUTs succeeded"
+    echo "seeded $repo with $n tags in $(elapsed "$t0") s"
+}
+
+# curl_pages URL — GET URL and every page its Link headers lead to (a new curl
+# per page, like a script would); prints the number of pages.
+curl_pages() {
+    local url="${1:?}" next pages=0 hdr
+    while [[ -n $url ]]; do
+        hdr="$(curl -sf -o /dev/null -D - "$url")" || die "curl_pages: GET $url failed"
+        pages=$((pages + 1))
+        next="$(awk 'tolower($1) == "link:" { print $2 }' <<<"$hdr" | tr -d '\r<>;')"
+        url=""
+        [[ -n $next ]] && url="$(_abs_location "$next")"
+    done
+    echo "$pages"
+}
+
+# curl_one_connection CFG [CURL_ARGS...] — the requests in CFG one after the
+# other on one connection; prints how many answered 200.
+curl_one_connection() {
+    local cfg="$1"
+    shift
+    curl -s -o /dev/null -w '%{http_code}\n' "$@" -K "$cfg" | grep -c '^200$' || true
+}
+
+# scale_time_regfs CMD — seconds CMD takes on a fresh mount ($MNT set; the mount is
+# left for the caller to read stats from and unmount). CMD's stdout is discarded.
+scale_time_regfs() {
+    local t0
+    bench_mount
+    t0="$(now)"
+    bash -c "$1" >/dev/null
+    elapsed "$t0"
+}
+
+SCALE_RESULTS=()
+
+# scale_step N — the measurements with N repositories and a repository with N tags.
+scale_step() {
+    local n="${1:?}" trepo="scale/tags-$1" i t0 cfg got
+    local ls_root=() ls_tags=() lsl_tags=() find_d3=() c_root=() c_tags=() c_lsl=() c_find=()
+    local root_n tags_n find_n req_find
+    section "Setup: $n repositories, $trepo with $n tags"
+    scale_seed_repos "$n"
+    scale_seed_tags "$trepo" "$n"
+    section "p. metadata at scale, $n repositories / $n tags (loopback; best of $BENCH_SCALE_REPEAT, fresh mount per command)"
+    for ((i = 0; i < BENCH_SCALE_REPEAT; i++)); do
+        ls_root+=("$(scale_time_regfs "ls '$MNT/'")")
+        root_n="$(find "$MNT/" -mindepth 1 -maxdepth 1 | wc -l)"
+        bench_unmount
+        ls_tags+=("$(scale_time_regfs "ls '$MNT/$trepo/_tags'")")
+        tags_n="$(find "$MNT/$trepo/_tags/" -mindepth 1 -maxdepth 1 | wc -l)"
+        bench_unmount
+        lsl_tags+=("$(scale_time_regfs "ls -l '$MNT/$trepo/_tags'")")
+        bench_unmount
+        find_d3+=("$(scale_time_regfs "find '$MNT' -maxdepth 3")")
+        find_n="$(find "$MNT" -maxdepth 3 | wc -l)"
+        req_find="$(stat_of requests) requests: $(stat_of requests_catalog) catalog, $(stat_of requests_tags) tags/list, $(stat_of requests_manifest_get) manifest GET, $(stat_of requests_manifest_head) manifest HEAD"
+        bench_unmount
+        echo "  run $((i + 1)): ls / ${ls_root[-1]} s ($root_n entries), ls _tags ${ls_tags[-1]} s ($tags_n), ls -l _tags ${lsl_tags[-1]} s," \
+            "find -maxdepth 3 ${find_d3[-1]} s ($find_n paths; $req_find)"
+    done
+    # The same requests by curl: catalog pages; tags/list pages; tags/list + one
+    # manifest HEAD per tag; catalog + per repository tags/list and a manifest GET
+    # of its tag (what _manifests/ and _blobs/ need), on one connection.
+    cfg="$WORK/scale-heads.curl"
+    : >"$cfg"
+    for ((i = 1; i <= n; i++)); do
+        printf 'url = "%s/v2/%s/manifests/t%05d"\n' "$REGISTRY_URL" "$trepo" "$i" >>"$cfg"
+    done
+    local cfgf="$WORK/scale-find.curl" r
+    : >"$cfgf"
+    while read -r r; do
+        printf 'url = "%s/v2/%s/tags/list"\nurl = "%s/v2/%s/manifests/v1"\n' "$REGISTRY_URL" "$r" "$REGISTRY_URL" "$r" >>"$cfgf"
+    done < <(curl -sf "$REGISTRY_URL/v2/_catalog?n=100000" | jq -r '.repositories[]' | grep -E '^r[0-9]{5}$')
+    for ((i = 0; i < BENCH_SCALE_REPEAT; i++)); do
+        t0="$(now)"
+        curl_pages "$REGISTRY_URL/v2/_catalog" >/dev/null
+        c_root+=("$(elapsed "$t0")")
+        t0="$(now)"
+        curl_pages "$REGISTRY_URL/v2/$trepo/tags/list" >/dev/null
+        c_tags+=("$(elapsed "$t0")")
+        t0="$(now)"
+        curl_pages "$REGISTRY_URL/v2/$trepo/tags/list" >/dev/null
+        got="$(curl_one_connection "$cfg" -I -H "Accept: $MT_OCI_MANIFEST")"
+        c_lsl+=("$(elapsed "$t0")")
+        ((got == n)) || log "warning: $got of $n manifest HEADs answered 200"
+        t0="$(now)"
+        curl_pages "$REGISTRY_URL/v2/_catalog" >/dev/null
+        got="$(curl_one_connection "$cfgf" -H "Accept: $MT_OCI_MANIFEST")"
+        c_find+=("$(elapsed "$t0")")
+        echo "  curl run $((i + 1)): catalog ${c_root[-1]} s, tags/list ${c_tags[-1]} s, tags/list + $n HEADs ${c_lsl[-1]} s," \
+            "catalog + $((2 * n)) tags/list and manifest GETs ${c_find[-1]} s ($got answered 200)"
+    done
+    local line
+    for line in "ls /|ls_root|c_root" "ls _tags|ls_tags|c_tags" "ls -l _tags|lsl_tags|c_lsl" "find -maxdepth 3|find_d3|c_find"; do
+        local name arr carr rt ct
+        IFS='|' read -r name arr carr <<<"$line"
+        local -n ra="$arr" ca="$carr"
+        rt="$(min "${ra[@]}")"
+        ct="$(min "${ca[@]}")"
+        report "scale $n: $name: regfs $(best_med "${ra[@]}"), curl $(best_med "${ca[@]}"), ratio (regfs/curl time, best) $(calc "$rt / $ct" 2)x (target <= 1.5x) $(verdict "$(calc "$rt / $ct")" '<=' 1.5)"
+        SCALE_RESULTS+=("$n|$name|$rt|$ct")
+        unset -n ra ca
+    done
+}
+
+# p. metadata at scale: each step of BENCH_SCALE_STEPS, growth from the first to
+# the last, and the daemon's peak RSS after listing everything at the last step.
+bench_scale() {
+    local n first last name rt ct r0 r1 hwm tags_listed
+    for n in "${SCALE_STEPS[@]}"; do
+        scale_step "$n"
+    done
+    first="${SCALE_STEPS[0]}"
+    last="${SCALE_STEPS[-1]}"
+    if ((last > first)); then
+        for name in "ls /" "ls _tags" "ls -l _tags" "find -maxdepth 3"; do
+            r0="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$first" -v c="$name" '$1 == n && $2 == c { print $3 }')"
+            r1="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$last" -v c="$name" '$1 == n && $2 == c { print $3 }')"
+            report "scale growth $first -> $last ($(calc "$last / $first" 0)x the entries): $name regfs ${r0} s -> ${r1} s ($(calc "$r1 / $r0" 1)x; $(calc "$r0 * 1e6 / $first" 0) -> $(calc "$r1 * 1e6 / $last" 0) us per entry) (target: linear, <= $(calc "1.5 * $last / $first" 0)x) $(verdict "$(calc "$r1 / $r0")" '<=' "$(calc "1.5 * $last / $first")")"
+        done
+    fi
+    section "p. daemon peak RSS after listing everything at $last"
+    bench_mount
+    ls "$MNT/" >/dev/null
+    tags_listed=0
+    for n in "${SCALE_STEPS[@]}"; do
+        ls -l "$MNT/scale/tags-$n/_tags" >/dev/null
+        tags_listed=$((tags_listed + n))
+    done
+    find "$MNT" -maxdepth 3 >/dev/null
+    tags_listed=$((tags_listed + SCALE_REPOS))
+    hwm="$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$REGFS_MOUNT_PID/status")"
+    bench_unmount
+    report "scale: daemon peak RSS after ls /, ls -l of every scale/tags-N/_tags and find -maxdepth 3 ($SCALE_REPOS repositories, $tags_listed tags listed): $(calc "$hwm / 1024" 1) MiB VmHWM (target < 150 MiB after 100,000 tags; this run listed $tags_listed) $(verdict "$(calc "$hwm / 1024")" '<' 150)"
+}
+
 # ---------------------------------------------------------------- main
 
 for s in "${RUN_SECTIONS[@]}"; do
@@ -562,6 +1044,9 @@ ensure_packages
 ensure_cargo
 ensure_fuse
 cargo build --release
+if [[ " ${RUN_SECTIONS[*]} " == *" far_"* ]]; then
+    cargo build --release --example farproxy
+fi
 WORK="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/regfs-bench.XXXXXX")"
 REGFS_REGISTRY_ACCESSLOG_DISABLED=true start_registry "$WORK/registry"
 
