@@ -603,7 +603,7 @@ need_far() {
         --mbps "$BENCH_FAR_MBPS" --stats "$FAR_STATS" >"$WORK/farproxy.out" 2>"$WORK/farproxy.log" &
     FAR_PID=$!
     for ((i = 0; i < 100; i++)); do
-        addr="$(sed -n 's/^listening on //p' "$WORK/farproxy.out")"
+        addr="$(sed -n "s/^listening on //p" "$WORK/farproxy.out" 2>/dev/null || true)"
         [[ -n $addr ]] && break
         sleep 0.05
     done
