@@ -730,7 +730,7 @@ bench_far_tags() {
     for ((i = 0; i < BENCH_REPEAT; i++)); do
         t0="$(now)"
         curl -sf -o /dev/null "$FAR_URL/v2/$FAR_TAG_REPO/tags/list"
-        ok="$(curl -s -I -H "Accept: $MT_OCI_MANIFEST" -w '%{http_code}\n' --parallel --parallel-max 16 -K "$cfg" | grep -c '^200$' || true)"
+        ok="$(curl -s -I -H "Accept: $MT_OCI_MANIFEST" -w '%{http_code}\n' --no-progress-meter --parallel --parallel-max 16 -K "$cfg" | grep -c '^200$' || true)"
         par+=("$(elapsed "$t0")")
         echo "  curl tags/list + $BENCH_FAR_TAGS HEADs, 16 in parallel: ${par[-1]} s ($ok answered 200)"
     done
@@ -846,7 +846,7 @@ SCALE_REPOS=0 # repositories r00001.. seeded so far
 curl_parallel_status() {
     local method="$1" cfg="$2"
     shift 2
-    curl -s -X "$method" -o /dev/null -w '%{http_code}\n' --parallel --parallel-max 8 "$@" -K "$cfg" | grep -c '^20[01]$' || true
+    curl -s --no-progress-meter -X "$method" -o /dev/null -w '%{http_code}\n' --parallel --parallel-max 8 "$@" -K "$cfg" | grep -c '^20[01]$' || true
 }
 
 # scale_seed_repos N — grow the registry to N repositories r00001..rN, each with
@@ -920,11 +920,9 @@ curl_one_connection() {
     curl -s -o /dev/null -w '%{http_code}\n' "$@" -K "$cfg" | grep -c '^200$' || true
 }
 
-# scale_time_regfs CMD — seconds CMD takes on a fresh mount ($MNT set; the mount is
-# left for the caller to read stats from and unmount). CMD's stdout is discarded.
-scale_time_regfs() {
+# time_cmd CMD — seconds the shell command CMD takes (its stdout discarded).
+time_cmd() {
     local t0
-    bench_mount
     t0="$(now)"
     bash -c "$1" >/dev/null
     elapsed "$t0"
@@ -942,15 +940,19 @@ scale_step() {
     scale_seed_tags "$trepo" "$n"
     section "p. metadata at scale, $n repositories / $n tags (loopback; best of $BENCH_SCALE_REPEAT, fresh mount per command)"
     for ((i = 0; i < BENCH_SCALE_REPEAT; i++)); do
-        ls_root+=("$(scale_time_regfs "ls '$MNT/'")")
+        bench_mount
+        ls_root+=("$(time_cmd "ls '$MNT/'")")
         root_n="$(find "$MNT/" -mindepth 1 -maxdepth 1 | wc -l)"
         bench_unmount
-        ls_tags+=("$(scale_time_regfs "ls '$MNT/$trepo/_tags'")")
+        bench_mount
+        ls_tags+=("$(time_cmd "ls '$MNT/$trepo/_tags'")")
         tags_n="$(find "$MNT/$trepo/_tags/" -mindepth 1 -maxdepth 1 | wc -l)"
         bench_unmount
-        lsl_tags+=("$(scale_time_regfs "ls -l '$MNT/$trepo/_tags'")")
+        bench_mount
+        lsl_tags+=("$(time_cmd "ls -l '$MNT/$trepo/_tags'")")
         bench_unmount
-        find_d3+=("$(scale_time_regfs "find '$MNT' -maxdepth 3")")
+        bench_mount
+        find_d3+=("$(time_cmd "find '$MNT' -maxdepth 3")")
         find_n="$(find "$MNT" -maxdepth 3 | wc -l)"
         req_find="$(stat_of requests) requests: $(stat_of requests_catalog) catalog, $(stat_of requests_tags) tags/list, $(stat_of requests_manifest_get) manifest GET, $(stat_of requests_manifest_head) manifest HEAD"
         bench_unmount
@@ -969,7 +971,7 @@ scale_step() {
     : >"$cfgf"
     while read -r r; do
         printf 'url = "%s/v2/%s/tags/list"\nurl = "%s/v2/%s/manifests/v1"\n' "$REGISTRY_URL" "$r" "$REGISTRY_URL" "$r" >>"$cfgf"
-    done < <(curl -sf "$REGISTRY_URL/v2/_catalog?n=100000" | jq -r '.repositories[]' | grep -E '^r[0-9]{5}$')
+    done < <(for ((i = 1; i <= SCALE_REPOS; i++)); do printf 'r%05d\n' "$i"; done)
     for ((i = 0; i < BENCH_SCALE_REPEAT; i++)); do
         t0="$(now)"
         curl_pages "$REGISTRY_URL/v2/_catalog" >/dev/null
