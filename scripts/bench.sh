@@ -661,23 +661,25 @@ bench_far_ttfb() {
     need_blob
     need_far
     section "k. far time to first 4 KiB ($FAR_LABEL; best of $BENCH_REPEAT, fresh mount each time)"
-    local i t0 path full=() readonly=() tc=() r0 ratio
+    local i t0 c0 path full=() readonly=() tc=() r0 ratio
     for ((i = 0; i < BENCH_REPEAT; i++)); do
         far_mount
         path="$(blob_path)"
+        c0="$(far_connections)"
         t0="$(now)"
         head -c 4096 "$path" >/dev/null
         full+=("$(elapsed "$t0")")
-        echo "  run $((i + 1)): regfs path + first 4 KiB ${full[-1]} s ($(stat_of requests) requests: $(stat_of requests_blob_head) blob HEAD, $(stat_of requests_blob_get) blob GET, $(stat_of requests_tags) tags, $(stat_of requests_manifest_get) manifest GET)"
+        echo "  run $((i + 1)): regfs path + first 4 KiB ${full[-1]} s ($(stat_of requests) requests since the mount: $(stat_of requests_blob_head) blob HEAD, $(stat_of requests_blob_get) blob GET, $(stat_of requests_tags) tags, $(stat_of requests_manifest_get) manifest GET; $(($(far_connections) - c0)) new connections)"
         bench_unmount
         far_mount
         path="$(blob_path)"
         stat "$path" >/dev/null
         r0="$(stat_of requests)"
+        c0="$(far_connections)"
         t0="$(now)"
         head -c 4096 "$path" >/dev/null
         readonly+=("$(elapsed "$t0")")
-        echo "         regfs first 4 KiB of a stat-ed path ${readonly[-1]} s ($(($(stat_of requests) - r0)) requests)"
+        echo "         regfs first 4 KiB of a stat-ed path ${readonly[-1]} s ($(($(stat_of requests) - r0)) requests, $(($(far_connections) - c0)) new connections)"
         bench_unmount
         t0="$(now)"
         curl -sf -r 0-4095 -o /dev/null "$(far_blob_url)"
