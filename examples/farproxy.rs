@@ -55,7 +55,9 @@ fn usage(msg: &str) -> ! {
 }
 
 fn loopback(addr: &str, what: &str) -> SocketAddr {
-    let a: SocketAddr = addr.parse().unwrap_or_else(|_| usage(&format!("{what}: not an IP:PORT: {addr}")));
+    let a: SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|_| usage(&format!("{what}: not an IP:PORT: {addr}")));
     if !a.ip().is_loopback() {
         usage(&format!("{what}: only loopback addresses are allowed: {addr}"));
     }
@@ -70,7 +72,10 @@ fn main() {
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
-        let number = |v: String| v.parse::<f64>().unwrap_or_else(|_| usage(&format!("{flag}: not a number: {v}")));
+        let number = |v: String| {
+            v.parse::<f64>()
+                .unwrap_or_else(|_| usage(&format!("{flag}: not a number: {v}")))
+        };
         match flag.as_str() {
             "--listen" => listen = value(),
             "--upstream" => upstream = Some(value()),
@@ -82,7 +87,10 @@ fn main() {
         }
     }
     let settings = Settings {
-        upstream: loopback(&upstream.unwrap_or_else(|| usage("--upstream is required")), "--upstream"),
+        upstream: loopback(
+            &upstream.unwrap_or_else(|| usage("--upstream is required")),
+            "--upstream",
+        ),
         rtt: Duration::from_secs_f64(rtt_ms.max(0.0) / 1000.0),
         connect: Duration::from_secs_f64(connect_ms.max(0.0) / 1000.0),
         rate: (mbps.max(0.0) * 1e6) as u64,
@@ -209,7 +217,10 @@ struct Pacer {
 
 impl Pacer {
     fn new(rate: u64) -> Self {
-        Self { rate, next: Instant::now() }
+        Self {
+            rate,
+            next: Instant::now(),
+        }
     }
 
     /// Sleep until `n` more bytes may be sent.
