@@ -662,7 +662,9 @@ bench_far_cold_read() {
 
 # k. time to the first 4 KiB of an uncached blob: regfs from a fresh mount
 # (lookup of every path component included; and again with the path already
-# stat-ed, i.e. the read alone) vs a fresh `curl -r 0-4095` (new connection).
+# stat-ed, i.e. the read alone — since the lookup's GET starts fetching the
+# first chunk, that one mostly shows the chunk already there) vs a fresh
+# `curl -r 0-4095` (new connection).
 bench_far_ttfb() {
     need_blob
     need_far
