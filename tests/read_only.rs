@@ -920,11 +920,12 @@ fn blob_gets(proxy: &FaultProxy, digest: &str) -> Vec<ProxiedRequest> {
         .collect()
 }
 
-/// Reads are lazy and ranged: a 4 KiB read in the middle of an uncached
-/// 64 MiB blob fetches the 1 MiB chunks around it (at most 2 MiB, as the
-/// kernel's readahead may reach into the next chunk), by `Range`, never the
-/// blob. Witnesses: the proxy's log (each `Range` asked and each body byte
-/// sent) and the mount's own `bytes_fetched`.
+/// Reads are lazy and ranged: `stat` and a 4 KiB read in the middle of an
+/// uncached 64 MiB blob fetch at most 2 MiB, by chunk-aligned `Range`s (the
+/// blob's size comes from the `Content-Range` of a GET of its first chunk,
+/// the read from the chunk it falls in), never the blob. Witnesses: the
+/// proxy's log (each `Range` asked and each body byte sent) and the mount's
+/// own `bytes_fetched`.
 #[test]
 fn a_4k_read_in_an_uncached_64mib_blob_fetches_at_most_2mib_by_range() {
     let reg = Registry::start();
