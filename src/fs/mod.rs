@@ -7,6 +7,7 @@ mod contents;
 mod import;
 pub mod inodes;
 mod locations;
+pub mod names;
 pub mod node;
 mod push;
 mod tree;
