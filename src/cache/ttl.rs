@@ -156,7 +156,11 @@ mod tests {
         assert_eq!(c.peek(&"k"), Some(7));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(c.peek(&"k"), None);
-        assert_eq!(c.peek_within(&"k", Duration::from_secs(5)), Some(7), "stale but within the bound");
+        assert_eq!(
+            c.peek_within(&"k", Duration::from_secs(5)),
+            Some(7),
+            "stale but within the bound"
+        );
         assert_eq!(c.peek_within(&"k", Duration::from_millis(20)), None);
         assert!(c.is_older_than(&"k", Duration::from_millis(20)));
         c.get_or_fetch("k", fetch).await.unwrap();

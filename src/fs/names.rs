@@ -204,10 +204,16 @@ mod tests {
         );
         // The family not reached yet: read on.
         let page = v(&["scale-1", "scale-2"]);
-        assert_eq!(scan_page("scale", &page, Family::default()), Scan::More(Family::default()));
+        assert_eq!(
+            scan_page("scale", &page, Family::default()),
+            Scan::More(Family::default())
+        );
         // Past it without seeing it: not there.
         let page = v(&["scale-1", "scale0"]);
-        assert_eq!(scan_page("scale", &page, Family::default()), Scan::Done(Family::default()));
+        assert_eq!(
+            scan_page("scale", &page, Family::default()),
+            Scan::Done(Family::default())
+        );
     }
 
     #[test]

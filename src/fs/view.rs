@@ -193,7 +193,10 @@ impl View {
             }
         }
         let key = path.to_string();
-        let mut scanned = self.catalog_scans.get_or_fetch(key.clone(), || self.scan_catalog(path)).await?;
+        let mut scanned = self
+            .catalog_scans
+            .get_or_fetch(key.clone(), || self.scan_catalog(path))
+            .await?;
         if scanned.is_some_and(|f| !f.any()) && self.catalog_scans.expire_if_older(&key, NAME_MISS_RECHECK) {
             scanned = self.catalog_scans.get_or_fetch(key, || self.scan_catalog(path)).await?;
         }
@@ -288,7 +291,11 @@ impl View {
     /// The entries below `path` (`""`: the root) that are repositories or
     /// namespaces: first components of every name known, the whole catalog read.
     pub async fn child_names(&self, path: &str) -> FsResult<Vec<String>> {
-        let prefix = if path.is_empty() { String::new() } else { format!("{path}/") };
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
         // Below the root, a catalog up to two TTLs old serves: `find` over
         // 10,000 repositories outlasts one TTL, and re-reading the catalog
         // (seconds to minutes) for each of them would dominate; the root
