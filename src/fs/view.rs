@@ -621,7 +621,10 @@ impl View {
     }
 
     /// Size of a blob in `repo`, from descriptors seen so far (a claim, checked
-    /// against the registry's length when the blob is read), else HEAD.
+    /// against the registry's length when the blob is read), else from a GET
+    /// of its first chunk that also starts reading it (`BlobStore::probe`: no
+    /// extra round trip before the first byte), else HEAD (a blob in the
+    /// cache is not fetched again for its size).
     pub async fn blob_size(&self, repo: &str, digest: Digest) -> FsResult<u64> {
         if self.foreign_urls(&digest).is_some() {
             // Never asked of the registry: the descriptor's size is all there is.
@@ -634,7 +637,25 @@ impl View {
                 return Ok(s);
             }
         }
-        let size = self.client.head_blob(repo, &digest).await?;
+        let probed = if self.blobs.has_complete(&digest) {
+            None
+        } else {
+            match self.blobs.probe(repo, digest).await {
+                Ok(size) => size,
+                // The registry says it has no such blob: that is the answer.
+                Err(e) if e.errno == libc::ENOENT => return Err(e),
+                // Anything else (an empty blob answers a range with 416): the
+                // HEAD decides, with its own errno.
+                Err(e) => {
+                    tracing::debug!(repo, %digest, "ranged GET for the size failed ({e}); asking with HEAD");
+                    None
+                }
+            }
+        };
+        let size = match probed {
+            Some(size) => size,
+            None => self.client.head_blob(repo, &digest).await?,
+        };
         self.blobs.confirm_size(digest, size);
         self.mark_present(repo, digest);
         Ok(size)

@@ -222,7 +222,9 @@ impl Client {
                 Budget::Metadata,
             )
             .await?;
-        drop(resp);
+        // Read the (tiny) body so the connection goes back to the pool: the
+        // first blob read then reuses it instead of paying a new handshake.
+        let _ = resp.bytes().await;
         // With credentials and a Bearer challenge, a token for no scope proves the login.
         if self.auth.has_credentials() {
             self.auth.header_for("").await?;
