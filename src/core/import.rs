@@ -17,11 +17,11 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::view::View;
-use crate::cache::{FsError, FsResult};
+use crate::error::{FsError, FsResult};
+use crate::oci::reference::is_valid_tag;
 use crate::oci::{self, Manifest, ManifestKind};
+use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
-use crate::registry::reference::is_valid_tag;
-use crate::registry::{Digest, Reference};
 
 /// Blobs of one archive uploaded at once: a far registry serves each upload
 /// at one connection's rate, so an image's layers go up side by side.

@@ -30,9 +30,10 @@ use rangemap::RangeMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
-use super::{FsError, FsResult};
+use crate::error::{FsError, FsResult};
+use crate::oci::Digest;
 use crate::registry::client::{BlobBody, StallClock};
-use crate::registry::{Client, Digest};
+use crate::registry::Client;
 use crate::stats::{Direction, Stats, Transfers};
 
 /// The smallest fetch (a random 4 KiB read costs one chunk), and the first
@@ -194,13 +195,13 @@ fn chunk_count(size: u64) -> u64 {
 
 impl BlobStore {
     pub fn new(cache_dir: &Path, limit: u64, client: Arc<Client>, stats: Arc<Stats>) -> std::io::Result<Arc<Self>> {
-        let complete_dir = cache_dir.join("blobs").join("sha256");
-        let partial_dir = cache_dir.join("partial");
+        let complete_dir = super::dir::blobs(cache_dir);
+        let partial_dir = super::dir::partial(cache_dir);
         std::fs::create_dir_all(&complete_dir)?;
         std::fs::create_dir_all(&partial_dir)?;
         // Partial files of an earlier run have no chunk map: start over. The
         // cache dir may be shared with other running mounts: their files stay.
-        remove_files_of_dead_processes(&partial_dir, |name| name.split('.').nth(1));
+        super::dir::sweep_dead_processes(&partial_dir);
         let mut found = Vec::new();
         for e in std::fs::read_dir(&complete_dir)?.flatten() {
             let name = e.file_name();
@@ -407,12 +408,9 @@ impl BlobStore {
     }
 
     fn open_partial(self: &Arc<Self>, repo: &str, digest: Digest, size: u64) -> FsResult<Arc<BlobFile>> {
-        let path = self.partial_dir.join(format!(
-            "{}.{}.{}",
-            digest.hex(),
-            std::process::id(),
-            super::manifests::unique()
-        ));
+        let path = self
+            .partial_dir
+            .join(super::dir::process_file_name(&digest.hex(), super::dir::unique()));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -522,20 +520,6 @@ impl BlobStore {
         }
         for (d, len) in skipped {
             idx.0.put(d, len);
-        }
-    }
-}
-
-/// Remove the files in `dir` whose owning process (the pid `pid_of` finds in
-/// the name) is no longer running; names without a pid go too.
-pub fn remove_files_of_dead_processes(dir: &Path, pid_of: impl Fn(&str) -> Option<&str>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let pid = name.to_str().and_then(&pid_of).and_then(|p| p.parse::<u32>().ok());
-        let alive = pid.is_some_and(|p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
-            let _ = std::fs::remove_file(e.path());
         }
     }
 }
@@ -1176,24 +1160,6 @@ mod tests {
         }
         assert_eq!(rs.window, MAX_WINDOW);
         assert_eq!(rs.advance(900 << 20, (900 << 20) + 4096), 0, "a jump is random");
-    }
-
-    #[test]
-    fn only_files_of_dead_processes_are_cleaned_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let mine = format!("abc.{}.1", std::process::id());
-        let parent = format!("abc.{}.1", std::os::unix::process::parent_id());
-        for name in [mine.as_str(), parent.as_str(), "abc.999999999.1", "junk"] {
-            std::fs::write(dir.path().join(name), b"x").unwrap();
-        }
-        remove_files_of_dead_processes(dir.path(), |n| n.split('.').nth(1));
-        let mut left: Vec<String> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        // Our own leftovers go (a new run of this process), a live one's stay.
-        assert_eq!(left, vec![parent]);
     }
 
     #[test]
