@@ -16,10 +16,12 @@ use crate::core::node::{Kind, Node};
 use crate::core::view::View;
 use crate::core::{contents, write, Core, DirEntry, Handle, Options, Staging, MAX_READAHEAD, STABLE_MTIME};
 use crate::error::FsError;
+use crate::passthrough::Passthrough;
 
 pub struct RegFs {
     rt: tokio::runtime::Handle,
     inner: Arc<Core>,
+    passthrough: Arc<Passthrough>,
 }
 
 impl RegFs {
@@ -27,6 +29,7 @@ impl RegFs {
         RegFs {
             rt,
             inner: Arc::new(Core::new(view, staging, opts)),
+            passthrough: Arc::default(),
         }
     }
 
@@ -49,6 +52,17 @@ impl RegFs {
 impl Filesystem for RegFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(MAX_READAHEAD);
+        if Passthrough::wanted() {
+            match config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH) {
+                // Depth 1: backing files live on a plain filesystem, and this
+                // mount can still be a lower layer of an overlayfs.
+                Ok(()) if config.set_max_stack_depth(1).is_ok() => {
+                    self.passthrough.enable();
+                    tracing::info!("FUSE passthrough on: verified cached blobs are read by the kernel directly");
+                }
+                _ => tracing::info!("the kernel offers no FUSE passthrough; every read goes through the daemon"),
+            }
+        }
         Ok(())
     }
 
@@ -128,6 +142,7 @@ impl Filesystem for RegFs {
         if writing && self.in_contents(&[ino]) {
             return reply.error(Errno::EROFS);
         }
+        let passthrough = self.passthrough.clone();
         self.spawn(move |fs| async move {
             let node = match fs.node(ino) {
                 Ok(n) => n,
@@ -142,8 +157,17 @@ impl Filesystem for RegFs {
             match opened {
                 Ok((handle, flags)) => {
                     let fh = fs.next_fh.fetch_add(1, Ordering::Relaxed);
+                    let backing = match &handle {
+                        Handle::Blob { file, .. } => passthrough.open(ino.0, fh, file, &reply, &fs.view.stats),
+                        _ => None,
+                    };
                     fs.files.lock().unwrap().insert(fh, Arc::new(handle));
-                    reply.opened(FileHandle(fh), flags);
+                    match backing {
+                        // The kernel refuses a passthrough open with any flag
+                        // outside its mask (FOPEN_KEEP_CACHE among them): EIO.
+                        Some(b) => reply.opened_passthrough(FileHandle(fh), flags - FopenFlags::FOPEN_KEEP_CACHE, &b),
+                        None => reply.opened(FileHandle(fh), flags),
+                    }
                 }
                 Err(e) => reply.error(fs.fail("open", Some(&node), &e)),
             }
@@ -542,6 +566,7 @@ impl Filesystem for RegFs {
         reply: ReplyEmpty,
     ) {
         let handle = self.inner.files.lock().unwrap().remove(&fh.0);
+        self.passthrough.release(fh.0);
         reply.ok();
         if let Some(Handle::Staged(id)) = handle.as_deref() {
             // Normally flush committed already; commit what a writer left

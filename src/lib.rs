@@ -9,6 +9,7 @@ pub mod error;
 pub mod fuse;
 pub mod metrics;
 pub mod oci;
+pub mod passthrough;
 pub mod registry;
 pub mod stats;
 pub mod status;

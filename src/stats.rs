@@ -61,6 +61,7 @@ counters!(
     manifest_cache_misses,
     fuse_reads,
     fuse_read_waits,
+    fuse_passthrough_opens,
 );
 
 const RECENT_ERRORS: usize = 100;

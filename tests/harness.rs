@@ -370,7 +370,7 @@ fn stats_parser_and_mountinfo_helpers() {
     assert!(try_parse_stats(&rate("ratelimit_limit 100\nratelimit_remaining 76\n")).is_ok());
     // Every way a line can be wrong fails, none is dropped.
     let bad = [
-        good.replace("cache_bytes 23\n", "cache_bytes 23\\ncache_limit 24\n"), // a literal \n
+        good.replace("cache_bytes 24\n", "cache_bytes 24\\ncache_limit 25\n"), // a literal \n
         format!("{good}bogus\n"),
         format!("{good}bogus 1\n"),
         good.replace("retries 14", "retries -1"),

@@ -1065,3 +1065,54 @@ fn background_mode_returns_once_mounted() {
     assert_file_eq(&bg.join("bg/app/_tags/v1/manifest.json"), &img.manifest);
     assert_eq!(bg.daemon_pids().len(), 1, "daemon processes: {:?}", bg.daemon_pids());
 }
+
+/// A blob whose cache file is complete and verified is opened with FUSE
+/// passthrough: the kernel reads the cache file itself, so the bytes are
+/// right (sha256) and no read request reaches the daemon; the stats count
+/// the passthrough open and the log says so. (Tests run as root on a kernel
+/// with passthrough; without it this fails rather than passes.)
+#[test]
+fn a_verified_cached_blob_is_read_through_fuse_passthrough() {
+    let reg = Registry::start();
+    let img = reg.client().push_random_image("pass/through", "v1", &[5 * MIB + 4321]);
+    let layer = &img.layers[0];
+    let m = Mount::start(&reg.url());
+    let path = m.join(format!("pass/through/_blobs/{}", layer.digest));
+    // The first read goes through the daemon: fetched, verified, cached.
+    assert_eq!(sha256_digest(&fs::read(&path).unwrap()), layer.digest);
+    assert_eq!(m.stat("fuse_passthrough_opens"), 0);
+    // The kernel releases the first handle after close returns; until it
+    // has, a new open of the inode stays in the daemon's (cached) mode.
+    let mut served = None;
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let reads_before = m.stat("fuse_reads");
+            let bytes = fs::read(&path).unwrap();
+            assert_eq!(
+                sha256_digest(&bytes),
+                layer.digest,
+                "bytes read after the blob was cached"
+            );
+            if m.stat("fuse_passthrough_opens") > 0 {
+                served = Some(m.stat("fuse_reads") - reads_before);
+                return true;
+            }
+            false
+        }),
+        "no open went passthrough; log:\n{}",
+        m.log()
+    );
+    assert_eq!(served, Some(0), "reads of a passthrough open reached the daemon");
+    // Another process reading at an offset sees the same bytes.
+    let mut f = File::open(&path).unwrap();
+    f.seek(SeekFrom::Start(3 * MIB as u64 + 7)).unwrap();
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).unwrap();
+    assert_bytes_eq(&tail, &layer.bytes[3 * MIB + 7..], "passthrough read at an offset");
+    let log = m.log();
+    assert!(log.contains("FUSE passthrough on"), "{log}");
+    assert!(
+        log.contains("FUSE passthrough: reads go straight to the cache file"),
+        "{log}"
+    );
+}

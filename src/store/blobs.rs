@@ -547,6 +547,13 @@ impl BlobFile {
             .ok_or_else(|| FsError::new(libc::EIO, "blob store is gone"))
     }
 
+    /// The cache file, when it holds the whole blob and hashed to its digest
+    /// (then the kernel may read it directly: FUSE passthrough).
+    pub fn verified_cache_file(&self) -> Option<&File> {
+        let ok = self.is_complete() && self.is_verified() && !self.no_space.load(Ordering::Acquire);
+        ok.then_some(&self.file)
+    }
+
     pub fn is_complete(&self) -> bool {
         self.partial_path.lock().unwrap().is_none()
     }

@@ -36,6 +36,7 @@ pub const COUNTERS: &[&str] = &[
     "manifest_cache_misses",
     "fuse_reads",
     "fuse_read_waits",
+    "fuse_passthrough_opens",
     "cache_blobs",
     "cache_bytes",
     "cache_limit",
