@@ -10,7 +10,7 @@ use futures_util::stream::{self, StreamExt};
 use crate::error::FsResult;
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
-use crate::registry::{Client, RegistryError};
+use crate::registry::{Registry, RegistryError};
 use crate::stats::Stats;
 use crate::store::{BlobStore, CachedManifest, ManifestStore, TtlCache};
 
@@ -33,7 +33,7 @@ pub type NamedDigests = Vec<(String, Digest)>;
 pub type LayoutContent = std::collections::BTreeMap<Digest, (u64, bool)>;
 
 pub struct View {
-    pub client: Arc<Client>,
+    pub client: Arc<dyn Registry>,
     pub manifests: ManifestStore,
     pub blobs: Arc<BlobStore>,
     pub stats: Arc<Stats>,
@@ -85,7 +85,7 @@ pub struct View {
 
 impl View {
     pub fn new(
-        client: Arc<Client>,
+        client: Arc<dyn Registry>,
         manifests: ManifestStore,
         blobs: Arc<BlobStore>,
         stats: Arc<Stats>,
