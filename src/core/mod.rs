@@ -15,6 +15,9 @@ pub(crate) mod tree;
 pub mod view;
 pub(crate) mod write;
 
+#[cfg(test)]
+mod tests;
+
 pub use write::Staging;
 
 use std::collections::HashMap;
