@@ -8,6 +8,7 @@ pub(crate) mod contents;
 pub(crate) mod import;
 pub mod inodes;
 pub(crate) mod locations;
+pub mod names;
 pub mod node;
 pub mod ops;
 pub(crate) mod push;
