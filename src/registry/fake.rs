@@ -183,6 +183,31 @@ impl Registry for FakeRegistry {
         Ok(self.state.lock().unwrap().repos.keys().cloned().collect())
     }
 
+    async fn catalog_page(
+        &self,
+        last: &str,
+        n: usize,
+        next: Option<url::Url>,
+    ) -> Result<(Vec<String>, Option<url::Url>)> {
+        self.log(format!("GET catalog page after {last:?}"));
+        let last = match &next {
+            Some(u) => u
+                .query_pairs()
+                .find(|(k, _)| k == "last")
+                .map(|(_, v)| v.to_string())
+                .unwrap_or_default(),
+            None => last.to_string(),
+        };
+        let s = self.state.lock().unwrap();
+        let after: Vec<String> = s.repos.keys().filter(|r| **r > last).cloned().collect();
+        let page: Vec<String> = after.iter().take(n).cloned().collect();
+        let link = (after.len() > n)
+            .then(|| page.last())
+            .flatten()
+            .map(|l| url::Url::parse(&format!("http://fake.invalid/v2/_catalog?n={n}&last={l}")).expect("url"));
+        Ok((page, link))
+    }
+
     async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         self.log(format!("GET tags {repo}"));
         let s = self.state.lock().unwrap();

@@ -31,6 +31,14 @@ pub trait Registry: Send + Sync {
     async fn ping(&self) -> Result<()>;
     /// Every repository name (`Unsupported` when there is no catalog).
     async fn catalog(&self) -> Result<Vec<String>>;
+    /// One page of the catalog: up to `n` names after `last`, or the page
+    /// at `next` (a `Link` of an earlier page), and the next page's URL.
+    async fn catalog_page(
+        &self,
+        last: &str,
+        n: usize,
+        next: Option<url::Url>,
+    ) -> Result<(Vec<String>, Option<url::Url>)>;
     /// Every tag of a repository.
     async fn tags(&self, repo: &str) -> Result<Vec<String>>;
     /// A manifest's exact bytes, verified against its digest.
@@ -82,6 +90,14 @@ impl Registry for Client {
     }
     async fn catalog(&self) -> Result<Vec<String>> {
         Client::catalog(self).await
+    }
+    async fn catalog_page(
+        &self,
+        last: &str,
+        n: usize,
+        next: Option<url::Url>,
+    ) -> Result<(Vec<String>, Option<url::Url>)> {
+        Client::catalog_page(self, last, n, next).await
     }
     async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         Client::tags(self, repo).await
