@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use crate::error::{FsError, FsResult};
 use crate::oci::Digest;
 use crate::registry::client::{BlobBody, StallClock};
-use crate::registry::Client;
+use crate::registry::Registry;
 use crate::stats::{Direction, Stats, Transfers};
 
 /// The smallest fetch (a random 4 KiB read costs one chunk), and the first
@@ -174,7 +174,7 @@ pub struct BlobStore {
     complete_dir: PathBuf,
     partial_dir: PathBuf,
     limit: u64,
-    client: Arc<Client>,
+    client: Arc<dyn Registry>,
     stats: Arc<Stats>,
     /// Complete blobs on disk, least recently used first, with their sizes.
     index: Mutex<(LruCache<Digest, u64>, u64)>,
@@ -195,7 +195,12 @@ fn chunk_count(size: u64) -> u64 {
 }
 
 impl BlobStore {
-    pub fn new(cache_dir: &Path, limit: u64, client: Arc<Client>, stats: Arc<Stats>) -> std::io::Result<Arc<Self>> {
+    pub fn new(
+        cache_dir: &Path,
+        limit: u64,
+        client: Arc<dyn Registry>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Arc<Self>> {
         let complete_dir = super::dir::blobs(cache_dir);
         let partial_dir = super::dir::partial(cache_dir);
         std::fs::create_dir_all(&complete_dir)?;
