@@ -177,13 +177,7 @@ impl Config {
 }
 
 /// `host[:port]` of a registry URL (the port only when it is not the scheme's default).
-pub fn host_port(url: &Url) -> String {
-    let host = url.host_str().unwrap_or_default();
-    match url.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.to_string(),
-    }
-}
+pub use crate::registry::host_port;
 
 #[cfg(test)]
 mod tests {

@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::cache::{BlobStore, ManifestStore};
 use crate::config::Config;
-use crate::fs::view::View;
-use crate::fs::{Options, RegFs, Staging};
+use crate::core::view::View;
+use crate::core::{Options, Staging};
+use crate::fuse::RegFs;
 use crate::registry::client::ClientOptions;
 use crate::registry::Client;
 use crate::stats::Stats;
+use crate::store::{BlobStore, ManifestStore};
 
 /// Set in the daemon a background `regfs mount` starts: it reports readiness on stdout.
 const READY_ENV: &str = "REGFS_NOTIFY_READY";
@@ -121,7 +122,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     // Content found wrong after the kernel cached some of it: drop those pages
     // and the size it was told, so no later read is served from them.
     blob_store.set_on_bad_content(Box::new(move |digest| {
-        let ino = fuser::INodeNo(crate::fs::inodes::blob_ino(digest));
+        let ino = fuser::INodeNo(crate::core::inodes::blob_ino(digest));
         if let Err(e) = notifier.inval_inode(ino, 0, -1) {
             tracing::debug!(%digest, "kernel cache invalidation: {e}");
         }

@@ -9,7 +9,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 use regfs::config::{self, Config};
 use regfs::registry::credentials::{self, CredentialSources, Credentials};
-use regfs::{daemon, registry, status};
+use regfs::{daemon, status};
 
 const UNMOUNT_HELP: &str = "\
 Unmounting: `regfs unmount MOUNTPOINT` (detaches lazily when files are still open and waits
@@ -288,7 +288,7 @@ fn build_config(a: MountArgs) -> anyhow::Result<Config> {
     let registry = config::parse_registry(&a.registry)?;
     for r in &a.repos {
         anyhow::ensure!(
-            registry::reference::is_valid_repository(r),
+            regfs::oci::reference::is_valid_repository(r),
             "--repo {r:?} is not a valid repository name"
         );
     }

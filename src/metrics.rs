@@ -14,8 +14,8 @@ use std::time::Duration;
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::cache::BlobStore;
 use crate::stats::Stats;
+use crate::store::BlobStore;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 

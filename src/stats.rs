@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::registry::Digest;
+use crate::oci::Digest;
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {

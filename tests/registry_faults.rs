@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::proxy::ProxiedRequest;
 use common::*;
 
 const MIB: usize = 1024 * 1024;
@@ -456,4 +457,93 @@ fn concurrent_listings_fetch_each_manifest_once() {
     assert!(per_target.len() >= 7, "{per_target:?}");
     let repeated: Vec<_> = per_target.iter().filter(|(_, n)| **n > 1).collect();
     assert!(repeated.is_empty(), "manifests fetched more than once: {repeated:?}");
+}
+
+// ---------------------------------------------------------------------------
+// No extra round trip before the first byte (issue 13)
+// ---------------------------------------------------------------------------
+
+/// A blob looked up by name, whose size no descriptor gives, is sized by the
+/// `Content-Range` of a ranged GET of its first chunk, and that GET's body
+/// serves the first read: no HEAD goes out before it. The bytes are still
+/// verified (the whole file hashes to its digest, the size is the registry's).
+#[test]
+fn first_read_of_a_blob_known_only_by_name_sends_no_head_before_its_first_get() {
+    let reg = Registry::start();
+    reg.client().push_random_image("first/byte", "v1", &[1000]);
+    // In the repository, but in no manifest: its size comes from no descriptor.
+    let bytes = random_bytes(3 * MIB + 12_345);
+    let digest = reg.client().push_blob("first/byte", &bytes);
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let path = m.join(format!("first/byte/_blobs/{digest}"));
+    let before = proxy.requests().len();
+
+    let mut f = fs::File::open(&path).expect("open the blob by name");
+    let first = read_exact_at(&mut f, 0, 4096).expect("read its first 4 KiB");
+    assert_bytes_eq(&first, &bytes[..4096], "first 4 KiB");
+    let hex = digest.trim_start_matches("sha256:");
+    let for_blob = |from: usize| -> Vec<ProxiedRequest> {
+        proxy.requests()[from..]
+            .iter()
+            .filter(|r| r.target.contains(hex))
+            .cloned()
+            .collect()
+    };
+    let seen = for_blob(before);
+    let summary: Vec<String> = seen
+        .iter()
+        .map(|r| format!("{} {} {:?} -> {}", r.method, r.target, r.range, r.status))
+        .collect();
+    eprintln!("requests for the blob up to the first 4 KiB: {summary:#?}");
+    let first_get = seen.iter().position(|r| r.method == "GET").expect("a GET of the blob");
+    assert_eq!(first_get, 0, "a request went before the first GET: {summary:#?}");
+    assert_eq!(
+        seen[0].range.as_deref(),
+        Some("bytes=0-1048575"),
+        "the first GET asks for the first chunk: {summary:#?}"
+    );
+    assert_eq!(seen[0].status, 206, "{summary:#?}");
+    assert!(
+        seen.iter().all(|r| r.method != "HEAD"),
+        "a HEAD was sent for the blob: {summary:#?}"
+    );
+
+    // The size shown is the registry's, and reading to the end verifies.
+    assert_eq!(fs::metadata(&path).unwrap().len(), bytes.len() as u64);
+    let all = fs::read(&path).expect("read the whole blob");
+    assert_eq!(sha256_digest(&all), digest);
+    let seen = for_blob(before);
+    assert!(
+        seen.iter().all(|r| r.method != "HEAD"),
+        "a HEAD was sent for the blob: {seen:#?}"
+    );
+    // The first chunk came once: no GET asked for bytes 0-… again.
+    let from_zero = seen
+        .iter()
+        .filter(|r| r.range.as_deref().is_some_and(|r| r.starts_with("bytes=0-")))
+        .count();
+    assert_eq!(from_zero, 1, "{seen:#?}");
+}
+
+/// A digest the registry does not have: ENOENT from the ranged GET itself
+/// (no HEAD after it), and the mount keeps working.
+#[test]
+fn lookup_of_a_missing_blob_by_name_is_enoent_from_one_get() {
+    let reg = Registry::start();
+    reg.client().push_random_image("first/missing", "v1", &[1000]);
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let hex = "ab".repeat(32);
+    let path = m.join(format!("first/missing/_blobs/sha256:{hex}"));
+    let before = proxy.requests().len();
+    let err = fs::metadata(&path).expect_err("no such blob");
+    assert_eq!(errno_of(&err), libc::ENOENT, "{err}");
+    let seen: Vec<ProxiedRequest> = proxy.requests()[before..]
+        .iter()
+        .filter(|r| r.target.contains(&hex))
+        .cloned()
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!((seen[0].method.as_str(), seen[0].status), ("GET", 404), "{seen:#?}");
 }

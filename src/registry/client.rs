@@ -13,8 +13,8 @@ use super::auth::Auth;
 use super::credentials::Credentials;
 use super::error::{RegistryError, Result};
 use super::flight::SingleFlight;
-use super::reference::{Digest, Reference};
 use crate::oci;
+use crate::oci::{Digest, Reference};
 use crate::stats::{Direction, Stats, Transfers};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,7 +203,7 @@ impl Client {
 
     /// `host[:port]` of the registry.
     pub fn registry_host(&self) -> String {
-        crate::config::host_port(&self.base)
+        super::host_port(&self.base)
     }
 
     fn url(&self, path: &str) -> Url {
@@ -222,7 +222,9 @@ impl Client {
                 Budget::Metadata,
             )
             .await?;
-        drop(resp);
+        // Read the (tiny) body so the connection goes back to the pool: the
+        // first blob read then reuses it instead of paying a new handshake.
+        let _ = resp.bytes().await;
         // With credentials and a Bearer challenge, a token for no scope proves the login.
         if self.auth.has_credentials() {
             self.auth.header_for("").await?;

@@ -1,5 +1,5 @@
-//! One typed error for everything the registry client can fail with, each mapped
-//! to exactly one errno (the table in README.md mirrors `errno()`).
+//! One typed error for everything the registry client can fail with. The errno
+//! each maps to is decided in `crate::error` (the table in README.md mirrors it).
 
 use reqwest::StatusCode;
 
@@ -45,23 +45,6 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// The errno a filesystem caller sees for this error.
-    pub fn errno(&self) -> i32 {
-        match self {
-            RegistryError::NotFound(_) => libc::ENOENT,
-            RegistryError::Denied(_) => libc::EACCES,
-            RegistryError::RateLimited(_) => libc::EAGAIN,
-            RegistryError::InvalidName(_) | RegistryError::Rejected(_) => libc::EINVAL,
-            RegistryError::Unsupported(_) => libc::ENOTSUP,
-            RegistryError::Server(_)
-            | RegistryError::Network(_)
-            | RegistryError::DigestMismatch { .. }
-            | RegistryError::Invalid(_)
-            | RegistryError::MissingReferences(_)
-            | RegistryError::Io(_) => libc::EIO,
-        }
-    }
-
     /// Worth another attempt with backoff?
     pub fn is_transient(&self) -> bool {
         matches!(
@@ -196,31 +179,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registry_json_maps_to_errno() {
+    fn registry_json_picks_the_variant() {
         let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
         let e = RegistryError::from_status(StatusCode::NOT_FOUND, "GET manifest a:b", body);
-        assert_eq!(e.errno(), libc::ENOENT);
+        assert!(matches!(e, RegistryError::NotFound(_)));
         assert!(e.to_string().contains("MANIFEST_UNKNOWN manifest unknown"));
         let e = RegistryError::from_status(StatusCode::BAD_REQUEST, "x", br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#);
-        assert_eq!(e.errno(), libc::ENOENT);
+        assert!(matches!(e, RegistryError::NotFound(_)));
     }
 
     #[test]
     fn plain_bodies_and_statuses() {
         let e = RegistryError::from_status(StatusCode::BAD_GATEWAY, "x", b"<html>\n bad gateway </html>");
-        assert_eq!(e.errno(), libc::EIO);
+        assert!(matches!(e, RegistryError::Server(_)));
         assert!(e.is_transient());
         assert!(e.to_string().contains("<html> bad gateway </html>"));
-        assert_eq!(
-            RegistryError::from_status(StatusCode::FORBIDDEN, "x", b"").errno(),
-            libc::EACCES
-        );
-        assert_eq!(
-            RegistryError::from_status(StatusCode::TOO_MANY_REQUESTS, "x", b"").errno(),
-            libc::EAGAIN
-        );
+        assert!(matches!(
+            RegistryError::from_status(StatusCode::FORBIDDEN, "x", b""),
+            RegistryError::Denied(_)
+        ));
+        assert!(matches!(
+            RegistryError::from_status(StatusCode::TOO_MANY_REQUESTS, "x", b""),
+            RegistryError::RateLimited(_)
+        ));
         let e = RegistryError::from_status(StatusCode::RANGE_NOT_SATISFIABLE, "GET blob", b"");
-        assert_eq!(e.errno(), libc::EIO, "a 416 is a wrong answer, not a bad request");
+        assert!(
+            matches!(e, RegistryError::Invalid(_)),
+            "a 416 is a wrong answer, not a bad request"
+        );
         assert!(!e.is_transient());
     }
 }

@@ -5,8 +5,15 @@ pub mod client;
 pub mod credentials;
 pub mod error;
 pub mod flight;
-pub mod reference;
 
 pub use client::Client;
 pub use error::RegistryError;
-pub use reference::{Digest, Reference};
+
+/// `host[:port]` of a registry URL: the name credentials and logs use.
+pub fn host_port(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}

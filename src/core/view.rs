@@ -7,10 +7,12 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::cache::{BlobStore, CachedManifest, FsResult, ManifestStore, TtlCache};
+use crate::error::FsResult;
 use crate::oci::{self, Manifest, ManifestKind};
-use crate::registry::{Client, Digest, Reference, RegistryError};
+use crate::oci::{Digest, Reference};
+use crate::registry::{Client, RegistryError};
 use crate::stats::Stats;
+use crate::store::{BlobStore, CachedManifest, ManifestStore, TtlCache};
 
 /// A name missing from a cached catalog older than this is looked for in a
 /// fresh one: a repository pushed by someone else after the mount is reachable
@@ -40,16 +42,16 @@ pub struct View {
     /// Repositories confirmed by a tag list during this run.
     seen_repos: Mutex<BTreeSet<String>>,
     /// Repositories made with `mkdir` during this run (not in the registry until a push).
-    pub(super) created_repos: Mutex<BTreeSet<String>>,
+    pub(crate) created_repos: Mutex<BTreeSet<String>>,
     /// Repositories whose `_tags`/`_blobs`/… were made with mkdir (rsync restores).
-    pub(super) declared_repos: Mutex<BTreeSet<String>>,
+    pub(crate) declared_repos: Mutex<BTreeSet<String>>,
     /// Manifest pushes waiting for their references (see push.rs).
-    pub(super) held: Mutex<Vec<super::push::Held>>,
-    pub(super) held_changed: tokio::sync::Notify,
+    pub(crate) held: Mutex<Vec<super::push::Held>>,
+    pub(crate) held_changed: tokio::sync::Notify,
     /// Manifest directories made with mkdir whose manifest.json is not pushed yet.
-    pub(super) pending_dirs: Mutex<HashSet<(String, Digest)>>,
+    pub(crate) pending_dirs: Mutex<HashSet<(String, Digest)>>,
     /// Tags waiting for their manifest to be pushed: (repository, tag, digest).
-    pub(super) deferred_tags: Mutex<Vec<(String, String, Digest)>>,
+    pub(crate) deferred_tags: Mutex<Vec<(String, String, Digest)>>,
     /// `None` inside: the registry has no usable catalog.
     catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
@@ -61,7 +63,7 @@ pub struct View {
     /// Where digests were seen, kept across mounts (mount sources for pushes).
     locations: super::locations::Locations,
     /// The repository the last cross-repository mount came from.
-    pub(super) last_mount_source: Mutex<Option<String>>,
+    pub(crate) last_mount_source: Mutex<Option<String>>,
     /// Pairs remembered from earlier mounts: candidates for a mount, not proof.
     remembered: Mutex<Vec<(String, Digest)>>,
     /// (repository, digest) pairs known to exist in that repository.
@@ -70,9 +72,9 @@ pub struct View {
     /// Foreign layers seen in manifests, with their download URLs.
     foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
-    pub(super) oci_content: TtlCache<String, Arc<LayoutContent>>,
+    pub(crate) oci_content: TtlCache<String, Arc<LayoutContent>>,
     /// Export tars laid out so far, by (repository, tag, tag digest).
-    pub(super) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
+    pub(crate) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
     /// `host[:port]`, for `RepoTags` in exported Docker archives.
     pub registry_host: String,
     /// When each repository's tags were last looked at (see `TAG_INTEREST_WINDOW`).
@@ -258,7 +260,7 @@ impl View {
 
     /// Repositories holding `digest`, as far as this run has seen (mount sources).
     /// Seen in this run first, then remembered from earlier mounts.
-    pub(super) fn repos_holding(&self, digest: &Digest) -> Vec<String> {
+    pub(crate) fn repos_holding(&self, digest: &Digest) -> Vec<String> {
         let mut repos: Vec<String> = self
             .present
             .lock()
@@ -276,7 +278,7 @@ impl View {
     }
 
     /// A blob of `size` bytes was pushed or checked by us: its size is known.
-    pub(super) fn note_blob_size(&self, digest: Digest, size: u64) {
+    pub(crate) fn note_blob_size(&self, digest: Digest, size: u64) {
         self.blobs.confirm_size(digest, size);
     }
 
@@ -359,13 +361,13 @@ impl View {
         }
     }
 
-    pub(super) fn mark_present(&self, repo: &str, d: Digest) {
+    pub(crate) fn mark_present(&self, repo: &str, d: Digest) {
         if self.present.lock().unwrap().insert((repo.to_string(), d)) {
             self.locations.record(repo, &d);
         }
     }
 
-    pub(super) fn is_present(&self, repo: &str, d: &Digest) -> bool {
+    pub(crate) fn is_present(&self, repo: &str, d: &Digest) -> bool {
         self.present.lock().unwrap().contains(&(repo.to_string(), *d))
     }
 
@@ -394,7 +396,7 @@ impl View {
 
     /// A manifest's blobs and children exist in its repository (the registry
     /// refuses manifests whose references are missing), with the sizes it gives.
-    pub(super) fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
+    pub(crate) fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
         let mut present = self.present.lock().unwrap();
         let mut types = self.media_types.lock().unwrap();
         let blob_children = oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
@@ -507,7 +509,10 @@ impl View {
     }
 
     /// Size of a blob in `repo`, from descriptors seen so far (a claim, checked
-    /// against the registry's length when the blob is read), else HEAD.
+    /// against the registry's length when the blob is read), else from a GET
+    /// of its first chunk that also starts reading it (`BlobStore::probe`: no
+    /// extra round trip before the first byte), else HEAD (a blob in the
+    /// cache is not fetched again for its size).
     pub async fn blob_size(&self, repo: &str, digest: Digest) -> FsResult<u64> {
         if self.foreign_urls(&digest).is_some() {
             // Never asked of the registry: the descriptor's size is all there is.
@@ -520,7 +525,25 @@ impl View {
                 return Ok(s);
             }
         }
-        let size = self.client.head_blob(repo, &digest).await?;
+        let probed = if self.blobs.has_complete(&digest) {
+            None
+        } else {
+            match self.blobs.probe(repo, digest).await {
+                Ok(size) => size,
+                // The registry says it has no such blob: that is the answer.
+                Err(e) if e.errno == libc::ENOENT => return Err(e),
+                // Anything else (an empty blob answers a range with 416): the
+                // HEAD decides, with its own errno.
+                Err(e) => {
+                    tracing::debug!(repo, %digest, "ranged GET for the size failed ({e}); asking with HEAD");
+                    None
+                }
+            }
+        };
+        let size = match probed {
+            Some(size) => size,
+            None => self.client.head_blob(repo, &digest).await?,
+        };
         self.blobs.confirm_size(digest, size);
         self.mark_present(repo, digest);
         Ok(size)

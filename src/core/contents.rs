@@ -22,11 +22,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use super::node::{self, Node};
-use super::Inner;
-use crate::cache::{BlobFile, BlobStore, CacheTenant, FsError, FsResult, ReadState};
+use super::Core;
 use crate::contents::{self, IndexStore, LayerIndex, LayerRef, Limits, Rootfs, SpanSource};
+use crate::error::{FsError, FsResult};
+use crate::oci::Digest;
 use crate::oci::{self, ChildTarget, ManifestKind};
-use crate::registry::Digest;
+use crate::store::{BlobFile, BlobStore, CacheTenant, ReadState};
 
 /// Which tree a directory belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,7 +61,7 @@ impl CacheTenant for IndexStore {
 
 impl ContentsState {
     pub fn new(cache_dir: &Path, blobs: &BlobStore) -> Self {
-        let store = match IndexStore::new(cache_dir.join("contents"), Limits::default()) {
+        let store = match IndexStore::new(crate::store::dir::contents(cache_dir), Limits::default()) {
             Ok(s) => {
                 let s = Arc::new(s);
                 blobs.set_tenant(s.clone());
@@ -150,7 +151,7 @@ async fn blob_reader(blobs: &Arc<BlobStore>, repo: &str, digest: Digest, size: u
 }
 
 /// An open file inside a tree.
-pub(super) struct ContentsFile {
+pub(crate) struct ContentsFile {
     index: Arc<LayerIndex>,
     entry: u32,
     source: BlobReader,
@@ -168,7 +169,7 @@ fn host_platform() -> (&'static str, &'static str) {
     ("linux", arch)
 }
 
-impl Inner {
+impl Core {
     fn store(&self) -> FsResult<Arc<IndexStore>> {
         self.view
             .contents
@@ -178,7 +179,7 @@ impl Inner {
     }
 
     /// The tree `key` of `repo`, built (indexes included) on first need.
-    pub(super) async fn tree(&self, repo: &str, key: TreeKey) -> FsResult<Arc<Rootfs>> {
+    pub(crate) async fn tree(&self, repo: &str, key: TreeKey) -> FsResult<Arc<Rootfs>> {
         let k = (repo.to_string(), key);
         if let Some(t) = self.view.contents.trees.lock().unwrap().get(&k) {
             return Ok(t.clone());
@@ -277,7 +278,7 @@ impl Inner {
     }
 
     /// `lookup` inside a tree directory.
-    pub(super) async fn contents_lookup(&self, parent: &Node, name: &str) -> FsResult<Node> {
+    pub(crate) async fn contents_lookup(&self, parent: &Node, name: &str) -> FsResult<Node> {
         let Node::ContentsDir(repo, key, dir) = parent else {
             return Err(FsError::new(libc::ENOTDIR, "not a contents directory"));
         };
@@ -292,7 +293,7 @@ impl Inner {
     }
 
     /// Entries of a tree directory.
-    pub(super) async fn contents_list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
+    pub(crate) async fn contents_list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
         let Node::ContentsDir(repo, key, dir) = node else {
             return Ok(Vec::new()); // `_layers/` itself lists nothing
         };
@@ -337,7 +338,7 @@ impl Inner {
 
     /// Extended attributes of a contents node (PAX `SCHILY.xattr.*` of its
     /// entry); `None` when `ino` is not a contents node.
-    pub(super) async fn contents_xattrs(&self, ino: INodeNo) -> Option<FsResult<Vec<(String, Vec<u8>)>>> {
+    pub(crate) async fn contents_xattrs(&self, ino: INodeNo) -> Option<FsResult<Vec<(String, Vec<u8>)>>> {
         let node = self.inodes.get(ino.0).filter(Node::is_contents)?;
         let copy = |x: &[(Box<str>, Box<[u8]>)]| x.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
         Some(match &node {
@@ -361,7 +362,7 @@ impl Inner {
     }
 
     /// Attributes of contents nodes (`None` for any other node).
-    pub(super) async fn contents_attr(&self, node: &Node) -> FsResult<Option<FileAttr>> {
+    pub(crate) async fn contents_attr(&self, node: &Node) -> FsResult<Option<FileAttr>> {
         let (m, ino) = match node {
             Node::Rootfs(..) => {
                 // Reached only for an index (an image's rootfs resolves to its tree's root).
@@ -451,7 +452,7 @@ impl Inner {
     }
 
     /// `readlink` of a symlink inside a tree, or of an index's `rootfs`.
-    pub(super) async fn contents_link(&self, node: &Node) -> FsResult<String> {
+    pub(crate) async fn contents_link(&self, node: &Node) -> FsResult<String> {
         match node {
             Node::ContentsEntry(_, layer, entry, _) => {
                 let index = self.layer_index(layer).await?;
@@ -489,7 +490,7 @@ impl Inner {
     }
 
     /// An image's `rootfs` is its tree's root; an index's stays a link.
-    pub(super) async fn contents_resolve(&self, node: Node) -> FsResult<Node> {
+    pub(crate) async fn contents_resolve(&self, node: Node) -> FsResult<Node> {
         match node {
             Node::Rootfs(r, d) => {
                 let m = self.view.manifest(&r, d).await?;
@@ -507,7 +508,7 @@ impl Inner {
     }
 
     /// Opens a regular file of a tree.
-    pub(super) async fn contents_open(&self, node: &Node) -> FsResult<ContentsFile> {
+    pub(crate) async fn contents_open(&self, node: &Node) -> FsResult<ContentsFile> {
         let Node::ContentsEntry(r, layer, entry, kind) = node else {
             return Err(FsError::new(libc::EINVAL, "not a contents file"));
         };
@@ -535,7 +536,7 @@ impl Inner {
 
 impl ContentsFile {
     /// Reads on a blocking thread (decoding is CPU work; the source may wait on the network).
-    pub(super) async fn read(self: Arc<Self>, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+    pub(crate) async fn read(self: Arc<Self>, offset: u64, len: u64) -> FsResult<Vec<u8>> {
         tokio::task::spawn_blocking(move || {
             self.index.read(self.entry as usize, offset, len, &self.source).map_err(|e| {
                 tracing::warn!(layer = %self.index.digest, entry = self.entry, "read of layer contents failed: {e}");
@@ -549,7 +550,7 @@ impl ContentsFile {
 
 /// The directory-entry type of devices and fifos inside image contents
 /// (`Node::kind` has only directory, file and symlink).
-pub(super) fn special_file_type(node: &Node) -> Option<FileType> {
+pub(crate) fn special_file_type(node: &Node) -> Option<FileType> {
     match node {
         Node::ContentsEntry(.., contents::Kind::Char) => Some(FileType::CharDevice),
         Node::ContentsEntry(.., contents::Kind::Block) => Some(FileType::BlockDevice),

@@ -12,15 +12,20 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
+use futures_util::stream::{self, TryStreamExt};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::view::View;
-use crate::cache::{FsError, FsResult};
+use crate::error::{FsError, FsResult};
+use crate::oci::reference::is_valid_tag;
 use crate::oci::{self, Manifest, ManifestKind};
+use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
-use crate::registry::reference::is_valid_tag;
-use crate::registry::{Digest, Reference};
+
+/// Blobs of one archive uploaded at once: a far registry serves each upload
+/// at one connection's rate, so an image's layers go up side by side.
+const UPLOAD_CONCURRENCY: usize = 4;
 
 /// Configs and manifests are read into memory; nothing this size is one.
 const MAX_JSON_MEMBER: u64 = 16 << 20;
@@ -171,6 +176,18 @@ fn tag_from_file_name(name: &str) -> Option<String> {
 }
 
 impl View {
+    /// Upload blobs `UPLOAD_CONCURRENCY` at a time (each once); fails with
+    /// the first error.
+    async fn push_blobs(&self, repo: &str, mut uploads: Vec<(Digest, FileRange)>) -> FsResult<()> {
+        let mut seen = std::collections::HashSet::new();
+        uploads.retain(|(d, _)| seen.insert(*d));
+        stream::iter(uploads.into_iter().map(Ok))
+            .try_for_each_concurrent(UPLOAD_CONCURRENCY, |(digest, range)| async move {
+                self.push_blob(repo, digest, &range).await
+            })
+            .await
+    }
+
     pub async fn import(&self, repo: &str, archive: &Archive, file_name: &str) -> FsResult<Imported> {
         match archive.format {
             Format::Oci => self.import_oci(repo, archive, file_name).await,
@@ -205,6 +222,7 @@ impl View {
             .map(|(n, m)| (n, *m))
             .collect();
         blobs.sort_by(|x, y| x.0.cmp(y.0));
+        let mut uploads = Vec::new();
         for (name, m) in blobs {
             let Some(digest) = Digest::from_hex(&name["blobs/sha256/".len()..]) else {
                 continue;
@@ -230,8 +248,9 @@ impl View {
                     format!("archive member {name} does not hash to its name"),
                 ));
             }
-            self.push_blob(repo, digest, &a.range(m)).await?;
+            uploads.push((digest, a.range(m)));
         }
+        self.push_blobs(repo, uploads).await?;
         for (digest, bytes) in &manifests {
             self.push_manifest(repo, Reference::Digest(*digest), bytes.clone())
                 .await?;
@@ -278,12 +297,12 @@ impl View {
             let config_member = a.member(&image.config)?;
             let config_bytes = a.read(config_member)?;
             let config_digest = Digest::of(&config_bytes);
-            self.push_blob(repo, config_digest, &a.range(config_member)).await?;
+            let mut uploads = vec![(config_digest, a.range(config_member))];
             let mut layers = Vec::new();
             for path in &image.layers {
                 let m = a.member(path)?;
                 let digest = a.hash(m)?;
-                self.push_blob(repo, digest, &a.range(m)).await?;
+                uploads.push((digest, a.range(m)));
                 let media_type = match a.magic(m)? {
                     [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
                     [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -298,6 +317,7 @@ impl View {
                 "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config_bytes.len() },
                 "layers": layers,
             });
+            self.push_blobs(repo, uploads).await?;
             let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("JSON"));
             let digest = Digest::of(&bytes);
             first.get_or_insert(digest);

@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::sync::Mutex;
 
-use crate::registry::Digest;
+use crate::oci::Digest;
 
 /// Past this many lines the file is rewritten with the newest half.
 const MAX_LINES: usize = 400_000;
@@ -22,7 +22,7 @@ impl Locations {
     /// Open (creating) the file for `registry_host`; returns the pairs it holds.
     /// Any I/O problem only disables the memory: it is an optimisation.
     pub fn open(cache_dir: &std::path::Path, registry_host: &str) -> (Self, Vec<(String, Digest)>) {
-        let dir = cache_dir.join("locations");
+        let dir = crate::store::dir::locations(cache_dir);
         let name: String = registry_host
             .chars()
             .map(|c| {
@@ -62,10 +62,7 @@ fn load(path: &std::path::Path) -> Vec<(String, Digest)> {
         let Some((hex, repo)) = line.split_once(' ') else {
             continue;
         };
-        let (Some(d), true) = (
-            Digest::from_hex(hex),
-            crate::registry::reference::is_valid_repository(repo),
-        ) else {
+        let (Some(d), true) = (Digest::from_hex(hex), crate::oci::reference::is_valid_repository(repo)) else {
             continue;
         };
         if seen.insert((repo.to_string(), d)) {
@@ -77,7 +74,7 @@ fn load(path: &std::path::Path) -> Vec<(String, Digest)> {
 
 fn rewrite(path: &std::path::Path, pairs: &[(String, Digest)]) -> std::io::Result<()> {
     let text: String = pairs.iter().map(|(r, d)| format!("{} {r}\n", d.hex())).collect();
-    crate::cache::manifests::atomic_write(path, text.as_bytes())
+    crate::store::dir::atomic_write(path, text.as_bytes())
 }
 
 #[cfg(test)]

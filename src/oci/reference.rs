@@ -2,7 +2,8 @@
 //! Every name that comes from a path is validated here before it reaches the network.
 
 use std::fmt;
-use std::str::FromStr;
+
+use super::Digest;
 
 /// Maximum length of a full repository name (distribution's limit).
 const MAX_REPOSITORY_LEN: usize = 255;
@@ -63,77 +64,6 @@ pub fn is_valid_tag(s: &str) -> bool {
             .all(|&c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.' || c == b'-')
 }
 
-/// A sha256 content digest, always written `sha256:<64 lowercase hex>`.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Digest([u8; 32]);
-
-impl Digest {
-    pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        Digest(bytes)
-    }
-
-    pub fn of(data: &[u8]) -> Self {
-        use sha2::Digest as _;
-        Digest(sha2::Sha256::digest(data).into())
-    }
-
-    pub fn hex(&self) -> String {
-        hex::encode(self.0)
-    }
-
-    pub fn bytes(&self) -> &[u8; 32] {
-        &self.0
-    }
-
-    /// Parse the bare 64-hex form (as used in `blobs/sha256/<hex>`).
-    pub fn from_hex(hex_str: &str) -> Option<Self> {
-        if hex_str.len() != 64 || !hex_str.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(hex_str, &mut out).ok()?;
-        Some(Digest(out))
-    }
-}
-
-impl FromStr for Digest {
-    type Err = InvalidDigest;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.strip_prefix("sha256:")
-            .and_then(Digest::from_hex)
-            .ok_or_else(|| InvalidDigest(s.to_string()))
-    }
-}
-
-impl fmt::Display for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sha256:{}", self.hex())
-    }
-}
-
-impl fmt::Debug for Digest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl serde::Serialize for Digest {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Digest {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("not a sha256 digest: {0:?}")]
-pub struct InvalidDigest(pub String);
-
 /// What a manifest request names: a tag or a digest.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Reference {
@@ -184,23 +114,5 @@ mod tests {
         assert!(!is_valid_tag("-v1"));
         assert!(!is_valid_tag("a/b"));
         assert!(!is_valid_tag(&"a".repeat(129)));
-    }
-
-    #[test]
-    fn digests() {
-        let d = Digest::of(b"hello");
-        let s = d.to_string();
-        assert_eq!(
-            s,
-            "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
-        );
-        assert_eq!(s.parse::<Digest>().unwrap(), d);
-        assert!(
-            "sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824"
-                .parse::<Digest>()
-                .is_err()
-        );
-        assert!("sha512:abc".parse::<Digest>().is_err());
-        assert!("sha256:abc".parse::<Digest>().is_err());
     }
 }

@@ -29,8 +29,8 @@
 //! `_`-prefixed names and `.regfs` can never be repository components, so a
 //! directory can hold both a repository's entries and nested repositories.
 
-use crate::registry::reference::{is_valid_component, is_valid_tag};
-use crate::registry::Digest;
+use crate::oci::reference::{is_valid_component, is_valid_tag};
+use crate::oci::Digest;
 
 pub const STATUS_DIR: &str = ".regfs";
 pub const TAGS: &str = "_tags";

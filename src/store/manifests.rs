@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use lru::LruCache;
 
+use crate::oci::Digest;
 use crate::oci::Manifest;
-use crate::registry::Digest;
 use crate::stats::Stats;
 
 /// Manifests are small (≤ 4 MiB, usually ≤ 10 KiB): a count bound keeps memory bounded.
@@ -36,7 +36,7 @@ pub struct ManifestStore {
 
 impl ManifestStore {
     pub fn new(cache_dir: &std::path::Path, stats: Arc<Stats>) -> std::io::Result<Self> {
-        let dir = cache_dir.join("manifests").join("sha256");
+        let dir = super::dir::manifests(cache_dir);
         std::fs::create_dir_all(&dir)?;
         Ok(ManifestStore {
             dir,
@@ -81,25 +81,10 @@ impl ManifestStore {
     fn write_disk(&self, digest: &Digest, bytes: &[u8], declared: Option<&str>) -> std::io::Result<()> {
         let hex = digest.hex();
         if let Some(t) = declared {
-            atomic_write(&self.dir.join(format!("{hex}.type")), t.as_bytes())?;
+            super::dir::atomic_write(&self.dir.join(format!("{hex}.type")), t.as_bytes())?;
         }
-        atomic_write(&self.dir.join(&hex), bytes)
+        super::dir::atomic_write(&self.dir.join(&hex), bytes)
     }
-}
-
-/// Write to a unique temporary name, then rename: readers never see half a file.
-pub fn atomic_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp.{}.{}", std::process::id(), unique()));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-pub fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 #[cfg(test)]

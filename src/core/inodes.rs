@@ -23,7 +23,7 @@ struct Table {
 
 /// Two bits of kind below the top bit keep a manifest file and a blob with the
 /// same digest (possible: a manifest pushed as a blob) apart.
-fn digest_ino(kind: u8, digest: &crate::registry::Digest) -> u64 {
+fn digest_ino(kind: u8, digest: &crate::oci::Digest) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&digest.bytes()[..8]);
     let low = u64::from_be_bytes(b) >> 3;
@@ -31,7 +31,7 @@ fn digest_ino(kind: u8, digest: &crate::registry::Digest) -> u64 {
 }
 
 /// The inode number of a blob file (`_blobs/<digest>` in any repository).
-pub fn blob_ino(digest: &crate::registry::Digest) -> u64 {
+pub fn blob_ino(digest: &crate::oci::Digest) -> u64 {
     digest_ino(2, digest)
 }
 
@@ -100,7 +100,7 @@ impl Inodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::Digest;
+    use crate::oci::Digest;
 
     #[test]
     fn same_digest_same_inode_across_repositories() {

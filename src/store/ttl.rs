@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::OnceCell;
 
-use super::FsResult;
+use crate::error::FsResult;
 
 struct Entry<V> {
     value: OnceCell<V>,
@@ -74,7 +74,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             .get_or_try_init(|| async {
                 let v = fetch().await?;
                 *entry.stored.lock().unwrap() = Some(Instant::now());
-                Ok::<V, super::FsError>(v)
+                Ok::<V, crate::error::FsError>(v)
             })
             .await?;
         Ok(v.clone())
@@ -110,7 +110,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::FsError;
+    use crate::error::FsError;
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test]

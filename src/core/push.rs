@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::view::View;
-use crate::cache::{CachedManifest, FsError, FsResult};
+use crate::error::{FsError, FsResult};
 use crate::oci::{self, Manifest, ManifestKind};
+use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
-use crate::registry::{Digest, Reference, RegistryError};
+use crate::registry::RegistryError;
 use crate::stats::Stats;
+use crate::store::CachedManifest;
 
 /// Repositories asked (HEAD) for a blob before uploading it, beyond known ones.
 const MOUNT_PROBES: usize = 16;
@@ -353,7 +355,7 @@ impl View {
 
     /// A manifest written here and held for its references: its bytes (hashed
     /// to its digest when written) are served like any manifest's.
-    pub(super) fn held_manifest(&self, repo: &str, digest: &Digest) -> Option<std::sync::Arc<CachedManifest>> {
+    pub(crate) fn held_manifest(&self, repo: &str, digest: &Digest) -> Option<std::sync::Arc<CachedManifest>> {
         let held = self.held.lock().unwrap();
         let h = held.iter().find(|h| h.repo == repo && h.digest == *digest)?;
         Some(std::sync::Arc::new(CachedManifest::new(

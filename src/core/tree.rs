@@ -4,14 +4,15 @@
 use fuser::FileAttr;
 
 use super::node::{self, Node, StatusFile};
-use super::Inner;
-use crate::cache::{CachedManifest, FsError, FsResult};
+use super::Core;
+use crate::error::{FsError, FsResult};
 use crate::oci::{self, ChildTarget, ManifestKind};
+use crate::store::CachedManifest;
 
-impl Inner {
+impl Core {
     /// Check that `node` exists and compute its attributes (a request at most,
     /// usually none: sizes come from descriptors and caches).
-    pub(super) async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
+    pub(crate) async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
         if let Some(attr) = self.contents_attr(node).await? {
             return Ok(attr);
         }
@@ -96,7 +97,7 @@ impl Inner {
     }
 
     /// Where a symlink node points (relative, per layout.md).
-    pub(super) async fn link_target(&self, node: &Node) -> FsResult<String> {
+    pub(crate) async fn link_target(&self, node: &Node) -> FsResult<String> {
         if node.is_contents() {
             return self.contents_link(node).await;
         }
@@ -163,7 +164,7 @@ impl Inner {
     }
 
     /// The entries of a directory node, by name.
-    pub(super) async fn list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
+    pub(crate) async fn list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
         if matches!(node, Node::ContentsDir(..) | Node::LayerTreesDir(..)) {
             return self.contents_list(node).await;
         }
@@ -304,7 +305,7 @@ impl Inner {
 
     /// Placeholders become the node that serves them: `_oci/blobs/sha256/<hex>`
     /// is the manifest file or the blob of that digest (one inode per digest).
-    pub(super) async fn resolve(&self, node: Node) -> FsResult<Node> {
+    pub(crate) async fn resolve(&self, node: Node) -> FsResult<Node> {
         match node {
             Node::OciBlob(r, d) => Ok(if self.view.manifest_or_blob(&r, d).await? {
                 Node::ManifestFile(r, d)
@@ -325,9 +326,9 @@ impl Inner {
     }
 }
 
-impl Inner {
+impl Core {
     /// Extended attributes of manifest and blob entries (`user.regfs.*`).
-    pub(super) async fn xattrs(&self, node: &Node) -> FsResult<Vec<(&'static str, String)>> {
+    pub(crate) async fn xattrs(&self, node: &Node) -> FsResult<Vec<(&'static str, String)>> {
         let v = &self.view;
         Ok(match node {
             Node::ManifestDir(r, d) | Node::ManifestFile(r, d) => {
@@ -409,7 +410,7 @@ fn not_found(node: &Node) -> FsError {
 fn descriptor_target(
     node: &Node,
     desc: &oci::Descriptor,
-    target: impl Fn(&crate::registry::Digest) -> String,
+    target: impl Fn(&crate::oci::Digest) -> String,
     depth_to_repo: usize,
 ) -> String {
     match desc.digest() {

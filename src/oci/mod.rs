@@ -1,11 +1,19 @@
-//! Media types, manifest/index/descriptor parsing and media-type detection.
+//! The bottom floor: what OCI content *is*, with no I/O and nothing from the
+//! rest of the crate. Digests (`digest.rs`), the name grammar (`reference.rs`),
+//! the tar layout of an export (`tarstream.rs`), and here media types,
+//! manifest/index/descriptor parsing and media-type detection.
 //! Parsing never fails a directory: anything unrecognised is `ManifestKind::Unknown`.
+
+pub mod digest;
+pub mod reference;
+pub mod tarstream;
+
+pub use digest::{Digest, InvalidDigest};
+pub use reference::Reference;
 
 use std::collections::BTreeMap;
 
 use serde::Deserialize;
-
-use crate::registry::Digest;
 
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

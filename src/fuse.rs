@@ -2,108 +2,31 @@
 //! `Node`, handed to a tokio task (no FUSE thread ever waits on the network),
 //! and answered from there.
 
-mod archive;
-mod contents;
-mod import;
-pub mod inodes;
-mod locations;
-pub mod node;
-mod push;
-mod tree;
-pub mod view;
-mod write;
-
-pub use write::Staging;
-
-use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags, ReplyAttr,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, Request,
 };
 
-use crate::cache::{BlobFile, FsError, FsResult, ReadState};
-use inodes::Inodes;
-use node::{Kind, Node, StatusFile};
-use view::View;
-
-/// Kernel TTL for content-addressed entries: they never change.
-const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// Kernel readahead: large enough for streaming, the prefetcher does the rest.
-const MAX_READAHEAD: u32 = 1 << 20;
-/// Every entry has this mtime: stable across mounts and machines, so a second
-/// `rsync -a` sees nothing changed. (Content-addressed data never changes;
-/// names carry no trustworthy time.)
-const STABLE_MTIME: SystemTime = UNIX_EPOCH;
-
-pub struct Options {
-    pub uid: u32,
-    pub gid: u32,
-    /// Kernel TTL for entries named by tags and listings (`--metadata-ttl`).
-    pub name_ttl: Duration,
-    /// `name value` lines for `.regfs/config` (never a secret).
-    pub description: String,
-    pub read_only: bool,
-    pub allow_delete: bool,
-}
-
-enum Handle {
-    Blob {
-        file: Arc<BlobFile>,
-        state: Mutex<ReadState>,
-    },
-    Bytes(Bytes),
-    /// A file being written: the staging id.
-    Staged(u64),
-    /// A file being written, opened for reading only: closing it pushes nothing.
-    StagedRead(u64),
-    /// `_export/<tag>.tar`, made on the fly.
-    Export(Arc<archive::Export>),
-    /// A regular file inside `rootfs/` or `_layers/`.
-    Contents(Arc<contents::ContentsFile>),
-}
-
-struct DirEntry {
-    ino: u64,
-    kind: Kind,
-    name: String,
-    /// Devices and fifos inside image contents (`kind` says File for them).
-    special: Option<FileType>,
-}
-
-struct Inner {
-    view: View,
-    staging: write::Staging,
-    inodes: Inodes,
-    opts: Options,
-    next_fh: AtomicU64,
-    files: Mutex<HashMap<u64, Arc<Handle>>>,
-    dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
-}
+use crate::core::node::{Kind, Node};
+use crate::core::view::View;
+use crate::core::{contents, write, Core, DirEntry, Handle, Options, Staging, MAX_READAHEAD, STABLE_MTIME};
+use crate::error::FsError;
 
 pub struct RegFs {
     rt: tokio::runtime::Handle,
-    inner: Arc<Inner>,
+    inner: Arc<Core>,
 }
 
 impl RegFs {
-    pub fn new(rt: tokio::runtime::Handle, view: View, staging: write::Staging, opts: Options) -> Self {
+    pub fn new(rt: tokio::runtime::Handle, view: View, staging: Staging, opts: Options) -> Self {
         RegFs {
             rt,
-            inner: Arc::new(Inner {
-                view,
-                staging,
-                inodes: Inodes::new(),
-                opts,
-                next_fh: AtomicU64::new(1),
-                files: Mutex::new(HashMap::new()),
-                dirs: Mutex::new(HashMap::new()),
-            }),
+            inner: Arc::new(Core::new(view, staging, opts)),
         }
     }
 
@@ -116,151 +39,10 @@ impl RegFs {
     /// Run `f` on the runtime with the shared state.
     fn spawn<F, Fut>(&self, f: F)
     where
-        F: FnOnce(Arc<Inner>) -> Fut,
+        F: FnOnce(Arc<Core>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         self.rt.spawn(f(self.inner.clone()));
-    }
-}
-
-fn errno(e: &FsError) -> Errno {
-    Errno::from_i32(e.errno)
-}
-
-impl Inner {
-    fn node(&self, ino: INodeNo) -> FsResult<Node> {
-        self.inodes
-            .get(ino.0)
-            .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
-    }
-
-    /// Log a failed operation once, with the registry's message; ENOENT is
-    /// a normal answer and only logged at debug.
-    fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Errno {
-        self.fail_at(op, &node.map(Node::path).unwrap_or_default(), e)
-    }
-
-    /// `fail` for operations on a name in a directory (create, mkdir, unlink,
-    /// rename …): the path logged is `<parent>/<name>`.
-    fn fail_in(&self, op: &str, parent: INodeNo, name: &str, e: &FsError) -> Errno {
-        let path = match self.inodes.get(parent.0).map(|p| p.path()) {
-            Some(p) if p.ends_with('/') => format!("{p}{name}"),
-            Some(p) => format!("{p}/{name}"),
-            None => name.to_string(),
-        };
-        self.fail_at(op, &path, e)
-    }
-
-    fn fail_at(&self, op: &str, path: &str, e: &FsError) -> Errno {
-        if e.errno == libc::ENOENT || e.errno == libc::ESTALE {
-            tracing::debug!(op, path, "{e}");
-        } else {
-            tracing::warn!(op, path, errno = e.errno, "{e}");
-            self.view.stats.record_error(format!("{op} {path}: {e}"));
-        }
-        errno(e)
-    }
-
-    fn ttl(&self, node: &Node) -> Duration {
-        match node {
-            // Files being written change size and become links when pushed.
-            Node::Status(_) | Node::Staged(_) => Duration::ZERO,
-            n if n.is_immutable() => IMMUTABLE_TTL,
-            _ => self.opts.name_ttl,
-        }
-    }
-
-    fn make_attr(&self, node: &Node, size: u64) -> FileAttr {
-        // Directories that take writes say so (the kernel checks modes: the
-        // mount uses default_permissions); content is never writable in place.
-        let writable = !self.opts.read_only;
-        let (kind, perm, nlink) = match node.kind() {
-            Kind::Directory if writable => (FileType::Directory, 0o755, 2),
-            Kind::Directory => (FileType::Directory, 0o555, 2),
-            Kind::File if writable && matches!(node, Node::Staged(_)) => (FileType::RegularFile, 0o644, 1),
-            // Content-addressed files are reachable at least twice (`_blobs/…` or
-            // `manifest.json`, and `_oci/blobs/sha256/…`) under one inode: saying
-            // so lets `rsync -H` and `cp -a` keep one copy.
-            Kind::File if node.digest_identity().is_some() => (FileType::RegularFile, 0o444, 2),
-            Kind::File => (FileType::RegularFile, 0o444, 1),
-            Kind::Symlink => (FileType::Symlink, 0o777, 1),
-        };
-        FileAttr {
-            ino: INodeNo(self.inodes.ino(node)),
-            size,
-            blocks: size.div_ceil(512),
-            atime: STABLE_MTIME,
-            mtime: STABLE_MTIME,
-            ctime: STABLE_MTIME,
-            crtime: STABLE_MTIME,
-            kind,
-            perm,
-            nlink,
-            uid: self.opts.uid,
-            gid: self.opts.gid,
-            rdev: 0,
-            blksize: 1 << 20,
-            flags: 0,
-        }
-    }
-
-    fn status_text(&self, f: StatusFile) -> String {
-        match f {
-            StatusFile::Stats => self.view.stats.render() + &self.view.blobs.usage(),
-            StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
-            StatusFile::Errors => self.view.stats.render_errors(),
-            StatusFile::Config => self.opts.description.clone(),
-            StatusFile::Held => self.view.render_held(),
-            StatusFile::Transfers => self.view.stats.transfers.render(),
-            StatusFile::Metrics => crate::metrics::render(&self.view.stats, &self.view.blobs),
-        }
-    }
-
-    async fn open(&self, node: &Node) -> FsResult<(Handle, FopenFlags)> {
-        let v = &self.view;
-        Ok(match node {
-            Node::Blob(r, d) => {
-                if let Some(urls) = v.foreign_urls(d) {
-                    return Err(crate::cache::FsError::new(
-                        libc::EREMOTE,
-                        format!("foreign layer {d}: not in the registry, download it from {urls:?}"),
-                    ));
-                }
-                let size = v.blob_size(r, *d).await?;
-                let file = v.blobs.open(r, *d, size).await?;
-                (
-                    Handle::Blob {
-                        file,
-                        state: Mutex::new(ReadState::default()),
-                    },
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                )
-            }
-            Node::ManifestFile(r, d) => (
-                Handle::Bytes(v.manifest(r, *d).await?.bytes.clone()),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Node::OciLayout(_) => (
-                Handle::Bytes(Bytes::from_static(archive::OCI_LAYOUT_BYTES)),
-                FopenFlags::empty(),
-            ),
-            Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), FopenFlags::FOPEN_DIRECT_IO),
-            Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), FopenFlags::empty()),
-            Node::Staged(id) => (Handle::StagedRead(*id), FopenFlags::FOPEN_DIRECT_IO),
-            Node::ContentsEntry(..) => (
-                Handle::Contents(Arc::new(self.contents_open(node).await?)),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            // Status text changes between reads: no page cache, sizes from the snapshot.
-            Node::Status(f) => (
-                Handle::Bytes(Bytes::from(self.status_text(*f))),
-                FopenFlags::FOPEN_DIRECT_IO,
-            ),
-            n if n.kind() == Kind::Directory => {
-                return Err(FsError::new(libc::EISDIR, format!("{} is a directory", n.path())))
-            }
-            n => return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", n.path()))),
-        })
     }
 }
 
@@ -410,7 +192,10 @@ impl Filesystem for RegFs {
             Handle::Staged(id) | Handle::StagedRead(id) => match self.inner.staging.get(*id) {
                 Some(f) => match f.lock().unwrap().read(offset, u64::from(size)) {
                     Ok(data) => reply.data(&data),
-                    Err(e) => reply.error(errno(&e)),
+                    Err(e) => {
+                        let node = self.inner.node(ino).ok();
+                        reply.error(self.inner.fail("read", node.as_ref(), &e))
+                    }
                 },
                 None => reply.error(Errno::EBADF),
             },
@@ -704,7 +489,7 @@ impl Filesystem for RegFs {
                         Some((_, value)) => reply_xattr(reply, size, &value),
                         None => reply.error(Errno::from_i32(libc::ENODATA)),
                     },
-                    Err(e) => reply.error(errno(&e)),
+                    Err(e) => reply.error(fs.fail_ino("getxattr", ino, &e)),
                 };
             }
             let attrs = match fs.node(ino) {
@@ -716,7 +501,7 @@ impl Filesystem for RegFs {
                     Some((_, value)) => reply_xattr(reply, size, value.as_bytes()),
                     None => reply.error(Errno::from_i32(libc::ENODATA)),
                 },
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(fs.fail_ino("getxattr", ino, &e)),
             }
         });
     }
@@ -729,7 +514,7 @@ impl Filesystem for RegFs {
                         let names: Vec<u8> = attrs.iter().flat_map(|(k, _)| k.bytes().chain([0])).collect();
                         reply_xattr(reply, size, &names)
                     }
-                    Err(e) => reply.error(errno(&e)),
+                    Err(e) => reply.error(fs.fail_ino("listxattr", ino, &e)),
                 };
             }
             let attrs = match fs.node(ino) {
@@ -741,7 +526,7 @@ impl Filesystem for RegFs {
                     let names: Vec<u8> = attrs.iter().flat_map(|(k, _)| k.bytes().chain([0])).collect();
                     reply_xattr(reply, size, &names)
                 }
-                Err(e) => reply.error(errno(&e)),
+                Err(e) => reply.error(fs.fail_ino("listxattr", ino, &e)),
             }
         });
     }
@@ -815,9 +600,9 @@ impl Filesystem for RegFs {
         };
         for (i, e) in entries.iter().enumerate().skip(offset as usize) {
             let kind = e.special.unwrap_or(match e.kind {
-                Kind::Directory => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-                Kind::Symlink => FileType::Symlink,
+                Kind::Directory => fuser::FileType::Directory,
+                Kind::File => fuser::FileType::RegularFile,
+                Kind::Symlink => fuser::FileType::Symlink,
             });
             if reply.add(INodeNo(e.ino), (i + 1) as u64, kind, &e.name) {
                 break;
@@ -865,7 +650,7 @@ fn reply_xattr(reply: fuser::ReplyXattr, size: u32, value: &[u8]) {
 
 /// `ls -l _tags` reads every link: resolve the tags in the background, with
 /// bounded concurrency, so those reads find their answers cached.
-fn prefetch_tag_digests(fs: &Arc<Inner>, repo: &str) {
+fn prefetch_tag_digests(fs: &Arc<Core>, repo: &str) {
     let Some(tags) = fs.view.peek_tags(repo) else {
         return;
     };

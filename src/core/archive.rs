@@ -12,10 +12,11 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::view::View;
-use crate::cache::{CachedManifest, FsError, FsResult, ReadState};
+use crate::error::{FsError, FsResult};
+use crate::oci::tarstream::{Member, TarError, TarLayout};
+use crate::oci::Digest;
 use crate::oci::{self, ManifestKind};
-use crate::registry::Digest;
-use crate::tarstream::{Member, TarError, TarLayout};
+use crate::store::{CachedManifest, ReadState};
 
 pub const OCI_LAYOUT_BYTES: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -214,7 +215,7 @@ impl View {
     /// Read `len` bytes of an export at `offset`: headers are generated, member
     /// data comes from the manifest cache and the blob store.
     pub async fn read_export(&self, export: &Export, offset: u64, len: u64) -> FsResult<Vec<u8>> {
-        crate::tarstream::read_at(&export.layout, offset, len, |src, start, n| async move {
+        crate::oci::tarstream::read_at(&export.layout, offset, len, |src, start, n| async move {
             match src {
                 Source::Manifest(d) => {
                     let m = self.manifest(&export.repo, d).await?;

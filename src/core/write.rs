@@ -28,11 +28,11 @@ use sha2::{Digest as _, Sha256};
 
 use super::node::{self, Node};
 use super::push::Pushed;
-use super::Inner;
-use crate::cache::{FsError, FsResult};
+use super::Core;
+use crate::error::{FsError, FsResult};
+use crate::oci::reference::is_valid_tag;
+use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
-use crate::registry::reference::is_valid_tag;
-use crate::registry::{Digest, Reference};
 use fuser::INodeNo;
 
 /// How long a new tag symlink may wait for a rename before it is pushed as it is.
@@ -45,7 +45,7 @@ pub struct StagedFile {
     file: File,
     pub size: u64,
     /// Written since the last commit.
-    pub(super) dirty: bool,
+    pub(crate) dirty: bool,
     /// Outcome of the last commit, returned to later flushes of the same data.
     last: Option<FsResult<()>>,
     commit_gate: Arc<tokio::sync::Mutex<()>>,
@@ -149,11 +149,11 @@ pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
 
 impl Staging {
     pub fn new(cache_dir: &std::path::Path) -> std::io::Result<Self> {
-        let dir = cache_dir.join("staging");
+        let dir = crate::store::dir::staging(cache_dir);
         std::fs::create_dir_all(&dir)?;
         // Staged files of a daemon that died were never committed: drop them
         // (another mount sharing this cache dir keeps its own).
-        crate::cache::blobs::remove_files_of_dead_processes(&dir, |name| name.split('.').next());
+        crate::store::dir::sweep_dead_processes(&dir);
         Ok(Staging {
             dir,
             next_id: AtomicU64::new(1),
@@ -169,7 +169,7 @@ impl Staging {
     /// A new, empty staged file at (parent, name), replacing any staged there.
     pub fn create(&self, parent: &Node, name: &str) -> FsResult<u64> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let path = self.dir.join(format!("{}.{id}", std::process::id()));
+        let path = self.dir.join(crate::store::dir::process_file_name("staged", id));
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -371,10 +371,10 @@ impl StagedFile {
     }
 }
 
-impl Inner {
+impl Core {
     /// Commit staged file `id` if it has a final name and new data; the result
     /// is what the writer's close/fsync/rename returns.
-    pub(super) async fn commit(&self, id: u64) -> FsResult<()> {
+    pub(crate) async fn commit(&self, id: u64) -> FsResult<()> {
         let Some(staged) = self.staging.get(id) else {
             return Ok(());
         };
@@ -476,7 +476,7 @@ impl Inner {
     /// A committed staged file is done: what it became is served by the tree.
     /// One whose push failed is dropped: the writer got the error from close(),
     /// and nothing that did not reach the registry stays listed.
-    pub(super) fn settle_staged(&self, id: u64) {
+    pub(crate) fn settle_staged(&self, id: u64) {
         if self.staging.is_settled(id) || self.staging.push_failed(id) {
             self.staging.forget(id);
         }
@@ -484,7 +484,7 @@ impl Inner {
 
     /// `ln -s ../_manifests/sha256:<hex> _tags/<name>`: check the target now,
     /// push when the link settles.
-    pub(super) async fn create_tag_link(self: &Arc<Self>, repo: &str, name: &str, target: &str) -> FsResult<()> {
+    pub(crate) async fn create_tag_link(self: &Arc<Self>, repo: &str, name: &str, target: &str) -> FsResult<()> {
         if !is_valid_tag(name) && !node::is_temp_name(name) {
             return Err(FsError::new(libc::EINVAL, format!("{name:?} is not a valid tag")));
         }
@@ -514,7 +514,7 @@ impl Inner {
     }
 
     /// Rename a pending tag link: the tag is pushed now, under its new name.
-    pub(super) async fn rename_tag_link(&self, repo: &str, from: &str, to: &str) -> Option<FsResult<()>> {
+    pub(crate) async fn rename_tag_link(&self, repo: &str, from: &str, to: &str) -> Option<FsResult<()>> {
         let digest = self.staging.take_link(repo, from, None)?;
         if !is_valid_tag(to) {
             return Some(Err(FsError::new(libc::EINVAL, format!("{to:?} is not a valid tag"))));
@@ -522,7 +522,7 @@ impl Inner {
         Some(self.view.push_tag(repo, to, digest).await)
     }
 
-    pub(super) fn drop_tag_link(&self, repo: &str, name: &str) -> bool {
+    pub(crate) fn drop_tag_link(&self, repo: &str, name: &str) -> bool {
         self.staging.take_link(repo, name, None).is_some()
     }
 }
@@ -531,11 +531,11 @@ fn eperm(msg: impl Into<String>) -> FsError {
     FsError::new(libc::EPERM, msg)
 }
 
-impl Inner {
+impl Core {
     /// Only a manifest directory made with mkdir (the restore path) takes files:
     /// the others are the registry's immutable manifests (`cp x _tags/<tag>`
     /// onto an existing tag lands here, through the link).
-    pub(super) fn check_manifest_dir_writable(&self, parent: &Node) -> FsResult<()> {
+    pub(crate) fn check_manifest_dir_writable(&self, parent: &Node) -> FsResult<()> {
         match parent {
             Node::ManifestDir(r, d) if !self.view.is_pending_dir(r, d) => {
                 Err(eperm(format!(
@@ -549,7 +549,7 @@ impl Inner {
 
     /// Open an existing entry for writing: content-addressed entries are
     /// written afresh (and verified against their name); anything else is immutable.
-    pub(super) fn open_for_write(&self, node: &Node, truncate: bool) -> FsResult<u64> {
+    pub(crate) fn open_for_write(&self, node: &Node, truncate: bool) -> FsResult<u64> {
         match node {
             Node::Staged(id) => {
                 if truncate {
@@ -584,7 +584,7 @@ impl Inner {
         Ok((parent, child))
     }
 
-    pub(super) async fn mkdir(&self, parent: INodeNo, name: &str) -> FsResult<Node> {
+    pub(crate) async fn mkdir(&self, parent: INodeNo, name: &str) -> FsResult<Node> {
         let (parent, child) = self.parent_and_child(parent, name)?;
         let v = &self.view;
         match (&parent, &child) {
@@ -629,7 +629,7 @@ impl Inner {
     }
 
     /// unlink (`dir` false) and rmdir (`dir` true).
-    pub(super) async fn remove(&self, parent: INodeNo, name: &str, dir: bool) -> FsResult<()> {
+    pub(crate) async fn remove(&self, parent: INodeNo, name: &str, dir: bool) -> FsResult<()> {
         let parent = self.node(parent)?;
         if let Some(id) = self.staging.find(&parent, name) {
             self.staging.forget(id);
@@ -699,7 +699,7 @@ impl Inner {
         }
     }
 
-    pub(super) async fn symlink(self: &Arc<Self>, parent: INodeNo, name: &str, target: &str) -> FsResult<Node> {
+    pub(crate) async fn symlink(self: &Arc<Self>, parent: INodeNo, name: &str, target: &str) -> FsResult<Node> {
         let (parent, child) = self.parent_and_child(parent, name)?;
         match &parent {
             Node::TagsDir(r) => {
@@ -724,7 +724,7 @@ impl Inner {
         }
     }
 
-    pub(super) async fn rename(&self, parent: INodeNo, name: &str, newparent: INodeNo, newname: &str) -> FsResult<()> {
+    pub(crate) async fn rename(&self, parent: INodeNo, name: &str, newparent: INodeNo, newname: &str) -> FsResult<()> {
         if parent != newparent {
             return Err(FsError::new(libc::EXDEV, "renames only within one directory"));
         }
@@ -759,7 +759,7 @@ impl Inner {
     }
 
     /// `ln a/_blobs/sha256:<hex> b/_blobs/`: a cross-repository mount.
-    pub(super) async fn hard_link(&self, src: &Node, dst: &Node, name: &str) -> FsResult<Node> {
+    pub(crate) async fn hard_link(&self, src: &Node, dst: &Node, name: &str) -> FsResult<Node> {
         let (Node::Blob(from, d), Node::BlobsDir(to)) = (src, dst) else {
             return Err(eperm(
                 "hard links make cross-repository blob mounts: ln REPO/_blobs/sha256:<hex> OTHER/_blobs/",
@@ -788,7 +788,7 @@ impl Inner {
     }
 }
 
-impl Inner {
+impl Core {
     /// `_oci/index.json` written: tag every entry that has a ref name, once
     /// its manifest is in (held manifests are waited for).
     async fn restore_oci_index(&self, repo: &str, bytes: &[u8]) -> FsResult<()> {

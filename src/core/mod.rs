@@ -1,0 +1,233 @@
+//! The filesystem without the kernel: nodes, the inode table, the read-side
+//! view of the registry, the overlay of local writes, pushes, exports and
+//! imports. `crate::fuse` links fuser's calls to the methods here.
+
+pub(crate) mod archive;
+pub(crate) mod contents;
+pub(crate) mod import;
+pub mod inodes;
+pub(crate) mod locations;
+pub mod node;
+pub(crate) mod push;
+pub(crate) mod tree;
+pub mod view;
+pub(crate) mod write;
+
+pub use write::Staging;
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo};
+
+use crate::error::{FsError, FsResult};
+use crate::store::{BlobFile, ReadState};
+use inodes::Inodes;
+use node::{Kind, Node, StatusFile};
+use view::View;
+
+/// Kernel TTL for content-addressed entries: they never change.
+const IMMUTABLE_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Kernel readahead: large enough for streaming, the prefetcher does the rest.
+pub const MAX_READAHEAD: u32 = 1 << 20;
+/// Every entry has this mtime: stable across mounts and machines, so a second
+/// `rsync -a` sees nothing changed. (Content-addressed data never changes;
+/// names carry no trustworthy time.)
+pub(crate) const STABLE_MTIME: SystemTime = UNIX_EPOCH;
+
+pub struct Options {
+    pub uid: u32,
+    pub gid: u32,
+    /// Kernel TTL for entries named by tags and listings (`--metadata-ttl`).
+    pub name_ttl: Duration,
+    /// `name value` lines for `.regfs/config` (never a secret).
+    pub description: String,
+    pub read_only: bool,
+    pub allow_delete: bool,
+}
+
+pub(crate) enum Handle {
+    Blob {
+        file: Arc<BlobFile>,
+        state: Mutex<ReadState>,
+    },
+    Bytes(Bytes),
+    /// A file being written: the staging id.
+    Staged(u64),
+    /// A file being written, opened for reading only: closing it pushes nothing.
+    StagedRead(u64),
+    /// `_export/<tag>.tar`, made on the fly.
+    Export(Arc<archive::Export>),
+    /// A regular file inside `rootfs/` or `_layers/`.
+    Contents(Arc<contents::ContentsFile>),
+}
+
+pub(crate) struct DirEntry {
+    pub(crate) ino: u64,
+    pub(crate) kind: Kind,
+    pub(crate) name: String,
+    /// Devices and fifos inside image contents (`kind` says File for them).
+    pub(crate) special: Option<FileType>,
+}
+
+pub struct Core {
+    pub(crate) view: View,
+    pub(crate) staging: write::Staging,
+    pub(crate) inodes: Inodes,
+    pub(crate) opts: Options,
+    pub(crate) next_fh: AtomicU64,
+    pub(crate) files: Mutex<HashMap<u64, Arc<Handle>>>,
+    pub(crate) dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+}
+
+impl Core {
+    pub fn new(view: View, staging: write::Staging, opts: Options) -> Self {
+        Core {
+            view,
+            staging,
+            inodes: Inodes::new(),
+            opts,
+            next_fh: AtomicU64::new(1),
+            files: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn node(&self, ino: INodeNo) -> FsResult<Node> {
+        self.inodes
+            .get(ino.0)
+            .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
+    }
+
+    /// Log a failed operation once, with the registry's message; ENOENT is
+    /// a normal answer and only logged at debug.
+    pub(crate) fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Errno {
+        self.fail_at(op, &node.map(Node::path).unwrap_or_default(), e)
+    }
+
+    /// `fail` for an inode number the kernel gave (the node may be gone).
+    pub(crate) fn fail_ino(&self, op: &str, ino: INodeNo, e: &FsError) -> Errno {
+        let node = self.inodes.get(ino.0);
+        self.fail(op, node.as_ref(), e)
+    }
+
+    /// `fail` for operations on a name in a directory (create, mkdir, unlink,
+    /// rename …): the path logged is `<parent>/<name>`.
+    pub(crate) fn fail_in(&self, op: &str, parent: INodeNo, name: &str, e: &FsError) -> Errno {
+        let path = match self.inodes.get(parent.0).map(|p| p.path()) {
+            Some(p) if p.ends_with('/') => format!("{p}{name}"),
+            Some(p) => format!("{p}/{name}"),
+            None => name.to_string(),
+        };
+        self.fail_at(op, &path, e)
+    }
+
+    pub(crate) fn fail_at(&self, op: &str, path: &str, e: &FsError) -> Errno {
+        Errno::from_i32(crate::error::report(&self.view.stats, op, path, e))
+    }
+
+    pub(crate) fn ttl(&self, node: &Node) -> Duration {
+        match node {
+            // Files being written change size and become links when pushed.
+            Node::Status(_) | Node::Staged(_) => Duration::ZERO,
+            n if n.is_immutable() => IMMUTABLE_TTL,
+            _ => self.opts.name_ttl,
+        }
+    }
+
+    pub(crate) fn make_attr(&self, node: &Node, size: u64) -> FileAttr {
+        // Directories that take writes say so (the kernel checks modes: the
+        // mount uses default_permissions); content is never writable in place.
+        let writable = !self.opts.read_only;
+        let (kind, perm, nlink) = match node.kind() {
+            Kind::Directory if writable => (FileType::Directory, 0o755, 2),
+            Kind::Directory => (FileType::Directory, 0o555, 2),
+            Kind::File if writable && matches!(node, Node::Staged(_)) => (FileType::RegularFile, 0o644, 1),
+            // Content-addressed files are reachable at least twice (`_blobs/…` or
+            // `manifest.json`, and `_oci/blobs/sha256/…`) under one inode: saying
+            // so lets `rsync -H` and `cp -a` keep one copy.
+            Kind::File if node.digest_identity().is_some() => (FileType::RegularFile, 0o444, 2),
+            Kind::File => (FileType::RegularFile, 0o444, 1),
+            Kind::Symlink => (FileType::Symlink, 0o777, 1),
+        };
+        FileAttr {
+            ino: INodeNo(self.inodes.ino(node)),
+            size,
+            blocks: size.div_ceil(512),
+            atime: STABLE_MTIME,
+            mtime: STABLE_MTIME,
+            ctime: STABLE_MTIME,
+            crtime: STABLE_MTIME,
+            kind,
+            perm,
+            nlink,
+            uid: self.opts.uid,
+            gid: self.opts.gid,
+            rdev: 0,
+            blksize: 1 << 20,
+            flags: 0,
+        }
+    }
+
+    pub(crate) fn status_text(&self, f: StatusFile) -> String {
+        match f {
+            StatusFile::Stats => self.view.stats.render() + &self.view.blobs.usage(),
+            StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
+            StatusFile::Errors => self.view.stats.render_errors(),
+            StatusFile::Config => self.opts.description.clone(),
+            StatusFile::Held => self.view.render_held(),
+            StatusFile::Transfers => self.view.stats.transfers.render(),
+            StatusFile::Metrics => crate::metrics::render(&self.view.stats, &self.view.blobs),
+        }
+    }
+
+    pub(crate) async fn open(&self, node: &Node) -> FsResult<(Handle, FopenFlags)> {
+        let v = &self.view;
+        Ok(match node {
+            Node::Blob(r, d) => {
+                if let Some(urls) = v.foreign_urls(d) {
+                    return Err(crate::error::FsError::new(
+                        libc::EREMOTE,
+                        format!("foreign layer {d}: not in the registry, download it from {urls:?}"),
+                    ));
+                }
+                let size = v.blob_size(r, *d).await?;
+                let file = v.blobs.open(r, *d, size).await?;
+                (
+                    Handle::Blob {
+                        file,
+                        state: Mutex::new(ReadState::default()),
+                    },
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
+            Node::ManifestFile(r, d) => (
+                Handle::Bytes(v.manifest(r, *d).await?.bytes.clone()),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Node::OciLayout(_) => (
+                Handle::Bytes(Bytes::from_static(archive::OCI_LAYOUT_BYTES)),
+                FopenFlags::empty(),
+            ),
+            Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), FopenFlags::FOPEN_DIRECT_IO),
+            Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), FopenFlags::empty()),
+            Node::Staged(id) => (Handle::StagedRead(*id), FopenFlags::FOPEN_DIRECT_IO),
+            Node::ContentsEntry(..) => (
+                Handle::Contents(Arc::new(self.contents_open(node).await?)),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            // Status text changes between reads: no page cache, sizes from the snapshot.
+            Node::Status(f) => (
+                Handle::Bytes(Bytes::from(self.status_text(*f))),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            n if n.kind() == Kind::Directory => {
+                return Err(FsError::new(libc::EISDIR, format!("{} is a directory", n.path())))
+            }
+            n => return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", n.path()))),
+        })
+    }
+}
