@@ -22,6 +22,8 @@
 #   BENCH_FAR_CONNECT_MS=40      added once per new connection (the TCP handshake)
 #   BENCH_FAR_MBPS=25            cap per connection and direction, MB/s (0 = none)
 #   BENCH_FAR_TAGS=1000          tags listed by far_tags (repository bench/fartags)
+#   BENCH_FAR_TAG_PARALLEL=32    HEADs curl keeps in flight in far_tags (regfs resolves
+#                                TAG_CONCURRENCY = 32 tags at a time: src/fs/view.rs)
 #   BENCH_FAR_BACKUP_TAGS=20     tags in far_backup's repository (same image mix as backup_rsync)
 # Metadata at scale (the scale section, on loopback, no proxy):
 #   BENCH_SCALE_STEPS="1000 10000"  repositories in the registry and tags in one repository
@@ -29,6 +31,8 @@
 #   BENCH_SCALE_REPEAT=1            repetitions per step (best counts, median shown)
 #   BENCH_SCALE_TIMEOUT=120         seconds any one timed regfs command may take; a command
 #                                   that runs out is reported as "> N s" and MISSED
+#   BENCH_SCALE_RSS_REPOS=100       repositories of 1,000 tags listed for the peak-RSS figure
+#                                   (copies of scale/tags-1000 made in the registry's storage)
 #
 # Adding a section: write a function bench_<name> that mounts with bench_mount,
 # measures, calls `report "<one line>"` and bench_unmount; add <name> to SECTIONS.
@@ -55,10 +59,12 @@ BENCH_FAR_RTT_MS="${BENCH_FAR_RTT_MS:-40}"
 BENCH_FAR_CONNECT_MS="${BENCH_FAR_CONNECT_MS:-40}"
 BENCH_FAR_MBPS="${BENCH_FAR_MBPS:-25}"
 BENCH_FAR_TAGS="${BENCH_FAR_TAGS:-1000}"
+BENCH_FAR_TAG_PARALLEL="${BENCH_FAR_TAG_PARALLEL:-32}"
 BENCH_FAR_BACKUP_TAGS="${BENCH_FAR_BACKUP_TAGS:-20}"
 read -r -a SCALE_STEPS <<<"${BENCH_SCALE_STEPS:-1000 10000}"
 BENCH_SCALE_REPEAT="${BENCH_SCALE_REPEAT:-1}"
 BENCH_SCALE_TIMEOUT="${BENCH_SCALE_TIMEOUT:-120}"
+BENCH_SCALE_RSS_REPOS="${BENCH_SCALE_RSS_REPOS:-100}"
 read -r -a MOUNT_OPTS <<<"${BENCH_MOUNT_OPTS:-}"
 read -r -a RUN_SECTIONS <<<"${BENCH_SECTIONS:-${SECTIONS[*]}}"
 
@@ -702,7 +708,8 @@ FAR_TAG_REPO=bench/fartags
 FAR_TAGS_READY=0
 
 # l. ls -l _tags of BENCH_FAR_TAGS tags vs curl: tags/list plus one manifest HEAD
-# per tag, on one connection (what a script does) and 16 in parallel.
+# per tag, on one connection (what a script does) and BENCH_FAR_TAG_PARALLEL in
+# parallel on reused connections (as many in flight as regfs keeps).
 bench_far_tags() {
     need_far
     if ((!FAR_TAGS_READY)); then
@@ -740,11 +747,12 @@ bench_far_tags() {
     for ((i = 0; i < BENCH_REPEAT; i++)); do
         t0="$(now)"
         curl -sf -o /dev/null "$FAR_URL/v2/$FAR_TAG_REPO/tags/list"
-        ok="$(curl -s -I -H "Accept: $MT_OCI_MANIFEST" -w '%{http_code}\n' --no-progress-meter --parallel --parallel-max 16 -K "$cfg" | grep -c '^200$' || true)"
+        c0="$(far_connections)"
+        ok="$(curl -s -I -H "Accept: $MT_OCI_MANIFEST" -w '%{http_code}\n' --no-progress-meter --parallel --parallel-max "$BENCH_FAR_TAG_PARALLEL" -K "$cfg" | grep -c '^200$' || true)"
         par+=("$(elapsed "$t0")")
-        echo "  curl tags/list + $BENCH_FAR_TAGS HEADs, 16 in parallel: ${par[-1]} s ($ok answered 200)"
+        echo "  curl tags/list + $BENCH_FAR_TAGS HEADs, $BENCH_FAR_TAG_PARALLEL in parallel: ${par[-1]} s ($ok answered 200, $(($(far_connections) - c0)) new connections)"
     done
-    report "far ls -l _tags ($BENCH_FAR_TAGS tags, $FAR_LABEL): regfs $(best_med "${cold[@]}"); curl tags/list + HEADs one connection ${seq[0]} s, 16 parallel $(best_med "${par[@]}"); ratio (regfs/curl one-connection time) $(calc "$(min "${cold[@]}") / ${seq[0]}" 3)x (target <= 0.1x) $(verdict "$(calc "$(min "${cold[@]}") / ${seq[0]}")" '<=' 0.1), regfs/curl 16-parallel $(calc "$(min "${cold[@]}") / $(min "${par[@]}")" 2)x (target <= 1.0x) $(verdict "$(calc "$(min "${cold[@]}") / $(min "${par[@]}")")" '<=' 1.0); $n of $BENCH_FAR_TAGS listed"
+    report "far ls -l _tags ($BENCH_FAR_TAGS tags, $FAR_LABEL): regfs $(best_med "${cold[@]}"); curl tags/list + HEADs one connection ${seq[0]} s, $BENCH_FAR_TAG_PARALLEL parallel $(best_med "${par[@]}"); ratio (regfs/curl one-connection time) $(calc "$(min "${cold[@]}") / ${seq[0]}" 3)x (target <= 0.1x) $(verdict "$(calc "$(min "${cold[@]}") / ${seq[0]}")" '<=' 0.1), regfs/curl $BENCH_FAR_TAG_PARALLEL-parallel $(calc "$(min "${cold[@]}") / $(min "${par[@]}")" 2)x (target <= 1.0x) $(verdict "$(calc "$(min "${cold[@]}") / $(min "${par[@]}")")" '<=' 1.0); $n of $BENCH_FAR_TAGS listed"
 }
 
 # m. _export/latest.tar (cold) vs skopeo copy to docker-archive, both through the proxy.
@@ -1038,10 +1046,39 @@ scale_step() {
     done
 }
 
+# scale_rss — the daemon's peak RSS after listing BENCH_SCALE_RSS_REPOS x 1,000
+# tags (100,000 by default) on one mount. The repositories are copies of
+# scale/tags-1000 made in the registry's filesystem storage (tag links are
+# small files; pushing 100,000 tags through the API would take minutes).
+scale_rss() {
+    local repos="$REGISTRY_DIR/storage/docker/registry/v2/repositories" i n=0 t0 hwm reqs
+    scale_seed_repos "$SCALE_REPOS"
+    [[ -d $repos/scale/tags-1000 ]] || scale_seed_tags scale/tags-1000 1000
+    section "Setup: $BENCH_SCALE_RSS_REPOS copies of scale/tags-1000 (in the registry's storage)"
+    t0="$(now)"
+    for ((i = 1; i <= BENCH_SCALE_RSS_REPOS; i++)); do
+        [[ -d $repos/scale/rss-$i ]] || cp -a "$repos/scale/tags-1000" "$repos/scale/rss-$i"
+    done
+    echo "copied in $(elapsed "$t0") s"
+    section "p. daemon peak RSS after listing $BENCH_SCALE_RSS_REPOS x 1,000 tags (ls of every _tags on one mount)"
+    bench_mount
+    t0="$(now)"
+    for ((i = 1; i <= BENCH_SCALE_RSS_REPOS; i++)); do
+        n=$((n + $(ls "$MNT/scale/rss-$i/_tags" | wc -l)))
+    done
+    t0="$(elapsed "$t0")"
+    sleep "$((BENCH_SCALE_RSS_REPOS > 0 ? 4 : 0))" # the background tag resolution of the last listings ends
+    hwm="$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$REGFS_MOUNT_PID/status")"
+    reqs="$(stat_of requests) requests: $(stat_of requests_tags) tags/list, $(stat_of requests_manifest_head) manifest HEAD"
+    bench_unmount
+    echo "  listed $n tags in $t0 s ($reqs); VmHWM $(calc "$hwm / 1024" 1) MiB"
+    report "scale: daemon peak RSS after listing $n tags in $BENCH_SCALE_RSS_REPOS repositories: $(calc "$hwm / 1024" 1) MiB VmHWM (target < 150 MiB) $(verdict "$(calc "$hwm / 1024")" '<' 150)"
+}
+
 # p. metadata at scale: each step of BENCH_SCALE_STEPS, growth from the first to
 # the last, and the daemon's peak RSS after listing everything at the last step.
 bench_scale() {
-    local n first last name r0 r1
+    local n first last name r0 r1 c0 c1
     for n in "${SCALE_STEPS[@]}"; do
         scale_step "$n"
     done
@@ -1051,10 +1088,13 @@ bench_scale() {
         for name in "ls /" "ls _tags" "ls -l _tags" "find -maxdepth 3"; do
             r0="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$first" -v c="$name" '$1 == n && $2 == c { print $3 }')"
             r1="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$last" -v c="$name" '$1 == n && $2 == c { print $3 }')"
-            report "scale growth $first -> $last ($(calc "$last / $first" 0)x the entries): $name regfs ${r0} s -> ${r1} s ($(calc "$r1 / $r0" 1)x; $(calc "$r0 * 1e6 / $first" 0) -> $(calc "$r1 * 1e6 / $last" 0) us per entry) (target: linear, <= $(calc "1.5 * $last / $first" 0)x) $(verdict "$(calc "$r1 / $r0")" '<=' "$(calc "1.5 * $last / $first")")"
+            c0="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$first" -v c="$name" '$1 == n && $2 == c { print $4 }')"
+            c1="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$last" -v c="$name" '$1 == n && $2 == c { print $4 }')"
+            report "scale growth $first -> $last ($(calc "$last / $first" 0)x the entries): $name regfs ${r0} s -> ${r1} s ($(calc "$r1 / $r0" 1)x; $(calc "$r0 * 1e6 / $first" 0) -> $(calc "$r1 * 1e6 / $last" 0) us per entry; curl's same requests $(calc "$c1 / $c0" 1)x) (target: linear, <= $(calc "1.5 * $last / $first" 0)x) $(verdict "$(calc "$r1 / $r0")" '<=' "$(calc "1.5 * $last / $first")")"
         done
     fi
-    report "scale: daemon peak RSS, largest over the mounts of every step (the largest listed $last repositories, $last tags with ls -l, and find -maxdepth 3 over all repositories): $(calc "$SCALE_HWM / 1024" 1) MiB VmHWM (target < 150 MiB after 100,000 tags; not reached by this run) $(verdict "$(calc "$SCALE_HWM / 1024")" '<' 150)"
+    report "scale: daemon peak RSS, largest over the mounts of every step (the largest listed $last repositories, $last tags with ls -l, and find -maxdepth 3 over all repositories): $(calc "$SCALE_HWM / 1024" 1) MiB VmHWM (target < 150 MiB) $(verdict "$(calc "$SCALE_HWM / 1024")" '<' 150)"
+    scale_rss
 }
 
 # ---------------------------------------------------------------- main

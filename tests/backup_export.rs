@@ -30,7 +30,6 @@ use serde_json::{json, Value};
 use common::*;
 
 const SBOM_TYPE: &str = "application/vnd.regfs.test.sbom";
-const RSYNC_DEADLINE: Duration = Duration::from_secs(180);
 /// How long restored tags may take to appear after rsync exits (held
 /// manifests are pushed as their references arrive; ~1 s is expected).
 const TAGS_DEADLINE: Duration = Duration::from_secs(30);
@@ -175,42 +174,12 @@ fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-/// `SRC/` with the trailing slash rsync needs to copy a directory's contents.
-fn slash(p: &Path) -> String {
-    format!("{}/", s(p))
-}
-
 /// rsync under a watchdog; on failure the panic carries rsync's output and
 /// the daemon's last log lines. Returns stdout.
 fn rsync_logged(args: &[&str], log: PathBuf) -> String {
     let mut cmd = Command::new("rsync");
     cmd.args(args);
     String::from_utf8_lossy(&run_logged(cmd, log).stdout).into_owned()
-}
-
-/// Runs a command under a watchdog (the command runs on a thread; the
-/// status is checked here, so a failure is reported as one, not as a timeout).
-fn run_logged(mut cmd: Command, log: PathBuf) -> std::process::Output {
-    let what = format!("{cmd:?}");
-    let out = with_deadline(RSYNC_DEADLINE, &what, move || cmd.output());
-    let out = out.unwrap_or_else(|e| panic!("running {what}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{what} exited {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- daemon log ({}) ---\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            log.display(),
-            tail(&log, 60)
-        );
-    }
-    out
-}
-
-fn skopeo(args: &[&str], log: PathBuf) -> std::process::Output {
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "--tmpdir", "/tmp"]).args(args);
-    run_logged(cmd, log)
 }
 
 fn tempdir(prefix: &str) -> tempfile::TempDir {
@@ -241,22 +210,6 @@ fn mtime(p: &Path) -> i64 {
     fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("lstat {}: {e}", p.display()))
         .mtime()
-}
-
-/// Every entry under `dir` (itself included), recursively, without following links.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if fs::symlink_metadata(&p).unwrap().is_dir() {
-            for e in fs::read_dir(&p).unwrap() {
-                out.push(e.unwrap().path());
-            }
-        }
-        i += 1;
-    }
-    out
 }
 
 // ---------------------------------------------------------------- issue 5: rsync
@@ -781,10 +734,6 @@ fn tar_list(path: &Path, log: PathBuf) -> Vec<String> {
         log,
     );
     String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
-}
-
-fn tar_member(path: &Path, member: &str) -> Vec<u8> {
-    run_ok(Command::new("tar").arg("-xOf").arg(path).arg(member)).stdout
 }
 
 /// The member list `_export/<tag>.tar` must have: directories, blobs sorted by

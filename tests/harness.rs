@@ -300,10 +300,22 @@ fn fault_proxy_forwards_and_injects() {
     let (head, body) = read_response(&mut BufReader::new(s)).unwrap();
     assert_eq!(head.status(), 206);
     assert_eq!(body, &layer.bytes[10..20]);
-    assert!(proxy
-        .requests()
+    assert!(proxy.wait_idle(std::time::Duration::from_secs(10)));
+    let log = proxy.requests();
+    let ranged: Vec<_> = log
         .iter()
-        .any(|r| r.range.as_deref() == Some("bytes=10-19")));
+        .filter(|r| r.range.as_deref() == Some("bytes=10-19"))
+        .collect();
+    assert_eq!(ranged.len(), 1, "{log:#?}");
+    assert_eq!(ranged[0].byte_range(), Some((10, Some(19))));
+    assert_eq!(ranged[0].body_bytes, 10, "body bytes sent are counted");
+    let cut: Vec<_> = log
+        .iter()
+        .filter(|r| r.fault == Some(FaultAction::CutBodyAfter(1000)))
+        .collect();
+    assert_eq!(cut.len(), 1, "{log:#?}");
+    assert_eq!(cut[0].body_bytes, 1000, "a cut body counts what was sent");
+    assert!(cut[0].is_blob_get() && cut[0].done);
 
     // Delay still forwards.
     proxy.set_delay_ms(200);
@@ -320,12 +332,66 @@ fn fault_proxy_in_front_of_stopped_registry_answers_502() {
     assert_eq!(http.get(format!("{}/v2/", proxy.url())).send().unwrap().status(), 502);
 }
 
+/// The counters the strict parser demands are the ones docs/cli.md lists for
+/// `.regfs/stats` (and `ratelimit_*` are documented too).
+#[test]
+fn stats_counters_are_the_documented_ones() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
+    let row = doc
+        .lines()
+        .find(|l| l.starts_with("| `stats` |"))
+        .expect("docs/cli.md has a `stats` row");
+    let names: Vec<&str> = row
+        .split('`')
+        .skip(5) // "| ", "stats", " | ", "name value", " counters: "
+        .step_by(2)
+        .filter(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')) // not `RateLimit-Limit`, `<name> <decimal>`
+        .collect();
+    let (counters, rest): (Vec<&str>, Vec<&str>) = names.into_iter().partition(|n| !n.starts_with("ratelimit_"));
+    assert_eq!(counters, common::stats::COUNTERS, "docs/cli.md `stats` row");
+    assert_eq!(
+        rest,
+        common::stats::RATE_LIMIT,
+        "docs/cli.md `stats` row: ratelimit_* lines"
+    );
+}
+
 #[test]
 fn stats_parser_and_mountinfo_helpers() {
-    let s = common::mount::parse_stats("requests 12\nretries 0\nbogus\nbytes_fetched 4096\n");
-    assert_eq!(s.get("requests"), Some(&12));
-    assert_eq!(s.get("bytes_fetched"), Some(&4096));
-    assert_eq!(s.len(), 3);
+    use common::stats::{COUNTERS, RATE_LIMIT};
+    let good: String = COUNTERS.iter().enumerate().map(|(i, n)| format!("{n} {i}\n")).collect();
+    let s = parse_stats(&good);
+    assert_eq!(s.len(), COUNTERS.len());
+    assert_eq!(s["requests"], 0);
+    assert_eq!(s["bytes_fetched"], 13);
+    let rate = |lines: &str| good.replace("cache_blobs ", &format!("{lines}cache_blobs "));
+    let with_rate = rate("ratelimit_limit 100\nratelimit_remaining 76\nratelimit_window_seconds 21600\n");
+    assert_eq!(parse_stats(&with_rate)["ratelimit_window_seconds"], 21600);
+    assert!(try_parse_stats(&rate("ratelimit_limit 100\nratelimit_remaining 76\n")).is_ok());
+    // Every way a line can be wrong fails, none is dropped.
+    let bad = [
+        good.replace("cache_bytes 23\n", "cache_bytes 23\\ncache_limit 24\n"), // a literal \n
+        format!("{good}bogus\n"),
+        format!("{good}bogus 1\n"),
+        good.replace("retries 14", "retries -1"),
+        good.replace("retries 14", "retries 14 "),
+        good.replace("retries 14", "retries  14"),
+        good.replace("retries 14", "retries 0x1"),
+        good.replace("retries 14\n", ""),
+        good.replace("retries 14\n", "retries 14\nretries 14\n"),
+        good.replace("requests 0\nrequests_catalog 1\n", "requests_catalog 1\nrequests 0\n"),
+        format!("{good}\n"),
+        good.trim_end().to_string(),
+        rate("ratelimit_limit 100\n"),
+        rate("ratelimit_remaining 1\nratelimit_limit 100\n"),
+        format!("ratelimit_limit 100\nratelimit_remaining 1\n{good}"),
+        format!("{good}ratelimit_limit 100\nratelimit_remaining 1\n"),
+        String::new(),
+    ];
+    for text in bad {
+        assert!(try_parse_stats(&text).is_err(), "accepted:\n{text}");
+    }
+    assert_eq!(RATE_LIMIT.len(), 3);
     assert!(!is_fuse_mounted(std::path::Path::new("/definitely/not/mounted")));
     let e = std::fs::read("/definitely/not/there").unwrap_err();
     assert_eq!(errno_of(&e), libc::ENOENT);

@@ -105,29 +105,31 @@ fn uid_and_gid_are_shown_for_every_entry() {
 fn without_a_catalog_repo_names_are_listed_and_any_name_can_be_entered() {
     let reg = Registry::start();
     let c = reg.client();
-    c.push_random_image("team/app", "v1", &[100]);
-    c.push_random_image("other/thing", "v2", &[100]);
+    let app = c.push_random_image("team/app", "v1", &[100]);
+    let thing = c.push_random_image("other/thing", "v2", &[100]);
     let proxy = FaultProxy::start(&reg.host_port());
     // The registry behind the proxy has no catalog.
     proxy.fail_next(1_000_000, 404, Match::path("/_catalog"));
     let m = Mount::builder(&proxy.url()).args(["--repo", "team/app"]).start();
 
-    let mut top = list_names(m.path());
+    let mut top = ls_all(m.path());
     top.sort();
     assert_eq!(
         top,
         [".regfs", "team"],
         "only --repo names are listed without a catalog"
     );
-    assert!(m
-        .join("team/app/_tags/v1")
-        .symlink_metadata()
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    // A tag is a symlink to its manifest directory (README, "The tree").
+    assert_eq!(
+        fs::read_link(m.join("team/app/_tags/v1")).unwrap(),
+        Path::new(&format!("../_manifests/{}", app.digest))
+    );
     // A repository not listed can still be entered by name, and then it is listed.
-    assert!(fs::read_link(m.join("other/thing/_tags/v2")).is_ok());
-    let mut top = list_names(m.path());
+    assert_eq!(
+        fs::read_link(m.join("other/thing/_tags/v2")).unwrap(),
+        Path::new(&format!("../_manifests/{}", thing.digest))
+    );
+    let mut top = ls_all(m.path());
     top.sort();
     assert_eq!(
         top,
@@ -139,13 +141,6 @@ fn without_a_catalog_repo_names_are_listed_and_any_name_can_be_entered() {
     assert!(m.join("no/such").is_dir());
     let err = fs::read_dir(m.join("no/such/_tags")).unwrap_err();
     assert_eq!(errno_of(&err), libc::ENOENT);
-}
-
-fn list_names(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
 }
 
 /// Point `tag` at a new manifest in the registry (behind the mount's back).

@@ -26,26 +26,6 @@ const NAME_APPEARS_WITHIN: Duration = Duration::from_secs(5);
 /// Watchdog for commands that must not hang (not a timing assertion).
 const WATCHDOG: Duration = Duration::from_secs(120);
 
-/// Names in a directory of the mount, without dot entries (`.regfs`).
-fn ls(path: &Path) -> Vec<String> {
-    list_dir(path)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", path.display()))
-        .into_iter()
-        .filter(|n| !n.starts_with('.'))
-        .collect()
-}
-
-fn lstat_errno(p: &Path) -> i32 {
-    match fs::symlink_metadata(p) {
-        Ok(m) => panic!("{} exists ({:?}), expected an error", p.display(), m.file_type()),
-        Err(e) => errno_of(&e),
-    }
-}
-
-fn slash(p: &Path) -> String {
-    format!("{}/", p.display())
-}
-
 /// rsync under a watchdog, panicking with its output and the mount's log tail.
 fn rsync_to(args: &[&str], m: &Mount) -> String {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -54,19 +34,6 @@ fn rsync_to(args: &[&str], m: &Mount) -> String {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         rsync(&a, || tail(&log, 40))
     })
-}
-
-/// create + write + close, each checked: a push failure surfaces at close().
-fn write_and_close(p: &Path, bytes: &[u8]) -> Result<(), i32> {
-    use std::io::Write;
-    use std::os::fd::IntoRawFd;
-    let mut f = fs::File::create(p).map_err(|e| errno_of(&e))?;
-    f.write_all(bytes).map_err(|e| errno_of(&e))?;
-    // SAFETY: the descriptor comes from into_raw_fd and is closed exactly once.
-    if unsafe { libc::close(f.into_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap());
-    }
-    Ok(())
 }
 
 fn get(c: &RegistryClient, path: &str) -> Response {

@@ -297,21 +297,6 @@ fn child_descriptor(img: &ImageInfo) -> serde_json::Value {
     descriptor(&img.media_type, &img.digest, img.manifest.len() as u64)
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            out.push(p.clone());
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn the_cache_is_private_by_default() {
     let reg = Registry::start();
@@ -585,20 +570,4 @@ fn tag_resolution_in_the_background_stops_when_nobody_looks() {
     assert!(after_8s < 500, "{after_8s} tags resolved after ls returned");
     assert_eq!(after_8s, after_11s, "resolution goes on after nobody looks at the tags");
     assert!(after_8s > 0, "the listing starts resolving tags");
-}
-
-/// Write `bytes` to a new file and close(2) it, returning close's errno (a
-/// `File` drop, and so `fs::write`, would ignore it: pushes report there).
-fn write_and_close(path: &Path, bytes: &[u8]) -> Result<(), i32> {
-    use std::io::Write;
-    use std::os::fd::IntoRawFd;
-    let mut f = fs::File::create(path).map_err(|e| errno_of(&e))?;
-    f.write_all(bytes).map_err(|e| errno_of(&e))?;
-    let fd = f.into_raw_fd();
-    // SAFETY: `fd` was just taken out of the File and is closed exactly once.
-    if unsafe { libc::close(fd) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
-    }
 }

@@ -375,7 +375,7 @@ impl Core {
                 )));
             }
             Node::LayerTreesDir(r) => {
-                if !self.view.is_known_repo(r).await? && !self.view.is_repo(r).await? {
+                if !self.view.repo_exists(r).await? {
                     return Err(FsError::new(libc::ENOENT, format!("{} does not exist", node.path())));
                 }
                 return Ok(Some(self.synthetic_attr(node, FileType::Directory, 0o555, 0)));

@@ -7,6 +7,7 @@ pub(crate) mod contents;
 pub(crate) mod import;
 pub mod inodes;
 pub(crate) mod locations;
+pub mod names;
 pub mod node;
 pub(crate) mod push;
 pub(crate) mod tree;

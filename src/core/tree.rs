@@ -37,7 +37,7 @@ impl Core {
             | Node::OciBlobsDir(r)
             | Node::OciAlgDir(r)
             | Node::ExportDir(r) => {
-                if !v.is_known_repo(r).await? && !v.is_repo(r).await? {
+                if !v.repo_exists(r).await? {
                     return Err(not_found(node));
                 }
                 0
@@ -171,33 +171,20 @@ impl Core {
         let v = &self.view;
         let names: Vec<String> = match node {
             Node::Root => {
-                let mut names: Vec<String> = v
-                    .known_repos()
-                    .await?
-                    .iter()
-                    .filter_map(|r| r.split('/').next().map(str::to_string))
-                    .collect();
-                names.dedup();
+                let mut names = v.child_names("").await?;
                 names.insert(0, node::STATUS_DIR.to_string());
                 names
             }
             Node::StatusDir => StatusFile::ALL.iter().map(|f| f.name().to_string()).collect(),
             Node::Dir(p) => {
-                let prefix = format!("{p}/");
-                let repos = v.known_repos().await?;
+                let nested = v.child_names(p).await?;
                 let mut names = Vec::new();
                 // A directory made by `mkdir -p a/b` on the way to `b` lists as a
                 // namespace; its repository entries still resolve by name.
-                let only_made_on_the_way = v.is_only_created(p) && repos.iter().any(|r| r.starts_with(&prefix));
-                if !only_made_on_the_way && (repos.contains(p) || v.is_repo(p).await?) {
+                let only_made_on_the_way = v.is_only_created(p) && !nested.is_empty();
+                if !only_made_on_the_way && v.repo_exists(p).await? {
                     names.extend([node::TAGS, node::MANIFESTS, node::BLOBS, node::UPLOADS].map(String::from));
                 }
-                let mut nested: Vec<String> = repos
-                    .iter()
-                    .filter_map(|r| r.strip_prefix(&prefix))
-                    .filter_map(|rest| rest.split('/').next().map(str::to_string))
-                    .collect();
-                nested.dedup();
                 names.extend(nested);
                 names
             }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::stream::{self, StreamExt};
 
+use super::names::{self, Family};
 use crate::error::FsResult;
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
@@ -21,6 +22,14 @@ const NAME_MISS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1)
 
 /// Concurrent registry requests one listing may make (containerd's Dispatch uses a bound too).
 const FETCH_CONCURRENCY: usize = 8;
+/// Tag resolution (`ls -l _tags`: one manifest HEAD per tag) is latency-bound:
+/// a far registry (tens of ms away) needs many requests in flight to be fast,
+/// while each costs the registry little. Pooled connections are kept for reuse.
+pub const TAG_CONCURRENCY: usize = 32;
+/// Names of `_catalog` asked per page when looking for one path.
+const SCAN_PAGE: usize = 100;
+/// Pages of a scan for one path before reading the whole catalog instead.
+const SCAN_PAGES: usize = 3;
 /// Tags of one listing resolved in the background, at most.
 const MAX_TAG_PREFETCH: usize = 10_000;
 /// The background resolution of a listing stops once nobody has looked at the
@@ -37,8 +46,6 @@ pub struct View {
     pub manifests: ManifestStore,
     pub blobs: Arc<BlobStore>,
     pub stats: Arc<Stats>,
-    /// `--repo` names: shown even when the registry has no catalog.
-    configured_repos: Vec<String>,
     /// Repositories confirmed by a tag list during this run.
     seen_repos: Mutex<BTreeSet<String>>,
     /// Repositories made with `mkdir` during this run (not in the registry until a push).
@@ -52,8 +59,11 @@ pub struct View {
     pub(crate) pending_dirs: Mutex<HashSet<(String, Digest)>>,
     /// Tags waiting for their manifest to be pushed: (repository, tag, digest).
     pub(crate) deferred_tags: Mutex<Vec<(String, String, Digest)>>,
-    /// `None` inside: the registry has no usable catalog.
+    /// `None` inside: the registry has no usable catalog. Sorted by string order.
     catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
+    /// One path looked up in a few catalog pages (`None`: the pages could not
+    /// tell; see `names::scan_page`). Misses are asked again after `NAME_MISS_RECHECK`.
+    catalog_scans: TtlCache<String, Option<super::names::Family>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
     referrers: TtlCache<(String, Digest), Arc<NamedDigests>>,
@@ -102,9 +112,10 @@ impl View {
             manifests,
             blobs,
             stats,
-            seen_repos: Mutex::new(configured_repos.iter().cloned().collect()),
-            configured_repos,
+            // `--repo` names: shown even when the registry has no catalog.
+            seen_repos: Mutex::new(configured_repos.into_iter().collect()),
             catalog: TtlCache::new(ttl),
+            catalog_scans: TtlCache::new(ttl),
             tags: TtlCache::new(ttl),
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
@@ -149,39 +160,103 @@ impl View {
             .await
     }
 
-    /// All repositories we can name: catalog, `--repo`, and those looked up.
-    pub async fn known_repos(&self) -> FsResult<BTreeSet<String>> {
-        let mut all: BTreeSet<String> = self.seen_repos.lock().unwrap().clone();
-        all.extend(self.created_repos.lock().unwrap().iter().cloned());
-        all.extend(self.declared_repos.lock().unwrap().iter().cloned());
-        all.extend(self.configured_repos.iter().cloned());
-        if let Some(c) = self.catalog().await? {
-            all.extend(c.iter().cloned());
+    /// The names this run knows without the catalog: `--repo`, seen in a tag
+    /// list, made with mkdir, declared by rsync.
+    fn local_family(&self, path: &str) -> Family {
+        let seen = self.seen_repos.lock().unwrap();
+        let created = self.created_repos.lock().unwrap();
+        let declared = self.declared_repos.lock().unwrap();
+        names::family_in_all([&*seen, &*created, &*declared], path)
+    }
+
+    /// `path` among the names known without asking: local ones and the
+    /// catalog if it is cached (`None`: nothing known).
+    fn known_family(&self, path: &str) -> Family {
+        let mut f = self.local_family(path);
+        if !f.any() {
+            if let Some(Some(c)) = self.catalog.peek(&()) {
+                f = names::family_in_sorted(&c, path);
+            }
         }
-        Ok(all)
+        f
+    }
+
+    /// `path` in the registry's catalog (`None`: the registry has no usable
+    /// catalog). A cached catalog answers; a name it misses, or any name when
+    /// none is cached, is looked for in a few pages after it (`?last=`), not by
+    /// reading the whole catalog (which a registry of 10,000 repositories takes
+    /// seconds to serve); only when those pages cannot tell is every page read.
+    async fn catalog_family(&self, path: &str) -> FsResult<Option<Family>> {
+        if let Some(cached) = self.catalog.peek(&()) {
+            let Some(c) = cached else { return Ok(None) };
+            let f = names::family_in_sorted(&c, path);
+            if f.any() || !self.catalog.is_older_than(&(), NAME_MISS_RECHECK) {
+                return Ok(Some(f));
+            }
+        }
+        let key = path.to_string();
+        let mut scanned = self
+            .catalog_scans
+            .get_or_fetch(key.clone(), || self.scan_catalog(path))
+            .await?;
+        if scanned.is_some_and(|f| !f.any()) && self.catalog_scans.expire_if_older(&key, NAME_MISS_RECHECK) {
+            scanned = self.catalog_scans.get_or_fetch(key, || self.scan_catalog(path)).await?;
+        }
+        if let Some(f) = scanned {
+            return Ok(Some(f));
+        }
+        self.catalog.expire_if_older(&(), NAME_MISS_RECHECK);
+        Ok(self.catalog().await?.map(|c| names::family_in_sorted(&c, path)))
+    }
+
+    /// Read up to `SCAN_PAGES` catalog pages from just before `path`.
+    async fn scan_catalog(&self, path: &str) -> FsResult<Option<Family>> {
+        let mut seen = Family::default();
+        let mut next = None;
+        for _ in 0..SCAN_PAGES {
+            let (page, link) = match self.client.catalog_page(names::scan_start(path), SCAN_PAGE, next).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // No catalog (answered by `catalog()`), or no `last` support.
+                    tracing::debug!(path, "catalog scan: {e}");
+                    return Ok(None);
+                }
+            };
+            match names::scan_page(path, &page, seen) {
+                names::Scan::Done(f) => return Ok(Some(f)),
+                names::Scan::CannotTell => return Ok(None),
+                names::Scan::More(f) if link.is_none() => return Ok(Some(f)),
+                names::Scan::More(f) => seen = f,
+            }
+            next = link;
+        }
+        Ok(None)
     }
 
     /// Does `path` exist as a directory (a repository or a namespace above one)?
+    /// A repository's own tag list answers first: entering a repository never
+    /// reads the catalog.
     pub async fn dir_exists(&self, path: &str) -> FsResult<bool> {
-        if self.dir_known(path).await? || self.is_repo(path).await? {
+        if self.known_family(path).any() || self.is_repo(path).await? {
             return Ok(true);
         }
-        // A blob-only repository or a namespace pushed since the catalog was read.
-        if self.catalog.expire_if_older(&(), NAME_MISS_RECHECK) && self.dir_known(path).await? {
-            return Ok(true);
-        }
-        // Without a catalog a namespace cannot be seen; any valid name can be entered.
-        Ok(self.catalog().await?.is_none())
+        // A namespace, a blob-only repository, or one pushed since the catalog was read.
+        Ok(match self.catalog_family(path).await? {
+            Some(f) => f.any(),
+            // Without a catalog a namespace cannot be seen; any valid name can be entered.
+            None => true,
+        })
     }
 
-    /// Is `path` a known repository or a namespace above one (no tag list asked)?
-    async fn dir_known(&self, path: &str) -> FsResult<bool> {
-        let prefix = format!("{path}/");
+    /// Is `path` a known repository or a namespace above one (the whole catalog read)?
+    pub(super) async fn dir_known(&self, path: &str) -> FsResult<bool> {
+        if self.local_family(path).any() {
+            return Ok(true);
+        }
         Ok(self
-            .known_repos()
+            .catalog()
             .await?
-            .iter()
-            .any(|r| r == path || r.starts_with(&prefix)))
+            .is_some_and(|c| names::family_in_sorted(&c, path).any()))
     }
 
     /// Is `repo` a repository? (Its tag list answers. An empty list counts only
@@ -190,14 +265,10 @@ impl View {
     pub async fn is_repo(&self, repo: &str) -> FsResult<bool> {
         match self.tags(repo).await {
             Ok(tags) if tags.is_empty() => {
-                if self.is_known_repo(repo).await? {
+                if self.is_known_repo(repo) {
                     return Ok(true);
                 }
-                self.catalog.expire_if_older(&(), NAME_MISS_RECHECK);
-                Ok(match self.catalog().await? {
-                    Some(c) => c.iter().any(|r| r == repo),
-                    None => true,
-                })
+                Ok(self.catalog_family(repo).await?.is_none_or(|f| f.exact))
             }
             Ok(_) => Ok(true),
             Err(e) if e.errno == libc::ENOENT => Ok(false),
@@ -205,9 +276,51 @@ impl View {
         }
     }
 
+    /// Is `repo` a repository: known, its tag list answers, or (no tags: a
+    /// blob-only repository) the catalog lists it?
+    pub async fn repo_exists(&self, repo: &str) -> FsResult<bool> {
+        if self.is_known_repo(repo) || self.is_repo(repo).await? {
+            return Ok(true);
+        }
+        Ok(self.catalog_family(repo).await?.is_some_and(|f| f.exact))
+    }
+
     /// Is `repo` known to be a repository without asking the registry?
-    pub async fn is_known_repo(&self, repo: &str) -> FsResult<bool> {
-        Ok(self.known_repos().await?.contains(repo))
+    pub fn is_known_repo(&self, repo: &str) -> bool {
+        self.known_family(repo).exact
+    }
+
+    /// The entries below `path` (`""`: the root) that are repositories or
+    /// namespaces: first components of every name known, the whole catalog read.
+    pub async fn child_names(&self, path: &str) -> FsResult<Vec<String>> {
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        // Below the root, a catalog up to two TTLs old serves: `find` over
+        // 10,000 repositories outlasts one TTL, and re-reading the catalog
+        // (seconds to minutes) for each of them would dominate; the root
+        // listing, where new repositories show first, is never older than one.
+        let lagging = match self.catalog.ttl() {
+            Some(ttl) if !path.is_empty() => self.catalog.peek_within(&(), ttl * 2),
+            _ => None,
+        };
+        let catalog = match lagging {
+            Some(c) => c,
+            None => self.catalog().await?,
+        };
+        let seen = self.seen_repos.lock().unwrap();
+        let created = self.created_repos.lock().unwrap();
+        let declared = self.declared_repos.lock().unwrap();
+        let mut out = BTreeSet::new();
+        for s in [&*seen, &*created, &*declared] {
+            names::children_in_set(s, &prefix, &mut out);
+        }
+        if let Some(c) = &catalog {
+            names::children_in_sorted(c, &prefix, &mut out);
+        }
+        Ok(out.into_iter().map(str::to_string).collect())
     }
 
     pub async fn tags(&self, repo: &str) -> FsResult<Arc<Vec<String>>> {
@@ -237,7 +350,7 @@ impl View {
                 .catalog
                 .peek(&())
                 .flatten()
-                .is_some_and(|c| c.iter().any(|r| r == path))
+                .is_some_and(|c| names::family_in_sorted(&c, path).exact)
     }
 
     pub fn is_pending_dir(&self, repo: &str, digest: &Digest) -> bool {
@@ -251,6 +364,7 @@ impl View {
             self.tag_digests.invalidate(&(repo.to_string(), t.to_string()));
         }
         self.catalog.invalidate(&());
+        self.catalog_scans.clear();
         self.oci_content.invalidate(&repo.to_string());
     }
 
@@ -306,7 +420,7 @@ impl View {
     pub async fn resolve_tags(&self, repo: &str, tags: &[String]) -> Vec<(String, Digest)> {
         stream::iter(tags.iter().cloned())
             .map(|t| async move { self.tag_digest(repo, &t).await.ok().map(|d| (t, d)) })
-            .buffer_unordered(FETCH_CONCURRENCY)
+            .buffer_unordered(TAG_CONCURRENCY)
             .filter_map(|x| async move { x })
             .collect()
             .await
@@ -343,7 +457,7 @@ impl View {
                 let _ = self.tag_digest(repo, &t).await;
                 true
             })
-            .buffer_unordered(FETCH_CONCURRENCY)
+            .buffer_unordered(TAG_CONCURRENCY)
             .fold(0usize, |n, done| {
                 if !done {
                     skipped += 1;

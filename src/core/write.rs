@@ -592,12 +592,7 @@ impl Core {
             // directories (rsync recreating a backup): remembered locally
             // until a push makes it real.
             (Node::Root | Node::Dir(_), Node::Dir(path)) => {
-                if v.dir_exists(path).await.unwrap_or(false)
-                    && v.known_repos()
-                        .await?
-                        .iter()
-                        .any(|r| r == path || r.starts_with(&format!("{path}/")))
-                {
+                if v.dir_exists(path).await.unwrap_or(false) && v.dir_known(path).await? {
                     return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
                 }
                 v.created_repos.lock().unwrap().insert(path.clone());

@@ -248,6 +248,41 @@ impl Client {
         .await
     }
 
+    /// One page of `_catalog`: the `n` names after `last` in the registry's
+    /// order (or the page at `next`, a `Link` from an earlier page), and the
+    /// next page's URL. For looking up one name without reading every page.
+    pub async fn catalog_page(&self, last: &str, n: usize, next: Option<Url>) -> Result<(Vec<String>, Option<Url>)> {
+        #[derive(serde::Deserialize)]
+        struct Page {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let url = match next {
+            Some(u) if u.origin() == self.base.origin() => u,
+            Some(u) => return Err(RegistryError::Invalid(format!("Link leads to another host ({u})"))),
+            None => {
+                let mut u = self.url("/v2/_catalog");
+                u.query_pairs_mut()
+                    .append_pair("n", &n.to_string())
+                    .append_pair("last", last);
+                u
+            }
+        };
+        let (headers, body) = self
+            .fetch(
+                Method::GET,
+                url.clone(),
+                "registry:catalog:*",
+                Kind::Catalog,
+                HeaderMap::new(),
+                MAX_PAGE_SIZE,
+            )
+            .await?;
+        let p: Page =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
+        Ok((p.repositories.unwrap_or_default(), next_link(&url, &headers)))
+    }
+
     /// Every tag of `repo`, following `Link` (never stopping at a short page).
     pub async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         #[derive(serde::Deserialize)]

@@ -102,6 +102,34 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         old
     }
 
+    /// The value if it was stored less than `age` ago, fresh or not (a
+    /// listing that may lag by more than the TTL, bounded by `age`).
+    pub fn peek_within(&self, key: &K, age: Duration) -> Option<V> {
+        let entries = self.entries.lock().unwrap();
+        let e = entries.get(key)?;
+        let at = (*e.stored.lock().unwrap())?;
+        (at.elapsed() < age).then(|| e.value.get().cloned()).flatten()
+    }
+
+    /// The TTL values are kept for (`None`: forever).
+    pub fn ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// Was the value stored more than `age` ago? (False while being fetched or when absent.)
+    pub fn is_older_than(&self, key: &K, age: Duration) -> bool {
+        self.entries
+            .lock()
+            .unwrap()
+            .get(key)
+            .is_some_and(|e| e.stored.lock().unwrap().is_some_and(|at| at.elapsed() > age))
+    }
+
+    /// Forget every value.
+    pub fn clear(&self) {
+        self.entries.lock().unwrap().clear();
+    }
+
     pub fn invalidate(&self, key: &K) {
         self.entries.lock().unwrap().remove(key);
     }
@@ -128,8 +156,17 @@ mod tests {
         assert_eq!(c.peek(&"k"), Some(7));
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert_eq!(c.peek(&"k"), None);
+        assert_eq!(
+            c.peek_within(&"k", Duration::from_secs(5)),
+            Some(7),
+            "stale but within the bound"
+        );
+        assert_eq!(c.peek_within(&"k", Duration::from_millis(20)), None);
+        assert!(c.is_older_than(&"k", Duration::from_millis(20)));
         c.get_or_fetch("k", fetch).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+        c.clear();
+        assert_eq!(c.peek(&"k"), None);
     }
 
     #[tokio::test]

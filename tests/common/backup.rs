@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -204,6 +204,49 @@ pub fn run_ok(cmd: &mut Command) -> Output {
         );
     }
     out
+}
+
+/// Watchdog for an external command (rsync, skopeo, cp into the mount):
+/// it only stops a hung mount from hanging the suite, never a timing assertion.
+pub const COMMAND_WATCHDOG: Duration = Duration::from_secs(180);
+
+/// Runs `cmd` under [`COMMAND_WATCHDOG`] and returns its output, whatever the status.
+pub fn run_watched(mut cmd: Command) -> Output {
+    let what = format!("{cmd:?}");
+    let what2 = what.clone();
+    super::with_deadline(COMMAND_WATCHDOG, &what, move || cmd.output())
+        .unwrap_or_else(|e| panic!("running {what2}: {e}"))
+}
+
+/// Runs `cmd` under the watchdog; panics with its output and the last lines
+/// of `log` (a daemon's log file, when given) unless it exits 0.
+pub fn run_logged(cmd: Command, log: impl Into<Option<PathBuf>>) -> Output {
+    let what = format!("{cmd:?}");
+    let out = run_watched(cmd);
+    if !out.status.success() {
+        let log = log.into();
+        panic!(
+            "{what} exited {}\n--- stdout ---\n{}\n--- stderr ---\n{}\n--- daemon log ({}) ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            log.as_ref().map(|l| l.display().to_string()).unwrap_or_default(),
+            log.map(|l| super::tail(&l, 60)).unwrap_or_default()
+        );
+    }
+    out
+}
+
+/// `skopeo --insecure-policy --tmpdir /tmp ARGS…` through [`run_logged`].
+pub fn skopeo(args: &[&str], log: impl Into<Option<PathBuf>>) -> Output {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["--insecure-policy", "--tmpdir", "/tmp"]).args(args);
+    run_logged(cmd, log)
+}
+
+/// `DIR/`: the trailing slash rsync needs to copy a directory's contents.
+pub fn slash(p: &Path) -> String {
+    format!("{}/", p.display())
 }
 
 /// `rsync ARGS…`; panics with rsync's output (and `context`, e.g. the

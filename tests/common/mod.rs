@@ -22,6 +22,9 @@
 //!   with annotations), storage injection, xattrs.
 //! - [`backup`]: real layers with their `diff_id`, images docker-archive
 //!   consumers accept, running rsync/skopeo, checking copied content addresses.
+//! - [`files`]: `ls`, `readlink`, `lstat_errno`, `close_file`/`write_and_close`
+//!   (close(2)'s errno), `walk`, `tar_member`.
+//! - [`stats`]: the one strict parser of `.regfs/stats` (`Mount::stats()`).
 //! - Utilities: [`sha256_hex`], [`errno_of`], [`read_exact_at`],
 //!   [`with_deadline`].
 //!
@@ -32,12 +35,14 @@
 
 pub mod backup;
 pub mod client;
+pub mod files;
 pub mod http;
 pub mod mount;
 pub mod pki;
 pub mod proxy;
 pub mod quirks;
 pub mod registry;
+pub mod stats;
 pub mod token;
 pub mod tree;
 
@@ -53,10 +58,12 @@ pub use client::{
     image_config, make_tar_gz, random_bytes, random_hex, BlobInfo, ImageInfo, IndexInfo, IndexKind, Platform,
     RegistryClient, DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
 };
+pub use files::*;
 pub use mount::{is_fuse_mounted, log_path, tail, BackgroundMount, Mount, MountBuilder, MountFailure};
-pub use proxy::{FaultAction, FaultProxy, Match, TcpRelay};
+pub use proxy::{FaultAction, FaultProxy, Match, ProxiedRequest, TcpRelay};
 pub use quirks::{Quirk, QuirkProxy};
 pub use registry::{AuthMode, Registry, RegistryKind, RegistryOptions};
+pub use stats::{parse_stats, try_parse_stats};
 pub use token::{TokenIssuer, TokenIssuerOptions};
 pub use tree::*;
 

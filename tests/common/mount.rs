@@ -333,16 +333,20 @@ impl Mount {
         }
     }
 
-    /// `.regfs/stats` parsed into `name -> value`.
+    /// `.regfs/stats` parsed strictly into `name -> value` ([`super::stats`]:
+    /// any line not in the documented format fails the test).
     pub fn stats(&self) -> BTreeMap<String, u64> {
         let text =
             fs::read_to_string(self.mnt.join(".regfs/stats")).unwrap_or_else(|e| panic!("reading .regfs/stats: {e}"));
-        parse_stats(&text)
+        super::stats::parse_stats(&text)
     }
 
-    /// One counter from `.regfs/stats` (0 when absent).
+    /// One counter from `.regfs/stats`; panics on a name the file does not have.
     pub fn stat(&self, name: &str) -> u64 {
-        self.stats().get(name).copied().unwrap_or(0)
+        let stats = self.stats();
+        *stats
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name:?} in .regfs/stats: {stats:?}"))
     }
 
     pub fn is_mounted(&self) -> bool {
@@ -482,18 +486,6 @@ impl Drop for BackgroundMount {
             fusermount(&self.mnt, true);
         }
     }
-}
-
-/// Parses `name value` lines.
-pub fn parse_stats(text: &str) -> BTreeMap<String, u64> {
-    text.lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let k = it.next()?;
-            let v = it.next()?.parse().ok()?;
-            Some((k.to_string(), v))
-        })
-        .collect()
 }
 
 /// Whether `/proc/self/mountinfo` lists a `fuse*` filesystem at `mnt`.

@@ -129,6 +129,34 @@ pub struct ProxiedRequest {
     pub status: u16,
     /// The fault applied, if any.
     pub fault: Option<FaultAction>,
+    /// Response body bytes sent to the client so far (counted as they are
+    /// written, so a cut body shows how far it got).
+    pub body_bytes: u64,
+    /// The response is over: sent whole, cut, stalled or failed.
+    pub done: bool,
+}
+
+impl ProxiedRequest {
+    /// The `Range: bytes=FIRST-LAST` asked for, as `(first, Some(last))`
+    /// (`bytes=FIRST-` gives `(first, None)`); panics on any other form, so a
+    /// test never passes on a header it did not understand.
+    pub fn byte_range(&self) -> Option<(u64, Option<u64>)> {
+        let r = self.range.as_deref()?;
+        let spec = r
+            .strip_prefix("bytes=")
+            .unwrap_or_else(|| panic!("Range without bytes=: {r:?}"));
+        let (a, b) = spec
+            .split_once('-')
+            .unwrap_or_else(|| panic!("Range without '-': {r:?}"));
+        let first = a.parse().unwrap_or_else(|_| panic!("Range start in {r:?}"));
+        let last = (!b.is_empty()).then(|| b.parse().unwrap_or_else(|_| panic!("Range end in {r:?}")));
+        Some((first, last))
+    }
+
+    /// A blob GET (`/v2/<name>/blobs/<digest>`).
+    pub fn is_blob_get(&self) -> bool {
+        self.method == "GET" && self.target.contains("/blobs/sha256:")
+    }
 }
 
 struct Shared {
@@ -315,6 +343,12 @@ impl FaultProxy {
         self.shared.log.lock().unwrap().clone()
     }
 
+    /// Waits (up to `limit`) until every request logged so far has its
+    /// response over, so byte counts are final; returns whether they are.
+    pub fn wait_idle(&self, limit: Duration) -> bool {
+        super::wait_until(limit, || self.shared.log.lock().unwrap().iter().all(|r| r.done))
+    }
+
     /// Closes every client connection currently open (keeps listening).
     pub fn drop_connections(&self) {
         for c in self.shared.conns.lock().unwrap().drain(..) {
@@ -399,6 +433,8 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
             authorization: head.header("authorization").is_some(),
             status: 0,
             fault: None,
+            body_bytes: 0,
+            done: false,
         };
 
         if let Some(action) = take_request_rule(shared, &head) {
@@ -410,6 +446,7 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
                 _ => 200,
             };
             record.fault = Some(action.clone());
+            record.done = !matches!(action, FaultAction::Hang);
             shared.log.lock().unwrap().push(record);
             sleep_delay(shared);
             match action {
@@ -440,6 +477,9 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
             log.len() - 1
         };
         let keep_alive = forward(shared, &head, &mut reader, &mut out, idx);
+        if let Some(r) = shared.log.lock().unwrap().get_mut(idx) {
+            r.done = true;
+        }
         match keep_alive {
             Ok(true) if !client_close => continue,
             Ok(_) => {
@@ -616,6 +656,7 @@ fn forward(
         out.write_all(&resp.to_bytes())?;
         out.write_all(&new_body)?;
         out.flush()?;
+        set(&|r| r.body_bytes = new_body.len() as u64);
         return Ok(true);
     }
 
@@ -660,6 +701,8 @@ fn forward(
     let mut w = CutWriter {
         inner: &mut *out,
         remaining: cut,
+        shared,
+        idx,
         flip,
         written: 0,
     };
@@ -678,6 +721,7 @@ fn forward(
         Err(e) if e.kind() == io::ErrorKind::ConnectionAborted && stall => {
             // The injected stall: the client has its bytes, and nothing more comes.
             let _ = out.flush();
+            set(&|r| r.done = true);
             hold_until_stopped(shared);
             Ok(false)
         }
@@ -692,10 +736,13 @@ fn forward(
 }
 
 /// A writer that fails with `ConnectionAborted` once `remaining` bytes went
-/// through, and flips the byte at offset `flip` of what it writes.
+/// through, counts what it sent in the request's log entry, and flips the
+/// byte at offset `flip` of what it writes.
 struct CutWriter<'a> {
     inner: &'a mut TcpStream,
     remaining: Option<u64>,
+    shared: &'a Shared,
+    idx: usize,
     flip: Option<u64>,
     written: u64,
 }
@@ -709,30 +756,30 @@ impl Write for CutWriter<'_> {
                 self.flip = None;
                 self.inner.write_all(&copy)?;
                 self.written += buf.len() as u64;
+                if let Some(r) = self.shared.log.lock().unwrap().get_mut(self.idx) {
+                    r.body_bytes += buf.len() as u64;
+                }
                 return Ok(buf.len());
             }
         }
-        let n = self.write_some(buf)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl CutWriter<'_> {
-    fn write_some(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self.remaining {
-            None => self.inner.write(buf),
-            Some(0) => Err(io::Error::new(io::ErrorKind::ConnectionAborted, "injected cut")),
+        let written = match self.remaining {
+            None => self.inner.write(buf)?,
+            Some(0) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "injected cut")),
             Some(r) => {
                 let n = (buf.len() as u64).min(r) as usize;
                 let written = self.inner.write(&buf[..n])?;
                 self.remaining = Some(r - written as u64);
-                Ok(written)
+                written
             }
+        };
+        self.written += written as u64;
+        if let Some(r) = self.shared.log.lock().unwrap().get_mut(self.idx) {
+            r.body_bytes += written as u64;
         }
+        Ok(written)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -1,0 +1,146 @@
+//! Metadata at scale (issue 13 item 5): what a lookup or a listing asks of the
+//! registry, read from the fault proxy's request log. Entering a repository
+//! asks its tag list, never the catalog (a registry of 10,000 repositories
+//! takes seconds to walk it); `ls -l _tags` asks one manifest request per tag.
+//! Speed itself is measured by `scripts/bench.sh` (section `scale`), not here.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+/// Seeds `count` repositories named by `name(i)`, each with one tiny image
+/// tagged `latest` (one config blob, cross-repository mounted). Returns the
+/// manifest digest they all point at.
+fn seed_repos(c: &RegistryClient, count: usize, name: impl Fn(usize) -> String) -> String {
+    let first = name(0);
+    let img = c.push_image(
+        &first,
+        Some("latest"),
+        OCI_MANIFEST,
+        image_config("amd64", "scale"),
+        vec![],
+    );
+    for i in 1..count {
+        let repo = name(i);
+        // ferro-oci-server ignores `?mount=` but serves every blob under every name.
+        let mounted = c.mount_blob(&repo, &img.config.digest, &first);
+        assert!(
+            mounted || c.get_blob(&repo, &img.config.digest).len() as u64 == img.config.size(),
+            "blob mount into {repo}"
+        );
+        c.push_manifest(&repo, "latest", OCI_MANIFEST, &img.manifest);
+    }
+    img.digest
+}
+
+fn catalog_requests(proxy: &FaultProxy) -> Vec<String> {
+    proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.starts_with("/v2/_catalog"))
+        .map(|r| r.target)
+        .collect()
+}
+
+/// Names in a directory, without dot entries.
+fn ls(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = list_dir(path)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", path.display()))
+        .into_iter()
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
+
+on_both_registries! {
+/// 150 repositories (more than one 100-name catalog page) plus a namespace:
+/// `ls MOUNT/<repo>/_tags` sends no `_catalog` request at all; a namespace
+/// and a missing name are told by a few pages after the name (`?last=`),
+/// never by reading the whole catalog.
+fn entering_a_repository_does_not_read_the_catalog(kind) {
+    let reg = Registry::start_kind(kind);
+    let c = reg.client();
+    seed_repos(&c, 150, |i| format!("repo-{i:03}"));
+    seed_repos(&c, 3, |i| format!("zns/sub-{i}"));
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    assert_eq!(ls(&m.join("repo-123/_tags")), ["latest"]);
+    assert!(fs::symlink_metadata(m.join("repo-045/_tags/latest")).unwrap().file_type().is_symlink());
+    assert_eq!(catalog_requests(&proxy), Vec::<String>::new(), "entering repositories read the catalog");
+    let tag_lists = proxy.requests().iter().filter(|r| r.target.contains("/tags/list")).count();
+    assert_eq!(tag_lists, 2, "one tag list per repository entered: {:?}", proxy.requests());
+
+    // A namespace: its tag list is 404, a scan after the name finds `zns/…`.
+    assert_eq!(ls(&m.join("zns/sub-1/_tags")), ["latest"]);
+    // Names that do not exist: ENOENT, by the same scan.
+    let err = fs::symlink_metadata(m.join("nosuch")).unwrap_err();
+    assert_eq!(errno_of(&err), libc::ENOENT);
+    let err = fs::symlink_metadata(m.join("zns/nosuch")).unwrap_err();
+    assert_eq!(errno_of(&err), libc::ENOENT);
+    let scans = catalog_requests(&proxy);
+    assert!(!scans.is_empty(), "the namespace was told without the catalog?");
+    match kind {
+        // distribution honours `last`: every request is a scan after a name,
+        // and the 153 names are never read in full (two pages of 100).
+        RegistryKind::Distribution => {
+            assert!(scans.iter().all(|t| t.contains("last=")), "catalog requests: {scans:?}");
+            assert!(scans.len() <= 3 * 3, "catalog requests: {scans:?}");
+        }
+        // ferro-oci-server: whatever it does with `last`, the answers above are right.
+        RegistryKind::Ferro => {}
+    }
+    // A repository's listing names what is nested below it: that one reads the catalog.
+    assert_eq!(ls(&m.join("repo-007")), ["_blobs", "_manifests", "_tags", "_uploads"]);
+}
+}
+
+on_both_registries! {
+/// `ls -l _tags` of 60 tags (on 3 manifests): 60 links with the right
+/// targets, and at most one manifest request (HEAD or GET) per tag.
+fn ls_l_tags_asks_one_manifest_request_per_tag(kind) {
+    let reg = Registry::start_kind(kind);
+    let c = reg.client();
+    let repo = "many/tags";
+    let imgs: Vec<ImageInfo> = (0..3).map(|i| c.push_random_image(repo, &format!("base{i}"), &[100 + i])).collect();
+    let mut want = BTreeMap::new();
+    for (i, img) in imgs.iter().enumerate() {
+        want.insert(format!("base{i}"), img.digest.clone());
+    }
+    for i in 3..60 {
+        let img = &imgs[i % 3];
+        let tag = format!("t{i:02}");
+        c.push_manifest(repo, &tag, &img.media_type, &img.manifest);
+        want.insert(tag, img.digest.clone());
+    }
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let out = Command::new("ls").arg("-l").arg(m.join("many/tags/_tags")).output().unwrap();
+    assert!(out.status.success(), "ls -l: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut got = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with('l')) {
+        let (left, target) = line.split_once(" -> ").unwrap_or_else(|| panic!("not a link line: {line}"));
+        let name = left.rsplit(' ').next().unwrap().to_string();
+        let digest = target.strip_prefix("../_manifests/").unwrap_or_else(|| panic!("target {target}"));
+        got.insert(name, digest.to_string());
+    }
+    assert_eq!(got, want, "ls -l output:\n{text}");
+
+    let mut per_tag: BTreeMap<String, usize> = BTreeMap::new();
+    for r in proxy.requests() {
+        if let Some(reference) = r.target.strip_prefix(&format!("/v2/{repo}/manifests/")) {
+            *per_tag.entry(reference.to_string()).or_default() += 1;
+        }
+    }
+    let by_tag: usize = per_tag.iter().filter(|(k, _)| !k.starts_with("sha256:")).map(|(_, n)| n).sum();
+    assert!(by_tag <= 60, "{by_tag} manifest requests by tag for 60 tags: {per_tag:?}");
+    assert!(per_tag.iter().all(|(_, &n)| n == 1), "a manifest asked twice: {per_tag:?}");
+    assert_eq!(per_tag.len(), 60, "every tag resolved: {per_tag:?}");
+}
+}
