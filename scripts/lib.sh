@@ -10,8 +10,10 @@
 #     pids in globals: call them directly, never inside $( ... ), or the pid is lost.
 #   * Only processes started here are ever stopped, by their recorded pid.
 
-# The Debian packages the scripts and the integration tests rely on.
-REGFS_PACKAGES=(docker-registry skopeo umoci rsync fuse3 apache2-utils openssl attr curl jq podman python3 zstd gzip tar findutils diffutils coreutils util-linux mount)
+# The Debian packages the scripts and the integration tests rely on (every
+# program they run; tests/harness.rs every_program_the_suite_runs_is_installed_by_lib_sh
+# checks the list against the sources; mawk is awk).
+REGFS_PACKAGES=(docker-registry skopeo umoci rsync fuse3 apache2-utils openssl attr curl jq podman python3 zstd gzip tar findutils diffutils coreutils util-linux mount mawk)
 
 REGFS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 REGFS_BIN="${REGFS_BIN:-$REGFS_ROOT/target/release/regfs}"

@@ -86,6 +86,14 @@ impl From<std::io::Error> for FsError {
 
 pub type FsResult<T> = std::result::Result<T, FsError>;
 
+/// A failed operation, already logged and counted by `report`: all that is
+/// left is to reply with its errno.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failed(pub i32);
+
+/// The result of a filesystem operation as the core answers it.
+pub type OpResult<T> = std::result::Result<T, Failed>;
+
 /// Log a failed operation once, with the registry's message, and count it in
 /// `.regfs/stats` / `.regfs/errors`; ENOENT and ESTALE are normal answers and
 /// only logged at debug. Returns the errno to reply with.

@@ -396,3 +396,178 @@ fn stats_parser_and_mountinfo_helpers() {
     let e = std::fs::read("/definitely/not/there").unwrap_err();
     assert_eq!(errno_of(&e), libc::ENOENT);
 }
+
+/// Programs the scripts run (scripts/lib.sh, demo.sh, bench.sh, test.sh),
+/// besides bash builtins; the Rust sources' are found by
+/// [`programs_run_by_the_sources`].
+const SCRIPT_PROGRAMS: &[&str] = &[
+    "awk",
+    "cat",
+    "cp",
+    "curl",
+    "cut",
+    "date",
+    "dd",
+    "docker-registry",
+    "du",
+    "find",
+    "fusermount3",
+    "grep",
+    "gzip",
+    "head",
+    "jq",
+    "ls",
+    "mkdir",
+    "mktemp",
+    "nproc",
+    "od",
+    "readlink",
+    "rm",
+    "rmdir",
+    "rsync",
+    "sed",
+    "seq",
+    "sha256sum",
+    "skopeo",
+    "sleep",
+    "sort",
+    "stat",
+    "tail",
+    "tar",
+    "timeout",
+    "tr",
+    "wc",
+];
+
+/// Every program named by a literal in `Command::new`, `run` (tests only)
+/// and `run_filter` calls in tests/ and src/.
+fn programs_run_by_the_sources() -> std::collections::BTreeSet<String> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut out = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.join("tests"), root.join("src")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            if p.extension().and_then(|x| x.to_str()) != Some("rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            // A literal in `run` calls is a program only in the tests
+            // (src/registry/flight.rs runs keyed futures with `run`).
+            let in_tests = p.starts_with(root.join("tests"));
+            for opener in ["Command::new(\"", "run(\"", "run_filter(\""] {
+                if opener == "run(\"" && !in_tests {
+                    continue;
+                }
+                for (at, _) in text.match_indices(opener) {
+                    let rest = &text[at + opener.len()..];
+                    let name = &rest[..rest.find('"').unwrap()];
+                    let program_like = name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+                    if !name.is_empty() && program_like {
+                        out.insert(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The Debian package that ships each program (found in /usr/bin, /bin,
+/// /usr/sbin or /sbin, alternatives symlinks such as `awk` followed), by one
+/// `dpkg-query -S` over every candidate path.
+fn debian_packages_of(programs: &std::collections::BTreeSet<String>) -> std::collections::BTreeMap<String, String> {
+    let mut candidates: Vec<(String, String)> = Vec::new();
+    for prog in programs {
+        for dir in ["/usr/bin", "/bin", "/usr/sbin", "/sbin"] {
+            let path = format!("{dir}/{prog}");
+            candidates.push((prog.clone(), path.clone()));
+            if let Ok(real) = std::fs::canonicalize(&path) {
+                candidates.push((prog.clone(), real.display().to_string()));
+            }
+        }
+    }
+    let out = Command::new("dpkg-query")
+        .arg("-S")
+        .args(candidates.iter().map(|(_, p)| p))
+        .output()
+        .expect("dpkg-query (this suite runs on Debian: scripts/lib.sh)");
+    // "pkg[, pkg2]: /path" for each path some package ships; the rest go to stderr.
+    let mut owner = std::collections::BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((pkgs, path)) = line.split_once(": ") else {
+            continue;
+        };
+        if pkgs.starts_with("diversion by") {
+            continue;
+        }
+        owner.insert(
+            path.trim().to_string(),
+            pkgs.split(',').next().unwrap().trim().to_string(),
+        );
+    }
+    let mut found = std::collections::BTreeMap::new();
+    for (prog, path) in candidates {
+        if let Some(pkg) = owner.get(&path) {
+            found.entry(prog).or_insert_with(|| pkg.clone());
+        }
+    }
+    found
+}
+
+/// A truly fresh Debian runs the suite after `scripts/lib.sh ensure_packages`:
+/// every program the tests, the unit tests and the scripts run must come from
+/// a package in `REGFS_PACKAGES` (or an Essential one, always there).
+/// ferro-oci-server comes from crates.io (`ensure_ferro`).
+#[test]
+fn every_program_the_suite_runs_is_installed_by_lib_sh() {
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib.sh")).unwrap();
+    let line = lib
+        .lines()
+        .find(|l| l.starts_with("REGFS_PACKAGES=("))
+        .expect("REGFS_PACKAGES=( in scripts/lib.sh");
+    let wanted: Vec<&str> = line["REGFS_PACKAGES=(".len()..line.rfind(')').unwrap()]
+        .split_whitespace()
+        .collect();
+    let mut programs = programs_run_by_the_sources();
+    assert!(programs.contains("skopeo") && programs.contains("tar"), "{programs:?}");
+    programs.extend(SCRIPT_PROGRAMS.iter().map(|s| s.to_string()));
+    programs.insert("mount.fuse3".into()); // run by mount(8) in operations.rs
+    programs.remove("ferro-oci-server"); // crates.io, scripts/lib.sh ensure_ferro
+    let packages = debian_packages_of(&programs);
+    // What the wanted packages pull in (python3 -> python3-minimal, which ships /usr/bin/python3).
+    let deps = Command::new("dpkg-query")
+        .args(["-W", "-f=${Pre-Depends}, ${Depends}\\n"])
+        .args(&wanted)
+        .output()
+        .expect("dpkg-query");
+    let dependencies: std::collections::BTreeSet<String> = String::from_utf8_lossy(&deps.stdout)
+        .split([',', '|', '\n'])
+        .filter_map(|d| d.split_whitespace().next())
+        .map(|d| d.split(':').next().unwrap().to_string())
+        .collect();
+    let mut missing = Vec::new();
+    for prog in &programs {
+        let Some(pkg) = packages.get(prog) else {
+            missing.push(format!("{prog}: no Debian package on this machine ships it"));
+            continue;
+        };
+        let essential = Command::new("dpkg-query")
+            .args(["-W", "-f=${Essential}", pkg])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "yes")
+            .unwrap_or(false);
+        if !essential && !wanted.contains(&pkg.as_str()) && !dependencies.contains(pkg) {
+            missing.push(format!("{prog}: package {pkg} is not in REGFS_PACKAGES"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "scripts/lib.sh does not install:\n{}",
+        missing.join("\n")
+    );
+}

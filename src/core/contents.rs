@@ -19,7 +19,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
-use fuser::{FileAttr, FileType, INodeNo};
+use super::attr::{Attr, FileKind};
 
 use super::node::{self, Node};
 use super::Core;
@@ -338,8 +338,8 @@ impl Core {
 
     /// Extended attributes of a contents node (PAX `SCHILY.xattr.*` of its
     /// entry); `None` when `ino` is not a contents node.
-    pub(crate) async fn contents_xattrs(&self, ino: INodeNo) -> Option<FsResult<Vec<(String, Vec<u8>)>>> {
-        let node = self.inodes.get(ino.0).filter(Node::is_contents)?;
+    pub(crate) async fn contents_xattrs(&self, ino: u64) -> Option<FsResult<Vec<(String, Vec<u8>)>>> {
+        let node = self.inodes.get(ino).filter(Node::is_contents)?;
         let copy = |x: &[(Box<str>, Box<[u8]>)]| x.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
         Some(match &node {
             Node::ContentsEntry(_, layer, entry, _) => match self.layer_index(layer).await {
@@ -362,14 +362,14 @@ impl Core {
     }
 
     /// Attributes of contents nodes (`None` for any other node).
-    pub(crate) async fn contents_attr(&self, node: &Node) -> FsResult<Option<FileAttr>> {
+    pub(crate) async fn contents_attr(&self, node: &Node) -> FsResult<Option<Attr>> {
         let (m, ino) = match node {
             Node::Rootfs(..) => {
                 // Reached only for an index (an image's rootfs resolves to its tree's root).
                 let target = self.contents_link(node).await?;
                 return Ok(Some(self.synthetic_attr(
                     node,
-                    FileType::Symlink,
+                    FileKind::Symlink,
                     0o777,
                     target.len() as u64,
                 )));
@@ -378,7 +378,7 @@ impl Core {
                 if !self.view.repo_exists(r).await? {
                     return Err(FsError::new(libc::ENOENT, format!("{} does not exist", node.path())));
                 }
-                return Ok(Some(self.synthetic_attr(node, FileType::Directory, 0o555, 0)));
+                return Ok(Some(self.synthetic_attr(node, FileKind::Directory, 0o555, 0)));
             }
             Node::ContentsDir(r, key, n) => {
                 let tree = self.tree(r, *key).await?;
@@ -400,20 +400,20 @@ impl Core {
             _ => return Ok(None),
         };
         let kind = match m.kind {
-            contents::Kind::Dir => FileType::Directory,
-            contents::Kind::Symlink => FileType::Symlink,
-            contents::Kind::Char => FileType::CharDevice,
-            contents::Kind::Block => FileType::BlockDevice,
-            contents::Kind::Fifo => FileType::NamedPipe,
-            contents::Kind::File | contents::Kind::HardLink => FileType::RegularFile,
+            contents::Kind::Dir => FileKind::Directory,
+            contents::Kind::Symlink => FileKind::Symlink,
+            contents::Kind::Char => FileKind::CharDevice,
+            contents::Kind::Block => FileKind::BlockDevice,
+            contents::Kind::Fifo => FileKind::NamedPipe,
+            contents::Kind::File | contents::Kind::HardLink => FileKind::RegularFile,
         };
         let mtime = if m.mtime >= 0 {
             UNIX_EPOCH + Duration::from_secs(m.mtime as u64)
         } else {
             UNIX_EPOCH - Duration::from_secs(m.mtime.unsigned_abs())
         };
-        Ok(Some(FileAttr {
-            ino: INodeNo(ino),
+        Ok(Some(Attr {
+            ino,
             size: m.size,
             blocks: m.size.div_ceil(512),
             atime: mtime,
@@ -431,9 +431,9 @@ impl Core {
         }))
     }
 
-    fn synthetic_attr(&self, node: &Node, kind: FileType, perm: u16, size: u64) -> FileAttr {
-        FileAttr {
-            ino: INodeNo(self.inodes.ino(node)),
+    fn synthetic_attr(&self, node: &Node, kind: FileKind, perm: u16, size: u64) -> Attr {
+        Attr {
+            ino: self.inodes.ino(node),
             size,
             blocks: 0,
             atime: UNIX_EPOCH,
@@ -442,7 +442,7 @@ impl Core {
             crtime: UNIX_EPOCH,
             kind,
             perm,
-            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            nlink: if kind == FileKind::Directory { 2 } else { 1 },
             uid: self.opts.uid,
             gid: self.opts.gid,
             rdev: 0,
@@ -550,11 +550,11 @@ impl ContentsFile {
 
 /// The directory-entry type of devices and fifos inside image contents
 /// (`Node::kind` has only directory, file and symlink).
-pub(crate) fn special_file_type(node: &Node) -> Option<FileType> {
+pub(crate) fn special_file_type(node: &Node) -> Option<FileKind> {
     match node {
-        Node::ContentsEntry(.., contents::Kind::Char) => Some(FileType::CharDevice),
-        Node::ContentsEntry(.., contents::Kind::Block) => Some(FileType::BlockDevice),
-        Node::ContentsEntry(.., contents::Kind::Fifo) => Some(FileType::NamedPipe),
+        Node::ContentsEntry(.., contents::Kind::Char) => Some(FileKind::CharDevice),
+        Node::ContentsEntry(.., contents::Kind::Block) => Some(FileKind::BlockDevice),
+        Node::ContentsEntry(.., contents::Kind::Fifo) => Some(FileKind::NamedPipe),
         _ => None,
     }
 }

@@ -3,16 +3,21 @@
 //! imports. `crate::fuse` links fuser's calls to the methods here.
 
 pub(crate) mod archive;
+pub mod attr;
 pub(crate) mod contents;
 pub(crate) mod import;
 pub mod inodes;
 pub(crate) mod locations;
 pub mod names;
 pub mod node;
+pub mod ops;
 pub(crate) mod push;
 pub(crate) mod tree;
 pub mod view;
 pub(crate) mod write;
+
+#[cfg(test)]
+mod tests;
 
 pub use write::Staging;
 
@@ -21,10 +26,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use attr::{Attr, Caching, FileKind, Listed};
 use bytes::Bytes;
-use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo};
 
-use crate::error::{FsError, FsResult};
+use crate::error::{Failed, FsError, FsResult};
 use crate::store::{BlobFile, ReadState};
 use inodes::Inodes;
 use node::{Kind, Node, StatusFile};
@@ -66,14 +71,6 @@ pub(crate) enum Handle {
     Contents(Arc<contents::ContentsFile>),
 }
 
-pub(crate) struct DirEntry {
-    pub(crate) ino: u64,
-    pub(crate) kind: Kind,
-    pub(crate) name: String,
-    /// Devices and fifos inside image contents (`kind` says File for them).
-    pub(crate) special: Option<FileType>,
-}
-
 pub struct Core {
     pub(crate) view: View,
     pub(crate) staging: write::Staging,
@@ -81,7 +78,7 @@ pub struct Core {
     pub(crate) opts: Options,
     pub(crate) next_fh: AtomicU64,
     pub(crate) files: Mutex<HashMap<u64, Arc<Handle>>>,
-    pub(crate) dirs: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
+    pub(crate) dirs: Mutex<HashMap<u64, Arc<Vec<Listed>>>>,
 }
 
 impl Core {
@@ -97,28 +94,28 @@ impl Core {
         }
     }
 
-    pub(crate) fn node(&self, ino: INodeNo) -> FsResult<Node> {
+    pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes
-            .get(ino.0)
-            .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {}", ino.0)))
+            .get(ino)
+            .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {ino}")))
     }
 
     /// Log a failed operation once, with the registry's message; ENOENT is
     /// a normal answer and only logged at debug.
-    pub(crate) fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Errno {
+    pub(crate) fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Failed {
         self.fail_at(op, &node.map(Node::path).unwrap_or_default(), e)
     }
 
     /// `fail` for an inode number the kernel gave (the node may be gone).
-    pub(crate) fn fail_ino(&self, op: &str, ino: INodeNo, e: &FsError) -> Errno {
-        let node = self.inodes.get(ino.0);
+    pub(crate) fn fail_ino(&self, op: &str, ino: u64, e: &FsError) -> Failed {
+        let node = self.inodes.get(ino);
         self.fail(op, node.as_ref(), e)
     }
 
     /// `fail` for operations on a name in a directory (create, mkdir, unlink,
     /// rename …): the path logged is `<parent>/<name>`.
-    pub(crate) fn fail_in(&self, op: &str, parent: INodeNo, name: &str, e: &FsError) -> Errno {
-        let path = match self.inodes.get(parent.0).map(|p| p.path()) {
+    pub(crate) fn fail_in(&self, op: &str, parent: u64, name: &str, e: &FsError) -> Failed {
+        let path = match self.inodes.get(parent).map(|p| p.path()) {
             Some(p) if p.ends_with('/') => format!("{p}{name}"),
             Some(p) => format!("{p}/{name}"),
             None => name.to_string(),
@@ -126,8 +123,8 @@ impl Core {
         self.fail_at(op, &path, e)
     }
 
-    pub(crate) fn fail_at(&self, op: &str, path: &str, e: &FsError) -> Errno {
-        Errno::from_i32(crate::error::report(&self.view.stats, op, path, e))
+    pub(crate) fn fail_at(&self, op: &str, path: &str, e: &FsError) -> Failed {
+        Failed(crate::error::report(&self.view.stats, op, path, e))
     }
 
     pub(crate) fn ttl(&self, node: &Node) -> Duration {
@@ -139,23 +136,23 @@ impl Core {
         }
     }
 
-    pub(crate) fn make_attr(&self, node: &Node, size: u64) -> FileAttr {
+    pub(crate) fn make_attr(&self, node: &Node, size: u64) -> Attr {
         // Directories that take writes say so (the kernel checks modes: the
         // mount uses default_permissions); content is never writable in place.
         let writable = !self.opts.read_only;
         let (kind, perm, nlink) = match node.kind() {
-            Kind::Directory if writable => (FileType::Directory, 0o755, 2),
-            Kind::Directory => (FileType::Directory, 0o555, 2),
-            Kind::File if writable && matches!(node, Node::Staged(_)) => (FileType::RegularFile, 0o644, 1),
+            Kind::Directory if writable => (FileKind::Directory, 0o755, 2),
+            Kind::Directory => (FileKind::Directory, 0o555, 2),
+            Kind::File if writable && matches!(node, Node::Staged(_)) => (FileKind::RegularFile, 0o644, 1),
             // Content-addressed files are reachable at least twice (`_blobs/…` or
             // `manifest.json`, and `_oci/blobs/sha256/…`) under one inode: saying
             // so lets `rsync -H` and `cp -a` keep one copy.
-            Kind::File if node.digest_identity().is_some() => (FileType::RegularFile, 0o444, 2),
-            Kind::File => (FileType::RegularFile, 0o444, 1),
-            Kind::Symlink => (FileType::Symlink, 0o777, 1),
+            Kind::File if node.digest_identity().is_some() => (FileKind::RegularFile, 0o444, 2),
+            Kind::File => (FileKind::RegularFile, 0o444, 1),
+            Kind::Symlink => (FileKind::Symlink, 0o777, 1),
         };
-        FileAttr {
-            ino: INodeNo(self.inodes.ino(node)),
+        Attr {
+            ino: self.inodes.ino(node),
             size,
             blocks: size.div_ceil(512),
             atime: STABLE_MTIME,
@@ -185,7 +182,7 @@ impl Core {
         }
     }
 
-    pub(crate) async fn open(&self, node: &Node) -> FsResult<(Handle, FopenFlags)> {
+    pub(crate) async fn open_node(&self, node: &Node) -> FsResult<(Handle, Caching)> {
         let v = &self.view;
         Ok(match node {
             Node::Blob(r, d) => {
@@ -202,29 +199,23 @@ impl Core {
                         file,
                         state: Mutex::new(ReadState::default()),
                     },
-                    FopenFlags::FOPEN_KEEP_CACHE,
+                    Caching::Keep,
                 )
             }
-            Node::ManifestFile(r, d) => (
-                Handle::Bytes(v.manifest(r, *d).await?.bytes.clone()),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Node::ManifestFile(r, d) => (Handle::Bytes(v.manifest(r, *d).await?.bytes.clone()), Caching::Keep),
             Node::OciLayout(_) => (
                 Handle::Bytes(Bytes::from_static(archive::OCI_LAYOUT_BYTES)),
-                FopenFlags::empty(),
+                Caching::Default,
             ),
-            Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), FopenFlags::FOPEN_DIRECT_IO),
-            Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), FopenFlags::empty()),
-            Node::Staged(id) => (Handle::StagedRead(*id), FopenFlags::FOPEN_DIRECT_IO),
+            Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), Caching::Direct),
+            Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), Caching::Default),
+            Node::Staged(id) => (Handle::StagedRead(*id), Caching::Direct),
             Node::ContentsEntry(..) => (
                 Handle::Contents(Arc::new(self.contents_open(node).await?)),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                Caching::Keep,
             ),
             // Status text changes between reads: no page cache, sizes from the snapshot.
-            Node::Status(f) => (
-                Handle::Bytes(Bytes::from(self.status_text(*f))),
-                FopenFlags::FOPEN_DIRECT_IO,
-            ),
+            Node::Status(f) => (Handle::Bytes(Bytes::from(self.status_text(*f))), Caching::Direct),
             n if n.kind() == Kind::Directory => {
                 return Err(FsError::new(libc::EISDIR, format!("{} is a directory", n.path())))
             }

@@ -1,8 +1,7 @@
 //! What exists, what each directory holds, and where each link points — the
 //! tree of `layout.md` computed from the view (registry + caches).
 
-use fuser::FileAttr;
-
+use super::attr::Attr;
 use super::node::{self, Node, StatusFile};
 use super::Core;
 use crate::error::{FsError, FsResult};
@@ -12,7 +11,7 @@ use crate::store::CachedManifest;
 impl Core {
     /// Check that `node` exists and compute its attributes (a request at most,
     /// usually none: sizes come from descriptors and caches).
-    pub(crate) async fn attr(&self, node: &Node) -> FsResult<FileAttr> {
+    pub(crate) async fn attr(&self, node: &Node) -> FsResult<Attr> {
         if let Some(attr) = self.contents_attr(node).await? {
             return Ok(attr);
         }

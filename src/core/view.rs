@@ -11,7 +11,7 @@ use super::names::{self, Family};
 use crate::error::FsResult;
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
-use crate::registry::{Client, RegistryError};
+use crate::registry::{Registry, RegistryError};
 use crate::stats::Stats;
 use crate::store::{BlobStore, CachedManifest, ManifestStore, TtlCache};
 
@@ -42,7 +42,7 @@ pub type NamedDigests = Vec<(String, Digest)>;
 pub type LayoutContent = std::collections::BTreeMap<Digest, (u64, bool)>;
 
 pub struct View {
-    pub client: Arc<Client>,
+    pub client: Arc<dyn Registry>,
     pub manifests: ManifestStore,
     pub blobs: Arc<BlobStore>,
     pub stats: Arc<Stats>,
@@ -95,7 +95,7 @@ pub struct View {
 
 impl View {
     pub fn new(
-        client: Arc<Client>,
+        client: Arc<dyn Registry>,
         manifests: ManifestStore,
         blobs: Arc<BlobStore>,
         stats: Arc<Stats>,

@@ -33,7 +33,6 @@ use crate::error::{FsError, FsResult};
 use crate::oci::reference::is_valid_tag;
 use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
-use fuser::INodeNo;
 
 /// How long a new tag symlink may wait for a rename before it is pushed as it is.
 const LINK_SETTLE: Duration = Duration::from_millis(500);
@@ -573,7 +572,7 @@ impl Core {
 
     /// The directory a request names and its child called `name` (EINVAL when
     /// the name cannot exist there).
-    fn parent_and_child(&self, parent: INodeNo, name: &str) -> FsResult<(Node, Node)> {
+    fn parent_and_child(&self, parent: u64, name: &str) -> FsResult<(Node, Node)> {
         let parent = self.node(parent)?;
         let child = parent.child(name).ok_or_else(|| {
             FsError::new(
@@ -584,7 +583,7 @@ impl Core {
         Ok((parent, child))
     }
 
-    pub(crate) async fn mkdir(&self, parent: INodeNo, name: &str) -> FsResult<Node> {
+    pub(crate) async fn mkdir(&self, parent: u64, name: &str) -> FsResult<Node> {
         let (parent, child) = self.parent_and_child(parent, name)?;
         let v = &self.view;
         match (&parent, &child) {
@@ -624,7 +623,7 @@ impl Core {
     }
 
     /// unlink (`dir` false) and rmdir (`dir` true).
-    pub(crate) async fn remove(&self, parent: INodeNo, name: &str, dir: bool) -> FsResult<()> {
+    pub(crate) async fn remove(&self, parent: u64, name: &str, dir: bool) -> FsResult<()> {
         let parent = self.node(parent)?;
         if let Some(id) = self.staging.find(&parent, name) {
             self.staging.forget(id);
@@ -694,7 +693,7 @@ impl Core {
         }
     }
 
-    pub(crate) async fn symlink(self: &Arc<Self>, parent: INodeNo, name: &str, target: &str) -> FsResult<Node> {
+    pub(crate) async fn symlink(self: &Arc<Self>, parent: u64, name: &str, target: &str) -> FsResult<Node> {
         let (parent, child) = self.parent_and_child(parent, name)?;
         match &parent {
             Node::TagsDir(r) => {
@@ -719,7 +718,7 @@ impl Core {
         }
     }
 
-    pub(crate) async fn rename(&self, parent: INodeNo, name: &str, newparent: INodeNo, newname: &str) -> FsResult<()> {
+    pub(crate) async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> FsResult<()> {
         if parent != newparent {
             return Err(FsError::new(libc::EXDEV, "renames only within one directory"));
         }

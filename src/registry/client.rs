@@ -110,22 +110,45 @@ pub struct BlobBody {
     /// The blob's whole length as the registry states it (the total of a
     /// `Content-Range`, or the `Content-Length` of a 200), when it states one.
     pub total: Option<u64>,
-    response: reqwest::Response,
-    stall: StallClock,
+    source: BodySource,
+}
+
+enum BodySource {
+    Http {
+        response: reqwest::Response,
+        stall: StallClock,
+    },
+    /// Bytes already in memory (an in-memory registry in tests), handed out
+    /// in the pieces given.
+    Memory(std::collections::VecDeque<Bytes>),
 }
 
 impl BlobBody {
+    /// A body whose bytes are already in memory, starting at `start` of a blob
+    /// of `total` bytes (what an in-memory registry answers).
+    pub fn from_pieces(start: u64, total: Option<u64>, pieces: Vec<Bytes>) -> Self {
+        BlobBody {
+            start,
+            total,
+            source: BodySource::Memory(pieces.into()),
+        }
+    }
+
     /// The next bytes of the body (`None` at its end). Fails when no byte came
     /// before the fetch's stall clock ran out.
     pub async fn chunk(&mut self) -> Result<Option<Bytes>> {
-        match tokio::time::timeout(self.stall.remaining(), self.response.chunk()).await {
+        let (response, stall) = match &mut self.source {
+            BodySource::Http { response, stall } => (response, stall),
+            BodySource::Memory(pieces) => return Ok(pieces.pop_front()),
+        };
+        match tokio::time::timeout(stall.remaining(), response.chunk()).await {
             Err(_) => Err(RegistryError::Network(format!(
                 "blob body stalled: no byte for {} s",
                 BLOB_STALL_LIMIT.as_secs()
             ))),
             Ok(Err(e)) => Err(e.into()),
             Ok(Ok(Some(bytes))) => {
-                self.stall.progressed();
+                stall.progressed();
                 Ok(Some(bytes))
             }
             Ok(Ok(None)) => Ok(None),
@@ -537,8 +560,10 @@ impl Client {
         Ok(BlobBody {
             start: body_start,
             total,
-            response: resp,
-            stall: stall.clone(),
+            source: BodySource::Http {
+                response: resp,
+                stall: stall.clone(),
+            },
         })
     }
 

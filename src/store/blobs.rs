@@ -33,7 +33,7 @@ use tokio::sync::Notify;
 use crate::error::{FsError, FsResult};
 use crate::oci::Digest;
 use crate::registry::client::{BlobBody, StallClock};
-use crate::registry::Client;
+use crate::registry::Registry;
 use crate::stats::{Direction, Stats, Transfers};
 
 /// The smallest fetch (a random 4 KiB read costs one chunk), and the first
@@ -50,6 +50,7 @@ const PART: u64 = 16 << 20;
 /// How far ahead sequential reads prefetch, at most. Fetched bytes stream to
 /// the cache file, never into memory, so the window costs disk, not RAM.
 const MAX_WINDOW: u64 = 256 << 20;
+
 /// Reads within this distance of the previous one still count as sequential
 /// (the kernel issues readahead out of order).
 const SEQUENTIAL_SLACK: u64 = 4 << 20;
@@ -184,7 +185,7 @@ pub struct BlobStore {
     complete_dir: PathBuf,
     partial_dir: PathBuf,
     limit: u64,
-    client: Arc<Client>,
+    client: Arc<dyn Registry>,
     stats: Arc<Stats>,
     /// Complete blobs on disk, least recently used first, with their sizes.
     index: Mutex<(LruCache<Digest, u64>, u64)>,
@@ -207,7 +208,12 @@ fn chunk_count(size: u64) -> u64 {
 }
 
 impl BlobStore {
-    pub fn new(cache_dir: &Path, limit: u64, client: Arc<Client>, stats: Arc<Stats>) -> std::io::Result<Arc<Self>> {
+    pub fn new(
+        cache_dir: &Path,
+        limit: u64,
+        client: Arc<dyn Registry>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Arc<Self>> {
         let complete_dir = super::dir::blobs(cache_dir);
         let partial_dir = super::dir::partial(cache_dir);
         std::fs::create_dir_all(&complete_dir)?;
@@ -1096,16 +1102,11 @@ impl BlobFile {
         }
         let this = self.clone();
         let spawned = std::thread::Builder::new().name("regfs-hash".into()).spawn(move || {
-            // Verification runs behind the readers: on a busy machine the bytes a
-            // reader waits for come first, the hash catches up from the page cache.
-            // SAFETY: scheduling calls on our own thread have no memory effects.
-            // SCHED_IDLE: hash only with CPU nobody else wants (falls back to nice 10).
-            unsafe {
-                let param = libc::sched_param { sched_priority: 0 };
-                if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-                    libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10);
-                }
-            }
+            // The hash runs at the daemon's own priority, beside the fetches:
+            // the last read of a blob waits for its verdict, so a hash left to
+            // idle CPU (it was SCHED_IDLE) made a busy machine's cold reads
+            // wait for all of it at the end (perf: the daemon's hash thread
+            // ran alone for the last ~0.5 s of a 1 GiB read).
             loop {
                 this.advance_hash();
                 this.hashing.store(false, Ordering::Release);

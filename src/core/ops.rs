@@ -1,0 +1,422 @@
+//! The filesystem operations, one method each, taking inode numbers and file
+//! handles and answering the core's own types. Every failure is reported
+//! once (`Core::fail*` → `crate::error::report`) and comes back as `Failed`,
+//! so `crate::fuse` only has to reply.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+
+use super::attr::{Attr, Caching, Entry, FileKind, Listed};
+use super::node::{Kind, Node};
+use super::{contents, write, Core, Handle, STABLE_MTIME};
+use crate::error::{Failed, FsError, OpResult};
+
+/// How `open` was asked to open a file.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenMode {
+    pub write: bool,
+    pub truncate: bool,
+}
+
+impl OpenMode {
+    /// From open(2) flags.
+    pub fn from_flags(flags: i32) -> Self {
+        OpenMode {
+            write: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            truncate: flags & libc::O_TRUNC != 0,
+        }
+    }
+}
+
+const EROFS: Failed = Failed(libc::EROFS);
+const EBADF: Failed = Failed(libc::EBADF);
+const ENOENT: Failed = Failed(libc::ENOENT);
+
+fn kind_of(k: Kind) -> FileKind {
+    match k {
+        Kind::Directory => FileKind::Directory,
+        Kind::File => FileKind::RegularFile,
+        Kind::Symlink => FileKind::Symlink,
+    }
+}
+
+impl Core {
+    /// Image contents (`rootfs/`, `_layers/`) are read-only views: any change there is EROFS.
+    pub fn in_contents(&self, inos: &[u64]) -> bool {
+        inos.iter()
+            .any(|i| self.inodes.get(*i).is_some_and(|n| n.is_contents()))
+    }
+
+    fn entry(&self, node: &Node, attr: Attr) -> Entry {
+        Entry {
+            attr,
+            ttl: self.ttl(node),
+        }
+    }
+
+    fn new_fh(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn staged_id(&self, fh: u64) -> Option<u64> {
+        self.files.lock().unwrap().get(&fh).and_then(|h| match **h {
+            Handle::Staged(id) => Some(id),
+            _ => None,
+        })
+    }
+
+    pub async fn lookup(&self, parent_ino: u64, name: Option<&str>) -> OpResult<Entry> {
+        let parent = self.node(parent_ino).map_err(|e| self.fail("lookup", None, &e))?;
+        let Some(name) = name else { return Err(ENOENT) };
+        if matches!(parent, Node::ContentsDir(..)) {
+            let child = self
+                .contents_lookup(&parent, name)
+                .await
+                .map_err(|e| self.fail("lookup", Some(&parent), &e))?;
+            let attr = self
+                .attr(&child)
+                .await
+                .map_err(|e| self.fail("lookup", Some(&child), &e))?;
+            return Ok(self.entry(&child, attr));
+        }
+        // A file being written hides whatever the registry has under its name.
+        let child = match self.staging.find(&parent, name) {
+            Some(id) if !self.staging.is_settled(id) => Node::Staged(id),
+            _ => parent.child(name).ok_or(ENOENT)?,
+        };
+        let child = self
+            .resolve(child)
+            .await
+            .map_err(|e| self.fail_in("lookup", parent_ino, name, &e))?;
+        let attr = self
+            .attr(&child)
+            .await
+            .map_err(|e| self.fail("lookup", Some(&child), &e))?;
+        Ok(self.entry(&child, attr))
+    }
+
+    pub async fn getattr(&self, ino: u64) -> OpResult<Entry> {
+        let node = self.node(ino).map_err(|e| self.fail("getattr", None, &e))?;
+        let attr = self
+            .attr(&node)
+            .await
+            .map_err(|e| self.fail("getattr", Some(&node), &e))?;
+        Ok(self.entry(&node, attr))
+    }
+
+    pub async fn readlink(&self, ino: u64) -> OpResult<String> {
+        let node = self.node(ino).map_err(|e| self.fail("readlink", None, &e))?;
+        self.link_target(&node)
+            .await
+            .map_err(|e| self.fail("readlink", Some(&node), &e))
+    }
+
+    /// Open a file; the file handle and how the kernel may cache it.
+    pub async fn open(&self, ino: u64, mode: OpenMode) -> OpResult<(u64, Caching)> {
+        if mode.write && self.in_contents(&[ino]) {
+            return Err(EROFS);
+        }
+        let node = self.node(ino).map_err(|e| self.fail("open", None, &e))?;
+        let opened = if mode.write {
+            self.open_for_write(&node, mode.truncate)
+                .map(|id| (Handle::Staged(id), Caching::Direct))
+        } else {
+            self.open_node(&node).await
+        };
+        let (handle, caching) = opened.map_err(|e| self.fail("open", Some(&node), &e))?;
+        Ok((self.new_fh(handle), caching))
+    }
+
+    /// A read answered without waiting: bytes in memory or already on local
+    /// disk. `None` when the read must wait (call `read`).
+    pub fn read_now(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Option<OpResult<Bytes>> {
+        let Some(handle) = self.files.lock().unwrap().get(&fh).cloned() else {
+            return Some(Err(EBADF));
+        };
+        let fail = |e: &FsError| self.fail_ino("read", ino, e);
+        match &*handle {
+            Handle::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                Some(Ok(b.slice(start..end)))
+            }
+            Handle::Staged(id) | Handle::StagedRead(id) => Some(match self.staging.get(*id) {
+                Some(f) => f
+                    .lock()
+                    .unwrap()
+                    .read(offset, u64::from(size))
+                    .map(Bytes::from)
+                    .map_err(|e| fail(&e)),
+                None => Err(EBADF),
+            }),
+            Handle::Blob { file, state } => match file.try_read(offset, u64::from(size), state) {
+                Ok(Some(data)) => Some(Ok(Bytes::from(data))),
+                Ok(None) => None,
+                Err(e) => Some(Err(fail(&e))),
+            },
+            Handle::Export(_) | Handle::Contents(_) => None,
+        }
+    }
+
+    /// Read `size` bytes at `offset` of an open file, waiting for the network if needed.
+    pub async fn read(&self, ino: u64, fh: u64, offset: u64, size: u32) -> OpResult<Bytes> {
+        match self.read_now(ino, fh, offset, size) {
+            Some(answer) => answer,
+            None => self.read_wait(ino, fh, offset, size).await,
+        }
+    }
+
+    /// The rest of a read `read_now` could not answer.
+    pub async fn read_wait(&self, ino: u64, fh: u64, offset: u64, size: u32) -> OpResult<Bytes> {
+        let Some(handle) = self.files.lock().unwrap().get(&fh).cloned() else {
+            return Err(EBADF);
+        };
+        let result = match &*handle {
+            Handle::Contents(file) => file.clone().read(offset, u64::from(size)).await.map(Bytes::from),
+            Handle::Export(export) => self
+                .view
+                .read_export(export, offset, u64::from(size))
+                .await
+                .map(Bytes::from),
+            Handle::Blob { file, state } => {
+                let end = offset.saturating_add(u64::from(size));
+                file.wait_and_read(offset, end, state).await.map(Bytes::from)
+            }
+            Handle::Bytes(_) | Handle::Staged(_) | Handle::StagedRead(_) => unreachable!("answered by read_now"),
+        };
+        result.map_err(|e| self.fail_ino("read", ino, &e))
+    }
+
+    /// Write into a file being written; the count written.
+    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+        let id = self.staged_id(fh).ok_or(EBADF)?;
+        let f = self.staging.get(id).ok_or(EBADF)?;
+        let result = f.lock().unwrap().write(offset, data);
+        result
+            .map(|()| data.len() as u32)
+            .map_err(|e| self.fail_ino("write", ino, &e))
+    }
+
+    /// A new file being written at (parent, name), opened: its entry and file handle.
+    pub fn create(&self, parent: u64, name: &str) -> OpResult<(Entry, u64)> {
+        if self.in_contents(&[parent]) {
+            return Err(EROFS);
+        }
+        let id = self
+            .node(parent)
+            .and_then(|parent| {
+                self.check_manifest_dir_writable(&parent)?;
+                write::check_create(&parent, name)?;
+                self.staging.create(&parent, name)
+            })
+            .map_err(|e| self.fail_in("create", parent, name, &e))?;
+        let attr = self.make_attr(&Node::Staged(id), 0);
+        let fh = self.new_fh(Handle::Staged(id));
+        Ok((
+            Entry {
+                attr,
+                ttl: Duration::ZERO,
+            },
+            fh,
+        ))
+    }
+
+    /// flush/fsync of a file being written: commit it (push), and say how that went.
+    pub async fn commit_fh(&self, op: &str, ino: u64, fh: u64) -> OpResult<()> {
+        let Some(id) = self.staged_id(fh) else { return Ok(()) };
+        self.commit(id).await.map_err(|e| self.fail_ino(op, ino, &e))
+    }
+
+    /// The last close of a file handle. A file being written that no flush
+    /// committed is committed now (errors can only be logged), then the tree
+    /// serves it. Returns whether a commit is left to `finish_release`.
+    pub fn release(&self, fh: u64) -> Option<u64> {
+        let handle = self.files.lock().unwrap().remove(&fh);
+        match handle.as_deref() {
+            Some(Handle::Staged(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    /// The commit `release` left.
+    pub async fn finish_release(&self, id: u64) {
+        let _ = self.commit(id).await;
+        self.settle_staged(id);
+    }
+
+    /// Modes, owners and times (rsync -a sets them on everything it writes)
+    /// change nothing that matters: accepted, ignored. A size change is only
+    /// possible on a file being written. A new mtime on a read-only file
+    /// (`touch manifest.json`) is refused as its open for writing was: the
+    /// file cannot change, and saying so beats a silent success (setting the
+    /// mtime it already has is fine). `mtime` is `Some(None)` for "now".
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, mtime: Option<Option<SystemTime>>) -> OpResult<Entry> {
+        if self.in_contents(&[ino]) {
+            return Err(EROFS);
+        }
+        let node = self.node(ino).map_err(|e| self.fail("setattr", None, &e))?;
+        let new_mtime = match mtime {
+            Some(Some(t)) if t == STABLE_MTIME => None,
+            other => other,
+        };
+        if new_mtime.is_some() && node.kind() == Kind::File && !matches!(node, Node::Staged(_)) {
+            let e = FsError::new(libc::EPERM, "read-only file: its time cannot change");
+            return Err(self.fail("setattr", Some(&node), &e));
+        }
+        if let Some(size) = size {
+            let result = match &node {
+                Node::Staged(id) => match self.staging.get(*id) {
+                    Some(f) => f.lock().unwrap().truncate(size),
+                    None => Err(FsError::new(libc::ENOENT, "file being written is gone")),
+                },
+                n => Err(FsError::new(libc::EPERM, format!("{} is immutable", n.path()))),
+            };
+            result.map_err(|e| self.fail("truncate", Some(&node), &e))?;
+        }
+        let attr = self
+            .attr(&node)
+            .await
+            .map_err(|e| self.fail("setattr", Some(&node), &e))?;
+        Ok(self.entry(&node, attr))
+    }
+
+    pub async fn mkdir_op(&self, parent: u64, name: &str) -> OpResult<Entry> {
+        if self.in_contents(&[parent]) {
+            return Err(EROFS);
+        }
+        let node = self
+            .mkdir(parent, name)
+            .await
+            .map_err(|e| self.fail_in("mkdir", parent, name, &e))?;
+        Ok(Entry {
+            attr: self.make_attr(&node, 0),
+            ttl: Duration::ZERO,
+        })
+    }
+
+    /// rmdir (`dir`) or unlink.
+    pub async fn remove_op(&self, parent: u64, name: &str, dir: bool) -> OpResult<()> {
+        if self.in_contents(&[parent]) {
+            return Err(EROFS);
+        }
+        let op = if dir { "rmdir" } else { "unlink" };
+        self.remove(parent, name, dir)
+            .await
+            .map_err(|e| self.fail_in(op, parent, name, &e))
+    }
+
+    pub async fn symlink_op(self: &Arc<Self>, parent: u64, name: &str, target: &str) -> OpResult<Entry> {
+        if self.in_contents(&[parent]) {
+            return Err(EROFS);
+        }
+        let node = self
+            .symlink(parent, name, target)
+            .await
+            .map_err(|e| self.fail_in("symlink", parent, name, &e))?;
+        Ok(Entry {
+            attr: self.make_attr(&node, target.len() as u64),
+            ttl: Duration::ZERO,
+        })
+    }
+
+    pub async fn rename_op(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> OpResult<()> {
+        if self.in_contents(&[parent, newparent]) {
+            return Err(EROFS);
+        }
+        self.rename(parent, name, newparent, newname)
+            .await
+            .map_err(|e| self.fail_in("rename", parent, name, &e))
+    }
+
+    pub async fn link_op(&self, ino: u64, newparent: u64, newname: &str) -> OpResult<Entry> {
+        if self.in_contents(&[ino, newparent]) {
+            return Err(EROFS);
+        }
+        let node = async {
+            let (src, dst) = (self.node(ino)?, self.node(newparent)?);
+            self.hard_link(&src, &dst, newname).await
+        }
+        .await
+        .map_err(|e| self.fail_in("link", newparent, newname, &e))?;
+        let attr = self.attr(&node).await.map_err(|e| self.fail("link", Some(&node), &e))?;
+        Ok(self.entry(&node, attr))
+    }
+
+    /// Extended attributes of a node, as (name, value) pairs.
+    pub async fn xattrs_op(&self, op: &str, ino: u64) -> OpResult<Vec<(String, Vec<u8>)>> {
+        if let Some(attrs) = self.contents_xattrs(ino).await {
+            return attrs.map_err(|e| self.fail_ino(op, ino, &e));
+        }
+        let node = self.node(ino).map_err(|e| self.fail_ino(op, ino, &e))?;
+        let attrs = self.xattrs(&node).await.map_err(|e| self.fail_ino(op, ino, &e))?;
+        Ok(attrs
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_bytes()))
+            .collect())
+    }
+
+    /// Everything in a directory, `.` and `..` first.
+    pub async fn list_dir(self: &Arc<Self>, ino: u64) -> OpResult<Vec<Listed>> {
+        let node = self.node(ino).map_err(|e| self.fail("opendir", None, &e))?;
+        let children = self
+            .list(&node)
+            .await
+            .map_err(|e| self.fail("opendir", Some(&node), &e))?;
+        let mut entries = vec![
+            Listed {
+                ino,
+                kind: FileKind::Directory,
+                name: ".".into(),
+            },
+            Listed {
+                ino,
+                kind: FileKind::Directory,
+                name: "..".into(),
+            },
+        ];
+        entries.extend(children.into_iter().map(|(name, child)| Listed {
+            ino: self.inodes.ino(&child),
+            kind: contents::special_file_type(&child).unwrap_or(kind_of(child.kind())),
+            name,
+        }));
+        // `ls -l _tags` reads every link: resolve the tags in the background,
+        // with bounded concurrency, so those reads find their answers cached.
+        if let Node::TagsDir(repo) = &node {
+            if let Some(tags) = self.view.peek_tags(repo) {
+                let core = self.clone();
+                let repo = repo.clone();
+                tokio::spawn(async move {
+                    core.view.prefetch_tag_digests(&repo, &tags).await;
+                });
+            }
+        }
+        Ok(entries)
+    }
+
+    /// opendir: list the directory once, keep the listing under a handle.
+    pub async fn opendir(self: &Arc<Self>, ino: u64) -> OpResult<u64> {
+        let entries = self.list_dir(ino).await?;
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+        Ok(fh)
+    }
+
+    /// The listing kept by `opendir`.
+    pub fn listing(&self, fh: u64) -> OpResult<Arc<Vec<Listed>>> {
+        self.dirs.lock().unwrap().get(&fh).cloned().ok_or(EBADF)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
+
+    /// `df` on the mount: (cached blobs, bytes used, limit) of the disk cache.
+    pub fn cache_use(&self) -> (u64, u64, u64) {
+        self.view.blobs.cache_use()
+    }
+}
