@@ -75,16 +75,21 @@ pub struct RateLimit {
 }
 
 impl RateLimit {
+    /// One `RateLimit-*` header value: its number and window, from
+    /// `100;w=21600` (Docker Hub), `57`, or `100, 100;w=60` (the IETF draft's
+    /// list of policies: the first one). The one parser of these headers
+    /// (`.regfs/stats` and the metrics gauges).
+    pub fn parse_value(v: &str) -> Option<(u64, Option<u64>)> {
+        let mut parts = v.split(',').next()?.split(';');
+        let n = parts.next()?.trim().parse().ok()?;
+        let w = parts.find_map(|p| p.trim().strip_prefix("w=").and_then(|w| w.parse().ok()));
+        Some((n, w))
+    }
+
     /// From the two header values, e.g. `100;w=21600` and `76;w=21600`.
     pub fn parse(limit: &str, remaining: &str) -> Option<RateLimit> {
-        fn split(v: &str) -> Option<(u64, Option<u64>)> {
-            let mut parts = v.split(';');
-            let n = parts.next()?.trim().parse().ok()?;
-            let w = parts.find_map(|p| p.trim().strip_prefix("w=").and_then(|w| w.parse().ok()));
-            Some((n, w))
-        }
-        let (limit, w1) = split(limit)?;
-        let (remaining, w2) = split(remaining)?;
+        let (limit, w1) = Self::parse_value(limit)?;
+        let (remaining, w2) = Self::parse_value(remaining)?;
         Some(RateLimit {
             limit,
             remaining,
@@ -160,17 +165,16 @@ impl Stats {
                 ("ratelimit-remaining", "regfs_registry_ratelimit_remaining"),
                 ("ratelimit-reset", "regfs_registry_ratelimit_reset_seconds"),
             ] {
-                if let Some(v) = h.get(header).and_then(|v| v.to_str().ok()).and_then(leading_number) {
-                    metrics::gauge!(gauge).set(v);
+                if let Some((n, _)) = h
+                    .get(header)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(RateLimit::parse_value)
+                {
+                    metrics::gauge!(gauge).set(n as f64);
                 }
             }
         }
     }
-}
-
-/// `100;w=21600` (Docker Hub) or `57` (the IETF draft): the leading number.
-fn leading_number(v: &str) -> Option<f64> {
-    v.split([';', ',']).next()?.trim().parse().ok()
 }
 
 /// `2026-12-01T21:45:10Z`.
@@ -332,9 +336,11 @@ mod tests {
 
     #[test]
     fn rate_limit_header_values() {
-        assert_eq!(leading_number("100;w=21600"), Some(100.0));
-        assert_eq!(leading_number(" 57 "), Some(57.0));
-        assert_eq!(leading_number("x"), None);
+        assert_eq!(RateLimit::parse_value("100;w=21600"), Some((100, Some(21600))));
+        assert_eq!(RateLimit::parse_value(" 57 "), Some((57, None)));
+        assert_eq!(RateLimit::parse_value("100, 100;w=60"), Some((100, None)));
+        assert_eq!(RateLimit::parse_value("10;w=60, 100;w=3600"), Some((10, Some(60))));
+        assert_eq!(RateLimit::parse_value("x"), None);
     }
 
     #[test]

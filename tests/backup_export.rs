@@ -13,8 +13,8 @@
 //! about a second after rsync exits (manifests held until their references
 //! arrive): the tests poll with a deadline.
 //!
-//! Contract: /work/shared/design/layout.md; user docs: docs/backups.md,
-//! docs/archives.md.
+//! Contract: README.md, "The tree" and "OCI layouts and archives"; user
+//! docs: docs/backups.md, docs/archives.md.
 
 mod common;
 

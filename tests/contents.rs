@@ -6,7 +6,7 @@
 //! `skopeo` and unpacked with `umoci unpack`, compared with `diff -r` and
 //! `find -printf`.
 //!
-//! Contract: /work/shared/design/layout.md, "Image contents".
+//! Contract: README.md, "Image contents", and docs/contents.md.
 
 mod common;
 

@@ -9,7 +9,7 @@
 //! `Registry::inject_manifest`). Assertions are on names, link targets and
 //! exact bytes, as `ls`, `readlink` and `cat` see them.
 //!
-//! Contract: /work/shared/design/layout.md ("Tree" and "Rules"); naming rules:
+//! Contract: README.md, "The tree" (the tree and its rules); naming rules:
 //! docs/debugging.md.
 
 mod common;

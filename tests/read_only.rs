@@ -2,8 +2,8 @@
 //! `docker-registry` (distribution 2.8), checked with std file APIs and real
 //! tools (`tar`). Each test has its own registry, mountpoint and cache dir.
 //!
-//! Contract: /work/shared/design/layout.md ("Tree" and "Rules"), CLI and
-//! stats counters: docs/cli.md.
+//! Contract: README.md, "The tree" (the tree and its rules) and "Errors";
+//! CLI and stats counters: docs/cli.md.
 
 mod common;
 

@@ -553,7 +553,9 @@ fn tag_resolution_in_the_background_stops_when_nobody_looks() {
         c.push_manifest("many/tags", &format!("t{i}"), &img.media_type, &img.manifest);
     }
     let proxy = FaultProxy::start(&reg.host_port());
-    proxy.set_delay_ms(100);
+    // Slow enough that 600 tags take far longer than the 3 s interest window
+    // at 32 tags at a time (src/core/view.rs TAG_CONCURRENCY): 19 waves of 500 ms.
+    proxy.set_delay_ms(500);
     let m = Mount::start(&proxy.url());
     assert_eq!(list_dir(&m.join("many/tags/_tags")).unwrap().len(), 600);
     let heads = || {

@@ -1,5 +1,5 @@
 //! Write integration tests: writes through the mount become registry pushes
-//! (contract: /work/shared/design/layout.md, "Writes"). Every push is
+//! (contract: README.md, "Writes (pushes)"). Every push is
 //! witnessed over the registry's own HTTP API (tags list, HEAD, GET bytes)
 //! and, for images, with `skopeo inspect` / `skopeo copy`; errno values are
 //! checked exactly, at the step that returns them (create, write, fsync or

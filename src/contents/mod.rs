@@ -1,5 +1,5 @@
 //! Inside the layers: what an image's files are, read lazily and verified
-//! (layout.md, "Image contents"). Nothing here knows about FUSE or HTTP: the
+//! (docs/contents.md; README, "Image contents"). Nothing here knows about FUSE or HTTP: the
 //! caller hands in the blob bytes (a `Read` for the one pass that builds an
 //! index, a [`SpanSource`] for ranged reads afterwards) and maps errors to errnos.
 //!

@@ -1,6 +1,6 @@
 //! Glue between the tree and `crate::contents`: `rootfs/` of image manifests,
 //! `<repo>/_layers/sha256:<hex>/`, their attributes, listings, links and
-//! reads (layout.md, "Image contents"). Everything here is read-only.
+//! reads (docs/contents.md; README, "Image contents"). Everything here is read-only.
 //!
 //! Nodes: a directory inside a tree is `ContentsDir(repo, tree, node)` (its
 //! children depend on the tree); every other entry is `ContentsEntry(repo,

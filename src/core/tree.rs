@@ -1,5 +1,5 @@
 //! What exists, what each directory holds, and where each link points — the
-//! tree of `layout.md` computed from the view (registry + caches).
+//! tree of the README ("The tree") computed from the view (registry + caches).
 
 use super::attr::Attr;
 use super::node::{self, Node, StatusFile};
@@ -95,7 +95,7 @@ impl Core {
         Ok(self.make_attr(node, size))
     }
 
-    /// Where a symlink node points (relative, per layout.md).
+    /// Where a symlink node points (relative, as the README's "The tree" draws it).
     pub(crate) async fn link_target(&self, node: &Node) -> FsResult<String> {
         if node.is_contents() {
             return self.contents_link(node).await;
