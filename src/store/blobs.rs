@@ -403,7 +403,7 @@ impl BlobStore {
         let trusted = self.verified.lock().unwrap().contains(&digest);
         if !trusted {
             let f = file.try_clone()?;
-            let actual = tokio::task::spawn_blocking(move || hash_file(&f))
+            let actual = tokio::task::spawn_blocking(move || Digest::of_file_range(&f, 0, None))
                 .await
                 .map_err(|e| FsError::new(libc::EIO, format!("hashing task: {e}")))??;
             if actual != digest {
@@ -570,21 +570,6 @@ impl BlobStore {
             }
         }
     }
-}
-
-fn hash_file(f: &File) -> std::io::Result<Digest> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0;
-    loop {
-        let n = f.read_at(&mut buf, off)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(Digest::from_bytes(hasher.finalize().into()))
 }
 
 impl BlobFile {
