@@ -7,14 +7,12 @@
 //! or RepoTags, else the file's name). Anything else is a plain blob upload.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use bytes::Bytes;
 use futures_util::stream::{self, TryStreamExt};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::view::View;
 use crate::error::{FsError, FsResult};
@@ -130,19 +128,7 @@ impl Archive {
 
     fn hash(&self, m: Member) -> FsResult<Digest> {
         let file = std::fs::File::open(&self.path)?;
-        let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-        std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(m.offset))?;
-        let mut limited = reader.take(m.size);
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = limited.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        Ok(Digest::from_bytes(h.finalize().into()))
+        Ok(Digest::of_file_range(&file, m.offset, Some(m.size))?)
     }
 
     fn range(&self, m: Member) -> FileRange {

@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use super::node::{self, Node};
 use super::push::Pushed;
@@ -347,20 +346,7 @@ impl StagedFile {
     }
 
     fn hash(&self) -> std::io::Result<Digest> {
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        let mut off = 0;
-        while off < self.size {
-            let n = self
-                .file
-                .read_at(&mut buf[..(self.size - off).min(1 << 20) as usize], off)?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-            off += n as u64;
-        }
-        Ok(Digest::from_bytes(h.finalize().into()))
+        Digest::of_file_range(&self.file, 0, Some(self.size))
     }
 
     fn bytes(&self) -> std::io::Result<Bytes> {
