@@ -16,6 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::backup::{host_arch, run_ok, RealLayer};
+use common::client::OCI_CONFIG;
 use common::*;
 
 const MTIME: &str = "@1700000000";
@@ -394,4 +395,886 @@ fn bad_layers_never_break_the_mount_and_a_corrupted_span_reads_as_eio() {
         fs::read(m.join("shop/bad/_tags/junk/rootfs/etc/os-release")).unwrap(),
         b"ID=good\n"
     );
+}
+
+// ---------------------------------------------------------------- other layer kinds, laziness, bad layers
+
+const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const OCI_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+
+/// A layer blob as pushed: bytes, media type, the digest of its tar, annotations.
+struct Blob {
+    bytes: Vec<u8>,
+    media_type: &'static str,
+    diff_id: String,
+    annotations: Option<serde_json::Value>,
+}
+
+impl Blob {
+    fn digest(&self) -> String {
+        sha256_digest(&self.bytes)
+    }
+    fn hex(&self) -> String {
+        self.digest().trim_start_matches("sha256:").to_string()
+    }
+}
+
+/// GNU tar of all of `dir` (sorted, numeric owners, fixed mtime, user xattrs).
+fn tar_of(dir: &Path) -> Vec<u8> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    run_ok(
+        Command::new("tar")
+            .args([
+                "--sort=name",
+                "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=user.*",
+                "--mtime",
+                MTIME,
+                "-C",
+            ])
+            .arg(dir)
+            .args(["-cf", "-", "."]),
+    )
+    .stdout
+}
+
+/// `prog args… < bytes` (a real compressor), its stdout.
+fn pipe(prog: &str, args: &[&str], bytes: &[u8]) -> Vec<u8> {
+    let tmp = tempfile::NamedTempFile::new().unwrap();
+    fs::write(tmp.path(), bytes).unwrap();
+    run_ok(Command::new(prog).args(args).arg(tmp.path())).stdout
+}
+
+fn gzip_blob(tar: Vec<u8>) -> Blob {
+    Blob {
+        bytes: pipe("gzip", &["-n", "-c"], &tar),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        diff_id: sha256_digest(&tar),
+        annotations: None,
+    }
+}
+
+/// Pushes an OCI image of `layers` (bottom first) under `repo:tag`; returns the manifest digest.
+fn push_layers(c: &RegistryClient, repo: &str, tag: &str, layers: &[&Blob]) -> String {
+    let reals: Vec<RealLayer> = layers
+        .iter()
+        .map(|b| RealLayer {
+            gz: Vec::new(),
+            diff_id: b.diff_id.clone(),
+        })
+        .collect();
+    let refs: Vec<&RealLayer> = reals.iter().collect();
+    let config = common::backup::real_image_config(host_arch(), None, &random_hex(6), &refs);
+    let config_digest = c.push_blob(repo, &config);
+    let mut descriptors = Vec::new();
+    for b in layers {
+        assert_eq!(c.push_blob(repo, &b.bytes), b.digest());
+        let mut d = serde_json::json!({"mediaType": b.media_type, "digest": b.digest(), "size": b.bytes.len()});
+        if let Some(a) = &b.annotations {
+            d["annotations"] = a.clone();
+        }
+        descriptors.push(d);
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len()},
+        "layers": descriptors,
+    });
+    let bytes = serde_json::to_vec_pretty(&manifest).unwrap();
+    c.push_manifest(repo, tag, OCI_MANIFEST, &bytes);
+    sha256_digest(&bytes)
+}
+
+/// The witness: `skopeo copy` of `repo:tag` into an OCI layout, `umoci unpack` of it; its rootfs.
+fn umoci_rootfs(reg: &Registry, repo: &str, tag: &str, work: &Path) -> std::path::PathBuf {
+    let layout = work.join(format!("layout-{tag}"));
+    run_ok(Command::new("skopeo").args([
+        "copy",
+        "--src-tls-verify=false",
+        &format!("docker://{}/{repo}:{tag}", reg.host_port()),
+        &format!("oci:{}:{tag}", layout.display()),
+    ]));
+    let bundle = work.join(format!("bundle-{tag}"));
+    run_ok(
+        Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:{tag}", layout.display()))
+            .arg(&bundle),
+    );
+    bundle.join("rootfs")
+}
+
+/// `diff -r` and `find -printf` (type, mode, owner, size, mtime, link target) of two trees agree.
+fn assert_same_tree(expected: &Path, actual: &Path, exclude: &[&str]) {
+    let mut cmd = Command::new("diff");
+    cmd.args(["-r", "--no-dereference"]);
+    for x in exclude {
+        cmd.args(["-x", x]);
+    }
+    let diff = cmd.arg(expected).arg(actual).output().unwrap();
+    assert!(
+        diff.status.success(),
+        "diff -r {} {}:\n{}{}",
+        expected.display(),
+        actual.display(),
+        String::from_utf8_lossy(&diff.stdout),
+        String::from_utf8_lossy(&diff.stderr)
+    );
+    let strip = |lines: Vec<String>, root: &Path| -> Vec<String> {
+        lines
+            .into_iter()
+            .map(|l| l.replace(&root.display().to_string(), ""))
+            .filter(|l| !exclude.iter().any(|x| l.ends_with(&format!("/{x}"))))
+            .collect()
+    };
+    let non_dirs = "%y %m %U %G %s %T@ %l %p\n";
+    assert_eq!(
+        strip(find(actual, &["!", "-type", "d"], non_dirs), actual),
+        strip(find(expected, &["!", "-type", "d"], non_dirs), expected)
+    );
+    let dirs = "%y %m %U %G %p\n";
+    assert_eq!(
+        strip(find(actual, &["-type", "d"], dirs), actual),
+        strip(find(expected, &["-type", "d"], dirs), expected)
+    );
+}
+
+/// GETs of the blob `hex` the proxy saw from request `from` on: (without a Range, bytes asked by Range).
+fn blob_gets(proxy: &FaultProxy, hex: &str, from: usize) -> (usize, u64) {
+    let mut full = 0;
+    let mut ranged = 0;
+    for r in proxy.requests().iter().skip(from) {
+        if r.method != "GET" || !r.target.contains(hex) {
+            continue;
+        }
+        match r.range.as_deref().and_then(|v| v.strip_prefix("bytes=")) {
+            Some(spec) => {
+                let (a, b) = spec.split_once('-').unwrap();
+                let a: u64 = a.parse().unwrap();
+                let b: u64 = b.parse().unwrap_or(a);
+                ranged += b + 1 - a;
+            }
+            None => full += 1,
+        }
+    }
+    (full, ranged)
+}
+
+/// Text that compresses about 3:1, fast to make (xorshift over a word list).
+fn compressible(seed: u64, n: usize) -> Vec<u8> {
+    const WORDS: [&[u8]; 32] = [
+        b"alpha",
+        b"bravo",
+        b"charlie",
+        b"delta",
+        b"echo",
+        b"foxtrot",
+        b"golf",
+        b"hotel",
+        b"india",
+        b"juliet",
+        b"kilo",
+        b"lima",
+        b"mike",
+        b"november",
+        b"oscar",
+        b"papa",
+        b"quebec",
+        b"romeo",
+        b"sierra",
+        b"tango",
+        b"uniform",
+        b"victor",
+        b"whiskey",
+        b"xray",
+        b"yankee",
+        b"zulu",
+        b"0123",
+        b"4567",
+        b"89ab",
+        b"cdef",
+        b"layer",
+        b"span",
+    ];
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(n + 16);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x & 31) as usize]);
+        out.push(if (x >> 8) & 7 == 0 { b'\n' } else { b' ' });
+        out.push(b"0123456789"[((x >> 16) % 10) as usize]);
+    }
+    out.truncate(n);
+    out
+}
+
+#[test]
+fn zstd_and_uncompressed_layers_read_as_umoci_unpacks_them_and_a_plain_layer_reads_by_range() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+
+    let l1 = w.join("l1");
+    write(&l1, "etc/os-release", b"ID=gzip\n");
+    write(&l1, "usr/share/doc/a", b"from the gzip layer\n");
+    write(&l1, "usr/share/doc/gone", b"deleted by the tar layer\n");
+    let l2 = w.join("l2");
+    write(&l2, "etc/os-release", b"ID=zstd\n");
+    write(&l2, "opt/zstd/big", &random_bytes(6 << 20));
+    std::os::unix::fs::symlink("../opt/zstd/big", {
+        mkdirs(&l2, "bin");
+        l2.join("bin/big")
+    })
+    .unwrap();
+    write(&l2, "opt/zstd/small", b"small file of the zstd layer\n");
+    let l3 = w.join("l3");
+    write(&l3, "usr/share/doc/.wh.gone", b"");
+    write(&l3, "srv/plain/big", &random_bytes(5 << 20));
+    write(&l3, "srv/plain/small", b"small file of the plain tar layer\n");
+    write(&l3, "srv/plain/tail", &random_bytes(2 << 20));
+
+    let gz = gzip_blob(tar_of(&l1));
+    let zst = {
+        let tar = tar_of(&l2);
+        Blob {
+            bytes: pipe("zstd", &["-q", "-c"], &tar),
+            media_type: OCI_LAYER_ZSTD,
+            diff_id: sha256_digest(&tar),
+            annotations: None,
+        }
+    };
+    assert!(
+        zst.bytes.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]),
+        "zstd wrote a zstd frame"
+    );
+    let plain = {
+        let tar = tar_of(&l3);
+        Blob {
+            diff_id: sha256_digest(&tar),
+            bytes: tar,
+            media_type: OCI_LAYER_TAR,
+            annotations: None,
+        }
+    };
+    push_layers(&c, "kinds/app", "v1", &[&gz, &zst, &plain]);
+    // The witness: umoci 0.4.7 does not read zstd layers, so GNU tar x of each
+    // layer in order (it detects gzip and zstd itself), then the whiteouts.
+    let expected = w.join("expected");
+    fs::create_dir_all(&expected).unwrap();
+    for b in [&gz, &zst, &plain] {
+        let file = w.join("layer.blob");
+        fs::write(&file, &b.bytes).unwrap();
+        run_ok(
+            Command::new("tar")
+                .args(["--numeric-owner", "-xpf"])
+                .arg(&file)
+                .arg("-C")
+                .arg(&expected),
+        );
+        for wh in find(&expected, &["-name", ".wh.*"], "%p\n") {
+            let wh = Path::new(&wh);
+            let name = wh.file_name().unwrap().to_str().unwrap().trim_start_matches(".wh.");
+            let _ = fs::remove_dir_all(wh.with_file_name(name));
+            let _ = fs::remove_file(wh.with_file_name(name));
+            fs::remove_file(wh).unwrap();
+        }
+    }
+
+    let proxy = FaultProxy::start(&reg.host_port());
+    let cache = w.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    {
+        let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+        let rootfs = m.join("kinds/app/_tags/v1/rootfs");
+        assert_eq!(fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=zstd\n");
+        assert_same_tree(&expected, &rootfs, &[]);
+        assert_eq!(
+            sha256_hex(&fs::read(rootfs.join("bin/big")).unwrap()),
+            sha256_hex(&fs::read(l2.join("opt/zstd/big")).unwrap())
+        );
+    }
+    // The blobs leave the cache, the indexes stay: a small file of the plain
+    // layer is read by Range (1 MiB spans, 1 MiB fetch chunks), not the layer.
+    for b in [&gz, &zst, &plain] {
+        let _ = fs::remove_file(cache.join("blobs/sha256").join(b.hex()));
+    }
+    let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+    let rootfs = m.join("kinds/app/_tags/v1/rootfs");
+    let from = proxy.requests().len();
+    assert_eq!(
+        fs::read(rootfs.join("srv/plain/small")).unwrap(),
+        b"small file of the plain tar layer\n"
+    );
+    let (full, ranged) = blob_gets(&proxy, &plain.hex(), from);
+    eprintln!(
+        "plain layer: one small file read fetched {ranged} bytes of {}",
+        plain.bytes.len()
+    );
+    assert_eq!(full, 0, "no GET of the whole plain layer");
+    assert!(ranged > 0 && ranged <= 3 << 20, "{ranged} bytes fetched");
+    // A single-frame zstd layer decodes from its start: right bytes, at the documented cost.
+    let from = proxy.requests().len();
+    assert_eq!(
+        fs::read(rootfs.join("opt/zstd/small")).unwrap(),
+        b"small file of the zstd layer\n"
+    );
+    let (full, ranged) = blob_gets(&proxy, &zst.hex(), from);
+    eprintln!(
+        "single-frame zstd layer: one small file read fetched {ranged} bytes of {}",
+        zst.bytes.len()
+    );
+    assert_eq!(full, 0);
+    assert!(ranged > 0);
+    // No index was rebuilt: no layer had a second pass (nothing read the gzip layer).
+    let (full, ranged) = blob_gets(&proxy, &gz.hex(), from);
+    assert_eq!((full, ranged), (0, 0));
+}
+
+/// An eStargz blob made the way the stargz writer lays it out, from GNU tar's
+/// output: each entry's headers in a gzip member, each chunk of a regular
+/// file in a gzip member of its own (`offset` in the TOC is where that member
+/// starts), then `stargz.index.json` in a tar in its own member, then the
+/// 51-byte footer. Every member is written by `gzip -n`. Returns the blob, the
+/// TOC JSON, and where each file's first chunk member starts.
+fn estargz_of(dir: &Path, chunk: u64) -> (Blob, Vec<u8>, std::collections::BTreeMap<String, u64>) {
+    let tar = tar_of(dir);
+    let mut blob: Vec<u8> = Vec::new();
+    let mut toc = Vec::new();
+    let mut first_chunk = std::collections::BTreeMap::new();
+    let mut cur = 0usize; // tar bytes before `cur` are in members already
+    let mut archive = tar::Archive::new(std::io::Cursor::new(&tar));
+    let mut end_of_entries = 0usize;
+    let rfc3339 = "2023-11-14T22:13:20Z"; // MTIME
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let h = e.header().clone();
+        let path = String::from_utf8(e.path_bytes().to_vec()).unwrap();
+        let name = path.trim_start_matches("./").to_string();
+        let data_at = e.raw_file_position() as usize;
+        let size = h.entry_size().unwrap();
+        end_of_entries = data_at + (size as usize).div_ceil(512) * 512;
+        if name.is_empty() {
+            continue; // "./": the root
+        }
+        let kind = match h.entry_type() {
+            tar::EntryType::Regular => "reg",
+            tar::EntryType::Directory => "dir",
+            tar::EntryType::Symlink => "symlink",
+            tar::EntryType::Link => "hardlink",
+            tar::EntryType::Fifo => "fifo",
+            tar::EntryType::Char => "char",
+            tar::EntryType::Block => "block",
+            other => panic!("entry type {other:?} in the test layer"),
+        };
+        let link = e.link_name_bytes().map(|l| String::from_utf8(l.to_vec()).unwrap());
+        let mut xattrs = serde_json::Map::new();
+        if let Some(exts) = e.pax_extensions().unwrap() {
+            for x in exts {
+                let x = x.unwrap();
+                if let Some(k) = x.key().unwrap().strip_prefix("SCHILY.xattr.") {
+                    use base64::Engine as _;
+                    xattrs.insert(
+                        k.into(),
+                        base64::engine::general_purpose::STANDARD.encode(x.value_bytes()).into(),
+                    );
+                }
+            }
+        }
+        let mut content = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut content).unwrap();
+        let base = serde_json::json!({
+            "name": name, "type": kind, "mode": h.mode().unwrap(), "uid": h.uid().unwrap(), "gid": h.gid().unwrap(),
+            "modtime": rfc3339, "linkName": link.map(|l| l.trim_start_matches("./").to_string()).unwrap_or_default(),
+            "xattrs": xattrs,
+        });
+        if kind != "reg" || size == 0 {
+            let mut t = base;
+            if kind == "reg" {
+                t["size"] = 0.into();
+            }
+            toc.push(t);
+            continue;
+        }
+        // Headers up to the data: one member.
+        blob.extend(pipe("gzip", &["-n", "-c"], &tar[cur..data_at]));
+        let padded_end = data_at + (size as usize).div_ceil(512) * 512;
+        let mut off = 0u64;
+        while off < size {
+            let n = chunk.min(size - off);
+            let start = data_at + off as usize;
+            let end = if off + n == size {
+                padded_end
+            } else {
+                start + n as usize
+            };
+            let at = blob.len() as u64;
+            if off == 0 {
+                first_chunk.insert(name.clone(), at);
+            }
+            blob.extend(pipe("gzip", &["-n", "-c"], &tar[start..end]));
+            let piece = &content[off as usize..(off + n) as usize];
+            let mut t = base.clone();
+            t["type"] = (if off == 0 { "reg" } else { "chunk" }).into();
+            t["size"] = size.into();
+            t["offset"] = at.into();
+            t["chunkOffset"] = off.into();
+            t["chunkSize"] = n.into();
+            t["chunkDigest"] = sha256_digest(piece).into();
+            if off == 0 {
+                t["digest"] = sha256_digest(&content).into();
+            }
+            toc.push(t);
+            off += n;
+        }
+        cur = padded_end;
+    }
+    if cur < end_of_entries {
+        blob.extend(pipe("gzip", &["-n", "-c"], &tar[cur..end_of_entries]));
+    }
+    let json = serde_json::to_vec(&serde_json::json!({"version": 1, "entries": toc})).unwrap();
+    let toc_dir = tempfile::tempdir().unwrap();
+    fs::write(toc_dir.path().join("stargz.index.json"), &json).unwrap();
+    let toc_tar = run_ok(
+        Command::new("tar")
+            .args(["--numeric-owner", "--owner=0", "--group=0", "--mtime", MTIME, "-C"])
+            .arg(toc_dir.path())
+            .args(["-cf", "-", "stargz.index.json"]),
+    )
+    .stdout;
+    let toc_at = blob.len();
+    blob.extend(pipe("gzip", &["-n", "-c"], &toc_tar));
+    // The footer: an empty gzip member whose extra field ("SG") holds the TOC offset.
+    let mut footer = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0];
+    footer.extend(format!("{toc_at:016x}STARGZ").as_bytes());
+    footer.extend([1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(footer.len(), 51);
+    blob.extend(footer);
+    // What the blob decompresses to (by gzip itself) is the diff_id.
+    let tar_again = pipe("gzip", &["-d", "-c"], &blob);
+    let b = Blob {
+        bytes: blob,
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        diff_id: sha256_digest(&tar_again),
+        annotations: Some({
+            let mut a = serde_json::Map::new();
+            a.insert(TOC_DIGEST.into(), sha256_digest(&json).into());
+            a.into()
+        }),
+    };
+    (b, json, first_chunk)
+}
+
+#[test]
+fn an_estargz_layer_is_listed_from_its_toc_by_range_and_a_damaged_chunk_is_eio() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let dir = w.join("l");
+    write(&dir, "etc/os-release", b"ID=estargz\n");
+    write(&dir, "usr/bin/big", &random_bytes(9 << 20));
+    write(&dir, "usr/lib/mid", &random_bytes(300_000));
+    fs::set_permissions(dir.join("usr/lib/mid"), fs::Permissions::from_mode(0o4750)).unwrap();
+    std::os::unix::fs::chown(dir.join("usr/lib/mid"), Some(321), Some(654)).unwrap();
+    run_ok(
+        Command::new("setfattr")
+            .args(["-n", "user.comment", "-v", "from the toc"])
+            .arg(dir.join("usr/lib/mid")),
+    );
+    write(&dir, "empty", b"");
+    std::os::unix::fs::symlink("usr/bin/big", dir.join("link")).unwrap();
+    fs::hard_link(dir.join("etc/os-release"), dir.join("usr/hard")).unwrap();
+    let (layer, _json, first_chunk) = estargz_of(&dir, 4 << 20);
+    let base = gzip_blob(tar_of(&{
+        let b = w.join("base");
+        write(&b, "etc/base", b"from the base layer\n");
+        b
+    }));
+    push_layers(&c, "lazy/stargz", "v1", &[&base, &layer]);
+    let expected = umoci_rootfs(&reg, "lazy/stargz", "v1", w);
+
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let rootfs = m.join("lazy/stargz/_tags/v1/rootfs");
+    // Listing and stat of every entry: only the footer and the TOC are read, by Range.
+    let listed = find(&rootfs, &[], "%y %m %U %G %s %T@ %l %P\n");
+    assert!(listed.iter().any(|l| l.ends_with(" usr/bin/big")), "{listed:?}");
+    let (full, ranged) = blob_gets(&proxy, &layer.hex(), 0);
+    eprintln!(
+        "eStargz listing fetched {ranged} bytes of a {} byte layer",
+        layer.bytes.len()
+    );
+    assert_eq!(full, 0, "no GET of the whole eStargz layer");
+    assert!(
+        ranged > 0 && ranged <= 2 << 20,
+        "{ranged} bytes fetched to list the layer; log:\n{}",
+        m.log()
+    );
+    assert!(
+        m.log().contains("layer indexed"),
+        "the index was made (from the TOC): {}",
+        m.log()
+    );
+    // Contents and metadata as umoci unpacks the same blob (stargz.index.json is not part of the image).
+    assert!(expected.join("stargz.index.json").exists());
+    assert_eq!(
+        err(fs::symlink_metadata(rootfs.join("stargz.index.json"))),
+        libc::ENOENT
+    );
+    assert_same_tree(&expected, &rootfs, &["stargz.index.json"]);
+    assert_eq!(xattr_str(&rootfs.join("usr/lib/mid"), "user.comment"), "from the toc");
+    drop(m);
+
+    // A registry that flips a byte inside the big file's first chunk: EIO, never other bytes.
+    let m = Mount::builder(&proxy.url()).start();
+    let rootfs = m.join("lazy/stargz/_tags/v1/rootfs");
+    assert_eq!(fs::metadata(rootfs.join("usr/bin/big")).unwrap().len(), 9 << 20);
+    let at = first_chunk["usr/bin/big"];
+    let chunk_start = at / (1 << 20) * (1 << 20); // the blob cache fetches 1 MiB-aligned ranges
+    proxy.flip_next_body(1, at - chunk_start + 5_000, Match::method_path("GET", &layer.hex()));
+    let mut f = fs::File::open(rootfs.join("usr/bin/big")).unwrap();
+    let mut buf = vec![0u8; 64 << 10];
+    assert_eq!(err(std::io::Read::read(&mut f, &mut buf)), libc::EIO);
+    assert!(
+        proxy.requests().iter().any(|r| r.fault.is_some()),
+        "the flipped response was served"
+    );
+    assert!(m.log().contains("read of layer contents failed"), "{}", m.log());
+    assert!(m.is_mounted());
+    assert_eq!(fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=estargz\n");
+}
+
+/// `VmHWM` of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+#[test]
+fn a_300_mib_gzip_layer_is_indexed_once_then_one_file_costs_two_spans_and_a_flipped_span_is_eio() {
+    const FILES: usize = 320;
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let dir = w.join("big");
+    for i in 0..FILES {
+        write(&dir, &format!("data/{i:03}/f"), &compressible(i as u64, 1 << 20));
+    }
+    write(&dir, "etc/os-release", b"ID=big\n");
+    // tar and gzip through files: the 320 MiB tar is never in the test's memory.
+    let tar_path = w.join("layer.tar");
+    let gz_path = w.join("layer.tar.gz");
+    run_ok(
+        Command::new("tar")
+            .args(["--sort=name", "--numeric-owner", "--mtime", MTIME, "-C"])
+            .arg(&dir)
+            .arg("-cf")
+            .arg(&tar_path)
+            .arg("."),
+    );
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("gzip -n -c '{}' > '{}'", tar_path.display(), gz_path.display())),
+    );
+    let tar_len = fs::metadata(&tar_path).unwrap().len();
+    assert!(tar_len > 300 << 20);
+    let diff_id = {
+        let out = run_ok(Command::new("sha256sum").arg(&tar_path)).stdout;
+        format!(
+            "sha256:{}",
+            String::from_utf8(out).unwrap().split_whitespace().next().unwrap()
+        )
+    };
+    fs::remove_file(&tar_path).unwrap();
+    let layer = Blob {
+        bytes: fs::read(&gz_path).unwrap(),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        diff_id,
+        annotations: None,
+    };
+    let ratio = layer.bytes.len() as f64 / tar_len as f64;
+    push_layers(&c, "lazy/big", "v1", &[&layer]);
+    let proxy = FaultProxy::start(&reg.host_port());
+    let cache = w.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    {
+        let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+        let out = run_ok(
+            Command::new("find")
+                .arg(m.join("lazy/big/_tags/v1/rootfs"))
+                .args(["-type", "f"]),
+        )
+        .stdout;
+        assert_eq!(out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count(), FILES + 1);
+        let (_, ranged) = blob_gets(&proxy, &layer.hex(), 0);
+        assert!(
+            ranged >= layer.bytes.len() as u64,
+            "the first listing made one pass over the layer"
+        );
+    }
+    let index = cache.join("contents").join(format!("{}.idx", layer.hex()));
+    let index_len = fs::metadata(&index).unwrap().len();
+    eprintln!(
+        "index of the {tar_len} byte layer ({} gzip): {index_len} bytes ({:.2} %)",
+        layer.bytes.len(),
+        index_len as f64 * 100.0 / tar_len as f64
+    );
+    assert!(index_len * 50 < tar_len, "the index is under 2 % of the layer");
+    // The blob leaves the cache; the index stays. A later mount lists from the
+    // index and reads one 1 MiB file by fetching only the spans around it.
+    fs::remove_file(cache.join("blobs/sha256").join(layer.hex())).unwrap();
+    let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+    let rootfs = m.join("lazy/big/_tags/v1/rootfs");
+    let from = proxy.requests().len();
+    assert_eq!(list_dir(&rootfs.join("data")).unwrap().len(), FILES);
+    assert_eq!(
+        blob_gets(&proxy, &layer.hex(), from),
+        (0, 0),
+        "listing from the kept index reads no blob byte"
+    );
+    let got = fs::read(rootfs.join("data/150/f")).unwrap();
+    assert!(got == compressible(150, 1 << 20), "the file's bytes");
+    let (full, ranged) = blob_gets(&proxy, &layer.hex(), from);
+    // Two ~4 MiB (decoded) spans cover any 1 MiB file; the blob cache rounds each range to 1 MiB chunks.
+    let bound = ((9u64 << 20) as f64 * ratio) as u64 + (2 << 20);
+    eprintln!(
+        "one 1 MiB file of the {} byte layer: {ranged} bytes fetched (bound {bound})",
+        layer.bytes.len()
+    );
+    assert_eq!(full, 0, "no GET of the whole layer");
+    assert!(ranged > 0 && ranged <= bound, "{ranged} bytes fetched, bound {bound}");
+    assert!(ranged <= 8 << 20);
+
+    // A registry that flips one byte of the next span it serves: EIO, never wrong bytes.
+    // (Ranges start at a 1 MiB boundary before the span; a span is longer than
+    // 1 MiB compressed, so the byte just before the next boundary is in it.)
+    proxy.flip_next_body(1, (1 << 20) - 1000, Match::method_path("GET", &layer.hex()));
+    assert_eq!(err(fs::read(rootfs.join("data/290/f"))), libc::EIO);
+    assert!(
+        proxy.requests().iter().any(|r| r.fault.is_some()),
+        "the damaged span was served"
+    );
+    assert!(m.log().contains("span digest mismatch"), "{}", m.log());
+    // The rest of the layer still reads right.
+    assert!(fs::read(rootfs.join("data/010/f")).unwrap() == compressible(10, 1 << 20));
+    assert!(m.is_mounted());
+}
+
+#[test]
+fn indexes_are_kept_across_remounts_and_count_in_the_cache_size() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // Three layers of incompressible files: their indexes hold a 32 KiB window per 4 MiB span.
+    let blobs: Vec<Blob> = (0..3)
+        .map(|i| {
+            let d = w.join(format!("l{i}"));
+            write(&d, &format!("layer{i}/big"), &random_bytes(9 << 20));
+            write(&d, &format!("layer{i}/small"), format!("layer {i}\n").as_bytes());
+            gzip_blob(tar_of(&d))
+        })
+        .collect();
+    push_layers(&c, "keep/app", "v1", &blobs.iter().collect::<Vec<_>>());
+    let proxy = FaultProxy::start(&reg.host_port());
+    let cache = w.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let index_files = || -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = fs::read_dir(cache.join("contents"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let tree = |m: &Mount| find(&m.join("keep/app/_tags/v1/rootfs"), &[], "%y %s %P\n");
+    let want = {
+        let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+        tree(&m)
+    };
+    assert_eq!(index_files().len(), 3);
+    let idx_total: u64 = index_files().iter().map(|f| f.1).sum();
+
+    // A remount lists from the kept indexes: no GET of any layer, even with the blobs gone.
+    for b in &blobs {
+        let _ = fs::remove_file(cache.join("blobs/sha256").join(b.hex()));
+    }
+    let from = proxy.requests().len();
+    {
+        let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+        assert_eq!(tree(&m), want);
+        for b in &blobs {
+            assert_eq!(
+                blob_gets(&proxy, &b.hex(), from),
+                (0, 0),
+                "no second pass over {}",
+                b.digest()
+            );
+        }
+        assert_eq!(m.stat("cache_index_bytes"), idx_total);
+    }
+
+    // A cache limit below what the indexes take: the least recently used ones go,
+    // blobs first; what is listed stays right (a missing index is built again).
+    let limit = idx_total / 2;
+    let m = Mount::builder(&proxy.url())
+        .cache_dir(&cache)
+        .args(["--cache-size", &limit.to_string()])
+        .start();
+    let kept: u64 = index_files().iter().map(|f| f.1).sum();
+    assert!(kept <= limit, "{kept} bytes of indexes kept under a {limit} byte limit");
+    assert!(index_files().len() < 3);
+    let from = proxy.requests().len();
+    assert_eq!(tree(&m), want);
+    let passes = blobs
+        .iter()
+        .filter(|b| blob_gets(&proxy, &b.hex(), from).1 >= b.bytes.len() as u64)
+        .count();
+    assert!(passes >= 1, "an evicted index was built again from its layer");
+    let (used, cap) = (m.stat("cache_bytes"), m.stat("cache_limit"));
+    assert_eq!(cap, limit);
+    assert!(used <= cap, "cache use {used} over the limit {cap}");
+    let kept: u64 = index_files().iter().map(|f| f.1).sum();
+    assert!(kept <= limit);
+    assert_eq!(m.stat("cache_index_bytes"), kept);
+}
+
+/// A tar header of `kind` for `name` (ustar), checksum set.
+fn raw_header(name: &str, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_ustar();
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_mtime(1_700_000_000);
+    h.set_size(size);
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_cksum();
+    h
+}
+
+#[test]
+fn malformed_layers_show_what_can_be_shown_with_eio_and_a_log_line() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+
+    // 1. A gzip layer cut short: the entries before the cut are listed, the file cut reads EIO.
+    let d = w.join("trunc");
+    write(&d, "t/a-first", b"before the cut\n");
+    write(&d, "t/b-cut", &random_bytes(3 << 20));
+    write(&d, "t/c-after", b"after the cut\n");
+    let mut truncated = gzip_blob(tar_of(&d));
+    let keep = truncated.bytes.len() * 6 / 10;
+    truncated.bytes.truncate(keep);
+
+    // 2. Names GNU tar -P writes as given: `..` and absolute; duplicates (tar -r
+    //    appends a second copy); a hard link whose target tar --delete removed.
+    let d = w.join("names");
+    write(&d, "sub/x", b"");
+    write(&d, "escape", b"outside the root\n");
+    write(&d, "dup", b"first copy\n");
+    write(&d, "target", b"hard link target\n");
+    fs::hard_link(d.join("target"), d.join("hl")).unwrap();
+    let abs = d.join("absolute");
+    write(&d, "absolute", b"absolute name\n");
+    let t = w.join("names.tar");
+    let tar = |args: &[&str], cwd: &Path| {
+        run_ok(Command::new("tar").current_dir(cwd).args(args));
+    };
+    tar(&["-cPf", t.to_str().unwrap(), "../escape"], &d.join("sub"));
+    tar(&["-rPf", t.to_str().unwrap(), abs.to_str().unwrap()], &d);
+    tar(&["-rf", t.to_str().unwrap(), "dup", "target", "hl"], &d);
+    write(&d, "dup", b"second copy, the one shown\n");
+    tar(&["-rf", t.to_str().unwrap(), "dup"], &d);
+    tar(&["--delete", "-f", t.to_str().unwrap(), "target"], &d);
+    let listing = String::from_utf8(run_ok(Command::new("tar").arg("-tPf").arg(&t)).stdout).unwrap();
+    assert_eq!(listing.lines().filter(|l| *l == "dup").count(), 2, "{listing}");
+    assert!(
+        listing.contains("../escape") && listing.contains(abs.to_str().unwrap()),
+        "{listing}"
+    );
+    assert!(!listing.lines().any(|l| l == "target"), "{listing}");
+    let names = gzip_blob(fs::read(&t).unwrap());
+
+    // 3. A bomb: a header claiming 1 TiB in a 4 KiB layer, then 200,000 empty files.
+    let mut bomb = Vec::new();
+    bomb.extend_from_slice(raw_header("huge", tar::EntryType::Regular, 1 << 40).as_bytes());
+    bomb.extend_from_slice(&[7u8; 4096]);
+    let bomb_huge = gzip_blob(bomb);
+    let mut many = Vec::with_capacity(200_001 * 512 + 1024);
+    many.extend_from_slice(raw_header("many/", tar::EntryType::Directory, 0).as_bytes());
+    for i in 0..200_000 {
+        many.extend_from_slice(raw_header(&format!("many/{i:06}"), tar::EntryType::Regular, 0).as_bytes());
+    }
+    many.extend_from_slice(&[0u8; 1024]);
+    let bomb_many = gzip_blob(many);
+
+    let good = gzip_blob(tar_of(&{
+        let g = w.join("good");
+        write(&g, "etc/os-release", b"ID=good\n");
+        g
+    }));
+    push_layers(
+        &c,
+        "bad/mix",
+        "v1",
+        &[&good, &truncated, &names, &bomb_huge, &bomb_many],
+    );
+
+    let m = Mount::start(&reg.url());
+    let rootfs = m.join("bad/mix/_tags/v1/rootfs");
+    assert_eq!(fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=good\n");
+    // 1.
+    assert_eq!(fs::read(rootfs.join("t/a-first")).unwrap(), b"before the cut\n");
+    assert_eq!(err(fs::read(rootfs.join("t/b-cut"))), libc::EIO);
+    assert_eq!(err(fs::symlink_metadata(rootfs.join("t/c-after"))), libc::ENOENT);
+    // 2.
+    assert_eq!(err(fs::symlink_metadata(rootfs.join("escape"))), libc::ENOENT);
+    assert_eq!(err(fs::symlink_metadata(m.join("bad/escape"))), libc::ENOENT);
+    let top = list_dir(&rootfs).unwrap();
+    assert_eq!(
+        top,
+        ["dup", "etc", "hl", "huge", "many", "t"],
+        "absolute and '..' names are not shown"
+    );
+    assert_eq!(fs::read(rootfs.join("dup")).unwrap(), b"second copy, the one shown\n");
+    assert_eq!(err(fs::read(rootfs.join("hl"))), libc::EIO);
+    // 3.
+    assert_eq!(fs::metadata(rootfs.join("huge")).unwrap().len(), 1 << 40);
+    let mut f = fs::File::open(rootfs.join("huge")).unwrap();
+    assert_eq!(err(std::io::Read::read(&mut f, &mut [0u8; 65536])), libc::EIO);
+    assert_eq!(list_dir(&rootfs.join("many")).unwrap().len(), 200_000);
+    let rss = peak_rss(m.pid().unwrap());
+    eprintln!("daemon peak RSS with 200,000 entries listed: {} MiB", rss >> 20);
+    assert!(rss < 300 << 20, "peak RSS {} MiB", rss >> 20);
+    // One log line per broken layer says what was wrong.
+    let log = m.log();
+    for needle in [
+        "escapes the layer root",
+        "hard link hl -> target: target missing",
+        "huge",
+    ] {
+        assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&truncated.digest()) && l.contains("layer contents")),
+        "a line names the truncated layer:\n{log}"
+    );
+    assert!(m.is_mounted());
 }

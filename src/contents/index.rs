@@ -358,7 +358,8 @@ impl LayerIndex {
     /// Format: magic, version (u32 LE), sha256 of the payload, payload = zstd of
     /// the postcard encoding. The hash makes a damaged file a load error rather
     /// than a wrong answer.
-    pub fn save(&self, path: &Path) -> io::Result<()> {
+    /// Returns the size of the file.
+    pub fn save(&self, path: &Path) -> io::Result<u64> {
         let plain = postcard::to_stdvec(self).map_err(io::Error::other)?;
         let payload = zstd::bulk::compress(&plain, 3)?;
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
@@ -369,7 +370,8 @@ impl LayerIndex {
         f.write_all(&payload)?;
         f.sync_all()?;
         drop(f);
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, path)?;
+        Ok((INDEX_MAGIC.len() + 4 + 32 + payload.len()) as u64)
     }
 
     /// Loads an index saved by [`save`](Self::save), checking that it is whole

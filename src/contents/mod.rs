@@ -36,7 +36,7 @@ use std::io;
 pub use entry::{Data, Entry, Kind};
 pub use index::{Compression, LayerIndex};
 pub use rootfs::{Identity, Metadata, NodeId, Rootfs};
-pub use store::{FileSource, IndexStore, LayerRef};
+pub use store::{FileSource, IndexStore, LayerBlob, LayerRef};
 pub use tarscan::{Limits, Problems};
 
 /// Ranged reads of one layer blob. The caller implements it over the blob
@@ -60,6 +60,12 @@ impl SpanSource for [u8] {
                 "read past the end of the blob",
             )),
         }
+    }
+}
+
+impl SpanSource for io::Cursor<Vec<u8>> {
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.get_ref().as_slice().read_at(offset, len)
     }
 }
 

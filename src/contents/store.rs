@@ -9,12 +9,21 @@
 //!   parallel and merges them; a layer that cannot be indexed (foreign,
 //!   unknown media type, digest mismatch, fetch error) shows as empty, with one
 //!   log line, instead of failing the whole root filesystem.
+//! - An eStargz layer (its descriptor carries the TOC digest annotation) is
+//!   opened from its footer and TOC by Range, with no pass over the blob. The
+//!   footer alone is not enough: without the annotation nothing ties the TOC to
+//!   the layer digest, so such a layer gets the ordinary verified pass.
+//! - The files on disk are tracked least recently used first with their sizes,
+//!   so the blob cache can count them in `--cache-size` and evict them
+//!   ([`IndexStore::evict_one`]) when removing blobs is not enough.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
+
+use lru::LruCache;
 
 use super::index::LayerIndex;
 use super::rootfs::Rootfs;
@@ -31,7 +40,14 @@ pub struct LayerRef {
     pub digest: String,
     pub media_type: String,
     pub size: u64,
+    /// The descriptor's `containerd.io/snapshot/stargz/toc.digest`: an eStargz
+    /// layer whose TOC can be read by Range and trusted.
+    pub toc_digest: Option<String>,
 }
+
+/// The blob of a layer: streamed once for a pass, read by Range for eStargz.
+pub trait LayerBlob: Read + SpanSource {}
+impl<T: Read + SpanSource> LayerBlob for T {}
 
 /// Whether a layer of this media type can be read as a tar (possibly
 /// compressed). Foreign / non-distributable layers are not fetched: they
@@ -48,6 +64,8 @@ pub struct IndexStore {
     loaded: Mutex<HashMap<String, Weak<LayerIndex>>>,
     /// One lock per digest being loaded or built.
     busy: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Index files on disk, least recently used first, with their sizes; and their total.
+    files: Mutex<(LruCache<String, u64>, u64)>,
 }
 
 impl IndexStore {
@@ -55,12 +73,69 @@ impl IndexStore {
     pub fn new(dir: impl Into<PathBuf>, limits: Limits) -> io::Result<Self> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        // Files of earlier mounts, oldest use first (a load touches the file's mtime).
+        let mut found = Vec::new();
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let name = e.file_name();
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".idx")) else {
+                continue; // a temporary file of a save in progress (or a crash): not counted
+            };
+            if let Ok(m) = e.metadata() {
+                found.push((m.modified().ok(), format!("sha256:{hex}"), m.len()));
+            }
+        }
+        found.sort();
+        let mut lru = LruCache::unbounded();
+        let mut total = 0;
+        for (_, digest, len) in found {
+            total += len;
+            lru.put(digest, len);
+        }
         Ok(IndexStore {
             dir,
             limits,
             loaded: Mutex::default(),
             busy: Mutex::default(),
+            files: Mutex::new((lru, total)),
         })
+    }
+
+    /// Records that the file of `digest` is on disk with `len` bytes (or gone: None), most recently used.
+    fn track(&self, digest: &str, len: Option<u64>) {
+        let mut files = self.files.lock().unwrap();
+        if let Some(old) = files.0.pop(digest) {
+            files.1 -= old;
+        }
+        if let Some(len) = len {
+            files.0.put(digest.to_string(), len);
+            files.1 += len;
+        }
+    }
+
+    /// Marks the file of `digest` used now, in memory and in its mtime (the
+    /// order a later mount starts from).
+    fn touch(&self, digest: &str) {
+        let known = self.files.lock().unwrap().0.get(digest).is_some();
+        if known {
+            if let Ok(f) = std::fs::File::options().append(true).open(self.path(digest)) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+        }
+    }
+
+    /// Removes the least recently used index file (cache eviction): the bytes
+    /// freed, or None when there is none. An index in use stays usable from
+    /// memory; a later mount builds it again.
+    pub fn evict_one(&self) -> Option<u64> {
+        let (digest, len) = {
+            let mut files = self.files.lock().unwrap();
+            let (digest, len) = files.0.pop_lru()?;
+            files.1 -= len;
+            (digest, len)
+        };
+        let _ = std::fs::remove_file(self.path(&digest));
+        tracing::debug!(digest, bytes = len, "layer index evicted from the cache");
+        Some(len)
     }
 
     /// Where the index of `digest` is kept.
@@ -104,19 +179,24 @@ impl IndexStore {
             return None;
         }
         match LayerIndex::load(&path, digest) {
-            Ok(index) => Some(self.remember(index)),
+            Ok(index) => {
+                self.touch(digest);
+                Some(self.remember(index))
+            }
             Err(e) => {
                 tracing::warn!(digest, "{e}; removing it (it will be rebuilt)");
                 let _ = std::fs::remove_file(&path);
+                self.track(digest, None);
                 None
             }
         }
     }
 
     /// The index of a layer: from memory, from disk, or built from the blob
-    /// bytes `open` returns (then saved). Problems inside the layer are logged
+    /// `open` returns (then saved): by Range from an annotated eStargz layer's
+    /// TOC, else by one pass over the blob. Problems inside the layer are logged
     /// once, when it is built.
-    pub fn get_or_build<R: Read>(
+    pub fn get_or_build<R: LayerBlob>(
         &self,
         layer: &LayerRef,
         open: impl FnOnce() -> io::Result<R>,
@@ -130,7 +210,19 @@ impl IndexStore {
             return Ok(i);
         }
         let started = std::time::Instant::now();
-        let index = LayerIndex::build(&layer.digest, Some(&layer.media_type), open()?, &self.limits)?;
+        let blob = open()?;
+        let index = match &layer.toc_digest {
+            Some(toc) => match super::estargz::open(&layer.digest, layer.size, &blob, Some(toc), &self.limits) {
+                Ok(index) => index,
+                Err(e) => {
+                    // The pass checks the blob against the layer digest: whatever
+                    // was wrong with the TOC, what it lists is then the truth.
+                    tracing::warn!(digest = %layer.digest, "eStargz TOC not usable ({e}): indexing the layer with a full pass");
+                    LayerIndex::build(&layer.digest, Some(&layer.media_type), blob, &self.limits)?
+                }
+            },
+            None => LayerIndex::build(&layer.digest, Some(&layer.media_type), blob, &self.limits)?,
+        };
         if !index.problems.is_empty() {
             tracing::warn!(digest = %layer.digest, problems = index.problems.count, "layer contents: {}", index.problems.summary());
         }
@@ -141,8 +233,9 @@ impl IndexStore {
             ms = started.elapsed().as_millis() as u64,
             "layer indexed"
         );
-        if let Err(e) = index.save(&self.path(&layer.digest)) {
-            tracing::warn!(digest = %layer.digest, "cannot save the layer index: {e}");
+        match index.save(&self.path(&layer.digest)) {
+            Ok(len) => self.track(&layer.digest, Some(len)),
+            Err(e) => tracing::warn!(digest = %layer.digest, "cannot save the layer index: {e}"),
         }
         Ok(self.remember(index))
     }
@@ -150,14 +243,14 @@ impl IndexStore {
     /// The merged root filesystem of an image (`layers` bottom first). Missing
     /// indexes are built in parallel, each from the reader `open` gives for its
     /// layer. A layer that cannot be indexed is shown empty (logged).
-    pub fn image<R: Read>(&self, layers: &[LayerRef], open: impl Fn(&LayerRef) -> io::Result<R> + Sync) -> Rootfs {
+    pub fn image<R: LayerBlob>(&self, layers: &[LayerRef], open: impl Fn(&LayerRef) -> io::Result<R> + Sync) -> Rootfs {
         let indexes = self.layers(layers, open);
         Rootfs::merged(indexes)
     }
 
     /// The indexes of `layers`, built in parallel where missing; stand-ins
     /// (empty, with the reason as a problem) for layers that cannot be indexed.
-    pub fn layers<R: Read>(
+    pub fn layers<R: LayerBlob>(
         &self,
         layers: &[LayerRef],
         open: impl Fn(&LayerRef) -> io::Result<R> + Sync,
@@ -180,7 +273,7 @@ impl IndexStore {
             .collect()
     }
 
-    fn one_layer<R: Read>(&self, layer: &LayerRef, open: &impl Fn(&LayerRef) -> io::Result<R>) -> Arc<LayerIndex> {
+    fn one_layer<R: LayerBlob>(&self, layer: &LayerRef, open: &impl Fn(&LayerRef) -> io::Result<R>) -> Arc<LayerIndex> {
         if !is_readable_layer(&layer.media_type) {
             tracing::warn!(digest = %layer.digest, media_type = %layer.media_type, "layer not read (foreign or not a tar): shown empty");
             return Arc::new(empty(layer, format!("media type {} is not read", layer.media_type)));
@@ -197,17 +290,16 @@ impl IndexStore {
     /// Forgets the index of `digest` (cache eviction): memory and disk.
     pub fn remove(&self, digest: &str) -> io::Result<()> {
         self.loaded.lock().unwrap().remove(digest);
+        self.track(digest, None);
         match std::fs::remove_file(self.path(digest)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
         }
     }
 
-    /// Bytes the indexes take on disk.
+    /// Bytes the index files take on disk.
     pub fn disk_usage(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
-            .map(|rd| rd.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
-            .unwrap_or(0)
+        self.files.lock().unwrap().1
     }
 }
 

@@ -960,6 +960,7 @@ fn the_store_builds_once_keeps_indexes_on_disk_and_rebuilds_damaged_ones() {
         digest: digest_of(blob),
         media_type: mt.into(),
         size: blob.len() as u64,
+        toc_digest: None,
     };
     const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
     let layers = vec![

@@ -27,7 +27,7 @@ use crate::contents::{self, IndexStore, LayerIndex, LayerRef, Limits, Rootfs, Sp
 use crate::error::{FsError, FsResult};
 use crate::oci::Digest;
 use crate::oci::{self, ChildTarget, ManifestKind};
-use crate::store::{BlobFile, BlobStore, ReadState};
+use crate::store::{BlobFile, BlobStore, CacheTenant, ReadState};
 
 /// Which tree a directory belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,10 +49,24 @@ pub struct ContentsState {
     layers: Mutex<HashMap<Digest, Weak<LayerIndex>>>,
 }
 
+/// Layer indexes count in `--cache-size` with the blobs.
+impl CacheTenant for IndexStore {
+    fn bytes(&self) -> u64 {
+        self.disk_usage()
+    }
+    fn evict_one(&self) -> Option<u64> {
+        IndexStore::evict_one(self)
+    }
+}
+
 impl ContentsState {
-    pub fn new(cache_dir: &Path) -> Self {
+    pub fn new(cache_dir: &Path, blobs: &BlobStore) -> Self {
         let store = match IndexStore::new(crate::store::dir::contents(cache_dir), Limits::default()) {
-            Ok(s) => Some(Arc::new(s)),
+            Ok(s) => {
+                let s = Arc::new(s);
+                blobs.set_tenant(s.clone());
+                Some(s)
+            }
             Err(e) => {
                 tracing::warn!(
                     "image contents unavailable: cannot create {}/contents: {e}",
@@ -108,9 +122,20 @@ impl Read for BlobReader {
     }
 }
 
+/// Ranged reads (spans, eStargz footer, TOC and chunks) are checked by the
+/// contents code against their own digests, so they do not wait for the
+/// whole blob's verdict at its end, and ask for exactly what they need (no
+/// readahead).
 impl SpanSource for BlobReader {
     fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
-        self.read_range(offset, len)
+        let data = self
+            .rt
+            .block_on(self.file.read_self_checked(offset, len))
+            .map_err(|e| io::Error::other(e.message))?;
+        if data.len() as u64 != len {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short blob read"));
+        }
+        Ok(data)
     }
 }
 
@@ -173,16 +198,24 @@ impl Core {
                         digest: l.digest.clone(),
                         media_type: l.media_type.clone(),
                         size: l.size,
+                        toc_digest: l
+                            .annotations
+                            .as_ref()
+                            .and_then(|a| a.get(contents::estargz::TOC_DIGEST_ANNOTATION))
+                            .cloned(),
                     })
                     .collect()
             }
             TreeKey::Layer(d) => {
                 let size = self.view.blob_size(repo, d).await?;
                 let media_type = self.view.blob_media_type(&d).unwrap_or_default();
+                // The descriptor's annotations are not known here: an eStargz
+                // layer first seen through `_layers/` gets the verified pass.
                 vec![LayerRef {
                     digest: d.to_string(),
                     media_type,
                     size,
+                    toc_digest: None,
                 }]
             }
         };
@@ -207,6 +240,8 @@ impl Core {
         })
         .await
         .map_err(|e| eio(format!("building the tree failed: {e}")))?;
+        // New index files count in the cache limit.
+        self.view.blobs.fit();
         if !tree.problems().is_empty() {
             tracing::warn!(repo, ?key, "contents: {}", tree.problems().summary());
         }
@@ -481,6 +516,15 @@ impl Core {
             return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", node.path())));
         }
         let index = self.layer_index(layer).await?;
+        // A hard link whose target the layer lacks shows as an empty file: with
+        // size 0 the kernel never asks for a read, so the open says EIO.
+        if index
+            .entries
+            .get(*entry as usize)
+            .is_none_or(|e| e.kind == contents::Kind::HardLink)
+        {
+            return Err(eio(format!("{}: hard link to a missing target", node.path())));
+        }
         let source = blob_reader(&self.view.blobs, r, *layer, index.blob_size).await?;
         Ok(ContentsFile {
             index,

@@ -106,7 +106,7 @@ impl View {
         let registry_host = client.registry_host();
         let (locations, known) = super::locations::Locations::open(cache_dir, &registry_host);
         View {
-            contents: super::contents::ContentsState::new(cache_dir),
+            contents: super::contents::ContentsState::new(cache_dir, &blobs),
             locations,
             client,
             manifests,

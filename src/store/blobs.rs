@@ -110,6 +110,17 @@ impl Chunks {
 /// Told about a digest whose content turned out wrong.
 pub type BadContentHook = Box<dyn Fn(&Digest) + Send + Sync>;
 
+/// Other files in the cache dir that count against `--cache-size` (the layer
+/// indexes of image contents). They are evicted only when removing unused
+/// blobs is not enough: an index is a fraction of a percent of its layer and
+/// spares a whole fetch of it, while an evicted blob is fetched back by Range.
+pub trait CacheTenant: Send + Sync {
+    /// Bytes on disk now.
+    fn bytes(&self) -> u64;
+    /// Removes the least recently used item: the bytes freed, None when empty.
+    fn evict_one(&self) -> Option<u64>;
+}
+
 /// What is known of a blob's length. Descriptors only claim one (a crafted
 /// manifest may claim anything); the registry's own answer settles it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +198,8 @@ pub struct BlobStore {
     /// Called with a digest whose content turned out wrong, so the kernel
     /// drops the pages and attributes it cached (set by the daemon).
     on_bad_content: OnceLock<BadContentHook>,
+    /// Counted in the limit next to the blobs (set by the daemon).
+    tenant: OnceLock<Arc<dyn CacheTenant>>,
 }
 
 /// Presence units in a blob of `size` bytes.
@@ -238,6 +251,7 @@ impl BlobStore {
             verified: Mutex::new(HashSet::new()),
             sizes: Mutex::new(LruCache::new(NonZeroUsize::new(KNOWN_SIZES).unwrap())),
             on_bad_content: OnceLock::new(),
+            tenant: OnceLock::new(),
         });
         store.evict();
         Ok(store)
@@ -247,15 +261,33 @@ impl BlobStore {
         self.complete_dir.join(digest.hex())
     }
 
-    /// Complete blobs on disk: (count, bytes, limit). `statfs` reports these.
+    /// Complete blobs on disk: (count, bytes with the tenant's, limit). `statfs` reports these.
     pub fn cache_use(&self) -> (u64, u64, u64) {
+        let tenant = self.tenant_bytes();
         let idx = self.index.lock().unwrap();
-        (idx.0.len() as u64, idx.1, self.limit)
+        (idx.0.len() as u64, idx.1 + tenant, self.limit)
+    }
+
+    fn tenant_bytes(&self) -> u64 {
+        self.tenant.get().map_or(0, |t| t.bytes())
+    }
+
+    /// Counts `tenant`'s files in the limit (once; later calls are ignored).
+    pub fn set_tenant(&self, tenant: Arc<dyn CacheTenant>) {
+        let _ = self.tenant.set(tenant);
+        self.evict();
+    }
+
+    /// Evicts until blobs and the tenant's files fit the limit (the tenant calls
+    /// this after it wrote a file).
+    pub fn fit(&self) {
+        self.evict();
     }
 
     /// `name value` lines about the disk cache, for `.regfs/stats`.
     pub fn usage(&self) -> String {
         let (count, bytes, _) = self.cache_use();
+        let tenant = self.tenant_bytes();
         let open = self
             .files
             .lock()
@@ -264,7 +296,7 @@ impl BlobStore {
             .filter(|(_, f)| !f.is_complete())
             .count();
         format!(
-            "cache_blobs {count}\ncache_bytes {bytes}\ncache_limit {}\nblobs_being_fetched {open}\n",
+            "cache_blobs {count}\ncache_bytes {bytes}\ncache_index_bytes {tenant}\ncache_limit {}\nblobs_being_fetched {open}\n",
             self.limit
         )
     }
@@ -504,13 +536,15 @@ impl BlobStore {
             .collect()
     }
 
-    /// Remove least recently used complete blobs until the cache fits its limit.
+    /// Remove least recently used complete blobs until the cache fits its limit,
+    /// then, if that was not enough, the tenant's least recently used files.
     /// Blobs open right now are skipped.
     fn evict(&self) {
         let in_use = self.in_use();
+        let mut tenant = self.tenant_bytes();
         let mut idx = self.index.lock().unwrap();
         let mut skipped = Vec::new();
-        while idx.1 > self.limit {
+        while idx.1 + tenant > self.limit {
             let Some((d, len)) = idx.0.pop_lru() else {
                 break;
             };
@@ -526,6 +560,14 @@ impl BlobStore {
         }
         for (d, len) in skipped {
             idx.0.put(d, len);
+        }
+        if let Some(t) = self.tenant.get() {
+            while idx.1 + tenant > self.limit {
+                match t.evict_one() {
+                    Some(freed) => tenant = tenant.saturating_sub(freed),
+                    None => break,
+                }
+            }
         }
     }
 }
@@ -602,6 +644,43 @@ impl BlobFile {
             Some(data) => Ok(data),
             None => self.wait_and_read(offset, offset.saturating_add(len), rs).await,
         }
+    }
+
+    /// Bytes `offset..offset + len` (fewer at the end of the blob) for a caller
+    /// that checks them against a digest of its own: image contents, whose
+    /// spans, eStargz chunks and TOC each have one. So a read that reaches the
+    /// end of the blob does not wait for the whole blob's verdict (an eStargz
+    /// footer and TOC are read there), and no readahead is added: the caller
+    /// asks for exactly the ranges it needs.
+    pub async fn read_self_checked(self: &Arc<Self>, offset: u64, len: u64) -> FsResult<Vec<u8>> {
+        if let Some(e) = self.poisoned() {
+            return Err(e);
+        }
+        let end = offset.saturating_add(len).min(self.size);
+        let offset = offset.min(end);
+        if offset == end {
+            return Ok(Vec::new());
+        }
+        if !self.no_space.load(Ordering::Acquire) {
+            if !self.is_complete() {
+                self.start_fetches(offset, end);
+            }
+            let cached = async {
+                self.wait_present(offset, end).await?;
+                self.read_present(offset, end)
+            };
+            match cached.await {
+                Err(e) if e.errno == libc::ENOSPC => self.out_of_space(&e),
+                result => return result,
+            }
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        self.stream_from_registry(offset, end, |bytes| {
+            out.extend_from_slice(bytes);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
     }
 
     /// After `try_read` returned `None`: wait for the bytes (and, at the end

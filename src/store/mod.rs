@@ -6,6 +6,6 @@ pub mod dir;
 pub mod manifests;
 pub mod ttl;
 
-pub use blobs::{BlobFile, BlobStore, ReadState};
+pub use blobs::{BlobFile, BlobStore, CacheTenant, ReadState};
 pub use manifests::{CachedManifest, ManifestStore};
 pub use ttl::TtlCache;

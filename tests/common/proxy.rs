@@ -18,7 +18,8 @@
 //!   ([`FaultProxy::stall_next_body`]), answer 401 with any `WWW-Authenticate`
 //!   ([`FaultProxy::challenge_next`]) or point every upstream challenge's realm
 //!   elsewhere ([`FaultProxy::rewrite_realm`]), serve listings whose `Link`
-//!   never ends or loops ([`FaultProxy::endless_pages`], [`FaultProxy::looping_pages`]).
+//!   never ends or loops ([`FaultProxy::endless_pages`], [`FaultProxy::looping_pages`]),
+//!   flip one byte of a response body ([`FaultProxy::flip_next_body`]).
 //!
 //! [`TcpRelay`] forwards a second loopback address (127.0.0.2, "another host")
 //! to a local server such as the token issuer.
@@ -58,12 +59,17 @@ pub enum FaultAction {
     /// Answer a `tags/list` or `_catalog` GET with a made-up page whose `Link`
     /// is this absolute URL prefix (another host) plus the page's path.
     ForeignLinkPage(String),
+    /// Forward, with the body byte at this offset XORed with 0x55.
+    FlipBodyByte(u64),
 }
 
 impl FaultAction {
     /// Applied when the request arrives, without asking the registry.
     fn answers_request(&self) -> bool {
-        !matches!(self, FaultAction::CutBodyAfter(_) | FaultAction::StallBodyAfter(_))
+        !matches!(
+            self,
+            FaultAction::CutBodyAfter(_) | FaultAction::StallBodyAfter(_) | FaultAction::FlipBodyByte(_)
+        )
     }
 }
 
@@ -257,6 +263,12 @@ impl FaultProxy {
         self.add_rule(FaultAction::Hang, k, m);
     }
 
+    /// The next `k` matching responses with a body longer than `at` get the
+    /// body byte at offset `at` flipped (a registry serving damaged bytes).
+    pub fn flip_next_body(&self, k: u32, at: u64, m: Match) {
+        self.add_rule(FaultAction::FlipBodyByte(at), k, m);
+    }
+
     /// The next `k` matching responses send their head and `after_bytes` body
     /// bytes, then stall (the connection stays open, nothing more comes).
     pub fn stall_next_body(&self, k: u32, after_bytes: u64, m: Match) {
@@ -370,7 +382,9 @@ fn take_body_rule(shared: &Shared, head: &Head, body_len: Option<u64>) -> Option
     let mut rules = shared.rules.lock().unwrap();
     for r in rules.iter_mut() {
         if r.remaining > 0 && r.matcher.matches(head) {
-            if let FaultAction::CutBodyAfter(n) | FaultAction::StallBodyAfter(n) = r.action {
+            if let FaultAction::CutBodyAfter(n) | FaultAction::StallBodyAfter(n) | FaultAction::FlipBodyByte(n) =
+                r.action
+            {
                 // Unknown length (chunked / until EOF): cut as well.
                 if body_len.map(|l| l > n).unwrap_or(true) {
                     r.remaining -= 1;
@@ -445,7 +459,9 @@ fn serve_client(shared: &Shared, client: TcpStream) -> io::Result<()> {
                 FaultAction::EndlessPages(n) => write_page(&head, &mut out, PageKind::Endless(n))?,
                 FaultAction::LoopingPages(to_self) => write_page(&head, &mut out, PageKind::Looping(to_self))?,
                 FaultAction::ForeignLinkPage(origin) => write_page(&head, &mut out, PageKind::Foreign(origin))?,
-                FaultAction::CutBodyAfter(_) | FaultAction::StallBodyAfter(_) => unreachable!("body rules"),
+                FaultAction::CutBodyAfter(_) | FaultAction::StallBodyAfter(_) | FaultAction::FlipBodyByte(_) => {
+                    unreachable!("body rules")
+                }
             }
             if client_close {
                 return Ok(());
@@ -668,6 +684,10 @@ fn forward(
         Some(FaultAction::StallBodyAfter(n)) => (Some(n), true),
         _ => (None, false),
     };
+    let flip = match rule {
+        Some(FaultAction::FlipBodyByte(n)) => Some(n),
+        _ => None,
+    };
     for (k, v) in shared.extra_headers.lock().unwrap().iter() {
         resp.set_header(k, v);
     }
@@ -683,6 +703,8 @@ fn forward(
         remaining: cut,
         shared,
         idx,
+        flip,
+        written: 0,
     };
     let result = if resp.is_chunked() {
         http::copy_chunked(&mut up_r, &mut w, None)
@@ -714,16 +736,32 @@ fn forward(
 }
 
 /// A writer that fails with `ConnectionAborted` once `remaining` bytes went
-/// through, and counts what it sent in the request's log entry.
+/// through, counts what it sent in the request's log entry, and flips the
+/// byte at offset `flip` of what it writes.
 struct CutWriter<'a> {
     inner: &'a mut TcpStream,
     remaining: Option<u64>,
     shared: &'a Shared,
     idx: usize,
+    flip: Option<u64>,
+    written: u64,
 }
 
 impl Write for CutWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(at) = self.flip {
+            if (self.written..self.written + buf.len() as u64).contains(&at) {
+                let mut copy = buf.to_vec();
+                copy[(at - self.written) as usize] ^= 0x55;
+                self.flip = None;
+                self.inner.write_all(&copy)?;
+                self.written += buf.len() as u64;
+                if let Some(r) = self.shared.log.lock().unwrap().get_mut(self.idx) {
+                    r.body_bytes += buf.len() as u64;
+                }
+                return Ok(buf.len());
+            }
+        }
         let written = match self.remaining {
             None => self.inner.write(buf)?,
             Some(0) => return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "injected cut")),
@@ -734,6 +772,7 @@ impl Write for CutWriter<'_> {
                 written
             }
         };
+        self.written += written as u64;
         if let Some(r) = self.shared.log.lock().unwrap().get_mut(self.idx) {
             r.body_bytes += written as u64;
         }

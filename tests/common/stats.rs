@@ -39,12 +39,13 @@ pub const COUNTERS: &[&str] = &[
     "fuse_passthrough_opens",
     "cache_blobs",
     "cache_bytes",
+    "cache_index_bytes",
     "cache_limit",
     "blobs_being_fetched",
 ];
 
 /// The last lines of [`COUNTERS`] are the disk cache's (`cache_blobs` on).
-const CACHE_LINES: usize = 4;
+const CACHE_LINES: usize = 5;
 
 /// Lines that come before the disk cache's once the registry sent `RateLimit-*`
 /// headers: limit and remaining together, the window when the header has one.
