@@ -8,7 +8,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::Path;
 use std::process::Command;
 
 use common::*;
@@ -45,17 +44,6 @@ fn catalog_requests(proxy: &FaultProxy) -> Vec<String> {
         .filter(|r| r.target.starts_with("/v2/_catalog"))
         .map(|r| r.target)
         .collect()
-}
-
-/// Names in a directory, without dot entries.
-fn ls(path: &Path) -> Vec<String> {
-    let mut names: Vec<String> = list_dir(path)
-        .unwrap_or_else(|e| panic!("listing {}: {e}", path.display()))
-        .into_iter()
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    names
 }
 
 on_both_registries! {
