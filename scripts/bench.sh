@@ -35,6 +35,12 @@
 #   BENCH_SCALE_RSS_REPOS=100       repositories of 1,000 tags listed for the peak-RSS figure
 #                                   (copies of scale/tags-1000 made in the registry's storage)
 #
+# Image contents (the contents_* sections, issue 11): a 5-layer image made from this
+# machine's own files (etc, usr/include, usr/share/{doc,man,perl,vim,i18n}, usr/bin,
+# usr/share/locale; gzip -6, about 900 MB of tar), and a one-layer image of
+# BENCH_CONTENTS_FILES empty files for memory:
+#   BENCH_CONTENTS_FILES=200000
+#
 # Adding a section: write a function bench_<name> that mounts with bench_mount,
 # measures, calls `report "<one line>"` and bench_unmount; add <name> to SECTIONS.
 # Setup shared by several sections (the big blob, the tag repository) is done
@@ -46,7 +52,8 @@ set -euo pipefail
 cd "$REGFS_ROOT"
 
 SECTIONS=(cold_read cold_read_pressure warm_read random_read tags_listing peak_rss backup_rsync restore_rsync export_tar upload
-    far_cold_read far_ttfb far_tags far_export far_upload far_backup scale)
+    far_cold_read far_ttfb far_tags far_export far_upload far_backup scale
+    contents_cold_list contents_warm_read contents_cat_all contents_rss)
 
 BENCH_SIZE_MB="${BENCH_SIZE_MB:-1024}"
 BENCH_REPEAT="${BENCH_REPEAT:-3}"
@@ -1146,6 +1153,165 @@ bench_scale() {
     fi
     report "scale: daemon peak RSS, largest over the mounts of every step (the largest listed $last repositories, $last tags with ls -l, and find -maxdepth 3 over all repositories): $(calc "$SCALE_HWM / 1024" 1) MiB VmHWM (target < 150 MiB) $(verdict "$(calc "$SCALE_HWM / 1024")" '<' 150)"
     scale_rss
+}
+
+# ---------------------------------------------------------------- issue 11: image contents
+
+CONTENTS_REPO=bench/contents
+CONTENTS_READY=0
+CONTENTS_LAYERS=()   # layer files, bottom first
+CONTENTS_TAR_BYTES=0 # uncompressed size of all layers
+CONTENTS_BIG=""      # the usr/bin layer file (the 300 MiB one)
+CONTENTS_SMALL=""    # a small file of that layer, path inside rootfs/
+CONTENTS_FILES=0     # regular files of the merged image
+
+# need_contents — the 5-layer image, pushed once (bench/contents:v1).
+need_contents() {
+    ((CONTENTS_READY)) && return 0
+    section "Setup: a 5-layer image of this machine's files in $CONTENTS_REPO"
+    local parts=("etc" "usr/include" "usr/share/doc usr/share/man usr/share/perl usr/share/vim usr/share/i18n"
+        "usr/bin" "usr/share/locale") i f n
+    for ((i = 0; i < ${#parts[@]}; i++)); do
+        f="$WORK/contents-layer$i.tar.gz"
+        # shellcheck disable=SC2086 # the part is a list of paths
+        tar --sort=name --numeric-owner --ignore-failed-read -C / -cf - ${parts[$i]} 2>/dev/null | gzip -n >"$f"
+        n="$(gzip -dc "$f" | wc -c)"
+        CONTENTS_TAR_BYTES=$((CONTENTS_TAR_BYTES + n))
+        CONTENTS_LAYERS+=("$f")
+        echo "layer $i (${parts[$i]}): $(file_size "$f") bytes gzip, $n bytes tar"
+    done
+    CONTENTS_BIG="${CONTENTS_LAYERS[3]}"
+    # A small file in the middle of the big layer (by tar order).
+    CONTENTS_SMALL="$(tar -tvzf "$CONTENTS_BIG" | awk '$1 ~ /^-/ && $3 < 65536 { print $6 }' |
+        awk '{ v[NR] = $0 } END { print v[int(NR / 2) + 1] }')"
+    CONTENTS_FILES="$(for f in "${CONTENTS_LAYERS[@]}"; do tar -tvzf "$f"; done | awk '$1 ~ /^-/ { print $6 }' | sort -u | wc -l)"
+    IMAGE_ARCH="$(go_arch)" make_image "$CONTENTS_REPO" v1 "${CONTENTS_LAYERS[@]}" >/dev/null
+    echo "$CONTENTS_REPO:v1: ${#CONTENTS_LAYERS[@]} layers, $CONTENTS_TAR_BYTES bytes of tar, $CONTENTS_FILES files; small file $CONTENTS_SMALL"
+    CONTENTS_READY=1
+}
+
+# go_arch — this machine's architecture as image platforms name it.
+go_arch() {
+    case "$(uname -m)" in
+    x86_64) echo amd64 ;; aarch64) echo arm64 ;; *) uname -m ;;
+    esac
+}
+
+contents_rootfs() { printf '%s/%s/_tags/v1/rootfs\n' "$MNT" "$CONTENTS_REPO"; }
+layer_url() { printf '%s/v2/%s/blobs/sha256:%s\n' "$REGISTRY_URL" "$CONTENTS_REPO" "$(sha256sum "$1" | cut -d' ' -f1)"; }
+
+# n1. cold listing of the image's files vs curl of its layers piped into tar -tz.
+bench_contents_cold_list() {
+    need_contents
+    section "n1. cold find rootfs -type f | wc -l of a 5-layer image vs curl | tar -tz of its layers (best of $BENCH_REPEAT, fresh mount and empty cache each time)"
+    local i t0 tr=() tc=() n f idx=0 ratio
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        bench_mount
+        t0="$(now)"
+        n="$(find "$(contents_rootfs)" -type f | wc -l)"
+        tr+=("$(elapsed "$t0")")
+        idx="$(du -sb "$CACHE/contents" | cut -f1)"
+        echo "  run $((i + 1)): regfs ${tr[-1]} s ($n files, bytes_fetched $(stat_of bytes_fetched), index $idx bytes)"
+        bench_unmount
+        t0="$(now)"
+        for f in "${CONTENTS_LAYERS[@]}"; do
+            curl -sf "$(layer_url "$f")" | tar -tz >/dev/null
+        done
+        tc+=("$(elapsed "$t0")")
+        echo "         curl | tar -tz ${tc[-1]} s"
+    done
+    [[ $n == "$CONTENTS_FILES" ]] || echo "  WARNING: regfs listed $n files, the layers hold $CONTENTS_FILES"
+    ratio="$(calc "$(min "${tr[@]}") / $(min "${tc[@]}")" 2)"
+    report "contents cold listing (find rootfs -type f | wc -l, $n files, 5 layers, $(calc "$CONTENTS_TAR_BYTES / 1048576" 0) MiB of tar): regfs $(best_med "${tr[@]}"), curl | tar -tz $(best_med "${tc[@]}"), ratio (regfs/curl time, best) ${ratio}x (target <= 1.2x) $(verdict "$ratio" '<=' 1.2)"
+    report "contents index on disk: $idx bytes for $CONTENTS_TAR_BYTES bytes of tar ($(calc "$idx * 100 / $CONTENTS_TAR_BYTES" 2) %) (target < 2 %) $(verdict "$(calc "$idx * 100 / $CONTENTS_TAR_BYTES")" '<' 2)"
+}
+
+# n2. warm index, blob evicted: one small file of the 300 MiB layer.
+bench_contents_warm_read() {
+    need_contents
+    section "n2. warm index, blobs evicted: cat of one small file ($CONTENTS_SMALL) of the usr/bin layer vs curl of that layer (best of $BENCH_REPEAT)"
+    local i t0 tr=() tc=() fetched=() cache="$WORK/contents-warm-cache" big_bytes ratio
+    big_bytes="$(file_size "$CONTENTS_BIG")"
+    # Index the image once, in a cache dir kept across the mounts below.
+    MNT="$WORK/mnt-warm"
+    regfs_mount_fg "$MNT" "$cache" "$WORK/regfs-warm.log" --log-level warn "${MOUNT_OPTS[@]}" || die "mount failed"
+    find "$(contents_rootfs)" -type f >/dev/null
+    regfs_unmount
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        rm -rf "$cache/blobs" "$cache/partial"
+        regfs_mount_fg "$MNT" "$cache" "$WORK/regfs-warm.log" --log-level warn "${MOUNT_OPTS[@]}" || die "mount failed"
+        t0="$(now)"
+        cat "$(contents_rootfs)/$CONTENTS_SMALL" >/dev/null
+        tr+=("$(elapsed "$t0")")
+        fetched+=("$(stat_of bytes_fetched)")
+        echo "  run $((i + 1)): regfs ${tr[-1]} s, bytes_fetched ${fetched[-1]} of the $big_bytes byte layer"
+        regfs_unmount
+        t0="$(now)"
+        curl -sf -o /dev/null "$(layer_url "$CONTENTS_BIG")"
+        tc+=("$(elapsed "$t0")")
+        echo "         curl of the layer ${tc[-1]} s"
+    done
+    rm -rf "$cache"
+    ratio="$(calc "$(min "${tr[@]}") / $(min "${tc[@]}")" 3)"
+    report "contents warm read, blob evicted (one small file of a $(calc "$big_bytes / 1048576" 0) MiB gzip layer, $(calc "$(gzip -dc "$CONTENTS_BIG" | wc -c) / 1048576" 0) MiB of tar): regfs $(best_med "${tr[@]}"), curl of the whole layer $(best_med "${tc[@]}") (ratio ${ratio}x); fetched best $(calc "$(min "${fetched[@]}") / 1048576" 2) MiB, median $(calc "$(median "${fetched[@]}") / 1048576" 2) MiB (target <= 8 MiB) $(verdict "$(calc "$(median "${fetched[@]}") / 1048576")" '<=' 8)"
+}
+
+# n3. cat of every file through the mount vs skopeo copy + umoci unpack.
+bench_contents_cat_all() {
+    need_contents
+    section "n3. cat of every file of the image (find -type f -exec cat) vs skopeo copy + umoci unpack (best of $BENCH_REPEAT, fresh each time)"
+    local i t0 tr=() tc=() host out ratio
+    host="${REGISTRY_URL#http://}"
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        bench_mount
+        t0="$(now)"
+        find "$(contents_rootfs)" -type f -exec cat {} + >/dev/null
+        tr+=("$(elapsed "$t0")")
+        echo "  run $((i + 1)): regfs ${tr[-1]} s (bytes_fetched $(stat_of bytes_fetched))"
+        bench_unmount
+        out="$WORK/umoci$i"
+        mkdir -p "$out"
+        t0="$(now)"
+        skopeo copy -q --src-tls-verify=false "docker://$host/$CONTENTS_REPO:v1" "oci:$out/layout:v1" >/dev/null
+        umoci unpack --image "$out/layout:v1" "$out/bundle" >/dev/null 2>&1
+        tc+=("$(elapsed "$t0")")
+        echo "         skopeo copy + umoci unpack ${tc[-1]} s"
+        rm -rf "$out"
+        sync
+    done
+    ratio="$(calc "$(min "${tr[@]}") / $(min "${tc[@]}")" 2)"
+    report "contents cat of every file ($CONTENTS_FILES files): regfs $(best_med "${tr[@]}"), skopeo copy + umoci unpack $(best_med "${tc[@]}"), ratio (regfs/skopeo+umoci time, best) ${ratio}x (target <= 1.0x) $(verdict "$ratio" '<=' 1.0)"
+}
+
+# n4. daemon peak RSS with the rootfs of an image of BENCH_CONTENTS_FILES files listed.
+bench_contents_rss() {
+    local files="${BENCH_CONTENTS_FILES:-200000}" layer="$WORK/contents-many.tar.gz" i t0 hwm=() tl=() pid
+    section "n4. daemon peak RSS with the rootfs of an image of $files files listed (find -printf of every entry; best of $BENCH_REPEAT)"
+    python3 - "$layer" "$files" <<'PY'
+import io, sys, tarfile, gzip
+out, n = sys.argv[1], int(sys.argv[2])
+with gzip.open(out, "wb", compresslevel=6) as gz, tarfile.open(fileobj=gz, mode="w", format=tarfile.GNU_FORMAT) as t:
+    for d in range(n // 1000 + 1):
+        info = tarfile.TarInfo(f"data/d{d:04}"); info.type = tarfile.DIRTYPE; info.mode = 0o755; info.mtime = 1700000000
+        t.addfile(info)
+    for i in range(n):
+        body = f"file {i}\n".encode()
+        info = tarfile.TarInfo(f"data/d{i // 1000:04}/file-with-a-longish-name-{i:07}.txt")
+        info.size = len(body); info.mode = 0o644; info.mtime = 1700000000
+        t.addfile(info, io.BytesIO(body))
+PY
+    IMAGE_ARCH="$(go_arch)" make_image bench/many v1 "$layer" >/dev/null
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        bench_mount
+        pid="$REGFS_MOUNT_PID"
+        t0="$(now)"
+        find "$MNT/bench/many/_tags/v1/rootfs" -printf '%s %m %p\n' | wc -l >/dev/null
+        tl+=("$(elapsed "$t0")")
+        hwm+=("$(awk '$1 == "VmHWM:" { print $2 }' "/proc/$pid/status")")
+        echo "  run $((i + 1)): find -printf ${tl[-1]} s, VmHWM $(calc "${hwm[-1]} / 1024" 1) MiB"
+        bench_unmount
+    done
+    report "contents memory: daemon peak RSS with $files files listed: best $(calc "$(min "${hwm[@]}") / 1024" 1) MiB, median $(calc "$(median "${hwm[@]}") / 1024" 1) MiB VmHWM (cold find -printf of every entry: $(best_med "${tl[@]}")) (target < 100 MiB) $(verdict "$(calc "$(median "${hwm[@]}") / 1024")" '<' 100)"
 }
 
 # ---------------------------------------------------------------- main
