@@ -1184,7 +1184,8 @@ need_contents() {
     # A small file in the middle of the big layer (by tar order).
     CONTENTS_SMALL="$(tar -tvzf "$CONTENTS_BIG" | awk '$1 ~ /^-/ && $3 < 65536 { print $6 }' |
         awk '{ v[NR] = $0 } END { print v[int(NR / 2) + 1] }')"
-    CONTENTS_FILES="$(for f in "${CONTENTS_LAYERS[@]}"; do tar -tvzf "$f"; done | awk '$1 ~ /^-/ { print $6 }' | sort -u | wc -l)"
+    # Regular files and hard links (`h` lines): `find -type f` counts both.
+    CONTENTS_FILES="$(for f in "${CONTENTS_LAYERS[@]}"; do tar -tvzf "$f"; done | awk '$1 ~ /^[-h]/ { print $6 }' | sort -u | wc -l)"
     IMAGE_ARCH="$(go_arch)" make_image "$CONTENTS_REPO" v1 "${CONTENTS_LAYERS[@]}" >/dev/null
     echo "$CONTENTS_REPO:v1: ${#CONTENTS_LAYERS[@]} layers, $CONTENTS_TAR_BYTES bytes of tar, $CONTENTS_FILES files; small file $CONTENTS_SMALL"
     CONTENTS_READY=1
