@@ -23,27 +23,8 @@ const MTIME: &str = "@1700000000";
 
 /// A layer made by GNU tar from the directory `dir` (all of it, `./` first).
 fn layer_of(dir: &Path) -> RealLayer {
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
-    let tar = run_ok(
-        Command::new("tar")
-            .args([
-                "--sort=name",
-                "--numeric-owner",
-                "--xattrs",
-                "--xattrs-include=user.*",
-                "--mtime",
-                MTIME,
-                "-C",
-            ])
-            .arg(dir)
-            .args(["-cf", "-", "."]),
-    )
-    .stdout;
-    let gz = {
-        let tmp = tempfile::NamedTempFile::new().unwrap();
-        fs::write(tmp.path(), &tar).unwrap();
-        run_ok(Command::new("gzip").args(["-n", "-c"]).arg(tmp.path())).stdout
-    };
+    let tar = tar_of(dir);
+    let gz = pipe("gzip", &["-n", "-c"], &tar);
     RealLayer {
         gz,
         diff_id: sha256_digest(&tar),

@@ -38,6 +38,23 @@ struct State {
     log: Vec<String>,
 }
 
+impl State {
+    /// A repository, or the registry's NAME_UNKNOWN.
+    fn repo(&self, repo: &str) -> Result<&Repo> {
+        self.repos
+            .get(repo)
+            .ok_or_else(|| RegistryError::NotFound(format!("repository {repo}")))
+    }
+
+    /// A blob of a repository, or BLOB_UNKNOWN.
+    fn blob(&self, repo: &str, digest: &Digest) -> Result<&Bytes> {
+        self.repos
+            .get(repo)
+            .and_then(|r| r.blobs.get(digest))
+            .ok_or_else(|| RegistryError::NotFound(format!("blob {repo}@{digest}")))
+    }
+}
+
 #[derive(Default)]
 pub struct FakeRegistry {
     state: Mutex<State>,
@@ -211,20 +228,14 @@ impl Registry for FakeRegistry {
     async fn tags(&self, repo: &str) -> Result<Vec<String>> {
         self.log(format!("GET tags {repo}"));
         let s = self.state.lock().unwrap();
-        let r = s
-            .repos
-            .get(repo)
-            .ok_or_else(|| Self::not_found(format!("repository {repo}")))?;
+        let r = s.repo(repo)?;
         Ok(r.tags.keys().cloned().collect())
     }
 
     async fn get_manifest(&self, repo: &str, reference: &Reference) -> Result<FetchedManifest> {
         self.log(format!("GET manifest {repo}:{reference}"));
         let s = self.state.lock().unwrap();
-        let r = s
-            .repos
-            .get(repo)
-            .ok_or_else(|| Self::not_found(format!("repository {repo}")))?;
+        let r = s.repo(repo)?;
         let d = Self::resolve(r, reference).ok_or_else(|| Self::not_found(format!("manifest {repo}:{reference}")))?;
         let (bytes, media_type) = &r.manifests[&d];
         Ok(FetchedManifest {
@@ -237,10 +248,7 @@ impl Registry for FakeRegistry {
     async fn head_manifest(&self, repo: &str, reference: &Reference) -> Result<Digest> {
         self.log(format!("HEAD manifest {repo}:{reference}"));
         let s = self.state.lock().unwrap();
-        let r = s
-            .repos
-            .get(repo)
-            .ok_or_else(|| Self::not_found(format!("repository {repo}")))?;
+        let r = s.repo(repo)?;
         Self::resolve(r, reference).ok_or_else(|| Self::not_found(format!("manifest {repo}:{reference}")))
     }
 
@@ -252,11 +260,7 @@ impl Registry for FakeRegistry {
     async fn head_blob(&self, repo: &str, digest: &Digest) -> Result<u64> {
         self.log(format!("HEAD blob {repo}@{digest}"));
         let s = self.state.lock().unwrap();
-        let b = s
-            .repos
-            .get(repo)
-            .and_then(|r| r.blobs.get(digest))
-            .ok_or_else(|| Self::not_found(format!("blob {repo}@{digest}")))?;
+        let b = s.blob(repo, digest)?;
         Ok(match s.lies.get(digest) {
             Some(Lie::Size(n)) => *n,
             _ => b.len() as u64,
@@ -276,11 +280,7 @@ impl Registry for FakeRegistry {
             end.saturating_sub(1)
         ));
         let s = self.state.lock().unwrap();
-        let b = s
-            .repos
-            .get(repo)
-            .and_then(|r| r.blobs.get(digest))
-            .ok_or_else(|| Self::not_found(format!("blob {repo}@{digest}")))?;
+        let b = s.blob(repo, digest)?;
         let (served, total) = match s.lies.get(digest) {
             Some(Lie::Bytes(other)) => (other.clone(), b.len() as u64),
             Some(Lie::Size(n)) => (b.clone(), *n),
