@@ -37,6 +37,23 @@ pub struct Export {
     states: Mutex<HashMap<Digest, Arc<Mutex<ReadState>>>>,
 }
 
+/// Export tars laid out so far, by (repository, tag, tag digest): a tag
+/// moved to another digest gets a new layout.
+#[derive(Default)]
+pub struct Exports(Mutex<HashMap<(String, String, Digest), Arc<Export>>>);
+
+impl Exports {
+    fn get(&self, repo: &str, tag: &str, digest: Digest) -> Option<Arc<Export>> {
+        let key = (repo.to_string(), tag.to_string(), digest);
+        self.0.lock().unwrap().get(&key).cloned()
+    }
+
+    fn insert(&self, repo: &str, tag: &str, digest: Digest, export: Arc<Export>) {
+        let key = (repo.to_string(), tag.to_string(), digest);
+        self.0.lock().unwrap().insert(key, export);
+    }
+}
+
 impl From<TarError> for FsError {
     fn from(e: TarError) -> Self {
         FsError::new(libc::EIO, format!("tar: {e}"))
@@ -163,9 +180,8 @@ impl View {
     /// The tar of `repo:tag`, laid out from descriptors (cached per tag digest).
     pub async fn export(&self, repo: &str, tag: &str) -> FsResult<Arc<Export>> {
         let digest = self.tag_digest(repo, tag).await?;
-        let key = (repo.to_string(), tag.to_string(), digest);
-        if let Some(e) = self.exports.lock().unwrap().get(&key) {
-            return Ok(e.clone());
+        if let Some(e) = self.exports.get(repo, tag, digest) {
+            return Ok(e);
         }
         let all = self.manifests_from(repo, vec![digest]).await?;
         let root = all
@@ -208,7 +224,7 @@ impl View {
             layout: TarLayout::new(members)?,
             states: Mutex::new(HashMap::new()),
         });
-        self.exports.lock().unwrap().insert(key, export.clone());
+        self.exports.insert(repo, tag, digest, export.clone());
         Ok(export)
     }
 

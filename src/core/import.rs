@@ -241,7 +241,7 @@ impl View {
             self.push_manifest(repo, Reference::Digest(*digest), bytes.clone())
                 .await?;
         }
-        if let Some((d, _)) = manifests.iter().find(|(d, _)| self.manifest_arriving(repo, d)) {
+        if let Some((d, _)) = manifests.iter().find(|(d, _)| self.overlay.is_arriving(repo, d)) {
             // A failed import leaves nothing to go through later, untagged.
             self.abandon_held(repo, manifests.iter().map(|(d, _)| *d));
             return Err(FsError::new(

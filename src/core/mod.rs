@@ -11,6 +11,7 @@ pub(crate) mod locations;
 pub mod names;
 pub mod node;
 pub mod ops;
+pub(crate) mod overlay;
 pub(crate) mod push;
 pub(crate) mod tree;
 pub mod view;
@@ -73,25 +74,67 @@ pub(crate) enum Handle {
 
 pub struct Core {
     pub(crate) view: View,
-    pub(crate) staging: write::Staging,
     pub(crate) inodes: Inodes,
     pub(crate) opts: Options,
-    pub(crate) next_fh: AtomicU64,
-    pub(crate) files: Mutex<HashMap<u64, Arc<Handle>>>,
-    pub(crate) dirs: Mutex<HashMap<u64, Arc<Vec<Listed>>>>,
+    pub(crate) handles: Handles,
+}
+
+/// Open files and directory listings, by the handle number the kernel was given.
+#[derive(Default)]
+pub(crate) struct Handles {
+    next: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<Listed>>>>,
+}
+
+impl Handles {
+    fn next(&self) -> u64 {
+        // Starts at 1: 0 is what the kernel passes when there is no handle.
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn open_file(&self, handle: Handle) -> u64 {
+        let fh = self.next();
+        self.files.lock().unwrap().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    pub(crate) fn file(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.files.lock().unwrap().get(&fh).cloned()
+    }
+
+    pub(crate) fn close_file(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.files.lock().unwrap().remove(&fh)
+    }
+
+    pub(crate) fn open_dir(&self, entries: Vec<Listed>) -> u64 {
+        let fh = self.next();
+        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+        fh
+    }
+
+    pub(crate) fn dir(&self, fh: u64) -> Option<Arc<Vec<Listed>>> {
+        self.dirs.lock().unwrap().get(&fh).cloned()
+    }
+
+    pub(crate) fn close_dir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
 }
 
 impl Core {
-    pub fn new(view: View, staging: write::Staging, opts: Options) -> Self {
+    pub fn new(view: View, opts: Options) -> Self {
         Core {
             view,
-            staging,
             inodes: Inodes::new(),
             opts,
-            next_fh: AtomicU64::new(1),
-            files: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            handles: Handles::default(),
         }
+    }
+
+    /// Files being written (part of the view's overlay).
+    pub(crate) fn staging(&self) -> &write::Staging {
+        &self.view.overlay.staging
     }
 
     pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
@@ -176,7 +219,7 @@ impl Core {
             StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
             StatusFile::Errors => self.view.stats.render_errors(),
             StatusFile::Config => self.opts.description.clone(),
-            StatusFile::Held => self.view.render_held(),
+            StatusFile::Held => self.view.overlay.render_held(),
             StatusFile::Transfers => self.view.stats.transfers.render(),
             StatusFile::Metrics => crate::metrics::render(&self.view.stats, &self.view.blobs),
         }

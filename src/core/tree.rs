@@ -42,7 +42,7 @@ impl Core {
                 0
             }
             Node::ManifestDir(r, d) => {
-                if !self.view.is_pending_dir(r, d) {
+                if !self.view.overlay.is_pending_dir(r, d) {
                     v.manifest_known(r, *d).await?;
                 }
                 0
@@ -51,7 +51,7 @@ impl Core {
                 // Pushed and forgotten: ESTALE makes the kernel look the name
                 // up again, and find what the file became.
                 let f = self
-                    .staging
+                    .staging()
                     .get(*id)
                     .ok_or_else(|| FsError::new(libc::ESTALE, "the file was pushed; look it up again"))?;
                 let size = f.lock().unwrap().size;
@@ -102,17 +102,17 @@ impl Core {
         }
         let v = &self.view;
         if super::write::pending_manifest_dir(v, node) {
-            return self.staging.ghost_target(node).ok_or_else(|| not_found(node));
+            return self.staging().ghost_target(node).ok_or_else(|| not_found(node));
         }
         if let Node::Tag(r, _) = node {
             v.note_tag_interest(r);
         }
         let target = match node {
-            Node::Tag(r, t) => match self.staging.pending_link(r, t) {
+            Node::Tag(r, t) => match self.staging().pending_link(r, t) {
                 Some(d) => Some(node::tag_target(&d)),
                 None => Some(node::tag_target(&v.tag_digest(r, t).await?)),
             },
-            Node::Upload(r, n) => self.staging.upload_target(r, n).map(|t| match t {
+            Node::Upload(r, n) => self.staging().upload_target(r, n).map(|t| match t {
                 super::write::UploadTarget::Blob(d) => node::blob_target(1, &d),
                 super::write::UploadTarget::Manifest(d) => node::manifest_target(1, &d),
             }),
@@ -189,10 +189,10 @@ impl Core {
             }
             Node::TagsDir(r) => {
                 let mut names = self.existing_or_new(v.tags(r).await.map(|t| t.to_vec()))?;
-                names.extend(self.staging.links_in(r));
+                names.extend(self.staging().links_in(r));
                 names
             }
-            Node::UploadsDir(r) => self.staging.uploads_in(r),
+            Node::UploadsDir(r) => self.staging().uploads_in(r),
             Node::OciDir(_) => vec![
                 node::OCI_BLOBS.into(),
                 node::OCI_INDEX_JSON.into(),
@@ -232,7 +232,7 @@ impl Core {
                 .map(|(d, _)| d.to_string())
                 .collect(),
             Node::ManifestDir(r, d) => {
-                if self.view.is_pending_dir(r, d) {
+                if self.view.overlay.is_pending_dir(r, d) {
                     Vec::new()
                 } else {
                     let m = v.manifest(r, *d).await?;
@@ -268,9 +268,8 @@ impl Core {
             })
             .collect();
         if let Node::ManifestsDir(r) = node {
-            let pending = self.view.pending_dirs.lock().unwrap();
-            for (_, d) in pending.iter().filter(|(pr, _)| pr == r) {
-                out.push((d.to_string(), Node::ManifestDir(r.clone(), *d)));
+            for d in self.view.overlay.pending_dirs_in(r) {
+                out.push((d.to_string(), Node::ManifestDir(r.clone(), d)));
             }
         }
         self.add_staged(node, &mut out);
@@ -279,8 +278,8 @@ impl Core {
 
     /// Files being written show under their current names.
     fn add_staged(&self, dir: &Node, out: &mut Vec<(String, Node)>) {
-        for name in self.staging.names_in(dir) {
-            if let Some(id) = self.staging.find(dir, &name) {
+        for name in self.staging().names_in(dir) {
+            if let Some(id) = self.staging().find(dir, &name) {
                 out.retain(|(n, _)| *n != name);
                 out.push((name, Node::Staged(id)));
             }

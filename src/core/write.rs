@@ -279,6 +279,19 @@ impl Staging {
             .is_some()
     }
 
+    /// `_uploads/<name>` of `repo` was pushed and became `target`.
+    pub fn record_upload(&self, repo: &str, name: &str, target: UploadTarget) {
+        self.uploads
+            .lock()
+            .unwrap()
+            .insert((repo.to_string(), name.to_string()), target);
+    }
+
+    /// Remember a link rsync made inside a pending manifest directory, to show it back.
+    pub fn add_ghost(&self, node: &Node, target: &str) {
+        self.ghosts.lock().unwrap().insert(node.clone(), target.to_string());
+    }
+
     pub fn ghost_target(&self, node: &Node) -> Option<String> {
         self.ghosts.lock().unwrap().get(node).cloned()
     }
@@ -360,7 +373,7 @@ impl Core {
     /// Commit staged file `id` if it has a final name and new data; the result
     /// is what the writer's close/fsync/rename returns.
     pub(crate) async fn commit(&self, id: u64) -> FsResult<()> {
-        let Some(staged) = self.staging.get(id) else {
+        let Some(staged) = self.staging().get(id) else {
             return Ok(());
         };
         // One commit at a time per file: a close() that arrives while a push is
@@ -398,7 +411,7 @@ impl Core {
                         .map(|_| UploadTarget::Blob(digest)),
                 };
                 target.map(|t| {
-                    self.staging.uploads.lock().unwrap().insert((repo.clone(), name), t);
+                    self.staging().record_upload(&repo, &name, t);
                 })
             }
             Commit::Blob(repo, name) if name != digest => Err(FsError::new(
@@ -442,7 +455,7 @@ impl Core {
                     .await
                 {
                     Ok(Pushed::Done(_)) => {
-                        self.view.pending_dirs.lock().unwrap().remove(&(repo, d));
+                        self.view.overlay.remove_pending_dir(&repo, d);
                         Ok(())
                     }
                     Ok(Pushed::Held(_)) => Ok(()),
@@ -462,8 +475,8 @@ impl Core {
     /// One whose push failed is dropped: the writer got the error from close(),
     /// and nothing that did not reach the registry stays listed.
     pub(crate) fn settle_staged(&self, id: u64) {
-        if self.staging.is_settled(id) || self.staging.push_failed(id) {
-            self.staging.forget(id);
+        if self.staging().is_settled(id) || self.staging().push_failed(id) {
+            self.staging().forget(id);
         }
     }
 
@@ -479,15 +492,15 @@ impl Core {
                 format!("tag link target {target:?} is not ../_manifests/sha256:<hex>"),
             )
         })?;
-        if !self.view.manifest_arriving(repo, &digest) {
+        if !self.view.overlay.is_arriving(repo, &digest) {
             self.view.manifest_known(repo, digest).await?;
         }
-        let generation = self.staging.add_link(repo, name, digest);
+        let generation = self.staging().add_link(repo, name, digest);
         if !node::is_temp_name(name) {
             let (fs, repo, name) = (self.clone(), repo.to_string(), name.to_string());
             tokio::spawn(async move {
                 tokio::time::sleep(LINK_SETTLE).await;
-                if let Some(d) = fs.staging.take_link(&repo, &name, Some(generation)) {
+                if let Some(d) = fs.staging().take_link(&repo, &name, Some(generation)) {
                     if let Err(e) = fs.view.push_tag_when_ready(&repo, &name, d).await {
                         tracing::warn!(repo, tag = name, "tag push failed: {e}");
                         fs.view.stats.record_error(format!("tag {repo}:{name}: {e}"));
@@ -500,7 +513,7 @@ impl Core {
 
     /// Rename a pending tag link: the tag is pushed now, under its new name.
     pub(crate) async fn rename_tag_link(&self, repo: &str, from: &str, to: &str) -> Option<FsResult<()>> {
-        let digest = self.staging.take_link(repo, from, None)?;
+        let digest = self.staging().take_link(repo, from, None)?;
         if !is_valid_tag(to) {
             return Some(Err(FsError::new(libc::EINVAL, format!("{to:?} is not a valid tag"))));
         }
@@ -508,7 +521,7 @@ impl Core {
     }
 
     pub(crate) fn drop_tag_link(&self, repo: &str, name: &str) -> bool {
-        self.staging.take_link(repo, name, None).is_some()
+        self.staging().take_link(repo, name, None).is_some()
     }
 }
 
@@ -522,7 +535,7 @@ impl Core {
     /// onto an existing tag lands here, through the link).
     pub(crate) fn check_manifest_dir_writable(&self, parent: &Node) -> FsResult<()> {
         match parent {
-            Node::ManifestDir(r, d) if !self.view.is_pending_dir(r, d) => {
+            Node::ManifestDir(r, d) if !self.view.overlay.is_pending_dir(r, d) => {
                 Err(eperm(format!(
                     "{} is an immutable manifest; to point a tag at another manifest use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
                     parent.path()
@@ -538,15 +551,15 @@ impl Core {
         match node {
             Node::Staged(id) => {
                 if truncate {
-                    if let Some(f) = self.staging.get(*id) {
+                    if let Some(f) = self.staging().get(*id) {
                         f.lock().unwrap().truncate(0)?;
                     }
                 }
                 Ok(*id)
             }
-            Node::Blob(r, d) => self.staging.create(&Node::BlobsDir(r.clone()), &d.to_string()),
-            Node::ManifestFile(r, d) if self.view.is_pending_dir(r, d) => self
-                .staging
+            Node::Blob(r, d) => self.staging().create(&Node::BlobsDir(r.clone()), &d.to_string()),
+            Node::ManifestFile(r, d) if self.view.overlay.is_pending_dir(r, d) => self
+                .staging()
                 .create(&Node::ManifestDir(r.clone(), *d), node::MANIFEST_JSON),
             Node::ManifestFile(..) => Err(eperm(format!(
                 "{} is immutable; to point a tag elsewhere use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
@@ -580,7 +593,7 @@ impl Core {
                 if v.dir_exists(path).await.unwrap_or(false) && v.dir_known(path).await? {
                     return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
                 }
-                v.created_repos.lock().unwrap().insert(path.clone());
+                v.overlay.create_repo(path);
                 Ok(child)
             }
             (
@@ -589,7 +602,7 @@ impl Core {
             ) => {
                 // A repository's own directories declare it one for good (a
                 // nested mkdir no longer makes it a plain namespace).
-                v.declared_repos.lock().unwrap().insert(repo.clone());
+                v.overlay.declare_repo(repo);
                 Ok(child)
             }
             // The restore path: mkdir _manifests/sha256:<hex>, then write manifest.json.
@@ -597,7 +610,7 @@ impl Core {
                 if v.manifest_known(r, *d).await.is_ok() {
                     return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
                 }
-                self.view.pending_dirs.lock().unwrap().insert((r.clone(), *d));
+                v.overlay.add_pending_dir(r, *d);
                 Ok(child)
             }
             // rsync recreating the derived directories of a manifest: nothing to do.
@@ -611,8 +624,8 @@ impl Core {
     /// unlink (`dir` false) and rmdir (`dir` true).
     pub(crate) async fn remove(&self, parent: u64, name: &str, dir: bool) -> FsResult<()> {
         let parent = self.node(parent)?;
-        if let Some(id) = self.staging.find(&parent, name) {
-            self.staging.forget(id);
+        if let Some(id) = self.staging().find(&parent, name) {
+            self.staging().forget(id);
             return Ok(());
         }
         let allow = self.opts.allow_delete;
@@ -629,7 +642,7 @@ impl Core {
                 v.delete(r, Reference::Tag(name.to_string())).await
             }
             Node::UploadsDir(r) if !dir => {
-                if self.staging.remove_upload(r, name) {
+                if self.staging().remove_upload(r, name) {
                     Ok(())
                 } else {
                     Err(FsError::new(
@@ -642,7 +655,7 @@ impl Core {
                 let d: Digest = name
                     .parse()
                     .map_err(|_| FsError::new(libc::ENOENT, format!("no {name:?}")))?;
-                if self.view.pending_dirs.lock().unwrap().remove(&(r.clone(), d)) {
+                if v.overlay.remove_pending_dir(r, d) {
                     return Ok(());
                 }
                 if !allow {
@@ -665,9 +678,9 @@ impl Core {
                     _ => name.to_string(),
                 };
                 // Only a directory made here and never pushed to can go.
-                let made_here = v.created_repos.lock().unwrap().contains(&path);
+                let made_here = v.overlay.is_created(&path);
                 if made_here && !v.is_repo(&path).await.unwrap_or(true) {
-                    v.created_repos.lock().unwrap().remove(&path);
+                    v.overlay.uncreate_repo(&path);
                     Ok(())
                 } else {
                     Err(eperm(format!(
@@ -692,11 +705,7 @@ impl Core {
                 if child.kind() == node::Kind::Symlink =>
             {
                 if pending_manifest_dir(&self.view, &child) {
-                    self.staging
-                        .ghosts
-                        .lock()
-                        .unwrap()
-                        .insert(child.clone(), target.to_string());
+                    self.staging().add_ghost(&child, target);
                 }
                 Ok(child)
             }
@@ -709,15 +718,15 @@ impl Core {
             return Err(FsError::new(libc::EXDEV, "renames only within one directory"));
         }
         let parent = self.node(parent)?;
-        if let Some(id) = self.staging.find(&parent, name) {
+        if let Some(id) = self.staging().find(&parent, name) {
             if !node::is_temp_name(newname) && commit_kind(&parent, newname).is_none() {
                 return Err(FsError::new(
                     libc::EINVAL,
                     format!("{newname:?} is not a valid name in {}", parent.path()),
                 ));
             }
-            self.staging.rename(id, newname);
-            if let Some(f) = self.staging.get(id) {
+            self.staging().rename(id, newname);
+            if let Some(f) = self.staging().get(id) {
                 f.lock().unwrap().dirty = true;
             }
             self.commit(id).await?;
@@ -762,7 +771,7 @@ impl Core {
         }
         v.note_blob_size(*d, size);
         v.mark_present(to, *d);
-        v.created_repos.lock().unwrap().insert(to.clone());
+        v.overlay.create_repo(to);
         v.retry_held(to).await;
         Ok(Node::Blob(to.clone(), *d))
     }
@@ -802,7 +811,7 @@ impl Core {
 /// Is `node` inside a manifest directory that was made with mkdir and whose
 /// manifest is not pushed yet? (Its entries are then ghosts.)
 pub fn pending_manifest_dir(view: &super::view::View, node: &Node) -> bool {
-    node.manifest_dir().is_some_and(|(r, d)| view.manifest_arriving(r, d))
+    node.manifest_dir().is_some_and(|(r, d)| view.overlay.is_arriving(r, d))
 }
 
 /// The names kept under `owner` in a map keyed by (owner, name).
