@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::view::View;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::tarstream::{Member, TarError, TarLayout};
 use crate::oci::Digest;
 use crate::oci::{self, ManifestKind};
@@ -56,7 +56,7 @@ impl Exports {
 
 impl From<TarError> for FsError {
     fn from(e: TarError) -> Self {
-        FsError::new(libc::EIO, format!("tar: {e}"))
+        FsError::new(Cause::Io, format!("tar: {e}"))
     }
 }
 
@@ -171,7 +171,7 @@ impl View {
         match self.oci_blobs(repo).await?.get(&digest) {
             Some((_, is_manifest)) => Ok(*is_manifest),
             None => Err(FsError::new(
-                libc::ENOENT,
+                Cause::NotFound,
                 format!("{digest} is not reachable from the tags of {repo}"),
             )),
         }
@@ -187,7 +187,7 @@ impl View {
         let root = all
             .iter()
             .find(|m| m.digest == digest)
-            .ok_or_else(|| FsError::new(libc::ENOENT, format!("{repo}:{tag}: manifest {digest} is missing")))?;
+            .ok_or_else(|| FsError::new(Cause::NotFound, format!("{repo}:{tag}: manifest {digest} is missing")))?;
         let mut members: Vec<Member<Source>> = content(&all)
             .into_iter()
             .map(|(d, (size, is_manifest))| {
@@ -238,7 +238,7 @@ impl View {
                     let end = (start + n) as usize;
                     if end > m.bytes.len() {
                         return Err(FsError::new(
-                            libc::EIO,
+                            Cause::Io,
                             format!("manifest {d} is shorter than its descriptor"),
                         ));
                     }

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use attr::{Attr, Caching, FileKind, Listed};
 use bytes::Bytes;
 
-use crate::error::{Failed, FsError, FsResult};
+use crate::error::{Cause, Failed, FsError, FsResult};
 use crate::store::{BlobFile, ReadState};
 use inodes::Inodes;
 use node::{Kind, Node, StatusFile};
@@ -140,7 +140,7 @@ impl Core {
     pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes
             .get(ino)
-            .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {ino}")))
+            .ok_or_else(|| FsError::new(Cause::Stale, format!("unknown inode {ino}")))
     }
 
     /// Log a failed operation once, with the registry's message; ENOENT is
@@ -231,7 +231,7 @@ impl Core {
             Node::Blob(r, d) => {
                 if let Some(urls) = v.foreign_urls(d) {
                     return Err(crate::error::FsError::new(
-                        libc::EREMOTE,
+                        Cause::Remote,
                         format!("foreign layer {d}: not in the registry, download it from {urls:?}"),
                     ));
                 }
@@ -260,9 +260,12 @@ impl Core {
             // Status text changes between reads: no page cache, sizes from the snapshot.
             Node::Status(f) => (Handle::Bytes(Bytes::from(self.status_text(*f))), Caching::Direct),
             n if n.kind() == Kind::Directory => {
-                return Err(FsError::new(libc::EISDIR, format!("{} is a directory", n.path())))
+                return Err(FsError::new(
+                    Cause::IsADirectory,
+                    format!("{} is a directory", n.path()),
+                ))
             }
-            n => return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", n.path()))),
+            n => return Err(FsError::new(Cause::Invalid, format!("{} cannot be opened", n.path()))),
         })
     }
 }

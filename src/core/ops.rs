@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::attr::{Attr, Caching, Entry, FileKind, Listed};
 use super::node::{Kind, Node};
 use super::{contents, write, Core, Handle, STABLE_MTIME};
-use crate::error::{Failed, FsError, OpResult};
+use crate::error::{Cause, Failed, FsError, OpResult};
 
 /// How `open` was asked to open a file.
 #[derive(Clone, Copy, Debug, Default)]
@@ -30,9 +30,9 @@ impl OpenMode {
     }
 }
 
-const EROFS: Failed = Failed(libc::EROFS);
-const EBADF: Failed = Failed(libc::EBADF);
-const ENOENT: Failed = Failed(libc::ENOENT);
+const EROFS: Failed = Failed(Cause::ReadOnly.errno());
+const EBADF: Failed = Failed(Cause::BadHandle.errno());
+const ENOENT: Failed = Failed(Cause::NotFound.errno());
 
 fn kind_of(k: Kind) -> FileKind {
     match k {
@@ -262,16 +262,16 @@ impl Core {
             other => other,
         };
         if new_mtime.is_some() && node.kind() == Kind::File && !matches!(node, Node::Staged(_)) {
-            let e = FsError::new(libc::EPERM, "read-only file: its time cannot change");
+            let e = FsError::new(Cause::NotPermitted, "read-only file: its time cannot change");
             return Err(self.fail("setattr", Some(&node), &e));
         }
         if let Some(size) = size {
             let result = match &node {
                 Node::Staged(id) => match self.staging().get(*id) {
                     Some(f) => f.lock().unwrap().truncate(size),
-                    None => Err(FsError::new(libc::ENOENT, "file being written is gone")),
+                    None => Err(FsError::new(Cause::NotFound, "file being written is gone")),
                 },
-                n => Err(FsError::new(libc::EPERM, format!("{} is immutable", n.path()))),
+                n => Err(FsError::new(Cause::NotPermitted, format!("{} is immutable", n.path()))),
             };
             result.map_err(|e| self.fail("truncate", Some(&node), &e))?;
         }

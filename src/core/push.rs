@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::overlay::Held;
 use super::view::View;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
@@ -36,7 +36,7 @@ pub enum Pushed {
 pub fn validate_manifest(bytes: &[u8]) -> FsResult<String> {
     if bytes.len() as u64 > MAX_MANIFEST_SIZE {
         return Err(FsError::new(
-            libc::EFBIG,
+            Cause::TooLarge,
             format!(
                 "manifest of {} bytes exceeds the {MAX_MANIFEST_SIZE}-byte limit",
                 bytes.len()
@@ -44,7 +44,7 @@ pub fn validate_manifest(bytes: &[u8]) -> FsResult<String> {
         ));
     }
     let json: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| FsError::new(libc::EINVAL, format!("not a manifest: invalid JSON: {e}")))?;
+        .map_err(|e| FsError::new(Cause::Invalid, format!("not a manifest: invalid JSON: {e}")))?;
     let m = Manifest::parse(bytes, None);
     let declared = json
         .get("mediaType")
@@ -52,7 +52,7 @@ pub fn validate_manifest(bytes: &[u8]) -> FsResult<String> {
         .is_some_and(|t| !t.is_empty());
     if m.kind == ManifestKind::Unknown && !declared {
         return Err(FsError::new(
-            libc::EINVAL,
+            Cause::Invalid,
             "not a manifest: no mediaType and the JSON looks like no known manifest",
         ));
     }
@@ -142,7 +142,7 @@ impl View {
         if let Reference::Digest(name) = &reference {
             if *name != digest {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("manifest bytes hash to {digest}, not to the name {name}"),
                 ));
             }
@@ -192,7 +192,7 @@ impl View {
         if !self.overlay.is_arriving(repo, &digest) {
             match self.manifest(repo, digest).await {
                 Ok(_) => return self.push_tag(repo, tag, digest).await,
-                Err(e) if e.errno != libc::ENOENT => return Err(e),
+                Err(e) if e.cause != Cause::NotFound => return Err(e),
                 Err(_) => {}
             }
         }
@@ -247,7 +247,7 @@ impl View {
         let reference = Reference::Tag(tag.clone());
         let mut index = match self.client.get_manifest(repo, &reference).await {
             Ok(f) => serde_json::from_slice::<serde_json::Value>(&f.bytes)
-                .map_err(|e| FsError::new(libc::EIO, format!("{tag} is not JSON: {e}")))?,
+                .map_err(|e| FsError::new(Cause::Io, format!("{tag} is not JSON: {e}")))?,
             Err(RegistryError::NotFound(_)) => {
                 serde_json::json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": [] })
             }
@@ -256,7 +256,7 @@ impl View {
         let entries = index
             .get_mut("manifests")
             .and_then(|v| v.as_array_mut())
-            .ok_or_else(|| FsError::new(libc::EIO, format!("{tag} is not an index")))?;
+            .ok_or_else(|| FsError::new(Cause::Io, format!("{tag} is not an index")))?;
         let digest = m.digest.to_string();
         if entries
             .iter()
@@ -321,7 +321,7 @@ impl View {
             .await
         {
             return Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!("tag {repo}:{tag}: manifest {digest} is still waiting for its references"),
             ));
         }
@@ -349,7 +349,7 @@ impl View {
             // Distribution 2.x cannot delete a tag (it answers 400 DIGEST_INVALID or UNSUPPORTED).
             Err(e @ (RegistryError::Rejected(_) | RegistryError::Unsupported(_))) if matches!(reference, Reference::Tag(_)) => {
                 return Err(FsError::new(
-                    libc::ENOTSUP,
+                    Cause::Unsupported,
                     format!("this registry cannot delete tags ({e}); delete the manifest instead: rm -r _manifests/<digest>"),
                 ))
             }
@@ -393,10 +393,10 @@ mod tests {
 
     #[test]
     fn manifest_validation() {
-        assert_eq!(validate_manifest(b"{nope").unwrap_err().errno, libc::EINVAL);
-        assert_eq!(validate_manifest(b"{}").unwrap_err().errno, libc::EINVAL);
+        assert_eq!(validate_manifest(b"{nope").unwrap_err().cause, Cause::Invalid);
+        assert_eq!(validate_manifest(b"{}").unwrap_err().cause, Cause::Invalid);
         let big = vec![b' '; (MAX_MANIFEST_SIZE + 1) as usize];
-        assert_eq!(validate_manifest(&big).unwrap_err().errno, libc::EFBIG);
+        assert_eq!(validate_manifest(&big).unwrap_err().cause, Cause::TooLarge);
         let ok = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":1},"layers":[]}"#;
         assert_eq!(validate_manifest(ok).unwrap(), crate::oci::OCI_MANIFEST);
         let typed = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#;

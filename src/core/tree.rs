@@ -4,7 +4,7 @@
 use super::attr::Attr;
 use super::node::{self, Node, StatusFile};
 use super::Core;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::{self, ChildTarget, ManifestKind};
 use crate::store::CachedManifest;
 
@@ -53,7 +53,7 @@ impl Core {
                 let f = self
                     .staging()
                     .get(*id)
-                    .ok_or_else(|| FsError::new(libc::ESTALE, "the file was pushed; look it up again"))?;
+                    .ok_or_else(|| FsError::new(Cause::Stale, "the file was pushed; look it up again"))?;
                 let size = f.lock().unwrap().size;
                 size
             }
@@ -157,7 +157,7 @@ impl Core {
                     .find(|(n, _)| n == name)
                     .map(|(_, t)| node::sibling_manifest_target(2, t))
             }
-            n => return Err(FsError::new(libc::EINVAL, format!("{} is not a symlink", n.path()))),
+            n => return Err(FsError::new(Cause::Invalid, format!("{} is not a symlink", n.path()))),
         };
         target.ok_or_else(|| not_found(node))
     }
@@ -251,7 +251,7 @@ impl Core {
             Node::ReferrersDir(r, d) => v.referrers(r, *d).await?.iter().map(|(n, _)| n.clone()).collect(),
             _ => {
                 return Err(FsError::new(
-                    libc::ENOTDIR,
+                    Cause::NotADirectory,
                     format!("{} is not a directory", node.path()),
                 ))
             }
@@ -305,7 +305,7 @@ impl Core {
     /// A repository made with `mkdir` has no tags in the registry yet: list it empty.
     fn existing_or_new<T: Default>(&self, r: FsResult<T>) -> FsResult<T> {
         match r {
-            Err(e) if e.errno == libc::ENOENT => Ok(T::default()),
+            Err(e) if e.cause == Cause::NotFound => Ok(T::default()),
             other => other,
         }
     }
@@ -386,7 +386,7 @@ fn node_name(node: &Node) -> &'static str {
 }
 
 fn not_found(node: &Node) -> FsError {
-    FsError::new(libc::ENOENT, format!("{} does not exist", node.path()))
+    FsError::new(Cause::NotFound, format!("{} does not exist", node.path()))
 }
 
 /// The link target for a descriptor: built from its parsed digest, or, when

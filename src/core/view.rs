@@ -9,7 +9,7 @@ use futures_util::stream::{self, StreamExt};
 
 use super::names::{self, Family};
 use super::overlay::Overlay;
-use crate::error::FsResult;
+use crate::error::{Cause, FsResult};
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
 use crate::registry::{Registry, RegistryError};
@@ -254,7 +254,7 @@ impl View {
                 Ok(self.catalog_family(repo).await?.is_none_or(|f| f.exact))
             }
             Ok(_) => Ok(true),
-            Err(e) if e.errno == libc::ENOENT => Ok(false),
+            Err(e) if e.cause == Cause::NotFound => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -539,7 +539,7 @@ impl View {
             .get_or_fetch((repo.to_string(), digest), || async {
                 let tags = match self.tags(repo).await {
                     Ok(t) => t,
-                    Err(e) if e.errno == libc::ENOENT => Arc::new(Vec::new()),
+                    Err(e) if e.cause == Cause::NotFound => Arc::new(Vec::new()),
                     Err(e) => return Err(e),
                 };
                 let fallback_tag = oci::referrers_tag(&digest);
@@ -625,7 +625,7 @@ impl View {
             match self.blobs.probe(repo, digest).await {
                 Ok(size) => size,
                 // The registry says it has no such blob: that is the answer.
-                Err(e) if e.errno == libc::ENOENT => return Err(e),
+                Err(e) if e.cause == Cause::NotFound => return Err(e),
                 // Anything else (an empty blob answers a range with 416): the
                 // HEAD decides, with its own errno.
                 Err(e) => {
@@ -692,7 +692,7 @@ impl View {
                         out.push(m);
                     }
                     // A dangling reference must not hide the rest of the repository.
-                    Err(e) if e.errno == libc::ENOENT => {
+                    Err(e) if e.cause == Cause::NotFound => {
                         tracing::info!(repo, "a referenced manifest is missing: {e}");
                     }
                     Err(e) => return Err(e),

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use super::node::{self, Node};
 use super::push::Pushed;
 use super::Core;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::reference::is_valid_tag;
 use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
@@ -122,7 +122,7 @@ pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
     );
     if !writable {
         return Err(FsError::new(
-            libc::EPERM,
+            Cause::NotPermitted,
             format!("cannot create {name:?} in {}: files are written only under _uploads, _blobs, _tags and _manifests/<digest>/", parent.path()),
         ));
     }
@@ -138,7 +138,7 @@ pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
             _ => "manifest.json",
         };
         return Err(FsError::new(
-            libc::EINVAL,
+            Cause::Invalid,
             format!("{}/{name}: the name must be {want}", parent.path()),
         ));
     }
@@ -334,7 +334,7 @@ impl StagedFile {
         let manifest_like = matches!(self.parent, Node::TagsDir(_) | Node::ManifestDir(..));
         if manifest_like && end > MAX_MANIFEST_SIZE {
             return Err(FsError::new(
-                libc::EFBIG,
+                Cause::TooLarge,
                 format!("a manifest may not exceed {MAX_MANIFEST_SIZE} bytes"),
             ));
         }
@@ -415,7 +415,7 @@ impl Core {
                 })
             }
             Commit::Blob(repo, name) if name != digest => Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!(
                     "{}/_blobs/{name}: the bytes written hash to {digest}; nothing pushed",
                     repo
@@ -428,7 +428,7 @@ impl Core {
                 .map(|_| ()),
             Commit::Nothing => Ok(()),
             Commit::OciBlob(repo, name) if name != digest => Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!(
                     "{repo}/_oci/blobs/sha256/{}: the bytes written hash to {digest}; nothing pushed",
                     name.hex()
@@ -484,11 +484,11 @@ impl Core {
     /// push when the link settles.
     pub(crate) async fn create_tag_link(self: &Arc<Self>, repo: &str, name: &str, target: &str) -> FsResult<()> {
         if !is_valid_tag(name) && !node::is_temp_name(name) {
-            return Err(FsError::new(libc::EINVAL, format!("{name:?} is not a valid tag")));
+            return Err(FsError::new(Cause::Invalid, format!("{name:?} is not a valid tag")));
         }
         let digest = parse_tag_target(target).ok_or_else(|| {
             FsError::new(
-                libc::EINVAL,
+                Cause::Invalid,
                 format!("tag link target {target:?} is not ../_manifests/sha256:<hex>"),
             )
         })?;
@@ -515,7 +515,7 @@ impl Core {
     pub(crate) async fn rename_tag_link(&self, repo: &str, from: &str, to: &str) -> Option<FsResult<()>> {
         let digest = self.staging().take_link(repo, from, None)?;
         if !is_valid_tag(to) {
-            return Some(Err(FsError::new(libc::EINVAL, format!("{to:?} is not a valid tag"))));
+            return Some(Err(FsError::new(Cause::Invalid, format!("{to:?} is not a valid tag"))));
         }
         Some(self.view.push_tag(repo, to, digest).await)
     }
@@ -526,7 +526,7 @@ impl Core {
 }
 
 fn eperm(msg: impl Into<String>) -> FsError {
-    FsError::new(libc::EPERM, msg)
+    FsError::new(Cause::NotPermitted, msg)
 }
 
 impl Core {
@@ -575,7 +575,7 @@ impl Core {
         let parent = self.node(parent)?;
         let child = parent.child(name).ok_or_else(|| {
             FsError::new(
-                libc::EINVAL,
+                Cause::Invalid,
                 format!("{name:?} is not a valid name in {}", parent.path()),
             )
         })?;
@@ -591,7 +591,7 @@ impl Core {
             // until a push makes it real.
             (Node::Root | Node::Dir(_), Node::Dir(path)) => {
                 if v.dir_exists(path).await.unwrap_or(false) && v.dir_known(path).await? {
-                    return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
+                    return Err(FsError::new(Cause::Exists, format!("{} exists", child.path())));
                 }
                 v.overlay.create_repo(path);
                 Ok(child)
@@ -608,7 +608,7 @@ impl Core {
             // The restore path: mkdir _manifests/sha256:<hex>, then write manifest.json.
             (Node::ManifestsDir(r), Node::ManifestDir(_, d)) => {
                 if v.manifest_known(r, *d).await.is_ok() {
-                    return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
+                    return Err(FsError::new(Cause::Exists, format!("{} exists", child.path())));
                 }
                 v.overlay.add_pending_dir(r, *d);
                 Ok(child)
@@ -646,7 +646,7 @@ impl Core {
                     Ok(())
                 } else {
                     Err(FsError::new(
-                        libc::ENOENT,
+                        Cause::NotFound,
                         format!("{}/{name} does not exist", parent.path()),
                     ))
                 }
@@ -654,7 +654,7 @@ impl Core {
             Node::ManifestsDir(r) if dir => {
                 let d: Digest = name
                     .parse()
-                    .map_err(|_| FsError::new(libc::ENOENT, format!("no {name:?}")))?;
+                    .map_err(|_| FsError::new(Cause::NotFound, format!("no {name:?}")))?;
                 if v.overlay.remove_pending_dir(r, d) {
                     return Ok(());
                 }
@@ -715,13 +715,13 @@ impl Core {
 
     pub(crate) async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> FsResult<()> {
         if parent != newparent {
-            return Err(FsError::new(libc::EXDEV, "renames only within one directory"));
+            return Err(FsError::new(Cause::CrossDirectory, "renames only within one directory"));
         }
         let parent = self.node(parent)?;
         if let Some(id) = self.staging().find(&parent, name) {
             if !node::is_temp_name(newname) && commit_kind(&parent, newname).is_none() {
                 return Err(FsError::new(
-                    libc::EINVAL,
+                    Cause::Invalid,
                     format!("{newname:?} is not a valid name in {}", parent.path()),
                 ));
             }
@@ -756,7 +756,7 @@ impl Core {
         };
         if name != d.to_string() {
             return Err(FsError::new(
-                libc::EINVAL,
+                Cause::Invalid,
                 format!("the link must keep the blob's name {d}"),
             ));
         }
@@ -765,7 +765,7 @@ impl Core {
         let already = v.is_present(to, d) || v.client.has_blob(to, d).await?;
         if !already && !v.client.mount_blob(to, d, from).await? {
             return Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!("the registry refused to mount {d} from {from} into {to}"),
             ));
         }
@@ -783,7 +783,7 @@ impl Core {
     async fn restore_oci_index(&self, repo: &str, bytes: &[u8]) -> FsResult<()> {
         let index = crate::oci::Manifest::parse(bytes, Some(crate::oci::OCI_INDEX));
         if index.kind != crate::oci::ManifestKind::Index {
-            return Err(FsError::new(libc::EINVAL, "index.json is not an OCI index"));
+            return Err(FsError::new(Cause::Invalid, "index.json is not an OCI index"));
         }
         for entry in &index.manifests {
             let Some(digest) = entry.digest() else { continue };
@@ -798,7 +798,7 @@ impl Core {
             let tag = tag.rsplit(':').next().unwrap_or(tag);
             if !is_valid_tag(tag) {
                 return Err(FsError::new(
-                    libc::EINVAL,
+                    Cause::Invalid,
                     format!("index.json: {tag:?} is not a valid tag"),
                 ));
             }
@@ -837,26 +837,26 @@ mod tests {
         assert!(check_create(&Node::BlobsDir(repo.clone()), &d.to_string()).is_ok());
         assert!(check_create(&Node::BlobsDir(repo.clone()), ".sha256:abc.XyZ123").is_ok());
         assert_eq!(
-            check_create(&Node::BlobsDir(repo.clone()), "foo").unwrap_err().errno,
-            libc::EINVAL
+            check_create(&Node::BlobsDir(repo.clone()), "foo").unwrap_err().cause,
+            Cause::Invalid
         );
         assert!(check_create(&Node::TagsDir(repo.clone()), "v1.0").is_ok());
         assert_eq!(
-            check_create(&Node::TagsDir(repo.clone()), "-bad").unwrap_err().errno,
-            libc::EINVAL
+            check_create(&Node::TagsDir(repo.clone()), "-bad").unwrap_err().cause,
+            Cause::Invalid
         );
         assert!(check_create(&Node::ManifestDir(repo.clone(), d), "manifest.json").is_ok());
         assert_eq!(
             check_create(&Node::ManifestDir(repo.clone(), d), "other")
                 .unwrap_err()
-                .errno,
-            libc::EINVAL
+                .cause,
+            Cause::Invalid
         );
         assert_eq!(
-            check_create(&Node::Dir(repo.clone()), "x").unwrap_err().errno,
-            libc::EPERM
+            check_create(&Node::Dir(repo.clone()), "x").unwrap_err().cause,
+            Cause::NotPermitted
         );
-        assert_eq!(check_create(&Node::Root, "x").unwrap_err().errno, libc::EPERM);
+        assert_eq!(check_create(&Node::Root, "x").unwrap_err().cause, Cause::NotPermitted);
     }
 
     #[test]
