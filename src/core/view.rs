@@ -24,8 +24,11 @@ const NAME_MISS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1)
 const FETCH_CONCURRENCY: usize = 8;
 /// Tag resolution (`ls -l _tags`: one manifest HEAD per tag) is latency-bound:
 /// a far registry (tens of ms away) needs many requests in flight to be fast,
-/// while each costs the registry little. Pooled connections are kept for reuse.
-pub const TAG_CONCURRENCY: usize = 32;
+/// while each costs the registry little (about 1 ms of its CPU). Measured
+/// through a 40 ms proxy, 1000 tags: 32 in flight 1.75 s, 64 in flight 1.15 s
+/// (then the registry's CPU is the limit). The client's pool keeps that many
+/// idle connections per host, so a second listing reuses them.
+pub const TAG_CONCURRENCY: usize = 64;
 /// Names of `_catalog` asked per page when looking for one path.
 const SCAN_PAGE: usize = 100;
 /// Pages of a scan for one path before reading the whole catalog instead.
