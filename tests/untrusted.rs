@@ -559,6 +559,11 @@ fn tag_resolution_in_the_background_stops_when_nobody_looks() {
     proxy.set_delay_ms(500);
     let m = Mount::start(&proxy.url());
     assert_eq!(list_dir(&m.join("many/tags/_tags")).unwrap().len(), 600);
+    // A look at one link (as `ls -l` does right after the listing) starts it.
+    assert!(fs::symlink_metadata(m.join("many/tags/_tags/t1"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let heads = || {
         proxy
             .requests()

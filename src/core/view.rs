@@ -92,6 +92,9 @@ pub struct View {
     pub registry_host: String,
     /// When each repository's tags were last looked at (see `TAG_INTEREST_WINDOW`).
     tag_interest: Mutex<lru::LruCache<String, std::time::Instant>>,
+    /// Repositories whose `_tags` was just listed, waiting for a look at one
+    /// of its links before their tags are resolved (see `prefetch_after_a_look`).
+    tag_looks: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Layer indexes and trees of image contents (`rootfs/`, `_layers/`).
     pub contents: super::contents::ContentsState,
 }
@@ -138,6 +141,7 @@ impl View {
             oci_content: TtlCache::new(ttl),
             registry_host,
             tag_interest: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(1024).unwrap())),
+            tag_looks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -435,6 +439,42 @@ impl View {
             .lock()
             .unwrap()
             .put(repo.to_string(), std::time::Instant::now());
+    }
+
+    /// A tag link of `repo` was looked up or read: if its `_tags` was just
+    /// listed, that listing's background resolution starts now.
+    pub fn note_tag_look(&self, repo: &str) {
+        if let Some(n) = self.tag_looks.lock().unwrap().remove(repo) {
+            // A permit is kept when the waiter has not started waiting yet.
+            n.notify_one();
+        }
+    }
+
+    /// The `look` that `prefetch_after_a_look` waits for, registered before
+    /// the listing is answered so that a look right after it is never missed.
+    pub fn expect_tag_look(&self, repo: &str) -> Arc<tokio::sync::Notify> {
+        let look = Arc::new(tokio::sync::Notify::new());
+        self.tag_looks.lock().unwrap().insert(repo.to_string(), look.clone());
+        look
+    }
+
+    /// After a listing of `_tags`: resolve its tags in the background once a
+    /// link of it is looked at (`ls -l` stats the first entry right after the
+    /// listing; a plain `ls` or a walk of names never does, and then no
+    /// manifest request is made). Gives up after `TAG_INTEREST_WINDOW`
+    /// without a look.
+    pub async fn prefetch_after_a_look(&self, repo: &str, tags: &[String], look: Arc<tokio::sync::Notify>) {
+        if tokio::time::timeout(TAG_INTEREST_WINDOW, look.notified())
+            .await
+            .is_err()
+        {
+            let mut looks = self.tag_looks.lock().unwrap();
+            if looks.get(repo).is_some_and(|n| Arc::ptr_eq(n, &look)) {
+                looks.remove(repo);
+            }
+            return;
+        }
+        self.prefetch_tag_digests(repo, tags).await;
     }
 
     fn tags_still_wanted(&self, repo: &str) -> bool {
