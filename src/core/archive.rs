@@ -60,18 +60,37 @@ impl From<TarError> for FsError {
     }
 }
 
+/// One digest of a layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutEntry {
+    pub size: u64,
+    /// A manifest (served from the manifest cache), else a blob.
+    pub is_manifest: bool,
+}
+
+/// Every digest of a layout, sorted.
+pub type LayoutContent = BTreeMap<Digest, LayoutEntry>;
+
 /// Everything a set of manifests references: the manifests themselves and
 /// their blobs, by digest (sorted), with sizes and whether each is a manifest.
-fn content(manifests: &[Arc<CachedManifest>]) -> BTreeMap<Digest, (u64, bool)> {
+fn content(manifests: &[Arc<CachedManifest>]) -> LayoutContent {
+    let blob = |size| LayoutEntry {
+        size,
+        is_manifest: false,
+    };
     let mut out = BTreeMap::new();
     for m in manifests {
-        out.insert(m.digest, (m.bytes.len() as u64, true));
+        let size = m.bytes.len() as u64;
+        out.insert(
+            m.digest,
+            LayoutEntry {
+                size,
+                is_manifest: true,
+            },
+        );
     }
     for m in manifests {
-        let blob_children = oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
-            oci::ChildTarget::Blob(d) => Some(d),
-            oci::ChildTarget::Manifest(_) => None,
-        });
+        let blob_children = oci::child_blobs(&m.parsed);
         let sizes: HashMap<Digest, u64> = m
             .parsed
             .manifests
@@ -79,12 +98,12 @@ fn content(manifests: &[Arc<CachedManifest>]) -> BTreeMap<Digest, (u64, bool)> {
             .filter_map(|d| Some((d.digest()?, d.size)))
             .collect();
         for d in blob_children {
-            out.entry(d).or_insert((sizes.get(&d).copied().unwrap_or(0), false));
+            out.entry(d).or_insert(blob(sizes.get(&d).copied().unwrap_or(0)));
         }
         // Foreign layers are left out, as OCI layouts allow (never fetched).
         for desc in m.parsed.blobs().filter(|d| !d.is_foreign()) {
             if let Some(d) = desc.digest() {
-                out.entry(d).or_insert((desc.size, false));
+                out.entry(d).or_insert(blob(desc.size));
             }
         }
     }
@@ -156,7 +175,7 @@ impl View {
 
     /// `_oci/blobs/sha256/`: every manifest and blob reachable from the tags
     /// (cached for the metadata TTL, like the tags it follows from).
-    pub async fn oci_blobs(&self, repo: &str) -> FsResult<Arc<super::view::LayoutContent>> {
+    pub async fn oci_blobs(&self, repo: &str) -> FsResult<Arc<LayoutContent>> {
         self.oci_content
             .get_or_fetch(repo.to_string(), || async {
                 Ok(Arc::new(content(&self.reachable_manifests(repo).await?)))
@@ -169,7 +188,7 @@ impl View {
     /// blobs too, and distribution answers 500 to a blob fetched as a manifest).
     pub async fn manifest_or_blob(&self, repo: &str, digest: Digest) -> FsResult<bool> {
         match self.oci_blobs(repo).await?.get(&digest) {
-            Some((_, is_manifest)) => Ok(*is_manifest),
+            Some(e) => Ok(e.is_manifest),
             None => Err(FsError::new(
                 Cause::NotFound,
                 format!("{digest} is not reachable from the tags of {repo}"),
@@ -190,13 +209,13 @@ impl View {
             .ok_or_else(|| FsError::new(Cause::NotFound, format!("{repo}:{tag}: manifest {digest} is missing")))?;
         let mut members: Vec<Member<Source>> = content(&all)
             .into_iter()
-            .map(|(d, (size, is_manifest))| {
-                let src = if is_manifest {
+            .map(|(d, e)| {
+                let src = if e.is_manifest {
                     Source::Manifest(d)
                 } else {
-                    Source::Blob(d, size)
+                    Source::Blob(d, e.size)
                 };
-                Member::external(blob_path(&d), size, src)
+                Member::external(blob_path(&d), e.size, src)
             })
             .collect();
         let full_name = format!("{}/{repo}:{tag}", self.registry_host);

@@ -120,10 +120,31 @@ mod tests {
     #[test]
     fn renamed_inode_follows_the_new_name() {
         let t = Inodes::new();
-        let tmp = Node::Tag("a".into(), "CuXyZ".into());
+        let tmp = Node::Tag {
+            repo: "a".into(),
+            tag: "CuXyZ".into(),
+        };
         let ino = t.ino(&tmp);
-        t.rename(&tmp, Node::Tag("a".into(), "v1".into()));
-        assert_eq!(t.get(ino), Some(Node::Tag("a".into(), "v1".into())));
-        assert_eq!(t.ino(&Node::Tag("a".into(), "v1".into())), ino);
+        t.rename(
+            &tmp,
+            Node::Tag {
+                repo: "a".into(),
+                tag: "v1".into(),
+            },
+        );
+        assert_eq!(
+            t.get(ino),
+            Some(Node::Tag {
+                repo: "a".into(),
+                tag: "v1".into()
+            })
+        );
+        assert_eq!(
+            t.ino(&Node::Tag {
+                repo: "a".into(),
+                tag: "v1".into()
+            }),
+            ino
+        );
     }
 }

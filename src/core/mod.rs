@@ -33,7 +33,7 @@ use bytes::Bytes;
 use crate::error::{Cause, Failed, FsError, FsResult};
 use crate::store::{BlobFile, ReadState};
 use inodes::Inodes;
-use node::{Kind, Node, StatusFile};
+use node::{FileType, Node, StatusFile};
 use view::View;
 
 /// Kernel TTL for content-addressed entries: they never change.
@@ -183,16 +183,16 @@ impl Core {
         // Directories that take writes say so (the kernel checks modes: the
         // mount uses default_permissions); content is never writable in place.
         let writable = !self.opts.read_only;
-        let (kind, perm, nlink) = match node.kind() {
-            Kind::Directory if writable => (FileKind::Directory, 0o755, 2),
-            Kind::Directory => (FileKind::Directory, 0o555, 2),
-            Kind::File if writable && matches!(node, Node::Staged(_)) => (FileKind::RegularFile, 0o644, 1),
+        let (kind, perm, nlink) = match node.file_type() {
+            FileType::Directory if writable => (FileKind::Directory, 0o755, 2),
+            FileType::Directory => (FileKind::Directory, 0o555, 2),
+            FileType::File if writable && matches!(node, Node::Staged(_)) => (FileKind::RegularFile, 0o644, 1),
             // Content-addressed files are reachable at least twice (`_blobs/…` or
             // `manifest.json`, and `_oci/blobs/sha256/…`) under one inode: saying
             // so lets `rsync -H` and `cp -a` keep one copy.
-            Kind::File if node.digest_identity().is_some() => (FileKind::RegularFile, 0o444, 2),
-            Kind::File => (FileKind::RegularFile, 0o444, 1),
-            Kind::Symlink => (FileKind::Symlink, 0o777, 1),
+            FileType::File if node.digest_identity().is_some() => (FileKind::RegularFile, 0o444, 2),
+            FileType::File => (FileKind::RegularFile, 0o444, 1),
+            FileType::Symlink => (FileKind::Symlink, 0o777, 1),
         };
         Attr {
             ino: self.inodes.ino(node),
@@ -251,7 +251,7 @@ impl Core {
                 Caching::Default,
             ),
             Node::OciIndex(r) => (Handle::Bytes(v.oci_index(r).await?), Caching::Direct),
-            Node::ExportTar(r, t) => (Handle::Export(v.export(r, t).await?), Caching::Default),
+            Node::ExportTar { repo, tag } => (Handle::Export(v.export(repo, tag).await?), Caching::Default),
             Node::Staged(id) => (Handle::StagedRead(*id), Caching::Direct),
             Node::ContentsEntry(..) => (
                 Handle::Contents(Arc::new(self.contents_open(node).await?)),
@@ -259,7 +259,7 @@ impl Core {
             ),
             // Status text changes between reads: no page cache, sizes from the snapshot.
             Node::Status(f) => (Handle::Bytes(Bytes::from(self.status_text(*f))), Caching::Direct),
-            n if n.kind() == Kind::Directory => {
+            n if n.file_type() == FileType::Directory => {
                 return Err(FsError::new(
                     Cause::IsADirectory,
                     format!("{} is a directory", n.path()),

@@ -96,7 +96,11 @@ pub enum Node {
     /// A repository path: a namespace, a repository, or both.
     Dir(String),
     TagsDir(String),
-    Tag(String, String),
+    /// `_tags/<tag>`: a link to the manifest the tag points at.
+    Tag {
+        repo: String,
+        tag: String,
+    },
     ManifestsDir(String),
     ManifestDir(String, Digest),
     ManifestFile(String, Digest),
@@ -114,7 +118,10 @@ pub enum Node {
     Blob(String, Digest),
     UploadsDir(String),
     /// `_uploads/<name>` after its push: a link to the blob.
-    Upload(String, String),
+    Upload {
+        repo: String,
+        name: String,
+    },
     /// A file being written (see write.rs); the number is its staging id.
     Staged(u64),
     OciDir(String),
@@ -127,7 +134,10 @@ pub enum Node {
     OciBlob(String, Digest),
     ExportDir(String),
     /// `_export/<tag>.tar`: the tag as a tar made on the fly.
-    ExportTar(String, String),
+    ExportTar {
+        repo: String,
+        tag: String,
+    },
     /// `rootfs` of a manifest directory: an image's tree (resolved to its
     /// `ContentsDir` root), or for an index a link to this platform's child.
     Rootfs(String, Digest),
@@ -139,8 +149,9 @@ pub enum Node {
     ContentsEntry(String, Digest, u32, crate::contents::Kind),
 }
 
+/// What a node is to stat: a directory, a regular file or a symlink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub enum FileType {
     Directory,
     File,
     Symlink,
@@ -164,7 +175,10 @@ impl Node {
                 n if is_valid_component(n) && repo.len() + 1 + n.len() <= 255 => Some(Node::Dir(format!("{repo}/{n}"))),
                 _ => None,
             },
-            Node::TagsDir(repo) => is_valid_tag(name).then(|| Node::Tag(repo.clone(), name.to_string())),
+            Node::TagsDir(repo) => is_valid_tag(name).then(|| Node::Tag {
+                repo: repo.clone(),
+                tag: name.to_string(),
+            }),
             Node::ManifestsDir(repo) => name.parse().ok().map(|d| Node::ManifestDir(repo.clone(), d)),
             Node::ManifestDir(repo, d) => {
                 let (r, d) = (repo.clone(), *d);
@@ -183,7 +197,10 @@ impl Node {
                 Some(Node::Layer(repo.clone(), *d, name.to_string()))
             }
             Node::ChildrenDir(repo, d) => Some(Node::Child(repo.clone(), *d, name.to_string())),
-            Node::UploadsDir(repo) if is_file_name(name) => Some(Node::Upload(repo.clone(), name.to_string())),
+            Node::UploadsDir(repo) if is_file_name(name) => Some(Node::Upload {
+                repo: repo.clone(),
+                name: name.to_string(),
+            }),
             Node::OciDir(repo) => match name {
                 OCI_LAYOUT => Some(Node::OciLayout(repo.clone())),
                 OCI_INDEX_JSON => Some(Node::OciIndex(repo.clone())),
@@ -192,10 +209,14 @@ impl Node {
             },
             Node::OciBlobsDir(repo) if name == OCI_ALG => Some(Node::OciAlgDir(repo.clone())),
             Node::OciAlgDir(repo) => Digest::from_hex(name).map(|d| Node::OciBlob(repo.clone(), d)),
-            Node::ExportDir(repo) => name
-                .strip_suffix(TAR_SUFFIX)
-                .filter(|t| is_valid_tag(t))
-                .map(|t| Node::ExportTar(repo.clone(), t.to_string())),
+            Node::ExportDir(repo) => {
+                name.strip_suffix(TAR_SUFFIX)
+                    .filter(|t| is_valid_tag(t))
+                    .map(|t| Node::ExportTar {
+                        repo: repo.clone(),
+                        tag: t.to_string(),
+                    })
+            }
             Node::ReferrersDir(repo, d) => Some(Node::Referrer(repo.clone(), *d, name.to_string())),
             Node::BlobsDir(repo) => name.parse().ok().map(|d| Node::Blob(repo.clone(), d)),
             Node::LayerTreesDir(repo) => name
@@ -206,7 +227,23 @@ impl Node {
         }
     }
 
-    pub fn kind(&self) -> Kind {
+    /// The links regfs makes between registry entries (tags, a manifest's
+    /// config, layers, children, subject and referrers, pushed uploads): their
+    /// targets are computed by `Core::link_target`.
+    pub fn is_registry_link(&self) -> bool {
+        matches!(
+            self,
+            Node::Tag { .. }
+                | Node::Config(..)
+                | Node::Layer(..)
+                | Node::Child(..)
+                | Node::Subject(..)
+                | Node::Referrer(..)
+                | Node::Upload { .. }
+        )
+    }
+
+    pub fn file_type(&self) -> FileType {
         match self {
             Node::Status(_)
             | Node::ManifestFile(..)
@@ -215,17 +252,11 @@ impl Node {
             | Node::OciLayout(_)
             | Node::OciIndex(_)
             | Node::OciBlob(..)
-            | Node::ExportTar(..) => Kind::File,
-            Node::Tag(..)
-            | Node::Config(..)
-            | Node::Layer(..)
-            | Node::Child(..)
-            | Node::Subject(..)
-            | Node::Referrer(..)
-            | Node::Upload(..) => Kind::Symlink,
-            Node::ContentsEntry(.., crate::contents::Kind::Symlink) => Kind::Symlink,
-            Node::ContentsEntry(..) => Kind::File,
-            _ => Kind::Directory,
+            | Node::ExportTar { .. } => FileType::File,
+            n if n.is_registry_link() => FileType::Symlink,
+            Node::ContentsEntry(.., crate::contents::Kind::Symlink) => FileType::Symlink,
+            Node::ContentsEntry(..) => FileType::File,
+            _ => FileType::Directory,
         }
     }
 
@@ -237,7 +268,7 @@ impl Node {
             Node::Status(f) => format!("/{STATUS_DIR}/{}", f.name()),
             Node::Dir(r) => format!("/{r}"),
             Node::TagsDir(r) => format!("/{r}/{TAGS}"),
-            Node::Tag(r, t) => format!("/{r}/{TAGS}/{t}"),
+            Node::Tag { repo, tag } => format!("/{repo}/{TAGS}/{tag}"),
             Node::ManifestsDir(r) => format!("/{r}/{MANIFESTS}"),
             Node::ManifestDir(r, d) => format!("/{r}/{MANIFESTS}/{d}"),
             Node::ManifestFile(r, d) => format!("/{r}/{MANIFESTS}/{d}/{MANIFEST_JSON}"),
@@ -251,7 +282,7 @@ impl Node {
             Node::Referrer(r, d, n) => format!("/{r}/{MANIFESTS}/{d}/{REFERRERS}/{n}"),
             Node::BlobsDir(r) => format!("/{r}/{BLOBS}"),
             Node::UploadsDir(r) => format!("/{r}/{UPLOADS}"),
-            Node::Upload(r, n) => format!("/{r}/{UPLOADS}/{n}"),
+            Node::Upload { repo, name } => format!("/{repo}/{UPLOADS}/{name}"),
             Node::Staged(id) => format!("(file being written #{id})"),
             Node::OciDir(r) => format!("/{r}/{OCI}"),
             Node::OciLayout(r) => format!("/{r}/{OCI}/{OCI_LAYOUT}"),
@@ -260,7 +291,7 @@ impl Node {
             Node::OciAlgDir(r) => format!("/{r}/{OCI}/{OCI_BLOBS}/{OCI_ALG}"),
             Node::OciBlob(r, d) => format!("/{r}/{OCI}/{OCI_BLOBS}/{OCI_ALG}/{}", d.hex()),
             Node::ExportDir(r) => format!("/{r}/{EXPORT}"),
-            Node::ExportTar(r, t) => format!("/{r}/{EXPORT}/{t}{TAR_SUFFIX}"),
+            Node::ExportTar { repo, tag } => format!("/{repo}/{EXPORT}/{tag}{TAR_SUFFIX}"),
             Node::Blob(r, d) => format!("/{r}/{BLOBS}/{d}"),
             Node::Rootfs(r, d) => format!("/{r}/{MANIFESTS}/{d}/{ROOTFS}"),
             Node::LayerTreesDir(r) => format!("/{r}/{LAYER_TREES}"),
@@ -402,10 +433,10 @@ mod tests {
         );
         assert_eq!(layers.child("x3"), None);
         assert_eq!(
-            m.child("manifests").unwrap().child("linux-amd64").unwrap().kind(),
-            Kind::Symlink
+            m.child("manifests").unwrap().child("linux-amd64").unwrap().file_type(),
+            FileType::Symlink
         );
-        assert_eq!(m.child("config.json").unwrap().kind(), Kind::Symlink);
+        assert_eq!(m.child("config.json").unwrap().file_type(), FileType::Symlink);
         assert_eq!(m.child("other"), None);
     }
 

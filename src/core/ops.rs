@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 
 use super::attr::{Attr, Caching, Entry, FileKind, Listed};
-use super::node::{Kind, Node};
+use super::node::{FileType, Node};
 use super::{contents, write, Core, Handle, STABLE_MTIME};
 use crate::error::{Cause, Failed, FsError, OpResult};
 
@@ -34,11 +34,11 @@ const EROFS: Failed = Failed(Cause::ReadOnly.errno());
 const EBADF: Failed = Failed(Cause::BadHandle.errno());
 const ENOENT: Failed = Failed(Cause::NotFound.errno());
 
-fn kind_of(k: Kind) -> FileKind {
+fn kind_of(k: FileType) -> FileKind {
     match k {
-        Kind::Directory => FileKind::Directory,
-        Kind::File => FileKind::RegularFile,
-        Kind::Symlink => FileKind::Symlink,
+        FileType::Directory => FileKind::Directory,
+        FileType::File => FileKind::RegularFile,
+        FileType::Symlink => FileKind::Symlink,
     }
 }
 
@@ -261,7 +261,7 @@ impl Core {
             Some(Some(t)) if t == STABLE_MTIME => None,
             other => other,
         };
-        if new_mtime.is_some() && node.kind() == Kind::File && !matches!(node, Node::Staged(_)) {
+        if new_mtime.is_some() && node.file_type() == FileType::File && !matches!(node, Node::Staged(_)) {
             let e = FsError::new(Cause::NotPermitted, "read-only file: its time cannot change");
             return Err(self.fail("setattr", Some(&node), &e));
         }
@@ -378,7 +378,7 @@ impl Core {
         ];
         entries.extend(children.into_iter().map(|(name, child)| Listed {
             ino: self.inodes.ino(&child),
-            kind: contents::special_file_type(&child).unwrap_or(kind_of(child.kind())),
+            kind: contents::special_file_type(&child).unwrap_or(kind_of(child.file_type())),
             name,
         }));
         // `ls -l _tags` reads every link: once it looks at the first one,

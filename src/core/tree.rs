@@ -16,11 +16,11 @@ impl Core {
             return Ok(attr);
         }
         let v = &self.view;
-        if let Node::Tag(r, _) | Node::TagsDir(r) = node {
+        if let Node::Tag { repo: r, .. } | Node::TagsDir(r) = node {
             v.note_tag_interest(r);
         }
-        if let Node::Tag(r, _) = node {
-            v.note_tag_look(r);
+        if let Node::Tag { repo, .. } = node {
+            v.note_tag_look(repo);
         }
         let size = match node {
             Node::Root | Node::StatusDir => 0,
@@ -77,23 +77,16 @@ impl Core {
             Node::Blob(r, d) => v.blob_size(r, *d).await?,
             Node::OciLayout(_) => super::archive::OCI_LAYOUT_BYTES.len() as u64,
             Node::OciIndex(r) => v.oci_index(r).await?.len() as u64,
-            Node::ExportTar(r, t) => v.export(r, t).await?.layout.size(),
+            Node::ExportTar { repo, tag } => v.export(repo, tag).await?.layout.size(),
             // Resolved to ManifestFile or Blob by `resolve` before use.
             Node::OciBlob(r, d) => {
                 return Box::pin(self.attr(&self.resolve(Node::OciBlob(r.clone(), *d)).await?)).await
             }
             // A symlink's size is the length of its target.
-            Node::Tag(..)
-            | Node::Config(..)
-            | Node::Layer(..)
-            | Node::Child(..)
-            | Node::Subject(..)
-            | Node::Referrer(..)
-            | Node::Upload(..) => self.link_target(node).await?.len() as u64,
-            // Answered by contents_attr above.
-            Node::Rootfs(..) | Node::LayerTreesDir(..) | Node::ContentsDir(..) | Node::ContentsEntry(..) => {
-                unreachable!("contents nodes have their own attributes")
-            }
+            n if n.is_registry_link() => self.link_target(n).await?.len() as u64,
+            // Contents nodes are answered by contents_attr above; the other
+            // variants left are the registry links of the arm before.
+            n => unreachable!("{} has its own attributes", n.path()),
         };
         Ok(self.make_attr(node, size))
     }
@@ -107,16 +100,16 @@ impl Core {
         if super::write::pending_manifest_dir(v, node) {
             return self.staging().ghost_target(node).ok_or_else(|| not_found(node));
         }
-        if let Node::Tag(r, _) = node {
+        if let Node::Tag { repo: r, .. } = node {
             v.note_tag_interest(r);
             v.note_tag_look(r);
         }
         let target = match node {
-            Node::Tag(r, t) => match self.staging().pending_link(r, t) {
+            Node::Tag { repo: r, tag: t } => match self.staging().pending_link(r, t) {
                 Some(d) => Some(node::tag_target(&d)),
                 None => Some(node::tag_target(&v.tag_digest(r, t).await?)),
             },
-            Node::Upload(r, n) => self.staging().upload_target(r, n).map(|t| match t {
+            Node::Upload { repo: r, name: n } => self.staging().upload_target(r, n).map(|t| match t {
                 super::write::UploadTarget::Blob(d) => node::blob_target(1, &d),
                 super::write::UploadTarget::Manifest(d) => node::manifest_target(1, &d),
             }),
@@ -208,8 +201,8 @@ impl Core {
                 let mut out: Vec<(String, Node)> = self
                     .existing_or_new(v.oci_blobs(r).await)?
                     .iter()
-                    .map(|(&d, &(_, is_manifest))| {
-                        let n = if is_manifest {
+                    .map(|(&d, e)| {
+                        let n = if e.is_manifest {
                             Node::ManifestFile(r.clone(), d)
                         } else {
                             Node::Blob(r.clone(), d)

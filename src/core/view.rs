@@ -42,8 +42,6 @@ const TAG_INTEREST_WINDOW: std::time::Duration = std::time::Duration::from_secs(
 
 /// Names in a directory and the digests they point at.
 pub type NamedDigests = Vec<(String, Digest)>;
-/// Every digest of a layout: its size, and whether it is a manifest.
-pub type LayoutContent = std::collections::BTreeMap<Digest, (u64, bool)>;
 
 pub struct View {
     pub client: Arc<dyn Registry>,
@@ -75,7 +73,7 @@ pub struct View {
     /// Foreign layers seen in manifests, with their download URLs.
     foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
-    pub(crate) oci_content: TtlCache<String, Arc<LayoutContent>>,
+    pub(crate) oci_content: TtlCache<String, Arc<super::archive::LayoutContent>>,
     /// Export tars laid out so far.
     pub(super) exports: super::archive::Exports,
     /// `host[:port]`, for `RepoTags` in exported Docker archives.
@@ -536,11 +534,7 @@ impl View {
     pub(crate) fn note_blob_sizes(&self, repo: &str, m: &CachedManifest) {
         let mut present = self.present.lock().unwrap();
         let mut types = self.media_types.lock().unwrap();
-        let blob_children = oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
-            oci::ChildTarget::Blob(d) => Some(d),
-            oci::ChildTarget::Manifest(_) => None,
-        });
-        let blob_children: HashSet<Digest> = blob_children.collect();
+        let blob_children: HashSet<Digest> = oci::child_blobs(&m.parsed).into_iter().collect();
         let descriptors = m.parsed.blobs().chain(
             m.parsed
                 .manifests
@@ -727,10 +721,7 @@ impl View {
                     Ok(m) => {
                         if m.parsed.kind == ManifestKind::Index {
                             // Only manifest entries: a buildx cache index lists blobs too.
-                            frontier.extend(oci::child_names(&m.parsed).into_iter().filter_map(|(_, t)| match t {
-                                oci::ChildTarget::Manifest(d) => Some(d),
-                                oci::ChildTarget::Blob(_) => None,
-                            }));
+                            frontier.extend(oci::child_manifests(&m.parsed));
                         }
                         out.push(m);
                     }

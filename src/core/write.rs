@@ -702,7 +702,7 @@ impl Core {
             // rsync recreating the derived links of a manifest directory:
             // they follow from manifest.json, nothing to do.
             Node::ManifestDir(..) | Node::LayersDir(..) | Node::ChildrenDir(..) | Node::ReferrersDir(..)
-                if child.kind() == node::Kind::Symlink =>
+                if child.file_type() == node::FileType::Symlink =>
             {
                 if pending_manifest_dir(&self.view, &child) {
                     self.staging().add_ghost(&child, target);
@@ -737,8 +737,14 @@ impl Core {
             if let Some(result) = self.rename_tag_link(r, name, newname).await {
                 if result.is_ok() {
                     self.inodes.rename(
-                        &Node::Tag(r.clone(), name.to_string()),
-                        Node::Tag(r.clone(), newname.to_string()),
+                        &Node::Tag {
+                            repo: r.clone(),
+                            tag: name.to_string(),
+                        },
+                        Node::Tag {
+                            repo: r.clone(),
+                            tag: newname.to_string(),
+                        },
                     );
                 }
                 return result;

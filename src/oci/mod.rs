@@ -275,6 +275,28 @@ pub enum ChildTarget {
     Blob(Digest),
 }
 
+/// The index entries of `index` that lead to blobs (buildx cache indexes list layers).
+pub fn child_blobs(index: &Manifest) -> Vec<Digest> {
+    let children = child_names(index).into_iter();
+    children
+        .filter_map(|(_, t)| match t {
+            ChildTarget::Blob(d) => Some(d),
+            ChildTarget::Manifest(_) => None,
+        })
+        .collect()
+}
+
+/// The index entries of `index` that lead to manifests.
+pub fn child_manifests(index: &Manifest) -> Vec<Digest> {
+    let children = child_names(index).into_iter();
+    children
+        .filter_map(|(_, t)| match t {
+            ChildTarget::Manifest(d) => Some(d),
+            ChildTarget::Blob(_) => None,
+        })
+        .collect()
+}
+
 /// Annotation buildx puts on attestation manifests, and the digest they describe.
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 const REFERENCE_DIGEST: &str = "vnd.docker.reference.digest";

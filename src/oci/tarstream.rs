@@ -35,8 +35,6 @@
 //!   of any whole number of blocks. The total size is therefore
 //!   `Σ (512 + round_up_512(member size)) + 1024`.
 
-#![allow(dead_code)]
-
 use std::collections::HashSet;
 use std::future::Future;
 
@@ -139,7 +137,7 @@ impl<S> Piece<S> {
 }
 
 #[derive(Clone, Debug)]
-enum Kind<S> {
+enum Body<S> {
     Dir,
     File { size: u64, data: MemberData<S> },
 }
@@ -151,14 +149,14 @@ struct Entry<S> {
     /// Length of the ustar `prefix` part of `name` (0: no prefix); the `/` at
     /// `name[split]` is the separator and is not stored.
     split: usize,
-    kind: Kind<S>,
+    body: Body<S>,
 }
 
 impl<S> Entry<S> {
     fn size(&self) -> u64 {
-        match &self.kind {
-            Kind::Dir => 0,
-            Kind::File { size, .. } => *size,
+        match &self.body {
+            Body::Dir => 0,
+            Body::File { size, .. } => *size,
         }
     }
 }
@@ -256,9 +254,9 @@ impl<S> Entry<S> {
             h[..rest.len()].copy_from_slice(rest);
             h[345..345 + self.split].copy_from_slice(&name[..self.split]);
         }
-        let (mode, typeflag) = match self.kind {
-            Kind::Dir => (0o755, b'5'),
-            Kind::File { .. } => (0o644, b'0'),
+        let (mode, typeflag) = match self.body {
+            Body::Dir => (0o755, b'5'),
+            Body::File { .. } => (0o644, b'0'),
         };
         put_octal(&mut h[100..108], mode); // mode
         put_octal(&mut h[108..116], 0); // uid
@@ -322,14 +320,14 @@ impl<S: Clone> TarLayout<S> {
                     entries.push(Entry {
                         split: split_name(&name)?,
                         name,
-                        kind: Kind::Dir,
+                        body: Body::Dir,
                     });
                 }
             }
             entries.push(Entry {
                 split: split_name(&m.path)?,
                 name: m.path.clone(),
-                kind: Kind::File {
+                body: Body::File {
                     size: m.size,
                     data: m.data,
                 },
@@ -390,12 +388,12 @@ impl<S: Clone> TarLayout<S> {
             if pos < end && pos < data_end {
                 let stop = end.min(data_end);
                 let (start, n) = (pos - data_start, stop - pos);
-                match &e.kind {
-                    Kind::File {
+                match &e.body {
+                    Body::File {
                         data: MemberData::Inline(b),
                         ..
                     } => out.push(Piece::Bytes(b.slice(start as usize..(start + n) as usize))),
-                    Kind::File {
+                    Body::File {
                         data: MemberData::External(s),
                         ..
                     } => out.push(Piece::Range {
@@ -403,7 +401,7 @@ impl<S: Clone> TarLayout<S> {
                         start,
                         len: n,
                     }),
-                    Kind::Dir => unreachable!("directories have no data"),
+                    Body::Dir => unreachable!("directories have no data"),
                 }
                 pos = stop;
             }

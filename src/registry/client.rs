@@ -60,7 +60,7 @@ enum Budget {
 
 /// Which counter a request bumps in `.regfs/stats`.
 #[derive(Clone, Copy, Debug)]
-pub enum Kind {
+pub enum RequestKind {
     Ping,
     Catalog,
     Tags,
@@ -242,7 +242,7 @@ impl Client {
                 Method::GET,
                 self.url("/v2/"),
                 "",
-                Kind::Ping,
+                RequestKind::Ping,
                 HeaderMap::new(),
                 Budget::Metadata,
             )
@@ -265,7 +265,7 @@ impl Client {
             repositories: Option<Vec<String>>,
         }
         let first = self.paged_url("/v2/_catalog");
-        self.paginate(first, "registry:catalog:*", Kind::Catalog, |body| {
+        self.paginate(first, "registry:catalog:*", RequestKind::Catalog, |body| {
             let p: Page =
                 serde_json::from_slice(body).map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
             Ok(p.repositories.unwrap_or_default())
@@ -298,7 +298,7 @@ impl Client {
                 Method::GET,
                 url.clone(),
                 "registry:catalog:*",
-                Kind::Catalog,
+                RequestKind::Catalog,
                 HeaderMap::new(),
                 MAX_PAGE_SIZE,
             )
@@ -317,7 +317,7 @@ impl Client {
         }
         let first = self.paged_url(&format!("/v2/{repo}/tags/list"));
         let mut tags = self
-            .paginate(first, &pull_scope(repo), Kind::Tags, |body| {
+            .paginate(first, &pull_scope(repo), RequestKind::Tags, |body| {
                 let p: Page =
                     serde_json::from_slice(body).map_err(|e| RegistryError::Invalid(format!("tag list JSON: {e}")))?;
                 Ok(p.tags.unwrap_or_default())
@@ -342,7 +342,7 @@ impl Client {
         &self,
         first: Url,
         scope: &str,
-        kind: Kind,
+        kind: RequestKind,
         parse: impl Fn(&[u8]) -> Result<Vec<String>>,
     ) -> Result<Vec<String>> {
         let mut out = Vec::new();
@@ -403,7 +403,7 @@ impl Client {
                 Method::GET,
                 url,
                 &pull_scope(repo),
-                Kind::ManifestGet,
+                RequestKind::ManifestGet,
                 Self::manifest_headers(),
                 MAX_MANIFEST_SIZE,
             )
@@ -457,7 +457,7 @@ impl Client {
                 Method::HEAD,
                 url,
                 &pull_scope(repo),
-                Kind::ManifestHead,
+                RequestKind::ManifestHead,
                 Self::manifest_headers(),
                 Budget::Metadata,
             )
@@ -482,7 +482,7 @@ impl Client {
                 Method::GET,
                 url,
                 &pull_scope(repo),
-                Kind::Referrers,
+                RequestKind::Referrers,
                 h,
                 MAX_MANIFEST_SIZE,
             )
@@ -509,7 +509,7 @@ impl Client {
                 Method::HEAD,
                 url,
                 &pull_scope(repo),
-                Kind::BlobHead,
+                RequestKind::BlobHead,
                 HeaderMap::new(),
                 Budget::Metadata,
             )
@@ -541,7 +541,7 @@ impl Client {
                 Method::GET,
                 url,
                 &pull_scope(repo),
-                Kind::BlobGet,
+                RequestKind::BlobGet,
                 h,
                 Budget::BlobOpen(stall.deadline()),
             )
@@ -574,7 +574,7 @@ impl Client {
         method: Method,
         url: Url,
         scope: &str,
-        kind: Kind,
+        kind: RequestKind,
         headers: HeaderMap,
         budget: Budget,
     ) -> Result<reqwest::Response> {
@@ -590,7 +590,7 @@ impl Client {
         method: Method,
         url: Url,
         scope: &str,
-        kind: Kind,
+        kind: RequestKind,
         headers: HeaderMap,
         budget: Budget,
         body: Option<&Body>,
@@ -612,7 +612,7 @@ impl Client {
         method: Method,
         url: Url,
         scope: &str,
-        kind: Kind,
+        kind: RequestKind,
         headers: HeaderMap,
         limit: u64,
     ) -> Result<(HeaderMap, Bytes)> {
@@ -634,7 +634,7 @@ impl Client {
         method: Method,
         url: Url,
         scope: &str,
-        kind: Kind,
+        kind: RequestKind,
         headers: HeaderMap,
         budget: Budget,
         body: Option<&Body>,
@@ -722,7 +722,7 @@ impl Client {
         method: &Method,
         url: &Url,
         scope: &str,
-        kind: Kind,
+        kind: RequestKind,
         headers: &HeaderMap,
         budget: Budget,
         body: Option<&Body>,
@@ -826,7 +826,7 @@ impl Client {
                 Method::POST,
                 url,
                 &scope,
-                Kind::BlobPush,
+                RequestKind::BlobPush,
                 HeaderMap::new(),
                 Budget::Metadata,
                 Some(&Body::Empty),
@@ -852,7 +852,7 @@ impl Client {
                 Method::POST,
                 url,
                 &push_scope(repo),
-                Kind::BlobPush,
+                RequestKind::BlobPush,
                 HeaderMap::new(),
                 Budget::Metadata,
                 Some(&Body::Empty),
@@ -912,7 +912,7 @@ impl Client {
                     Method::PATCH,
                     location.clone(),
                     &push_scope(repo),
-                    Kind::BlobPush,
+                    RequestKind::BlobPush,
                     h,
                     Budget::Upload,
                     Some(&body),
@@ -934,7 +934,7 @@ impl Client {
                             Method::GET,
                             location.clone(),
                             &push_scope(repo),
-                            Kind::BlobPush,
+                            RequestKind::BlobPush,
                             HeaderMap::new(),
                             Budget::Metadata,
                         )
@@ -961,7 +961,7 @@ impl Client {
             Method::PUT,
             location,
             &push_scope(repo),
-            Kind::BlobPush,
+            RequestKind::BlobPush,
             h,
             Budget::Upload,
             Some(&body),
@@ -976,7 +976,7 @@ impl Client {
                 Method::DELETE,
                 location,
                 &push_scope(repo),
-                Kind::BlobPush,
+                RequestKind::BlobPush,
                 HeaderMap::new(),
                 Budget::Metadata,
             )
@@ -1019,7 +1019,7 @@ impl Client {
                 Method::PUT,
                 url,
                 &push_scope(repo),
-                Kind::ManifestPut,
+                RequestKind::ManifestPut,
                 h,
                 Budget::Metadata,
                 Some(&Body::Bytes(bytes)),
@@ -1043,7 +1043,7 @@ impl Client {
             Method::DELETE,
             url,
             &format!("repository:{repo}:delete,pull,push"),
-            Kind::Delete,
+            RequestKind::Delete,
             HeaderMap::new(),
             Budget::Metadata,
         )
@@ -1051,21 +1051,21 @@ impl Client {
         Ok(())
     }
 
-    fn count(&self, kind: Kind) {
+    fn count(&self, kind: RequestKind) {
         let s = &self.stats;
         Stats::inc(&s.requests);
         let c = match kind {
-            Kind::Ping => return,
-            Kind::Catalog => &s.requests_catalog,
-            Kind::Tags => &s.requests_tags,
-            Kind::ManifestGet => &s.requests_manifest_get,
-            Kind::ManifestHead => &s.requests_manifest_head,
-            Kind::BlobGet => &s.requests_blob_get,
-            Kind::BlobHead => &s.requests_blob_head,
-            Kind::Referrers => &s.requests_referrers,
-            Kind::BlobPush => &s.requests_blob_push,
-            Kind::ManifestPut => &s.requests_manifest_put,
-            Kind::Delete => &s.requests_delete,
+            RequestKind::Ping => return,
+            RequestKind::Catalog => &s.requests_catalog,
+            RequestKind::Tags => &s.requests_tags,
+            RequestKind::ManifestGet => &s.requests_manifest_get,
+            RequestKind::ManifestHead => &s.requests_manifest_head,
+            RequestKind::BlobGet => &s.requests_blob_get,
+            RequestKind::BlobHead => &s.requests_blob_head,
+            RequestKind::Referrers => &s.requests_referrers,
+            RequestKind::BlobPush => &s.requests_blob_push,
+            RequestKind::ManifestPut => &s.requests_manifest_put,
+            RequestKind::Delete => &s.requests_delete,
         };
         Stats::inc(c);
     }
@@ -1091,21 +1091,21 @@ fn deadline_hit(left: Option<Duration>) -> bool {
     left.is_some_and(|l| l < Duration::from_millis(50))
 }
 
-impl Kind {
+impl RequestKind {
     /// The `kind` label of `.regfs/metrics`.
     fn label(self) -> &'static str {
         match self {
-            Kind::Ping => "ping",
-            Kind::Catalog => "catalog",
-            Kind::Tags => "tags",
-            Kind::ManifestGet => "manifest_get",
-            Kind::ManifestHead => "manifest_head",
-            Kind::BlobGet => "blob_get",
-            Kind::BlobHead => "blob_head",
-            Kind::Referrers => "referrers",
-            Kind::BlobPush => "blob_push",
-            Kind::ManifestPut => "manifest_put",
-            Kind::Delete => "delete",
+            RequestKind::Ping => "ping",
+            RequestKind::Catalog => "catalog",
+            RequestKind::Tags => "tags",
+            RequestKind::ManifestGet => "manifest_get",
+            RequestKind::ManifestHead => "manifest_head",
+            RequestKind::BlobGet => "blob_get",
+            RequestKind::BlobHead => "blob_head",
+            RequestKind::Referrers => "referrers",
+            RequestKind::BlobPush => "blob_push",
+            RequestKind::ManifestPut => "manifest_put",
+            RequestKind::Delete => "delete",
         }
     }
 }

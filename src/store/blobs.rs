@@ -424,25 +424,14 @@ impl BlobStore {
             return Err(self.size_mismatch(&digest, size, len));
         }
         self.index.lock().unwrap().0.promote(&digest);
-        Ok(Some(Arc::new(BlobFile {
+        Ok(Some(Arc::new(BlobFile::new(
+            self,
             digest,
             size,
-            repo: String::new(),
+            String::new(),
             file,
-            partial_path: Mutex::new(None),
-            chunks: Mutex::new(Chunks::new(chunk_count(size), true)),
-            changed: Notify::new(),
-            hash: Mutex::new(HashProgress {
-                hasher: Sha256::new(),
-                upto: chunk_count(size),
-                done: true,
-            }),
-            hashing: AtomicBool::new(false),
-            hashed_upto: AtomicU64::new(chunk_count(size)),
-            verified: AtomicBool::new(true),
-            no_space: AtomicBool::new(false),
-            store: Arc::downgrade(self),
-        })))
+            None,
+        ))))
     }
 
     fn open_partial(self: &Arc<Self>, repo: &str, digest: Digest, size: u64) -> FsResult<Arc<BlobFile>> {
@@ -456,25 +445,7 @@ impl BlobStore {
             .open(&path)?;
         // No set_len: the file grows as ranges arrive (allocated by fallocate),
         // so a size claimed by a descriptor costs nothing on disk.
-        let blob = Arc::new(BlobFile {
-            digest,
-            size,
-            repo: repo.to_string(),
-            file,
-            partial_path: Mutex::new(Some(path)),
-            chunks: Mutex::new(Chunks::new(chunk_count(size), false)),
-            changed: Notify::new(),
-            hash: Mutex::new(HashProgress {
-                hasher: Sha256::new(),
-                upto: 0,
-                done: false,
-            }),
-            hashing: AtomicBool::new(false),
-            hashed_upto: AtomicU64::new(0),
-            verified: AtomicBool::new(false),
-            no_space: AtomicBool::new(false),
-            store: Arc::downgrade(self),
-        });
+        let blob = Arc::new(BlobFile::new(self, digest, size, repo.to_string(), file, Some(path)));
         if size == 0 {
             blob.advance_hash(); // nothing to fetch: verify and commit at once
         }
@@ -573,6 +544,40 @@ impl BlobStore {
 }
 
 impl BlobFile {
+    /// A blob backed by `file`: complete and verified when `partial_path` is
+    /// `None` (a file of the complete cache, hashed before it is served),
+    /// else a partial file that fills as ranges arrive.
+    fn new(
+        store: &Arc<BlobStore>,
+        digest: Digest,
+        size: u64,
+        repo: String,
+        file: File,
+        partial_path: Option<PathBuf>,
+    ) -> Self {
+        let complete = partial_path.is_none();
+        let hashed = if complete { chunk_count(size) } else { 0 };
+        BlobFile {
+            digest,
+            size,
+            repo,
+            file,
+            partial_path: Mutex::new(partial_path),
+            chunks: Mutex::new(Chunks::new(chunk_count(size), complete)),
+            changed: Notify::new(),
+            hash: Mutex::new(HashProgress {
+                hasher: Sha256::new(),
+                upto: hashed,
+                done: complete,
+            }),
+            hashing: AtomicBool::new(false),
+            hashed_upto: AtomicU64::new(hashed),
+            verified: AtomicBool::new(complete),
+            no_space: AtomicBool::new(false),
+            store: Arc::downgrade(store),
+        }
+    }
+
     fn store(&self) -> FsResult<Arc<BlobStore>> {
         self.store
             .upgrade()
