@@ -34,7 +34,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
 use super::held::{Held, Segment, LAG_LIMIT};
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::Digest;
 use crate::registry::client::{BlobBody, StallClock};
 use crate::registry::Registry;
@@ -415,7 +415,7 @@ impl BlobStore {
             let f = file.try_clone()?;
             let actual = tokio::task::spawn_blocking(move || Digest::of_file_range(&f, 0, None))
                 .await
-                .map_err(|e| FsError::new(libc::EIO, format!("hashing task: {e}")))??;
+                .map_err(|e| FsError::new(Cause::Io, format!("hashing task: {e}")))??;
             if actual != digest {
                 tracing::warn!(%digest, %actual, path = %path.display(), "cached blob failed verification; removing it and fetching again");
                 self.stats
@@ -501,7 +501,7 @@ impl BlobStore {
         let msg = format!("blob {digest}: the registry says {actual} bytes, the descriptor said {shown}");
         tracing::error!("size mismatch: {msg}");
         self.stats.record_error(msg.clone());
-        FsError::new(libc::EIO, format!("size mismatch: {msg}"))
+        FsError::new(Cause::Io, format!("size mismatch: {msg}"))
     }
 
     fn forget_complete(&self, digest: &Digest) {
@@ -592,7 +592,7 @@ impl BlobFile {
     fn store(&self) -> FsResult<Arc<BlobStore>> {
         self.store
             .upgrade()
-            .ok_or_else(|| FsError::new(libc::EIO, "blob store is gone"))
+            .ok_or_else(|| FsError::new(Cause::Io, "blob store is gone"))
     }
 
     /// The cache file, when it holds the whole blob and hashed to its digest
@@ -653,7 +653,7 @@ impl BlobFile {
         }
         match self.read_present(offset, end) {
             // The cache copy was given up under this read: `wait_and_read` serves it.
-            Err(e) if e.errno == libc::ENOSPC => Ok(None),
+            Err(e) if e.cause == Cause::NoSpace => Ok(None),
             result => result.map(Some),
         }
     }
@@ -690,7 +690,7 @@ impl BlobFile {
                 self.read_present(offset, end)
             };
             match cached.await {
-                Err(e) if e.errno == libc::ENOSPC => self.out_of_space(&e),
+                Err(e) if e.cause == Cause::NoSpace => self.out_of_space(&e),
                 result => return result,
             }
         }
@@ -717,7 +717,7 @@ impl BlobFile {
                 self.read_present(offset, end)
             };
             match cached.await {
-                Err(e) if e.errno == libc::ENOSPC => self.out_of_space(&e),
+                Err(e) if e.cause == Cause::NoSpace => self.out_of_space(&e),
                 result => return result,
             }
         }
@@ -801,7 +801,7 @@ impl BlobFile {
         while off < end {
             let Some(bytes) = body.chunk().await? else {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("GET blob {}: body ended at byte {off}", self.digest),
                 ));
             };
@@ -839,7 +839,7 @@ impl BlobFile {
         }
         if self.no_space.load(Ordering::Acquire) {
             // The file may have been emptied under the read: do not trust it.
-            return Err(self.given_up_or(FsError::new(libc::EIO, "cache file given up")));
+            return Err(self.given_up_or(FsError::new(Cause::Io, "cache file given up")));
         }
         Ok(buf)
     }
@@ -862,7 +862,7 @@ impl BlobFile {
         }
         if self.no_space.load(Ordering::Acquire) {
             // The file may have been emptied under the read: do not trust it.
-            return Err(self.given_up_or(FsError::new(libc::EIO, "cache file given up")));
+            return Err(self.given_up_or(FsError::new(Cause::Io, "cache file given up")));
         }
         Ok(())
     }
@@ -871,7 +871,7 @@ impl BlobFile {
     /// was given up, else `e`.
     fn given_up_or(&self, e: FsError) -> FsError {
         if self.no_space.load(Ordering::Acquire) {
-            FsError::new(libc::ENOSPC, format!("blob {}: cache file given up", self.digest))
+            FsError::new(Cause::NoSpace, format!("blob {}: cache file given up", self.digest))
         } else {
             e
         }
@@ -911,7 +911,7 @@ impl BlobFile {
         if let Err(e) = spawned {
             // Without a writer nothing reaches the file: serve from the registry.
             self.writing.store(false, Ordering::Release);
-            self.out_of_space(&FsError::new(libc::EIO, format!("cannot start the cache writer: {e}")));
+            self.out_of_space(&FsError::new(Cause::Io, format!("cannot start the cache writer: {e}")));
         }
     }
 
@@ -1156,7 +1156,7 @@ impl BlobFile {
                         let room = self.size.saturating_sub(off);
                         if bytes.len() as u64 > room {
                             let e = FsError::new(
-                                libc::EIO,
+                                Cause::Io,
                                 format!("blob {} is longer than its size {}", self.digest, self.size),
                             );
                             self.poison_with(e.clone());
@@ -1164,7 +1164,7 @@ impl BlobFile {
                         }
                         if self.no_space.load(Ordering::Acquire) {
                             // The cache copy was given up: reads go to the registry.
-                            return Err(FsError::new(libc::ENOSPC, "the cache file of this blob was given up"));
+                            return Err(FsError::new(Cause::NoSpace, "the cache file of this blob was given up"));
                         }
                         let len = bytes.len() as u64;
                         Stats::add(&store.stats.bytes_fetched, len);
@@ -1192,7 +1192,7 @@ impl BlobFile {
             let why = cut.unwrap_or_else(|| "body ended early".into());
             if resumes > MAX_RESUMES {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("GET blob {}: {why} (gave up at byte {pos})", self.digest),
                 ));
             }
@@ -1300,7 +1300,7 @@ impl BlobFile {
                     return; // the file was emptied to give the space back
                 }
                 self.poison_with(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("blob {}: reading back for verification failed: {e}", self.digest),
                 ));
                 return;
@@ -1346,7 +1346,7 @@ impl BlobFile {
         if let Ok(store) = self.store() {
             store.stats.record_error(format!("digest mismatch: {msg}"));
         }
-        self.poison_with(FsError::new(libc::EIO, format!("digest mismatch: {msg}")));
+        self.poison_with(FsError::new(Cause::Io, format!("digest mismatch: {msg}")));
     }
 
     /// This file's content cannot be right: every read of it fails from now
