@@ -24,7 +24,7 @@ use super::attr::{Attr, FileKind};
 use super::node::{self, Node};
 use super::Core;
 use crate::contents::{self, IndexStore, LayerIndex, LayerRef, Limits, Rootfs, SpanSource};
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::Digest;
 use crate::oci::{self, ChildTarget, ManifestKind};
 use crate::store::{BlobFile, BlobStore, CacheTenant, ReadState};
@@ -84,7 +84,7 @@ impl ContentsState {
 }
 
 fn eio(msg: impl Into<String>) -> FsError {
-    FsError::new(libc::EIO, msg)
+    FsError::new(Cause::Io, msg)
 }
 
 /// Blocking reads of a blob through the blob cache, from a blocking thread.
@@ -189,7 +189,7 @@ impl Core {
             TreeKey::Image(d) => {
                 let m = self.view.manifest(repo, d).await?;
                 if m.parsed.kind != ManifestKind::Image {
-                    return Err(FsError::new(libc::ENOENT, format!("{d} is not an image manifest")));
+                    return Err(FsError::new(Cause::NotFound, format!("{d} is not an image manifest")));
                 }
                 m.parsed
                     .layers
@@ -280,15 +280,15 @@ impl Core {
     /// `lookup` inside a tree directory.
     pub(crate) async fn contents_lookup(&self, parent: &Node, name: &str) -> FsResult<Node> {
         let Node::ContentsDir(repo, key, dir) = parent else {
-            return Err(FsError::new(libc::ENOTDIR, "not a contents directory"));
+            return Err(FsError::new(Cause::NotADirectory, "not a contents directory"));
         };
         let tree = self.tree(repo, *key).await?;
         let dir = tree
             .node(*dir)
-            .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
+            .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
         let child = tree
             .lookup(dir, name)
-            .ok_or_else(|| FsError::new(libc::ENOENT, format!("{}/{name} does not exist", parent.path())))?;
+            .ok_or_else(|| FsError::new(Cause::NotFound, format!("{}/{name} does not exist", parent.path())))?;
         Self::contents_node(repo, *key, &tree, child).ok_or_else(|| eio("entry without identity"))
     }
 
@@ -300,7 +300,7 @@ impl Core {
         let tree = self.tree(repo, *key).await?;
         let dir = tree
             .node(*dir)
-            .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
+            .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
         Ok(tree
             .list(dir)
             .filter_map(|(name, n)| Some((name.to_string(), Self::contents_node(repo, *key, &tree, n)?)))
@@ -324,7 +324,7 @@ impl Core {
         let index = tokio::task::spawn_blocking(move || store.cached(&digest))
             .await
             .map_err(|e| eio(format!("loading a layer index failed: {e}")))?
-            .ok_or_else(|| FsError::new(libc::ESTALE, "layer index not loaded; look the entry up again"))?;
+            .ok_or_else(|| FsError::new(Cause::Stale, "layer index not loaded; look the entry up again"))?;
         if let Ok(d) = index.digest.parse::<Digest>() {
             self.view
                 .contents
@@ -353,7 +353,7 @@ impl Core {
             Node::ContentsDir(r, key, n) => match self.tree(r, *key).await {
                 Ok(tree) => match tree.node(*n) {
                     Some(n) => Ok(copy(tree.metadata(n).xattrs)),
-                    None => Err(FsError::new(libc::ESTALE, "tree changed; look it up again")),
+                    None => Err(FsError::new(Cause::Stale, "tree changed; look it up again")),
                 },
                 Err(e) => Err(e),
             },
@@ -376,7 +376,7 @@ impl Core {
             }
             Node::LayerTreesDir(r) => {
                 if !self.view.repo_exists(r).await? {
-                    return Err(FsError::new(libc::ENOENT, format!("{} does not exist", node.path())));
+                    return Err(FsError::new(Cause::NotFound, format!("{} does not exist", node.path())));
                 }
                 return Ok(Some(self.synthetic_attr(node, FileKind::Directory, 0o555, 0)));
             }
@@ -384,7 +384,7 @@ impl Core {
                 let tree = self.tree(r, *key).await?;
                 let n = tree
                     .node(*n)
-                    .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
+                    .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
                 (owned(tree.metadata(n)), self.inodes.ino(node))
             }
             Node::ContentsEntry(_, layer, entry, _) => {
@@ -461,7 +461,7 @@ impl Core {
                     .get(*entry as usize)
                     .and_then(|e| e.link.as_deref())
                     .map(str::to_string)
-                    .ok_or_else(|| FsError::new(libc::EINVAL, "not a symlink"))
+                    .ok_or_else(|| FsError::new(Cause::Invalid, "not a symlink"))
             }
             Node::Rootfs(r, d) => {
                 let m = self.view.manifest(r, *d).await?;
@@ -483,9 +483,9 @@ impl Core {
                         .map(|(n, _)| n)
                 });
                 name.map(|n| format!("{}/{n}/{}", node::CHILDREN, node::ROOTFS))
-                    .ok_or_else(|| FsError::new(libc::ENOENT, format!("{}: no child for {os}/{arch}", node.path())))
+                    .ok_or_else(|| FsError::new(Cause::NotFound, format!("{}: no child for {os}/{arch}", node.path())))
             }
-            n => Err(FsError::new(libc::EINVAL, format!("{} is not a symlink", n.path()))),
+            n => Err(FsError::new(Cause::Invalid, format!("{} is not a symlink", n.path()))),
         }
     }
 
@@ -498,7 +498,7 @@ impl Core {
                     ManifestKind::Image => Ok(Node::ContentsDir(r, TreeKey::Image(d), 0)),
                     ManifestKind::Index => Ok(Node::Rootfs(r, d)),
                     _ => Err(FsError::new(
-                        libc::ENOENT,
+                        Cause::NotFound,
                         format!("{} has no root filesystem", Node::Rootfs(r, d).path()),
                     )),
                 }
@@ -510,10 +510,13 @@ impl Core {
     /// Opens a regular file of a tree.
     pub(crate) async fn contents_open(&self, node: &Node) -> FsResult<ContentsFile> {
         let Node::ContentsEntry(r, layer, entry, kind) = node else {
-            return Err(FsError::new(libc::EINVAL, "not a contents file"));
+            return Err(FsError::new(Cause::Invalid, "not a contents file"));
         };
         if *kind != contents::Kind::File {
-            return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", node.path())));
+            return Err(FsError::new(
+                Cause::Invalid,
+                format!("{} cannot be opened", node.path()),
+            ));
         }
         let index = self.layer_index(layer).await?;
         // A hard link whose target the layer lacks shows as an empty file: with
