@@ -34,11 +34,33 @@ pub const TAG_CONCURRENCY: usize = 64;
 const SCAN_PAGE: usize = 100;
 /// Pages of a scan for one path before reading the whole catalog instead.
 const SCAN_PAGES: usize = 3;
+/// Catalog pages read by scans kept to answer later lookups (the newest).
+const MAX_SCANNED_PAGES: usize = 32;
 /// Tags of one listing resolved in the background, at most.
 const MAX_TAG_PREFETCH: usize = 10_000;
 /// The background resolution of a listing stops once nobody has looked at the
 /// repository's tags (listing, lookup, readlink) for this long.
 const TAG_INTEREST_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// (repository, digest) pairs known to exist, kept at most (about 150 bytes
+/// each). Losing one costs a HEAD (or the ranged GET that also starts a read)
+/// when it is next needed, never a wrong answer: every reader treats "not
+/// known" as "ask the registry".
+pub const PRESENT_MAX: usize = 65_536;
+/// Media types of blobs from the descriptors seen, kept at most. A lost one
+/// is as if no descriptor naming the blob had been read yet (the `media_type`
+/// xattr of `_blobs/<digest>` is absent until one is read again; never a
+/// wrong type). Foreign layers are kept apart in `foreign`, exactly.
+pub const MEDIA_TYPES_MAX: usize = 65_536;
+/// Export tar layouts kept (each a list of members); a lost one is laid out
+/// again from the cached manifests. Open files keep theirs.
+pub const EXPORTS_MAX: usize = 64;
+
+fn lru<K: std::hash::Hash + Eq, V>(max: usize) -> Mutex<lru::LruCache<K, V>> {
+    Mutex::new(lru::LruCache::new(
+        std::num::NonZeroUsize::new(max).expect("a capacity"),
+    ))
+}
 
 /// Names in a directory and the digests they point at.
 pub type NamedDigests = Vec<(String, Digest)>;
@@ -57,6 +79,11 @@ pub struct View {
     /// One path looked up in a few catalog pages (`None`: the pages could not
     /// tell; see `names::scan_page`). Misses are asked again after `NAME_MISS_RECHECK`.
     catalog_scans: TtlCache<String, Option<super::names::Family>>,
+    /// The names of the catalog pages those scans read (each sorted), kept for
+    /// the catalog's TTL: they are repositories as surely as a cached catalog's,
+    /// so entering one a scan saw (`ls ns/repo/…` after the scan for `ns`)
+    /// asks nothing more.
+    scanned_pages: Mutex<Vec<(std::time::Instant, Arc<Vec<String>>)>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
     referrers: TtlCache<(String, Digest), Arc<NamedDigests>>,
@@ -67,9 +94,10 @@ pub struct View {
     pub(super) locations: super::locations::Locations,
     /// Pairs remembered from earlier mounts: candidates for a mount, not proof.
     remembered: Mutex<Vec<(String, Digest)>>,
-    /// (repository, digest) pairs known to exist in that repository.
-    present: Mutex<HashSet<(String, Digest)>>,
-    media_types: Mutex<HashMap<Digest, String>>,
+    /// (repository, digest) pairs known to exist in that repository (`PRESENT_MAX`).
+    present: Mutex<lru::LruCache<(String, Digest), ()>>,
+    /// Descriptors' media types (`MEDIA_TYPES_MAX`).
+    media_types: Mutex<lru::LruCache<Digest, String>>,
     /// Foreign layers seen in manifests, with their download URLs.
     foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
@@ -111,13 +139,14 @@ impl View {
             seen_repos: Mutex::new(configured_repos.into_iter().collect()),
             catalog: TtlCache::new(ttl),
             catalog_scans: TtlCache::new(ttl),
+            scanned_pages: Mutex::new(Vec::new()),
             tags: TtlCache::new(ttl),
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
             no_referrers_api: std::sync::atomic::AtomicBool::new(false),
-            present: Mutex::new(HashSet::new()),
+            present: lru(PRESENT_MAX),
             remembered: Mutex::new(known),
-            media_types: Mutex::new(HashMap::new()),
+            media_types: lru(MEDIA_TYPES_MAX),
             foreign: Mutex::new(HashMap::new()),
             exports: super::archive::Exports::default(),
             oci_content: TtlCache::new(ttl),
@@ -166,6 +195,18 @@ impl View {
                 f = names::family_in_sorted(&c, path);
             }
         }
+        if !f.exact {
+            // A page is a window of the catalog: what it shows is there, what
+            // it lacks may lie outside it (so it only ever adds).
+            let ttl = self.catalog.ttl();
+            let mut pages = self.scanned_pages.lock().unwrap();
+            pages.retain(|(at, _)| ttl.is_none_or(|t| at.elapsed() < t));
+            for (_, page) in pages.iter() {
+                let p = names::family_in_sorted(page, path);
+                f.exact |= p.exact;
+                f.below |= p.below;
+            }
+        }
         f
     }
 
@@ -210,6 +251,15 @@ impl View {
                     return Ok(None);
                 }
             };
+            let mut sorted = page.clone();
+            sorted.sort();
+            {
+                let mut pages = self.scanned_pages.lock().unwrap();
+                if pages.len() >= MAX_SCANNED_PAGES {
+                    pages.remove(0);
+                }
+                pages.push((std::time::Instant::now(), Arc::new(sorted)));
+            }
             match names::scan_page(path, &page, seen) {
                 names::Scan::Done(f) => return Ok(Some(f)),
                 names::Scan::CannotTell => return Ok(None),
@@ -350,6 +400,7 @@ impl View {
         }
         self.catalog.invalidate(&());
         self.catalog_scans.clear();
+        self.scanned_pages.lock().unwrap().clear();
         self.oci_content.invalidate(&repo.to_string());
     }
 
@@ -365,8 +416,8 @@ impl View {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, d)| d == digest)
-            .map(|(r, _)| r.clone())
+            .filter(|((_, d), ())| d == digest)
+            .map(|((r, _), ())| r.clone())
             .collect();
         for (r, d) in self.remembered.lock().unwrap().iter() {
             if d == digest && !repos.contains(r) {
@@ -497,13 +548,13 @@ impl View {
     }
 
     pub(crate) fn mark_present(&self, repo: &str, d: Digest) {
-        if self.present.lock().unwrap().insert((repo.to_string(), d)) {
+        if self.present.lock().unwrap().put((repo.to_string(), d), ()).is_none() {
             self.locations.record(repo, &d);
         }
     }
 
     pub(crate) fn is_present(&self, repo: &str, d: &Digest) -> bool {
-        self.present.lock().unwrap().contains(&(repo.to_string(), *d))
+        self.present.lock().unwrap().get(&(repo.to_string(), *d)).is_some()
     }
 
     /// A manifest of `repo` by digest: cached bytes when the repository is known
@@ -552,15 +603,15 @@ impl View {
                         e.insert(urls);
                     }
                     self.blobs.note_claimed_size(d, desc.size);
-                    types.insert(d, desc.media_type.clone());
+                    types.put(d, desc.media_type.clone());
                     continue;
                 }
                 self.blobs.note_claimed_size(d, desc.size);
-                if present.insert((repo.to_string(), d)) {
+                if present.put((repo.to_string(), d), ()).is_none() {
                     self.locations.record(repo, &d);
                 }
                 if !desc.media_type.is_empty() {
-                    types.insert(d, desc.media_type.clone());
+                    types.put(d, desc.media_type.clone());
                 }
             }
         }
