@@ -54,6 +54,9 @@ impl Inodes {
     }
 
     pub fn get(&self, ino: u64) -> Option<Node> {
+        if let Some(node) = super::contents::unpack_ino(ino) {
+            return Some(node);
+        }
         self.inner.read().unwrap().by_ino.get(&ino).cloned()
     }
 
@@ -70,6 +73,10 @@ impl Inodes {
 
     /// The inode number for `node`, registering it on first sight.
     pub fn ino(&self, node: &Node) -> u64 {
+        // Image contents (possibly millions of files) are never stored here.
+        if let Some(ino) = super::contents::packed_ino(node) {
+            return ino;
+        }
         if let Some(&i) = self.inner.read().unwrap().by_node.get(node) {
             return i;
         }
