@@ -23,9 +23,11 @@
 #   BENCH_FAR_CONNECT_MS=40      added once per new connection (the TCP handshake)
 #   BENCH_FAR_MBPS=25            cap per connection and direction, MB/s (0 = none)
 #   BENCH_FAR_TAGS=1000          tags listed by far_tags (repository bench/fartags)
-#   BENCH_FAR_TAG_PARALLEL=32    HEADs curl keeps in flight in far_tags (regfs resolves
-#                                TAG_CONCURRENCY = 32 tags at a time: src/fs/view.rs)
+#   BENCH_FAR_TAG_PARALLEL=64    HEADs curl keeps in flight in far_tags (regfs resolves
+#                                TAG_CONCURRENCY = 64 tags at a time: src/core/view.rs)
 #   BENCH_FAR_BACKUP_TAGS=20     tags in far_backup's repository (same image mix as backup_rsync)
+#   BENCH_FAR_IMAGE_LAYERS=4     layers of the image archive far_upload_image uploads
+#   BENCH_FAR_IMAGE_LAYER_MB=64  MiB of random data in each of those layers
 # Metadata at scale (the scale section, on loopback, no proxy):
 #   BENCH_SCALE_STEPS="1000 10000"  repositories in the registry and tags in one repository
 #                                   at each step (growth is reported between the first and last)
@@ -52,7 +54,7 @@ set -euo pipefail
 cd "$REGFS_ROOT"
 
 SECTIONS=(cold_read cold_read_pressure warm_read random_read tags_listing peak_rss backup_rsync restore_rsync export_tar upload
-    far_cold_read far_ttfb far_tags far_export far_upload far_backup scale
+    far_cold_read far_ttfb far_tags far_export far_upload far_upload_image far_backup scale
     contents_cold_list contents_warm_read contents_cat_all contents_rss)
 
 BENCH_SIZE_MB="${BENCH_SIZE_MB:-1024}"
@@ -68,8 +70,10 @@ BENCH_FAR_RTT_MS="${BENCH_FAR_RTT_MS:-40}"
 BENCH_FAR_CONNECT_MS="${BENCH_FAR_CONNECT_MS:-40}"
 BENCH_FAR_MBPS="${BENCH_FAR_MBPS:-25}"
 BENCH_FAR_TAGS="${BENCH_FAR_TAGS:-1000}"
-BENCH_FAR_TAG_PARALLEL="${BENCH_FAR_TAG_PARALLEL:-32}"
+BENCH_FAR_TAG_PARALLEL="${BENCH_FAR_TAG_PARALLEL:-64}"
 BENCH_FAR_BACKUP_TAGS="${BENCH_FAR_BACKUP_TAGS:-20}"
+BENCH_FAR_IMAGE_LAYERS="${BENCH_FAR_IMAGE_LAYERS:-4}"
+BENCH_FAR_IMAGE_LAYER_MB="${BENCH_FAR_IMAGE_LAYER_MB:-64}"
 read -r -a SCALE_STEPS <<<"${BENCH_SCALE_STEPS:-1000 10000}"
 BENCH_SCALE_REPEAT="${BENCH_SCALE_REPEAT:-1}"
 BENCH_SCALE_TIMEOUT="${BENCH_SCALE_TIMEOUT:-120}"
@@ -107,6 +111,31 @@ trap 'exit 143' TERM
 report() {
     printf '%s\n' "$*"
     RESULTS+=("$*")
+}
+
+# figure NAME REGFS BASELINE RATIO TARGET VERDICT — one row of the summary table
+# printed at the end (every figure of the run with its ratio and target).
+FIGURES=()
+figure() {
+    local IFS='|'
+    FIGURES+=("$*")
+}
+
+# print_figures — the summary table: figure, regfs, baseline, ratio, target, met/missed.
+print_figures() {
+    ((${#FIGURES[@]})) || return 0
+    local met=0 missed=0 row
+    for row in "${FIGURES[@]}"; do
+        case "${row##*|}" in ok) met=$((met + 1)) ;; MISSED) missed=$((missed + 1)) ;; esac
+    done
+    echo
+    echo "Figures ($met met, $missed missed; ratio and regfs/baseline are best of the repetitions):"
+    {
+        echo "figure|regfs|baseline|ratio|target|met"
+        printf '%s\n' "${FIGURES[@]}"
+    } | awk -F'|' '{ for (i = 1; i <= NF; i++) { c[NR, i] = $i; if (length($i) > w[i]) w[i] = length($i) } n = NR; nf = NF }
+        END { for (r = 1; r <= n; r++) { line = ""; for (i = 1; i <= nf; i++) line = line sprintf("%-" w[i] "s", c[r, i]) (i < nf ? " | " : ""); print line
+            if (r == 1) { line = ""; for (i = 1; i <= nf; i++) { d = ""; for (k = 0; k < w[i]; k++) d = d "-"; line = line d (i < nf ? "-|-" : "") } print line } } }'
 }
 
 # verdict VALUE OP TARGET — "ok" or "MISSED" (OP is >= or <=, or <).
@@ -233,6 +262,7 @@ bench_cold_read() {
     done
     tr="$(min "${times[@]}")"
     ratio="$(calc "$(min "${tc[@]}") / $tr" 2)"
+    figure "loopback cold read $SIZE_LABEL (throughput)" "$tr s" "curl $(min "${tc[@]}") s" "${ratio}x" ">= 0.6x" "$(verdict "$ratio" '>=' 0.6)"
     report "cold sequential read $SIZE_LABEL: regfs $(best_med "${times[@]}") ($(calc "$BENCH_SIZE_MB / $tr" 0) MiB/s), curl $(best_med "${tc[@]}") ($(calc "$BENCH_SIZE_MB / $(min "${tc[@]}")" 0) MiB/s), ratio (regfs/curl throughput, best) ${ratio}x (target >= 0.6x) $(verdict "$ratio" '>=' 0.6)"
 }
 
@@ -269,6 +299,7 @@ bench_cold_read_pressure() {
     done
     tr="$(min "${times[@]}")"
     ratio="$(calc "$(min "${tc[@]}") / $tr" 2)"
+    figure "loopback cold read $SIZE_LABEL after $BENCH_PRESSURE_MB MiB written (throughput)" "$tr s" "curl $(min "${tc[@]}") s" "${ratio}x" ">= 0.5x" "$(verdict "$ratio" '>=' 0.5)"
     report "cold sequential read $SIZE_LABEL after $BENCH_PRESSURE_MB MiB written to the cache filesystem: regfs $(best_med "${times[@]}") ($(calc "$BENCH_SIZE_MB / $tr" 0) MiB/s), curl $(best_med "${tc[@]}") ($(calc "$BENCH_SIZE_MB / $(min "${tc[@]}")" 0) MiB/s), ratio (regfs/curl throughput, best) ${ratio}x (target >= 0.5x) $(verdict "$ratio" '>=' 0.5)"
 }
 
@@ -303,6 +334,7 @@ bench_warm_read() {
         bench_unmount
         tr="$(min "${times[@]}")"
         ratio="$(calc "$(min "${tc[@]}") / $tr" 2)"
+        figure "warm re-read $SIZE_LABEL via $mode (throughput)" "$tr s" "curl $(min "${tc[@]}") s" "${ratio}x" ">= 4x" "$(verdict "$ratio" '>=' 4)"
         report "warm re-read $SIZE_LABEL via $mode ($opens passthrough opens): regfs $(best_med "${times[@]}") ($(calc "$BENCH_SIZE_MB / $tr" 0) MiB/s), curl $(best_med "${tc[@]}") ($(calc "$BENCH_SIZE_MB / $(min "${tc[@]}")" 0) MiB/s), ratio (regfs/curl throughput, best) ${ratio}x (target >= 4x) $(verdict "$ratio" '>=' 4)"
         [[ $got == "$BLOB_DIGEST" ]] || report "warm re-read via $mode: CONTENT MISMATCH: read $got, expected $BLOB_DIGEST"
     done
@@ -721,6 +753,7 @@ bench_far_cold_read() {
     done
     tr="$(min "${times[@]}")"
     ratio="$(calc "$(min "${tc[@]}") / $tr" 2)"
+    figure "far cold read $SIZE_LABEL (throughput)" "$tr s" "curl $(min "${tc[@]}") s" "${ratio}x" ">= 4x" "$(verdict "$ratio" '>=' 4)"
     report "far cold read $SIZE_LABEL ($FAR_LABEL): regfs $(best_med "${times[@]}") ($(calc "$BENCH_SIZE_MB / $tr" 1) MiB/s), curl $(best_med "${tc[@]}") ($(calc "$BENCH_SIZE_MB / $(min "${tc[@]}")" 1) MiB/s), ratio (regfs/curl throughput, best) ${ratio}x (target >= 4x) $(verdict "$ratio" '>=' 4)"
 }
 
@@ -759,6 +792,7 @@ bench_far_ttfb() {
         echo "         curl -r 0-4095 ${tc[-1]} s"
     done
     ratio="$(calc "$(min "${full[@]}") / $(min "${tc[@]}")" 2)"
+    figure "far time to first 4 KiB (path lookup + read)" "$(min "${full[@]}") s" "curl -r $(min "${tc[@]}") s" "${ratio}x" "<= 1.3x" "$(verdict "$ratio" '<=' 1.3)"
     report "far time to first 4 KiB ($FAR_LABEL): regfs path lookup + read $(best_med "${full[@]}"), read of a stat-ed path $(best_med "${readonly[@]}"); curl -r 0-4095 $(best_med "${tc[@]}"); ratio (regfs/curl time, best) ${ratio}x (target <= 1.3x) $(verdict "$ratio" '<=' 1.3); stat-ed ratio $(calc "$(min "${readonly[@]}") / $(min "${tc[@]}")" 2)x"
 }
 
@@ -810,6 +844,8 @@ bench_far_tags() {
         par+=("$(elapsed "$t0")")
         echo "  curl tags/list + $BENCH_FAR_TAGS HEADs, $BENCH_FAR_TAG_PARALLEL in parallel: ${par[-1]} s ($ok answered 200, $(($(far_connections) - c0)) new connections)"
     done
+    figure "far ls -l _tags, $BENCH_FAR_TAGS tags, vs one connection" "$(min "${cold[@]}") s" "curl ${seq[0]} s" "$(calc "$(min "${cold[@]}") / ${seq[0]}" 3)x" "<= 0.1x" "$(verdict "$(calc "$(min "${cold[@]}") / ${seq[0]}")" '<=' 0.1)"
+    figure "far ls -l _tags, $BENCH_FAR_TAGS tags, vs $BENCH_FAR_TAG_PARALLEL in parallel" "$(min "${cold[@]}") s" "curl $(min "${par[@]}") s" "$(calc "$(min "${cold[@]}") / $(min "${par[@]}")" 2)x" "<= 1.0x" "$(verdict "$(calc "$(min "${cold[@]}") / $(min "${par[@]}")")" '<=' 1.0)"
     report "far ls -l _tags ($BENCH_FAR_TAGS tags, $FAR_LABEL): regfs $(best_med "${cold[@]}"); curl tags/list + HEADs one connection ${seq[0]} s, $BENCH_FAR_TAG_PARALLEL parallel $(best_med "${par[@]}"); ratio (regfs/curl one-connection time) $(calc "$(min "${cold[@]}") / ${seq[0]}" 3)x (target <= 0.1x) $(verdict "$(calc "$(min "${cold[@]}") / ${seq[0]}")" '<=' 0.1), regfs/curl $BENCH_FAR_TAG_PARALLEL-parallel $(calc "$(min "${cold[@]}") / $(min "${par[@]}")" 2)x (target <= 1.0x) $(verdict "$(calc "$(min "${cold[@]}") / $(min "${par[@]}")")" '<=' 1.0); $n of $BENCH_FAR_TAGS listed"
 }
 
@@ -837,6 +873,7 @@ bench_far_export() {
     done
     tr="$(min "${regfs[@]}")"
     ts="$(min "${sk[@]}")"
+    figure "far _export tar, $SIZE_LABEL layer (time)" "$tr s" "skopeo $ts s" "$(calc "$tr / $ts" 2)x" "<= 0.3x" "$(verdict "$(calc "$tr / $ts")" '<=' 0.3)"
     report "far _export tar of a $SIZE_LABEL image ($FAR_LABEL): regfs $(best_med "${regfs[@]}"), skopeo copy docker:// docker-archive: $(best_med "${sk[@]}"), ratio (regfs/skopeo time, best) $(calc "$tr / $ts" 2)x (target <= 0.3x) $(verdict "$(calc "$tr / $ts")" '<=' 0.3)"
 }
 
@@ -874,8 +911,90 @@ bench_far_upload() {
     done
     rm -f "$f"
     ratio="$(calc "$(min "${tc[@]}") / $(min "${tr[@]}")" 2)"
+    figure "far upload of one $SIZE_LABEL blob (throughput)" "$(min "${tr[@]}") s" "curl $(min "${tc[@]}") s" "${ratio}x" ">= 0.9x" "$(verdict "$ratio" '>=' 0.9)"
     report "far upload $SIZE_LABEL ($FAR_LABEL): regfs cp $(best_med "${tr[@]}"), curl POST + PUT $(best_med "${tc[@]}"), ratio (regfs/curl throughput, best) ${ratio}x (target >= 0.9x: one blob is one stream) $(verdict "$ratio" '>=' 0.9)"
     ((ok)) || report "far upload $SIZE_LABEL: CONTENT CHECK FAILED (see the log above)"
+}
+
+# make_docker_archive OUT LAYERS MIB NAME — a `docker save` archive (manifest.json,
+# config, uncompressed layer tars) of an image with LAYERS layers, each one file
+# of MIB MiB of fresh random data, tagged NAME:latest.
+make_docker_archive() {
+    python3 - "$@" <<'PY'
+import hashlib, io, json, os, sys, tarfile
+out, layers, mib, name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+tmp = os.path.dirname(out)
+paths, diff_ids = [], []
+for i in range(layers):
+    p = os.path.join(tmp, f"layer{i}.tar")
+    with tarfile.open(p, "w", format=tarfile.GNU_FORMAT) as t:
+        body = os.path.join(tmp, f"layer{i}.bin")
+        with open(body, "wb") as f:
+            for _ in range(mib):
+                f.write(os.urandom(1 << 20))
+        info = t.gettarinfo(body, f"data/layer{i}.bin")
+        info.mtime = 0
+        with open(body, "rb") as f:
+            t.addfile(info, f)
+        os.unlink(body)
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    paths.append(p)
+    diff_ids.append("sha256:" + h.hexdigest())
+config = json.dumps({"architecture": "amd64", "os": "linux",
+                     "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+cname = hashlib.sha256(config).hexdigest() + ".json"
+manifest = json.dumps([{"Config": cname, "RepoTags": [f"{name}:latest"],
+                        "Layers": [f"{d[7:]}/layer.tar" for d in diff_ids]}]).encode()
+with tarfile.open(out, "w", format=tarfile.GNU_FORMAT) as t:
+    for n, data in ((cname, config), ("manifest.json", manifest)):
+        info = tarfile.TarInfo(n); info.size = len(data); t.addfile(info, io.BytesIO(data))
+    for d, p in zip(diff_ids, paths):
+        t.add(p, f"{d[7:]}/layer.tar")
+        os.unlink(p)
+PY
+}
+
+# n2. upload of an image archive (BENCH_FAR_IMAGE_LAYERS layers of
+# BENCH_FAR_IMAGE_LAYER_MB MiB of fresh random data): cp of a `docker save` tar
+# into _uploads/ (regfs pushes the layers UPLOAD_CONCURRENCY = 4 at a time) vs
+# skopeo copy docker-archive: docker:// (which compresses and pushes layers in
+# parallel too), both through the proxy, each with its own fresh data.
+bench_far_upload_image() {
+    need_far
+    local layers="$BENCH_FAR_IMAGE_LAYERS" mib="$BENCH_FAR_IMAGE_LAYER_MB"
+    section "n2. far upload of an image archive, $layers layers of $mib MiB ($FAR_LABEL; best of $BENCH_REPEAT; fresh data, repository and mount each time)"
+    local i t0 tr=() tc=() a="$WORK/far-image.tar" repo ok=1 ratio got c0
+    for ((i = 0; i < BENCH_REPEAT; i++)); do
+        repo="bench/far-image-regfs-$i"
+        make_docker_archive "$a" "$layers" "$mib" "$repo"
+        sync
+        far_mount
+        mkdir -p "$MNT/$repo"
+        c0="$(far_connections)"
+        t0="$(now)"
+        cp "$a" "$MNT/$repo/_uploads/image.tar"
+        tr+=("$(elapsed "$t0")")
+        got="$(curl -s -o /dev/null -w '%{http_code}' -I -H "Accept: application/vnd.docker.distribution.manifest.v2+json, $MT_OCI_MANIFEST" "$REGISTRY_URL/v2/$repo/manifests/latest")"
+        [[ $got == 200 ]] || { log "far image upload: $repo:latest answered $got after cp"; ok=0; }
+        echo "  run $((i + 1)): regfs cp ${tr[-1]} s, $(stat_of requests_blob_push) blob push requests, $(($(far_connections) - c0)) new connections"
+        bench_unmount
+        repo="bench/far-image-skopeo-$i"
+        make_docker_archive "$a" "$layers" "$mib" "$repo"
+        sync
+        t0="$(now)"
+        skopeo copy --dest-tls-verify=false "docker-archive:$a" "docker://$FAR_HOST/$repo:latest" >/dev/null 2>&1 ||
+            die "skopeo copy docker-archive: docker:// (through the proxy) failed"
+        tc+=("$(elapsed "$t0")")
+        echo "         skopeo copy ${tc[-1]} s"
+    done
+    rm -f "$a"
+    ratio="$(calc "$(min "${tc[@]}") / $(min "${tr[@]}")" 2)"
+    figure "far upload of a $layers x $mib MiB image archive (throughput)" "$(min "${tr[@]}") s" "skopeo $(min "${tc[@]}") s" "${ratio}x" ">= 1.0x" "$(verdict "$ratio" '>=' 1.0)"
+    report "far upload of a $layers x $mib MiB image archive ($FAR_LABEL): regfs cp into _uploads/ $(best_med "${tr[@]}"), skopeo copy docker-archive: docker:// $(best_med "${tc[@]}"), ratio (regfs/skopeo throughput, best) ${ratio}x (target >= 1.0x) $(verdict "$ratio" '>=' 1.0)"
+    ((ok)) || report "far upload of an image archive: CHECK FAILED (see the log above)"
 }
 
 FAR_BACKUP_REPO=bench/farbackup
@@ -909,6 +1028,7 @@ bench_far_backup() {
     rm -rf "$bk" "$sd"
     tr="$(min "${regfs[@]}")"
     ts="$(min "${sk[@]}")"
+    figure "far rsync -a backup, $BENCH_FAR_BACKUP_TAGS tags (time)" "$tr s" "skopeo sync $ts s" "$(calc "$tr / $ts" 2)x" "<= 0.3x" "$(verdict "$(calc "$tr / $ts")" '<=' 0.3)"
     report "far rsync -a backup of $BENCH_FAR_BACKUP_TAGS tags ($FAR_LABEL): regfs $(best_med "${regfs[@]}"), skopeo sync --src docker --dest dir $(best_med "${sk[@]}"), ratio (regfs/skopeo time, best) $(calc "$tr / $ts" 2)x (target <= 0.3x) $(verdict "$(calc "$tr / $ts")" '<=' 0.3)"
 }
 
@@ -1098,6 +1218,7 @@ scale_step() {
         local -n ra="$arr" ca="$carr"
         rt="$(min "${ra[@]}")"
         ct="$(min "${ca[@]}")"
+        figure "scale $n: $name (time)" "$rt s" "curl $ct s" "$(calc "$rt / $ct" 2)x" "<= 1.5x" "$(verdict "$(calc "$rt / $ct")" '<=' 1.5)"
         report "scale $n: $name: regfs $(best_med "${ra[@]}"), curl $(best_med "${ca[@]}"), ratio (regfs/curl time, best) $(calc "$rt / $ct" 2)x (target <= 1.5x) $(verdict "$(calc "$rt / $ct")" '<=' 1.5)"
         SCALE_RESULTS+=("$n|$name|$rt|$ct")
         unset -n ra ca
@@ -1130,6 +1251,7 @@ scale_rss() {
     reqs="$(stat_of requests) requests: $(stat_of requests_tags) tags/list, $(stat_of requests_manifest_head) manifest HEAD"
     bench_unmount
     echo "  listed $n tags in $t0 s ($reqs); VmHWM $(calc "$hwm / 1024" 1) MiB"
+    figure "scale: daemon peak RSS after listing $n tags" "$(calc "$hwm / 1024" 1) MiB" "-" "-" "< 150 MiB" "$(verdict "$(calc "$hwm / 1024")" '<' 150)"
     report "scale: daemon peak RSS after listing $n tags in $BENCH_SCALE_RSS_REPOS repositories: $(calc "$hwm / 1024" 1) MiB VmHWM (target < 150 MiB) $(verdict "$(calc "$hwm / 1024")" '<' 150)"
 }
 
@@ -1148,9 +1270,11 @@ bench_scale() {
             r1="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$last" -v c="$name" '$1 == n && $2 == c { print $3 }')"
             c0="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$first" -v c="$name" '$1 == n && $2 == c { print $4 }')"
             c1="$(printf '%s\n' "${SCALE_RESULTS[@]}" | awk -F'|' -v n="$last" -v c="$name" '$1 == n && $2 == c { print $4 }')"
+            figure "scale growth $first -> $last: $name" "$(calc "$r1 / $r0" 1)x" "curl $(calc "$c1 / $c0" 1)x" "$(calc "$r1 / $r0" 1)x" "<= $(calc "1.5 * $last / $first" 0)x (linear)" "$(verdict "$(calc "$r1 / $r0")" '<=' "$(calc "1.5 * $last / $first")")"
             report "scale growth $first -> $last ($(calc "$last / $first" 0)x the entries): $name regfs ${r0} s -> ${r1} s ($(calc "$r1 / $r0" 1)x; $(calc "$r0 * 1e6 / $first" 0) -> $(calc "$r1 * 1e6 / $last" 0) us per entry; curl's same requests $(calc "$c1 / $c0" 1)x) (target: linear, <= $(calc "1.5 * $last / $first" 0)x) $(verdict "$(calc "$r1 / $r0")" '<=' "$(calc "1.5 * $last / $first")")"
         done
     fi
+    figure "scale: daemon peak RSS over every step's mounts" "$(calc "$SCALE_HWM / 1024" 1) MiB" "-" "-" "< 150 MiB" "$(verdict "$(calc "$SCALE_HWM / 1024")" '<' 150)"
     report "scale: daemon peak RSS, largest over the mounts of every step (the largest listed $last repositories, $last tags with ls -l, and find -maxdepth 3 over all repositories): $(calc "$SCALE_HWM / 1024" 1) MiB VmHWM (target < 150 MiB) $(verdict "$(calc "$SCALE_HWM / 1024")" '<' 150)"
     scale_rss
 }
@@ -1338,3 +1462,4 @@ done
 
 section "Summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $("$REGFS_BIN" --version 2>/dev/null || echo regfs), blob $SIZE_LABEL, best of $BENCH_REPEAT)"
 printf '%s\n' "${RESULTS[@]}"
+print_figures

@@ -132,3 +132,45 @@ fn ls_l_tags_asks_one_manifest_request_per_tag(kind) {
     assert_eq!(per_tag.len(), 60, "every tag resolved: {per_tag:?}");
 }
 }
+
+on_both_registries! {
+/// A plain listing of `_tags` (names only: `ls`, `find`, rsync's walk of
+/// names) sends no manifest request at all, not even in the background; the
+/// first look at a link (`ls -l`'s lstat) starts resolving every tag of it,
+/// each once.
+fn a_plain_tags_listing_resolves_nothing_until_a_link_is_looked_at(kind) {
+    let reg = Registry::start_kind(kind);
+    let c = reg.client();
+    let repo = "plain/tags";
+    let img = c.push_random_image(repo, "t00", &[100]);
+    for i in 1..40 {
+        c.push_manifest(repo, &format!("t{i:02}"), &img.media_type, &img.manifest);
+    }
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let manifest_requests = || proxy.requests().iter().filter(|r| r.target.contains("/manifests/")).count();
+    assert_eq!(ls(&m.join(repo).join("_tags")).len(), 40);
+    // Longer than the background resolution would need to start (it starts at once when it does).
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert_eq!(manifest_requests(), 0, "a names-only listing asked manifests: {:?}", proxy.requests());
+
+    assert_eq!(ls(&m.join(repo).join("_tags")).len(), 40);
+    assert_eq!(
+        fs::read_link(m.join(repo).join("_tags/t05")).unwrap().to_str().unwrap(),
+        format!("../_manifests/{}", img.digest)
+    );
+    // Every tag resolved in the background, each with one request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while manifest_requests() < 40 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut per_tag: BTreeMap<String, usize> = BTreeMap::new();
+    for r in proxy.requests() {
+        if let Some(reference) = r.target.strip_prefix(&format!("/v2/{repo}/manifests/")) {
+            *per_tag.entry(reference.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(per_tag.len(), 40, "every tag resolved after the look: {per_tag:?}");
+    assert!(per_tag.values().all(|&n| n == 1), "a tag asked twice: {per_tag:?}");
+}
+}

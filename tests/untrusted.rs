@@ -554,10 +554,16 @@ fn tag_resolution_in_the_background_stops_when_nobody_looks() {
     }
     let proxy = FaultProxy::start(&reg.host_port());
     // Slow enough that 600 tags take far longer than the 3 s interest window
-    // at 32 tags at a time (src/core/view.rs TAG_CONCURRENCY): 19 waves of 500 ms.
+    // at 64 tags at a time (src/core/view.rs TAG_CONCURRENCY): 10 waves of 500 ms,
+    // of which at most 7 (448 tags) start within the window.
     proxy.set_delay_ms(500);
     let m = Mount::start(&proxy.url());
     assert_eq!(list_dir(&m.join("many/tags/_tags")).unwrap().len(), 600);
+    // A look at one link (as `ls -l` does right after the listing) starts it.
+    assert!(fs::symlink_metadata(m.join("many/tags/_tags/t1"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
     let heads = || {
         proxy
             .requests()

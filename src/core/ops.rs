@@ -384,14 +384,16 @@ impl Core {
             kind: contents::special_file_type(&child).unwrap_or(kind_of(child.kind())),
             name,
         }));
-        // `ls -l _tags` reads every link: resolve the tags in the background,
-        // with bounded concurrency, so those reads find their answers cached.
+        // `ls -l _tags` reads every link: once it looks at the first one,
+        // resolve the tags in the background, with bounded concurrency, so
+        // those reads find their answers cached.
         if let Node::TagsDir(repo) = &node {
             if let Some(tags) = self.view.peek_tags(repo) {
+                let look = self.view.expect_tag_look(repo);
                 let core = self.clone();
                 let repo = repo.clone();
                 tokio::spawn(async move {
-                    core.view.prefetch_tag_digests(&repo, &tags).await;
+                    core.view.prefetch_after_a_look(&repo, &tags, look).await;
                 });
             }
         }

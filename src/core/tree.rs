@@ -19,6 +19,9 @@ impl Core {
         if let Node::Tag(r, _) | Node::TagsDir(r) = node {
             v.note_tag_interest(r);
         }
+        if let Node::Tag(r, _) = node {
+            v.note_tag_look(r);
+        }
         let size = match node {
             Node::Root | Node::StatusDir => 0,
             Node::Status(f) => self.status_text(*f).len() as u64,
@@ -110,6 +113,7 @@ impl Core {
         }
         if let Node::Tag(r, _) = node {
             v.note_tag_interest(r);
+            v.note_tag_look(r);
         }
         let target = match node {
             Node::Tag(r, t) => match self.staging.pending_link(r, t) {

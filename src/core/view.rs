@@ -24,8 +24,11 @@ const NAME_MISS_RECHECK: std::time::Duration = std::time::Duration::from_secs(1)
 const FETCH_CONCURRENCY: usize = 8;
 /// Tag resolution (`ls -l _tags`: one manifest HEAD per tag) is latency-bound:
 /// a far registry (tens of ms away) needs many requests in flight to be fast,
-/// while each costs the registry little. Pooled connections are kept for reuse.
-pub const TAG_CONCURRENCY: usize = 32;
+/// while each costs the registry little (about 1 ms of its CPU). Measured
+/// through a 40 ms proxy, 1000 tags: 32 in flight 1.75 s, 64 in flight 1.15 s
+/// (then the registry's CPU is the limit). The client's pool keeps that many
+/// idle connections per host, so a second listing reuses them.
+pub const TAG_CONCURRENCY: usize = 64;
 /// Names of `_catalog` asked per page when looking for one path.
 const SCAN_PAGE: usize = 100;
 /// Pages of a scan for one path before reading the whole catalog instead.
@@ -89,6 +92,9 @@ pub struct View {
     pub registry_host: String,
     /// When each repository's tags were last looked at (see `TAG_INTEREST_WINDOW`).
     tag_interest: Mutex<lru::LruCache<String, std::time::Instant>>,
+    /// Repositories whose `_tags` was just listed, waiting for a look at one
+    /// of its links before their tags are resolved (see `prefetch_after_a_look`).
+    tag_looks: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Layer indexes and trees of image contents (`rootfs/`, `_layers/`).
     pub contents: super::contents::ContentsState,
 }
@@ -135,6 +141,7 @@ impl View {
             oci_content: TtlCache::new(ttl),
             registry_host,
             tag_interest: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(1024).unwrap())),
+            tag_looks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -432,6 +439,42 @@ impl View {
             .lock()
             .unwrap()
             .put(repo.to_string(), std::time::Instant::now());
+    }
+
+    /// A tag link of `repo` was looked up or read: if its `_tags` was just
+    /// listed, that listing's background resolution starts now.
+    pub fn note_tag_look(&self, repo: &str) {
+        if let Some(n) = self.tag_looks.lock().unwrap().remove(repo) {
+            // A permit is kept when the waiter has not started waiting yet.
+            n.notify_one();
+        }
+    }
+
+    /// The `look` that `prefetch_after_a_look` waits for, registered before
+    /// the listing is answered so that a look right after it is never missed.
+    pub fn expect_tag_look(&self, repo: &str) -> Arc<tokio::sync::Notify> {
+        let look = Arc::new(tokio::sync::Notify::new());
+        self.tag_looks.lock().unwrap().insert(repo.to_string(), look.clone());
+        look
+    }
+
+    /// After a listing of `_tags`: resolve its tags in the background once a
+    /// link of it is looked at (`ls -l` stats the first entry right after the
+    /// listing; a plain `ls` or a walk of names never does, and then no
+    /// manifest request is made). Gives up after `TAG_INTEREST_WINDOW`
+    /// without a look.
+    pub async fn prefetch_after_a_look(&self, repo: &str, tags: &[String], look: Arc<tokio::sync::Notify>) {
+        if tokio::time::timeout(TAG_INTEREST_WINDOW, look.notified())
+            .await
+            .is_err()
+        {
+            let mut looks = self.tag_looks.lock().unwrap();
+            if looks.get(repo).is_some_and(|n| Arc::ptr_eq(n, &look)) {
+                looks.remove(repo);
+            }
+            return;
+        }
+        self.prefetch_tag_digests(repo, tags).await;
     }
 
     fn tags_still_wanted(&self, repo: &str) -> bool {

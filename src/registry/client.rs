@@ -189,7 +189,9 @@ impl Client {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_IDLE_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(32)
+            // Enough for core::view::TAG_CONCURRENCY (64) tag HEADs in flight
+            // plus blob parts: connections to a far registry cost a round trip.
+            .pool_max_idle_per_host(128)
             // reqwest drops Authorization when a redirect leaves the host (blob
             // storage backends redirect to S3/CDN URLs that must not see our token).
             .redirect(reqwest::redirect::Policy::limited(10));
