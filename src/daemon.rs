@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 
 use crate::config::Config;
 use crate::core::view::View;
-use crate::core::{Options, Staging};
+use crate::core::Options;
 use crate::fuse::RegFs;
 use crate::registry::client::ClientOptions;
 use crate::registry::Client;
@@ -83,12 +83,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         cfg.repos.clone(),
         cfg.metadata_ttl,
         &cfg.cache_dir,
-    );
-    let staging = Staging::new(&cfg.cache_dir)?;
+    )
+    .with_context(|| in_cache("staging"))?;
     let fs = RegFs::new(
         rt.handle().clone(),
         view,
-        staging,
         Options {
             uid: cfg.uid,
             gid: cfg.gid,

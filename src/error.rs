@@ -1,8 +1,9 @@
 //! The one errno table. Errors below this floor (`registry/`, `oci/`) are
 //! domain errors that know nothing of errno; each says its errno here, through
 //! `ToErrno` (as in mountpoint-s3's `fs/error.rs`). `FsError` is what the core
-//! returns: an errno and a message, cloneable so one failed fetch can answer
-//! every caller that waited on it. `report` is the one place a failed
+//! and the store return: a `Cause` (named, no errno) and a message, cloneable
+//! so one failed fetch can answer every caller that waited on it;
+//! `Cause::errno` is the only place a cause becomes a number. `report` is the one place a failed
 //! operation is logged and counted in `.regfs/stats`; the FUSE adapter replies
 //! with the errno it returns.
 
@@ -14,21 +15,129 @@ pub trait ToErrno {
     fn to_errno(&self) -> i32;
 }
 
-impl ToErrno for RegistryError {
-    fn to_errno(&self) -> i32 {
+/// Why an operation failed, in the filesystem's own words. The core and the
+/// store choose a cause; only `Cause::errno` turns it into a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// No such entry: a name the registry does not have, a missing member.
+    NotFound,
+    /// The inode or handle is no longer known (pushed, tree changed): look it up again.
+    Stale,
+    /// A name, tag, link target or content that cannot be valid here.
+    Invalid,
+    /// Not allowed on this entry: immutable content, a directory that takes
+    /// no files, a delete without `--allow-delete`.
+    NotPermitted,
+    /// The registry refused us access.
+    Denied,
+    /// The registry asks us to slow down.
+    RateLimited,
+    /// Larger than the limit for its kind (manifests, JSON members).
+    TooLarge,
+    /// The entry exists already.
+    Exists,
+    /// A rename across directories.
+    CrossDirectory,
+    NotADirectory,
+    IsADirectory,
+    /// A foreign layer: its bytes live elsewhere (its URLs), not in the registry.
+    Remote,
+    /// The registry cannot do this (e.g. delete a tag).
+    Unsupported,
+    /// The cache's disk is full.
+    NoSpace,
+    /// The mount is read-only.
+    ReadOnly,
+    /// An unknown file handle.
+    BadHandle,
+    /// Wrong or missing bytes: from the registry, the cache, or a push that
+    /// could not complete (digest mismatch, held too long, refused mount).
+    Io,
+    /// Local I/O failed with this OS error, passed on as it is.
+    Os(i32),
+}
+
+impl Cause {
+    /// The one errno table.
+    pub const fn errno(self) -> i32 {
         match self {
-            RegistryError::NotFound(_) => libc::ENOENT,
-            RegistryError::Denied(_) => libc::EACCES,
-            RegistryError::RateLimited(_) => libc::EAGAIN,
-            RegistryError::InvalidName(_) | RegistryError::Rejected(_) => libc::EINVAL,
-            RegistryError::Unsupported(_) => libc::ENOTSUP,
+            Cause::NotFound => libc::ENOENT,
+            Cause::Stale => libc::ESTALE,
+            Cause::Invalid => libc::EINVAL,
+            Cause::NotPermitted => libc::EPERM,
+            Cause::Denied => libc::EACCES,
+            Cause::RateLimited => libc::EAGAIN,
+            Cause::TooLarge => libc::EFBIG,
+            Cause::Exists => libc::EEXIST,
+            Cause::CrossDirectory => libc::EXDEV,
+            Cause::NotADirectory => libc::ENOTDIR,
+            Cause::IsADirectory => libc::EISDIR,
+            Cause::Remote => libc::EREMOTE,
+            Cause::Unsupported => libc::ENOTSUP,
+            Cause::NoSpace => libc::ENOSPC,
+            Cause::ReadOnly => libc::EROFS,
+            Cause::BadHandle => libc::EBADF,
+            Cause::Io => libc::EIO,
+            Cause::Os(n) => n,
+        }
+    }
+
+    /// An OS error as a cause: a named one when the table has its errno (so
+    /// a full disk is `NoSpace` wherever it comes from).
+    pub fn from_os(errno: i32) -> Cause {
+        const NAMED: [Cause; 17] = [
+            Cause::NotFound,
+            Cause::Stale,
+            Cause::Invalid,
+            Cause::NotPermitted,
+            Cause::Denied,
+            Cause::RateLimited,
+            Cause::TooLarge,
+            Cause::Exists,
+            Cause::CrossDirectory,
+            Cause::NotADirectory,
+            Cause::IsADirectory,
+            Cause::Remote,
+            Cause::Unsupported,
+            Cause::NoSpace,
+            Cause::ReadOnly,
+            Cause::BadHandle,
+            Cause::Io,
+        ];
+        NAMED
+            .into_iter()
+            .find(|c| c.errno() == errno)
+            .unwrap_or(Cause::Os(errno))
+    }
+}
+
+impl ToErrno for Cause {
+    fn to_errno(&self) -> i32 {
+        self.errno()
+    }
+}
+
+impl From<&RegistryError> for Cause {
+    fn from(e: &RegistryError) -> Cause {
+        match e {
+            RegistryError::NotFound(_) => Cause::NotFound,
+            RegistryError::Denied(_) => Cause::Denied,
+            RegistryError::RateLimited(_) => Cause::RateLimited,
+            RegistryError::InvalidName(_) | RegistryError::Rejected(_) => Cause::Invalid,
+            RegistryError::Unsupported(_) => Cause::Unsupported,
             RegistryError::Server(_)
             | RegistryError::Network(_)
             | RegistryError::DigestMismatch { .. }
             | RegistryError::Invalid(_)
             | RegistryError::MissingReferences(_)
-            | RegistryError::Io(_) => libc::EIO,
+            | RegistryError::Io(_) => Cause::Io,
         }
+    }
+}
+
+impl ToErrno for RegistryError {
+    fn to_errno(&self) -> i32 {
+        Cause::from(self).errno()
     }
 }
 
@@ -40,14 +149,14 @@ impl ToErrno for std::io::Error {
 
 impl ToErrno for FsError {
     fn to_errno(&self) -> i32 {
-        self.errno
+        self.cause.errno()
     }
 }
 
-/// An error as the filesystem needs it: the errno and a message for the log.
+/// An error as the filesystem needs it: why, and a message for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FsError {
-    pub errno: i32,
+    pub cause: Cause,
     pub message: String,
 }
 
@@ -58,18 +167,22 @@ impl std::fmt::Display for FsError {
 }
 
 impl FsError {
-    pub fn new(errno: i32, message: impl Into<String>) -> Self {
+    pub fn new(cause: Cause, message: impl Into<String>) -> Self {
         FsError {
-            errno,
+            cause,
             message: message.into(),
         }
+    }
+
+    pub fn errno(&self) -> i32 {
+        self.cause.errno()
     }
 }
 
 impl From<RegistryError> for FsError {
     fn from(e: RegistryError) -> Self {
         FsError {
-            errno: e.to_errno(),
+            cause: Cause::from(&e),
             message: e.to_string(),
         }
     }
@@ -78,7 +191,7 @@ impl From<RegistryError> for FsError {
 impl From<std::io::Error> for FsError {
     fn from(e: std::io::Error) -> Self {
         FsError {
-            errno: e.to_errno(),
+            cause: e.raw_os_error().map_or(Cause::Io, Cause::from_os),
             message: format!("local I/O: {e}"),
         }
     }
@@ -98,13 +211,13 @@ pub type OpResult<T> = std::result::Result<T, Failed>;
 /// `.regfs/stats` / `.regfs/errors`; ENOENT and ESTALE are normal answers and
 /// only logged at debug. Returns the errno to reply with.
 pub fn report(stats: &Stats, op: &str, path: &str, e: &FsError) -> i32 {
-    if e.errno == libc::ENOENT || e.errno == libc::ESTALE {
+    if matches!(e.cause, Cause::NotFound | Cause::Stale) {
         tracing::debug!(op, path, "{e}");
     } else {
-        tracing::warn!(op, path, errno = e.errno, "{e}");
+        tracing::warn!(op, path, errno = e.errno(), "{e}");
         stats.record_error(format!("{op} {path}: {e}"));
     }
-    e.errno
+    e.errno()
 }
 
 #[cfg(test)]
@@ -131,5 +244,17 @@ mod tests {
         );
         let e = RegistryError::from_status(StatusCode::RANGE_NOT_SATISFIABLE, "GET blob", b"");
         assert_eq!(e.to_errno(), libc::EIO, "a 416 is a wrong answer, not a bad request");
+    }
+
+    #[test]
+    fn os_errors_take_their_named_cause() {
+        let full = FsError::from(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(full.cause, Cause::NoSpace);
+        let gone = FsError::from(std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert_eq!(gone.cause, Cause::NotFound);
+        let other = FsError::from(std::io::Error::from_raw_os_error(libc::ELOOP));
+        assert_eq!((other.cause, other.errno()), (Cause::Os(libc::ELOOP), libc::ELOOP));
+        let kindonly = FsError::from(std::io::Error::other("no errno"));
+        assert_eq!(kindonly.errno(), libc::EIO);
     }
 }

@@ -17,7 +17,7 @@ use crate::core::attr::{Attr, Caching, Entry, FileKind};
 use crate::core::ops::OpenMode;
 use crate::core::view::View;
 use crate::core::Handle;
-use crate::core::{Core, Options, Staging, MAX_READAHEAD};
+use crate::core::{Core, Options, MAX_READAHEAD};
 use crate::error::Failed;
 use crate::passthrough::Passthrough;
 
@@ -28,10 +28,10 @@ pub struct RegFs {
 }
 
 impl RegFs {
-    pub fn new(rt: tokio::runtime::Handle, view: View, staging: Staging, opts: Options) -> Self {
+    pub fn new(rt: tokio::runtime::Handle, view: View, opts: Options) -> Self {
         RegFs {
             rt,
-            inner: Arc::new(Core::new(view, staging, opts)),
+            inner: Arc::new(Core::new(view, opts)),
             passthrough: Arc::default(),
         }
     }
@@ -169,7 +169,7 @@ impl Filesystem for RegFs {
         self.spawn(move |fs| async move {
             match fs.open(ino.0, mode).await {
                 Ok((fh, caching)) => {
-                    let handle = fs.files.lock().unwrap().get(&fh).cloned();
+                    let handle = fs.handles.file(fh);
                     let backing = match handle.as_deref() {
                         Some(Handle::Blob { file, .. }) => passthrough.open(ino.0, fh, file, &reply, &fs.view.stats),
                         _ => None,

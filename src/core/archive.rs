@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::view::View;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::tarstream::{Member, TarError, TarLayout};
 use crate::oci::Digest;
 use crate::oci::{self, ManifestKind};
@@ -37,9 +37,26 @@ pub struct Export {
     states: Mutex<HashMap<Digest, Arc<Mutex<ReadState>>>>,
 }
 
+/// Export tars laid out so far, by (repository, tag, tag digest): a tag
+/// moved to another digest gets a new layout.
+#[derive(Default)]
+pub struct Exports(Mutex<HashMap<(String, String, Digest), Arc<Export>>>);
+
+impl Exports {
+    fn get(&self, repo: &str, tag: &str, digest: Digest) -> Option<Arc<Export>> {
+        let key = (repo.to_string(), tag.to_string(), digest);
+        self.0.lock().unwrap().get(&key).cloned()
+    }
+
+    fn insert(&self, repo: &str, tag: &str, digest: Digest, export: Arc<Export>) {
+        let key = (repo.to_string(), tag.to_string(), digest);
+        self.0.lock().unwrap().insert(key, export);
+    }
+}
+
 impl From<TarError> for FsError {
     fn from(e: TarError) -> Self {
-        FsError::new(libc::EIO, format!("tar: {e}"))
+        FsError::new(Cause::Io, format!("tar: {e}"))
     }
 }
 
@@ -154,7 +171,7 @@ impl View {
         match self.oci_blobs(repo).await?.get(&digest) {
             Some((_, is_manifest)) => Ok(*is_manifest),
             None => Err(FsError::new(
-                libc::ENOENT,
+                Cause::NotFound,
                 format!("{digest} is not reachable from the tags of {repo}"),
             )),
         }
@@ -163,15 +180,14 @@ impl View {
     /// The tar of `repo:tag`, laid out from descriptors (cached per tag digest).
     pub async fn export(&self, repo: &str, tag: &str) -> FsResult<Arc<Export>> {
         let digest = self.tag_digest(repo, tag).await?;
-        let key = (repo.to_string(), tag.to_string(), digest);
-        if let Some(e) = self.exports.lock().unwrap().get(&key) {
-            return Ok(e.clone());
+        if let Some(e) = self.exports.get(repo, tag, digest) {
+            return Ok(e);
         }
         let all = self.manifests_from(repo, vec![digest]).await?;
         let root = all
             .iter()
             .find(|m| m.digest == digest)
-            .ok_or_else(|| FsError::new(libc::ENOENT, format!("{repo}:{tag}: manifest {digest} is missing")))?;
+            .ok_or_else(|| FsError::new(Cause::NotFound, format!("{repo}:{tag}: manifest {digest} is missing")))?;
         let mut members: Vec<Member<Source>> = content(&all)
             .into_iter()
             .map(|(d, (size, is_manifest))| {
@@ -208,7 +224,7 @@ impl View {
             layout: TarLayout::new(members)?,
             states: Mutex::new(HashMap::new()),
         });
-        self.exports.lock().unwrap().insert(key, export.clone());
+        self.exports.insert(repo, tag, digest, export.clone());
         Ok(export)
     }
 
@@ -222,7 +238,7 @@ impl View {
                     let end = (start + n) as usize;
                     if end > m.bytes.len() {
                         return Err(FsError::new(
-                            libc::EIO,
+                            Cause::Io,
                             format!("manifest {d} is shorter than its descriptor"),
                         ));
                     }

@@ -28,7 +28,7 @@ use super::attr::{Attr, FileKind};
 use super::node::{self, Node};
 use super::Core;
 use crate::contents::{self, IndexStore, LayerIndex, LayerRef, Limits, Rootfs, SpanSource};
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::Digest;
 use crate::oci::{self, ChildTarget, ManifestKind};
 use crate::store::{BlobFile, BlobStore, CacheTenant, ReadState};
@@ -144,7 +144,7 @@ impl ContentsState {
             .keys
             .get(slot as usize)
             .cloned()
-            .ok_or_else(|| FsError::new(libc::ESTALE, format!("no image contents tree #{slot} in this mount")))
+            .ok_or_else(|| FsError::new(Cause::Stale, format!("no image contents tree #{slot} in this mount")))
     }
 }
 
@@ -184,7 +184,7 @@ impl ContentsState {
 }
 
 fn eio(msg: impl Into<String>) -> FsError {
-    FsError::new(libc::EIO, msg)
+    FsError::new(Cause::Io, msg)
 }
 
 /// Blocking reads of a blob through the blob cache, from a blocking thread.
@@ -290,7 +290,7 @@ impl Core {
             TreeKey::Image(d) => {
                 let m = self.view.manifest(repo, d).await?;
                 if m.parsed.kind != ManifestKind::Image {
-                    return Err(FsError::new(libc::ENOENT, format!("{d} is not an image manifest")));
+                    return Err(FsError::new(Cause::NotFound, format!("{d} is not an image manifest")));
                 }
                 m.parsed
                     .layers
@@ -385,20 +385,20 @@ impl Core {
         let n = tree
             .fs
             .node(n)
-            .ok_or_else(|| FsError::new(libc::ESTALE, "tree changed; look it up again"))?;
+            .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
         Ok((tree, n))
     }
 
     /// `lookup` inside a tree directory.
     pub(crate) async fn contents_lookup(&self, parent: &Node, name: &str) -> FsResult<Node> {
         let Node::ContentsDir(slot, dir) = parent else {
-            return Err(FsError::new(libc::ENOTDIR, "not a contents directory"));
+            return Err(FsError::new(Cause::NotADirectory, "not a contents directory"));
         };
         let (tree, dir) = self.tree_node(*slot, *dir).await?;
         let child = tree
             .fs
             .lookup(dir, name)
-            .ok_or_else(|| FsError::new(libc::ENOENT, format!("{}/{name} does not exist", parent.path())))?;
+            .ok_or_else(|| FsError::new(Cause::NotFound, format!("{}/{name} does not exist", parent.path())))?;
         Self::contents_node(*slot, &tree, child).ok_or_else(|| eio("entry without identity"))
     }
 
@@ -419,7 +419,7 @@ impl Core {
     fn entry_layer(&self, slot: u32) -> FsResult<(Arc<str>, Digest)> {
         match self.view.contents.key(slot)? {
             (repo, TreeKey::Layer(d)) => Ok((repo, d)),
-            (_, TreeKey::Image(_)) => Err(FsError::new(libc::ESTALE, "not a layer slot")),
+            (_, TreeKey::Image(_)) => Err(FsError::new(Cause::Stale, "not a layer slot")),
         }
     }
 
@@ -442,7 +442,7 @@ impl Core {
         let index = tokio::task::spawn_blocking(move || store.cached(&digest))
             .await
             .map_err(|e| eio(format!("loading a layer index failed: {e}")))?
-            .ok_or_else(|| FsError::new(libc::ESTALE, "layer index not loaded; look the entry up again"))?;
+            .ok_or_else(|| FsError::new(Cause::Stale, "layer index not loaded; look the entry up again"))?;
         if let Ok(d) = index.digest.parse::<Digest>() {
             self.view
                 .contents
@@ -491,7 +491,7 @@ impl Core {
             }
             Node::LayerTreesDir(r) => {
                 if !self.view.repo_exists(r).await? {
-                    return Err(FsError::new(libc::ENOENT, format!("{} does not exist", node.path())));
+                    return Err(FsError::new(Cause::NotFound, format!("{} does not exist", node.path())));
                 }
                 return Ok(Some(self.synthetic_attr(node, FileKind::Directory, 0o555, 0)));
             }
@@ -573,7 +573,7 @@ impl Core {
                     .get(*entry as usize)
                     .and_then(|e| e.link.as_deref())
                     .map(str::to_string)
-                    .ok_or_else(|| FsError::new(libc::EINVAL, "not a symlink"))
+                    .ok_or_else(|| FsError::new(Cause::Invalid, "not a symlink"))
             }
             Node::Rootfs(r, d) => {
                 let m = self.view.manifest(r, *d).await?;
@@ -595,9 +595,9 @@ impl Core {
                         .map(|(n, _)| n)
                 });
                 name.map(|n| format!("{}/{n}/{}", node::CHILDREN, node::ROOTFS))
-                    .ok_or_else(|| FsError::new(libc::ENOENT, format!("{}: no child for {os}/{arch}", node.path())))
+                    .ok_or_else(|| FsError::new(Cause::NotFound, format!("{}: no child for {os}/{arch}", node.path())))
             }
-            n => Err(FsError::new(libc::EINVAL, format!("{} is not a symlink", n.path()))),
+            n => Err(FsError::new(Cause::Invalid, format!("{} is not a symlink", n.path()))),
         }
     }
 
@@ -612,7 +612,7 @@ impl Core {
                     ManifestKind::Image => Ok(Node::ContentsDir(self.view.contents.slot(&r, TreeKey::Image(d))?, 0)),
                     ManifestKind::Index => Ok(Node::Rootfs(r, d)),
                     _ => Err(FsError::new(
-                        libc::ENOENT,
+                        Cause::NotFound,
                         format!("{} has no root filesystem", Node::Rootfs(r, d).path()),
                     )),
                 }
@@ -624,10 +624,13 @@ impl Core {
     /// Opens a regular file of a tree.
     pub(crate) async fn contents_open(&self, node: &Node) -> FsResult<ContentsFile> {
         let Node::ContentsEntry(slot, entry, kind) = node else {
-            return Err(FsError::new(libc::EINVAL, "not a contents file"));
+            return Err(FsError::new(Cause::Invalid, "not a contents file"));
         };
         if *kind != contents::Kind::File {
-            return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", node.path())));
+            return Err(FsError::new(
+                Cause::Invalid,
+                format!("{} cannot be opened", node.path()),
+            ));
         }
         let (repo, layer) = self.entry_layer(*slot)?;
         let index = self.layer_index(*slot).await?;

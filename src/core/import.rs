@@ -15,7 +15,7 @@ use futures_util::stream::{self, TryStreamExt};
 use serde::Deserialize;
 
 use super::view::View;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::reference::is_valid_tag;
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
@@ -77,7 +77,7 @@ impl Archive {
                 Err(_) if i == 0 => return Ok(None), // not a tar at all
                 Err(e) => {
                     return Err(FsError::new(
-                        libc::EINVAL,
+                        Cause::Invalid,
                         format!("damaged tar after {i} entries ({e}); nothing pushed"),
                     ))
                 }
@@ -113,12 +113,12 @@ impl Archive {
         self.members
             .get(name)
             .copied()
-            .ok_or_else(|| FsError::new(libc::EINVAL, format!("archive has no member {name:?}")))
+            .ok_or_else(|| FsError::new(Cause::Invalid, format!("archive has no member {name:?}")))
     }
 
     fn read(&self, m: Member) -> FsResult<Bytes> {
         if m.size > MAX_JSON_MEMBER {
-            return Err(FsError::new(libc::EFBIG, "archive member too large to be JSON"));
+            return Err(FsError::new(Cause::TooLarge, "archive member too large to be JSON"));
         }
         let file = std::fs::File::open(&self.path)?;
         let mut buf = vec![0u8; m.size as usize];
@@ -184,7 +184,7 @@ impl View {
     async fn import_oci(&self, repo: &str, a: &Archive, file_name: &str) -> FsResult<Imported> {
         let index = Manifest::parse(&a.read(a.member("index.json")?)?, Some(oci::OCI_INDEX));
         if index.kind != ManifestKind::Index {
-            return Err(FsError::new(libc::EINVAL, "index.json is not an OCI index"));
+            return Err(FsError::new(Cause::Invalid, "index.json is not an OCI index"));
         }
         // Every manifest index.json names must be in the archive (or the
         // registry) before anything is pushed.
@@ -193,7 +193,7 @@ impl View {
             let name = format!("blobs/sha256/{}", d.hex());
             if !a.members.contains_key(&name) && self.manifest(repo, d).await.is_err() {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("index.json names manifest {d}, which is neither in the archive nor in the registry"),
                 ));
             }
@@ -217,7 +217,7 @@ impl View {
                 let bytes = a.read(m)?;
                 if Digest::of(&bytes) != digest {
                     return Err(FsError::new(
-                        libc::EIO,
+                        Cause::Io,
                         format!("archive member {name} does not hash to its name"),
                     ));
                 }
@@ -230,7 +230,7 @@ impl View {
                 }
             } else if a.hash(m)? != digest {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("archive member {name} does not hash to its name"),
                 ));
             }
@@ -241,11 +241,11 @@ impl View {
             self.push_manifest(repo, Reference::Digest(*digest), bytes.clone())
                 .await?;
         }
-        if let Some((d, _)) = manifests.iter().find(|(d, _)| self.manifest_arriving(repo, d)) {
+        if let Some((d, _)) = manifests.iter().find(|(d, _)| self.overlay.is_arriving(repo, d)) {
             // A failed import leaves nothing to go through later, untagged.
             self.abandon_held(repo, manifests.iter().map(|(d, _)| *d));
             return Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!(
                     "manifest {d} references blobs or manifests that are neither in the archive nor in the registry"
                 ),
@@ -270,13 +270,13 @@ impl View {
                 tags.push(tag);
             }
         }
-        let first = first.ok_or_else(|| FsError::new(libc::EINVAL, "index.json lists no manifest"))?;
+        let first = first.ok_or_else(|| FsError::new(Cause::Invalid, "index.json lists no manifest"))?;
         Ok(Imported { first, tags })
     }
 
     async fn import_docker(&self, repo: &str, a: &Archive, file_name: &str) -> FsResult<Imported> {
         let images: Vec<DockerImage> = serde_json::from_slice(&a.read(a.member("manifest.json")?)?)
-            .map_err(|e| FsError::new(libc::EINVAL, format!("manifest.json of a docker archive: {e}")))?;
+            .map_err(|e| FsError::new(Cause::Invalid, format!("manifest.json of a docker archive: {e}")))?;
         let mut first = None;
         let mut tags = Vec::new();
         for image in &images {
@@ -317,7 +317,7 @@ impl View {
                 tags.push(tag);
             }
         }
-        let first = first.ok_or_else(|| FsError::new(libc::EINVAL, "manifest.json lists no image"))?;
+        let first = first.ok_or_else(|| FsError::new(Cause::Invalid, "manifest.json lists no image"))?;
         Ok(Imported { first, tags })
     }
 }
@@ -370,6 +370,6 @@ mod tests {
         bytes[1024 + 148..1024 + 156].copy_from_slice(b"9999999\0");
         std::fs::write(&two, bytes).unwrap();
         let e = Archive::open(&two).err().expect("a damaged tar is an error");
-        assert_eq!(e.errno, libc::EINVAL, "{e}");
+        assert_eq!(e.cause, Cause::Invalid, "{e}");
     }
 }

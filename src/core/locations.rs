@@ -16,6 +16,9 @@ const MAX_LINES: usize = 400_000;
 
 pub struct Locations {
     file: Mutex<Option<File>>,
+    /// The repository the last cross-repository mount came from (asked first
+    /// next time: pushes of one image come from one place). This run only.
+    last_mount_source: Mutex<Option<String>>,
 }
 
 impl Locations {
@@ -44,7 +47,19 @@ impl Locations {
             })
             .map_err(|e| tracing::warn!("cannot keep blob locations in {}: {e}", path.display()))
             .ok();
-        (Locations { file: Mutex::new(file) }, pairs)
+        let locations = Locations {
+            file: Mutex::new(file),
+            last_mount_source: Mutex::new(None),
+        };
+        (locations, pairs)
+    }
+
+    pub fn last_mount_source(&self) -> Option<String> {
+        self.last_mount_source.lock().unwrap().clone()
+    }
+
+    pub fn note_mount_source(&self, repo: &str) {
+        *self.last_mount_source.lock().unwrap() = Some(repo.to_string());
     }
 
     pub fn record(&self, repo: &str, digest: &Digest) {

@@ -11,6 +11,7 @@ pub(crate) mod locations;
 pub mod names;
 pub mod node;
 pub mod ops;
+pub(crate) mod overlay;
 pub(crate) mod push;
 pub(crate) mod tree;
 pub mod view;
@@ -29,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use attr::{Attr, Caching, FileKind, Listed};
 use bytes::Bytes;
 
-use crate::error::{Failed, FsError, FsResult};
+use crate::error::{Cause, Failed, FsError, FsResult};
 use crate::store::{BlobFile, ReadState};
 use inodes::Inodes;
 use node::{Kind, Node, StatusFile};
@@ -73,31 +74,73 @@ pub(crate) enum Handle {
 
 pub struct Core {
     pub(crate) view: View,
-    pub(crate) staging: write::Staging,
     pub(crate) inodes: Inodes,
     pub(crate) opts: Options,
-    pub(crate) next_fh: AtomicU64,
-    pub(crate) files: Mutex<HashMap<u64, Arc<Handle>>>,
-    pub(crate) dirs: Mutex<HashMap<u64, Arc<Vec<Listed>>>>,
+    pub(crate) handles: Handles,
+}
+
+/// Open files and directory listings, by the handle number the kernel was given.
+#[derive(Default)]
+pub(crate) struct Handles {
+    next: AtomicU64,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<Vec<Listed>>>>,
+}
+
+impl Handles {
+    fn next(&self) -> u64 {
+        // Starts at 1: 0 is what the kernel passes when there is no handle.
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn open_file(&self, handle: Handle) -> u64 {
+        let fh = self.next();
+        self.files.lock().unwrap().insert(fh, Arc::new(handle));
+        fh
+    }
+
+    pub(crate) fn file(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.files.lock().unwrap().get(&fh).cloned()
+    }
+
+    pub(crate) fn close_file(&self, fh: u64) -> Option<Arc<Handle>> {
+        self.files.lock().unwrap().remove(&fh)
+    }
+
+    pub(crate) fn open_dir(&self, entries: Vec<Listed>) -> u64 {
+        let fh = self.next();
+        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
+        fh
+    }
+
+    pub(crate) fn dir(&self, fh: u64) -> Option<Arc<Vec<Listed>>> {
+        self.dirs.lock().unwrap().get(&fh).cloned()
+    }
+
+    pub(crate) fn close_dir(&self, fh: u64) {
+        self.dirs.lock().unwrap().remove(&fh);
+    }
 }
 
 impl Core {
-    pub fn new(view: View, staging: write::Staging, opts: Options) -> Self {
+    pub fn new(view: View, opts: Options) -> Self {
         Core {
             view,
-            staging,
             inodes: Inodes::new(),
             opts,
-            next_fh: AtomicU64::new(1),
-            files: Mutex::new(HashMap::new()),
-            dirs: Mutex::new(HashMap::new()),
+            handles: Handles::default(),
         }
+    }
+
+    /// Files being written (part of the view's overlay).
+    pub(crate) fn staging(&self) -> &write::Staging {
+        &self.view.overlay.staging
     }
 
     pub(crate) fn node(&self, ino: u64) -> FsResult<Node> {
         self.inodes
             .get(ino)
-            .ok_or_else(|| FsError::new(libc::ESTALE, format!("unknown inode {ino}")))
+            .ok_or_else(|| FsError::new(Cause::Stale, format!("unknown inode {ino}")))
     }
 
     /// Log a failed operation once, with the registry's message; ENOENT is
@@ -176,7 +219,7 @@ impl Core {
             StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
             StatusFile::Errors => self.view.stats.render_errors(),
             StatusFile::Config => self.opts.description.clone(),
-            StatusFile::Held => self.view.render_held(),
+            StatusFile::Held => self.view.overlay.render_held(),
             StatusFile::Transfers => self.view.stats.transfers.render(),
             StatusFile::Metrics => crate::metrics::render(&self.view.stats, &self.view.blobs),
         }
@@ -188,7 +231,7 @@ impl Core {
             Node::Blob(r, d) => {
                 if let Some(urls) = v.foreign_urls(d) {
                     return Err(crate::error::FsError::new(
-                        libc::EREMOTE,
+                        Cause::Remote,
                         format!("foreign layer {d}: not in the registry, download it from {urls:?}"),
                     ));
                 }
@@ -217,9 +260,12 @@ impl Core {
             // Status text changes between reads: no page cache, sizes from the snapshot.
             Node::Status(f) => (Handle::Bytes(Bytes::from(self.status_text(*f))), Caching::Direct),
             n if n.kind() == Kind::Directory => {
-                return Err(FsError::new(libc::EISDIR, format!("{} is a directory", n.path())))
+                return Err(FsError::new(
+                    Cause::IsADirectory,
+                    format!("{} is a directory", n.path()),
+                ))
             }
-            n => return Err(FsError::new(libc::EINVAL, format!("{} cannot be opened", n.path()))),
+            n => return Err(FsError::new(Cause::Invalid, format!("{} cannot be opened", n.path()))),
         })
     }
 }

@@ -20,7 +20,8 @@ impl Family {
         self.exact || self.below
     }
 
-    fn add(&mut self, other: Family) {
+    /// The union with what another source says.
+    pub fn add(&mut self, other: Family) {
         self.exact |= other.exact;
         self.below |= other.below;
     }

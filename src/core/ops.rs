@@ -3,7 +3,6 @@
 //! once (`Core::fail*` → `crate::error::report`) and comes back as `Failed`,
 //! so `crate::fuse` only has to reply.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +11,7 @@ use bytes::Bytes;
 use super::attr::{Attr, Caching, Entry, FileKind, Listed};
 use super::node::{Kind, Node};
 use super::{contents, write, Core, Handle, STABLE_MTIME};
-use crate::error::{Failed, FsError, OpResult};
+use crate::error::{Cause, Failed, FsError, OpResult};
 
 /// How `open` was asked to open a file.
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,9 +30,9 @@ impl OpenMode {
     }
 }
 
-const EROFS: Failed = Failed(libc::EROFS);
-const EBADF: Failed = Failed(libc::EBADF);
-const ENOENT: Failed = Failed(libc::ENOENT);
+const EROFS: Failed = Failed(Cause::ReadOnly.errno());
+const EBADF: Failed = Failed(Cause::BadHandle.errno());
+const ENOENT: Failed = Failed(Cause::NotFound.errno());
 
 fn kind_of(k: Kind) -> FileKind {
     match k {
@@ -58,13 +57,11 @@ impl Core {
     }
 
     fn new_fh(&self, handle: Handle) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap().insert(fh, Arc::new(handle));
-        fh
+        self.handles.open_file(handle)
     }
 
     fn staged_id(&self, fh: u64) -> Option<u64> {
-        self.files.lock().unwrap().get(&fh).and_then(|h| match **h {
+        self.handles.file(fh).and_then(|h| match *h {
             Handle::Staged(id) => Some(id),
             _ => None,
         })
@@ -85,8 +82,8 @@ impl Core {
             return Ok(self.entry(&child, attr));
         }
         // A file being written hides whatever the registry has under its name.
-        let child = match self.staging.find(&parent, name) {
-            Some(id) if !self.staging.is_settled(id) => Node::Staged(id),
+        let child = match self.staging().find(&parent, name) {
+            Some(id) if !self.staging().is_settled(id) => Node::Staged(id),
             _ => parent.child(name).ok_or(ENOENT)?,
         };
         let child = self
@@ -135,7 +132,7 @@ impl Core {
     /// A read answered without waiting: bytes in memory or already on local
     /// disk. `None` when the read must wait (call `read`).
     pub fn read_now(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Option<OpResult<Bytes>> {
-        let Some(handle) = self.files.lock().unwrap().get(&fh).cloned() else {
+        let Some(handle) = self.handles.file(fh) else {
             return Some(Err(EBADF));
         };
         let fail = |e: &FsError| self.fail_ino("read", ino, e);
@@ -145,7 +142,7 @@ impl Core {
                 let end = start.saturating_add(size as usize).min(b.len());
                 Some(Ok(b.slice(start..end)))
             }
-            Handle::Staged(id) | Handle::StagedRead(id) => Some(match self.staging.get(*id) {
+            Handle::Staged(id) | Handle::StagedRead(id) => Some(match self.staging().get(*id) {
                 Some(f) => f
                     .lock()
                     .unwrap()
@@ -173,7 +170,7 @@ impl Core {
 
     /// The rest of a read `read_now` could not answer.
     pub async fn read_wait(&self, ino: u64, fh: u64, offset: u64, size: u32) -> OpResult<Bytes> {
-        let Some(handle) = self.files.lock().unwrap().get(&fh).cloned() else {
+        let Some(handle) = self.handles.file(fh) else {
             return Err(EBADF);
         };
         let result = match &*handle {
@@ -195,7 +192,7 @@ impl Core {
     /// Write into a file being written; the count written.
     pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
         let id = self.staged_id(fh).ok_or(EBADF)?;
-        let f = self.staging.get(id).ok_or(EBADF)?;
+        let f = self.staging().get(id).ok_or(EBADF)?;
         let result = f.lock().unwrap().write(offset, data);
         result
             .map(|()| data.len() as u32)
@@ -212,7 +209,7 @@ impl Core {
             .and_then(|parent| {
                 self.check_manifest_dir_writable(&parent)?;
                 write::check_create(&parent, name)?;
-                self.staging.create(&parent, name)
+                self.staging().create(&parent, name)
             })
             .map_err(|e| self.fail_in("create", parent, name, &e))?;
         let attr = self.make_attr(&Node::Staged(id), 0);
@@ -236,7 +233,7 @@ impl Core {
     /// committed is committed now (errors can only be logged), then the tree
     /// serves it. Returns whether a commit is left to `finish_release`.
     pub fn release(&self, fh: u64) -> Option<u64> {
-        let handle = self.files.lock().unwrap().remove(&fh);
+        let handle = self.handles.close_file(fh);
         match handle.as_deref() {
             Some(Handle::Staged(id)) => Some(*id),
             _ => None,
@@ -265,16 +262,16 @@ impl Core {
             other => other,
         };
         if new_mtime.is_some() && node.kind() == Kind::File && !matches!(node, Node::Staged(_)) {
-            let e = FsError::new(libc::EPERM, "read-only file: its time cannot change");
+            let e = FsError::new(Cause::NotPermitted, "read-only file: its time cannot change");
             return Err(self.fail("setattr", Some(&node), &e));
         }
         if let Some(size) = size {
             let result = match &node {
-                Node::Staged(id) => match self.staging.get(*id) {
+                Node::Staged(id) => match self.staging().get(*id) {
                     Some(f) => f.lock().unwrap().truncate(size),
-                    None => Err(FsError::new(libc::ENOENT, "file being written is gone")),
+                    None => Err(FsError::new(Cause::NotFound, "file being written is gone")),
                 },
-                n => Err(FsError::new(libc::EPERM, format!("{} is immutable", n.path()))),
+                n => Err(FsError::new(Cause::NotPermitted, format!("{} is immutable", n.path()))),
             };
             result.map_err(|e| self.fail("truncate", Some(&node), &e))?;
         }
@@ -403,18 +400,16 @@ impl Core {
     /// opendir: list the directory once, keep the listing under a handle.
     pub async fn opendir(self: &Arc<Self>, ino: u64) -> OpResult<u64> {
         let entries = self.list_dir(ino).await?;
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().unwrap().insert(fh, Arc::new(entries));
-        Ok(fh)
+        Ok(self.handles.open_dir(entries))
     }
 
     /// The listing kept by `opendir`.
     pub fn listing(&self, fh: u64) -> OpResult<Arc<Vec<Listed>>> {
-        self.dirs.lock().unwrap().get(&fh).cloned().ok_or(EBADF)
+        self.handles.dir(fh).ok_or(EBADF)
     }
 
     pub fn releasedir(&self, fh: u64) {
-        self.dirs.lock().unwrap().remove(&fh);
+        self.handles.close_dir(fh);
     }
 
     /// `df` on the mount: (cached blobs, bytes used, limit) of the disk cache.

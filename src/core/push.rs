@@ -2,12 +2,14 @@
 //! has, mount across repositories, else upload), manifests (validated, exact
 //! bytes, held until their references arrive), tags and deletes.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::overlay::Held;
 use super::view::View;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
@@ -20,15 +22,6 @@ const MOUNT_PROBES: usize = 16;
 
 /// How long creating a tag waits for a held manifest to be pushed.
 const HELD_WAIT: Duration = Duration::from_secs(60);
-
-/// A manifest pushed by digest whose blobs or children are not in the registry yet.
-pub struct Held {
-    pub repo: String,
-    pub digest: Digest,
-    media_type: String,
-    bytes: Bytes,
-    pub since: Instant,
-}
 
 /// What a manifest push did.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,7 +36,7 @@ pub enum Pushed {
 pub fn validate_manifest(bytes: &[u8]) -> FsResult<String> {
     if bytes.len() as u64 > MAX_MANIFEST_SIZE {
         return Err(FsError::new(
-            libc::EFBIG,
+            Cause::TooLarge,
             format!(
                 "manifest of {} bytes exceeds the {MAX_MANIFEST_SIZE}-byte limit",
                 bytes.len()
@@ -51,7 +44,7 @@ pub fn validate_manifest(bytes: &[u8]) -> FsResult<String> {
         ));
     }
     let json: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| FsError::new(libc::EINVAL, format!("not a manifest: invalid JSON: {e}")))?;
+        .map_err(|e| FsError::new(Cause::Invalid, format!("not a manifest: invalid JSON: {e}")))?;
     let m = Manifest::parse(bytes, None);
     let declared = json
         .get("mediaType")
@@ -59,7 +52,7 @@ pub fn validate_manifest(bytes: &[u8]) -> FsResult<String> {
         .is_some_and(|t| !t.is_empty());
     if m.kind == ManifestKind::Unknown && !declared {
         return Err(FsError::new(
-            libc::EINVAL,
+            Cause::Invalid,
             "not a manifest: no mediaType and the JSON looks like no known manifest",
         ));
     }
@@ -105,7 +98,7 @@ impl View {
         let Ok(Some(catalog)) = self.catalog().await else {
             return Ok(false);
         };
-        let last = self.last_mount_source.lock().unwrap().clone();
+        let last = self.locations.last_mount_source();
         let candidates = last
             .iter()
             .chain(catalog.iter())
@@ -126,7 +119,7 @@ impl View {
     async fn try_mount(&self, repo: &str, digest: Digest, from: &str) -> bool {
         match self.client.mount_blob(repo, &digest, from).await {
             Ok(true) => {
-                *self.last_mount_source.lock().unwrap() = Some(from.to_string());
+                self.locations.note_mount_source(from);
                 true
             }
             Ok(false) => {
@@ -149,7 +142,7 @@ impl View {
         if let Reference::Digest(name) = &reference {
             if *name != digest {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("manifest bytes hash to {digest}, not to the name {name}"),
                 ));
             }
@@ -162,16 +155,13 @@ impl View {
             Ok(_) => {}
             Err(e) if is_missing_references(&e) && matches!(reference, Reference::Digest(_)) => {
                 tracing::info!(repo, %digest, "manifest held until its references arrive: {e}");
-                let mut held = self.held.lock().unwrap();
-                if !held.iter().any(|h| h.repo == repo && h.digest == digest) {
-                    held.push(Held {
-                        repo: repo.to_string(),
-                        digest,
-                        media_type,
-                        bytes,
-                        since: Instant::now(),
-                    });
-                }
+                self.overlay.hold(Held {
+                    repo: repo.to_string(),
+                    digest,
+                    media_type,
+                    bytes,
+                    since: Instant::now(),
+                });
                 return Ok(Pushed::Held(digest));
             }
             Err(e) => return Err(e.into()),
@@ -185,17 +175,9 @@ impl View {
 
     /// Push the tags that were waiting for manifests now in the registry.
     async fn release_deferred(&self, repo: &str) {
-        let ready: Vec<(String, Digest)> = {
-            let mut deferred = self.deferred_tags.lock().unwrap();
-            let present = |d: &Digest| self.is_present(repo, d) && !self.is_held(repo, d);
-            let ready = deferred
-                .iter()
-                .filter(|(r, _, d)| r == repo && present(d))
-                .map(|(_, t, d)| (t.clone(), *d))
-                .collect();
-            deferred.retain(|(r, _, d)| !(r == repo && present(d)));
-            ready
-        };
+        let ready = self
+            .overlay
+            .take_ready_tags(repo, |d| self.is_present(repo, d) && !self.overlay.is_held(repo, d));
         for (tag, digest) in ready {
             if let Err(e) = self.push_tag(repo, &tag, digest).await {
                 tracing::warn!(repo, tag, %digest, "deferred tag push failed: {e}");
@@ -207,31 +189,24 @@ impl View {
     /// Tag now if the manifest is in the registry, else as soon as it is pushed
     /// (rsync creates links and writes index.json before the manifests arrive).
     pub async fn push_tag_when_ready(&self, repo: &str, tag: &str, digest: Digest) -> FsResult<()> {
-        if !self.is_held(repo, &digest) && !self.is_pending_dir(repo, &digest) {
+        if !self.overlay.is_arriving(repo, &digest) {
             match self.manifest(repo, digest).await {
                 Ok(_) => return self.push_tag(repo, tag, digest).await,
-                Err(e) if e.errno != libc::ENOENT => return Err(e),
+                Err(e) if e.cause != Cause::NotFound => return Err(e),
                 Err(_) => {}
             }
         }
         tracing::info!(repo, tag, %digest, "tag deferred until its manifest is pushed");
-        let mut deferred = self.deferred_tags.lock().unwrap();
-        deferred.retain(|(r, t, _)| !(r == repo && t == tag));
-        deferred.push((repo.to_string(), tag.to_string(), digest));
+        self.overlay.defer_tag(repo, tag, digest);
         Ok(())
-    }
-
-    /// Is this manifest on its way (held, or its directory made and not yet written)?
-    pub fn manifest_arriving(&self, repo: &str, digest: &Digest) -> bool {
-        self.is_held(repo, digest) || self.is_pending_dir(repo, digest)
     }
 
     fn pushed_manifest(&self, repo: &str, reference: &Reference, digest: Digest, bytes: Bytes, media_type: String) {
         let m = self.manifests.put(digest, bytes, Some(media_type));
         self.mark_present(repo, digest);
-        self.pending_dirs.lock().unwrap().remove(&(repo.to_string(), digest));
+        self.overlay.remove_pending_dir(repo, digest);
         self.note_blob_sizes(repo, &m);
-        self.created_repos.lock().unwrap().insert(repo.to_string());
+        self.overlay.create_repo(repo);
         match reference {
             Reference::Tag(t) => {
                 self.invalidate_tags(repo, Some(t));
@@ -272,7 +247,7 @@ impl View {
         let reference = Reference::Tag(tag.clone());
         let mut index = match self.client.get_manifest(repo, &reference).await {
             Ok(f) => serde_json::from_slice::<serde_json::Value>(&f.bytes)
-                .map_err(|e| FsError::new(libc::EIO, format!("{tag} is not JSON: {e}")))?,
+                .map_err(|e| FsError::new(Cause::Io, format!("{tag} is not JSON: {e}")))?,
             Err(RegistryError::NotFound(_)) => {
                 serde_json::json!({ "schemaVersion": 2, "mediaType": oci::OCI_INDEX, "manifests": [] })
             }
@@ -281,7 +256,7 @@ impl View {
         let entries = index
             .get_mut("manifests")
             .and_then(|v| v.as_array_mut())
-            .ok_or_else(|| FsError::new(libc::EIO, format!("{tag} is not an index")))?;
+            .ok_or_else(|| FsError::new(Cause::Io, format!("{tag} is not an index")))?;
         let digest = m.digest.to_string();
         if entries
             .iter()
@@ -303,14 +278,7 @@ impl View {
     /// Try the held manifests of `repo` again until no more go through.
     pub async fn retry_held(&self, repo: &str) {
         loop {
-            let candidates: Vec<(Digest, String, Bytes)> = self
-                .held
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|h| h.repo == repo)
-                .map(|h| (h.digest, h.media_type.clone(), h.bytes.clone()))
-                .collect();
+            let candidates = self.overlay.held_in(repo);
             let mut progress = false;
             for (digest, media_type, bytes) in candidates {
                 let reference = Reference::Digest(digest);
@@ -329,11 +297,7 @@ impl View {
                         self.list_in_referrers_tag(repo, digest).await;
                     }
                 }
-                self.held
-                    .lock()
-                    .unwrap()
-                    .retain(|h| !(h.repo == repo && h.digest == digest));
-                self.held_changed.notify_waiters();
+                self.overlay.release(repo, &HashSet::from([digest]));
                 progress = true;
             }
             if !progress {
@@ -345,46 +309,21 @@ impl View {
 
     /// Forget held pushes of a failed operation (they must not land later).
     pub fn abandon_held(&self, repo: &str, digests: impl Iterator<Item = Digest>) {
-        let digests: std::collections::HashSet<Digest> = digests.collect();
-        self.held
-            .lock()
-            .unwrap()
-            .retain(|h| !(h.repo == repo && digests.contains(&h.digest)));
-        self.held_changed.notify_waiters();
-    }
-
-    /// A manifest written here and held for its references: its bytes (hashed
-    /// to its digest when written) are served like any manifest's.
-    pub(crate) fn held_manifest(&self, repo: &str, digest: &Digest) -> Option<std::sync::Arc<CachedManifest>> {
-        let held = self.held.lock().unwrap();
-        let h = held.iter().find(|h| h.repo == repo && h.digest == *digest)?;
-        Some(std::sync::Arc::new(CachedManifest::new(
-            h.digest,
-            h.bytes.clone(),
-            Some(h.media_type.clone()),
-        )))
-    }
-
-    fn is_held(&self, repo: &str, digest: &Digest) -> bool {
-        self.held
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|h| h.repo == repo && h.digest == *digest)
+        self.overlay.release(repo, &digests.collect());
     }
 
     /// Point `tag` at an existing manifest of `repo` (a retag: no data copied
     /// beyond the manifest's own bytes). Waits for a held manifest first.
     pub async fn push_tag(&self, repo: &str, tag: &str, digest: Digest) -> FsResult<()> {
-        let deadline = Instant::now() + HELD_WAIT;
-        while self.is_held(repo, &digest) {
-            let changed = self.held_changed.notified();
-            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
-                return Err(FsError::new(
-                    libc::EIO,
-                    format!("tag {repo}:{tag}: manifest {digest} is still waiting for its references"),
-                ));
-            }
+        if !self
+            .overlay
+            .wait_released(repo, &digest, Instant::now() + HELD_WAIT)
+            .await
+        {
+            return Err(FsError::new(
+                Cause::Io,
+                format!("tag {repo}:{tag}: manifest {digest} is still waiting for its references"),
+            ));
         }
         let m = self.manifest(repo, digest).await?;
         let media_type = m.parsed.media_type.clone();
@@ -398,7 +337,7 @@ impl View {
 
     /// Does `repo` hold this manifest, or is it held for pushing?
     pub async fn manifest_known(&self, repo: &str, digest: Digest) -> FsResult<()> {
-        if self.is_held(repo, &digest) {
+        if self.overlay.is_held(repo, &digest) {
             return Ok(());
         }
         self.manifest(repo, digest).await.map(|_| ())
@@ -410,7 +349,7 @@ impl View {
             // Distribution 2.x cannot delete a tag (it answers 400 DIGEST_INVALID or UNSUPPORTED).
             Err(e @ (RegistryError::Rejected(_) | RegistryError::Unsupported(_))) if matches!(reference, Reference::Tag(_)) => {
                 return Err(FsError::new(
-                    libc::ENOTSUP,
+                    Cause::Unsupported,
                     format!("this registry cannot delete tags ({e}); delete the manifest instead: rm -r _manifests/<digest>"),
                 ))
             }
@@ -422,22 +361,6 @@ impl View {
         }
         tracing::info!(repo, %reference, "deleted");
         Ok(())
-    }
-
-    /// `.regfs/held`: `manifest <repo>@<digest> <seconds waiting>` for held
-    /// manifests, `tag <repo>:<tag> <digest>` for tags waiting for them.
-    pub fn render_held(&self) -> String {
-        let mut out: String = self
-            .held
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|h| format!("manifest {}@{} {}\n", h.repo, h.digest, h.since.elapsed().as_secs()))
-            .collect();
-        for (r, t, d) in self.deferred_tags.lock().unwrap().iter() {
-            out.push_str(&format!("tag {r}:{t} {d}\n"));
-        }
-        out
     }
 }
 
@@ -470,10 +393,10 @@ mod tests {
 
     #[test]
     fn manifest_validation() {
-        assert_eq!(validate_manifest(b"{nope").unwrap_err().errno, libc::EINVAL);
-        assert_eq!(validate_manifest(b"{}").unwrap_err().errno, libc::EINVAL);
+        assert_eq!(validate_manifest(b"{nope").unwrap_err().cause, Cause::Invalid);
+        assert_eq!(validate_manifest(b"{}").unwrap_err().cause, Cause::Invalid);
         let big = vec![b' '; (MAX_MANIFEST_SIZE + 1) as usize];
-        assert_eq!(validate_manifest(&big).unwrap_err().errno, libc::EFBIG);
+        assert_eq!(validate_manifest(&big).unwrap_err().cause, Cause::TooLarge);
         let ok = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824","size":1},"layers":[]}"#;
         assert_eq!(validate_manifest(ok).unwrap(), crate::oci::OCI_MANIFEST);
         let typed = br#"{"schemaVersion":2,"mediaType":"application/vnd.example+json"}"#;

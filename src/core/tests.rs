@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::attr::FileKind;
 use super::ops::OpenMode;
 use super::view::View;
-use super::{inodes, Core, Options, Staging};
+use super::{inodes, Core, Options};
 use crate::error::Failed;
 use crate::oci::Digest;
 use crate::registry::fake::{FakeRegistry, Lie};
@@ -30,8 +30,7 @@ fn mount(reg: &Arc<FakeRegistry>) -> Fixture {
     let stats = Arc::new(Stats::default());
     let manifests = ManifestStore::new(dir.path(), stats.clone()).unwrap();
     let blobs = BlobStore::new(dir.path(), 1 << 30, reg.clone(), stats.clone()).unwrap();
-    let view = View::new(reg.clone(), manifests, blobs, stats, Vec::new(), None, dir.path());
-    let staging = Staging::new(dir.path()).unwrap();
+    let view = View::new(reg.clone(), manifests, blobs, stats, Vec::new(), None, dir.path()).unwrap();
     let opts = Options {
         uid: 0,
         gid: 0,
@@ -41,7 +40,7 @@ fn mount(reg: &Arc<FakeRegistry>) -> Fixture {
         allow_delete: true,
     };
     Fixture {
-        core: Arc::new(Core::new(view, staging, opts)),
+        core: Arc::new(Core::new(view, opts)),
         reg: reg.clone(),
         _dir: dir,
     }

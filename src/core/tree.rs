@@ -4,7 +4,7 @@
 use super::attr::Attr;
 use super::node::{self, Node, StatusFile};
 use super::Core;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::{self, ChildTarget, ManifestKind};
 use crate::store::CachedManifest;
 
@@ -45,7 +45,7 @@ impl Core {
                 0
             }
             Node::ManifestDir(r, d) => {
-                if !self.view.is_pending_dir(r, d) {
+                if !self.view.overlay.is_pending_dir(r, d) {
                     v.manifest_known(r, *d).await?;
                 }
                 0
@@ -54,9 +54,9 @@ impl Core {
                 // Pushed and forgotten: ESTALE makes the kernel look the name
                 // up again, and find what the file became.
                 let f = self
-                    .staging
+                    .staging()
                     .get(*id)
-                    .ok_or_else(|| FsError::new(libc::ESTALE, "the file was pushed; look it up again"))?;
+                    .ok_or_else(|| FsError::new(Cause::Stale, "the file was pushed; look it up again"))?;
                 let size = f.lock().unwrap().size;
                 size
             }
@@ -109,18 +109,18 @@ impl Core {
         }
         let v = &self.view;
         if super::write::pending_manifest_dir(v, node) {
-            return self.staging.ghost_target(node).ok_or_else(|| not_found(node));
+            return self.staging().ghost_target(node).ok_or_else(|| not_found(node));
         }
         if let Node::Tag(r, _) = node {
             v.note_tag_interest(r);
             v.note_tag_look(r);
         }
         let target = match node {
-            Node::Tag(r, t) => match self.staging.pending_link(r, t) {
+            Node::Tag(r, t) => match self.staging().pending_link(r, t) {
                 Some(d) => Some(node::tag_target(&d)),
                 None => Some(node::tag_target(&v.tag_digest(r, t).await?)),
             },
-            Node::Upload(r, n) => self.staging.upload_target(r, n).map(|t| match t {
+            Node::Upload(r, n) => self.staging().upload_target(r, n).map(|t| match t {
                 super::write::UploadTarget::Blob(d) => node::blob_target(1, &d),
                 super::write::UploadTarget::Manifest(d) => node::manifest_target(1, &d),
             }),
@@ -165,7 +165,7 @@ impl Core {
                     .find(|(n, _)| n == name)
                     .map(|(_, t)| node::sibling_manifest_target(2, t))
             }
-            n => return Err(FsError::new(libc::EINVAL, format!("{} is not a symlink", n.path()))),
+            n => return Err(FsError::new(Cause::Invalid, format!("{} is not a symlink", n.path()))),
         };
         target.ok_or_else(|| not_found(node))
     }
@@ -197,10 +197,10 @@ impl Core {
             }
             Node::TagsDir(r) => {
                 let mut names = self.existing_or_new(v.tags(r).await.map(|t| t.to_vec()))?;
-                names.extend(self.staging.links_in(r));
+                names.extend(self.staging().links_in(r));
                 names
             }
-            Node::UploadsDir(r) => self.staging.uploads_in(r),
+            Node::UploadsDir(r) => self.staging().uploads_in(r),
             Node::OciDir(_) => vec![
                 node::OCI_BLOBS.into(),
                 node::OCI_INDEX_JSON.into(),
@@ -240,7 +240,7 @@ impl Core {
                 .map(|(d, _)| d.to_string())
                 .collect(),
             Node::ManifestDir(r, d) => {
-                if self.view.is_pending_dir(r, d) {
+                if self.view.overlay.is_pending_dir(r, d) {
                     Vec::new()
                 } else {
                     let m = v.manifest(r, *d).await?;
@@ -259,7 +259,7 @@ impl Core {
             Node::ReferrersDir(r, d) => v.referrers(r, *d).await?.iter().map(|(n, _)| n.clone()).collect(),
             _ => {
                 return Err(FsError::new(
-                    libc::ENOTDIR,
+                    Cause::NotADirectory,
                     format!("{} is not a directory", node.path()),
                 ))
             }
@@ -276,9 +276,8 @@ impl Core {
             })
             .collect();
         if let Node::ManifestsDir(r) = node {
-            let pending = self.view.pending_dirs.lock().unwrap();
-            for (_, d) in pending.iter().filter(|(pr, _)| pr == r) {
-                out.push((d.to_string(), Node::ManifestDir(r.clone(), *d)));
+            for d in self.view.overlay.pending_dirs_in(r) {
+                out.push((d.to_string(), Node::ManifestDir(r.clone(), d)));
             }
         }
         self.add_staged(node, &mut out);
@@ -287,8 +286,8 @@ impl Core {
 
     /// Files being written show under their current names.
     fn add_staged(&self, dir: &Node, out: &mut Vec<(String, Node)>) {
-        for name in self.staging.names_in(dir) {
-            if let Some(id) = self.staging.find(dir, &name) {
+        for name in self.staging().names_in(dir) {
+            if let Some(id) = self.staging().find(dir, &name) {
                 out.retain(|(n, _)| *n != name);
                 out.push((name, Node::Staged(id)));
             }
@@ -314,7 +313,7 @@ impl Core {
     /// A repository made with `mkdir` has no tags in the registry yet: list it empty.
     fn existing_or_new<T: Default>(&self, r: FsResult<T>) -> FsResult<T> {
         match r {
-            Err(e) if e.errno == libc::ENOENT => Ok(T::default()),
+            Err(e) if e.cause == Cause::NotFound => Ok(T::default()),
             other => other,
         }
     }
@@ -395,7 +394,7 @@ fn node_name(node: &Node) -> &'static str {
 }
 
 fn not_found(node: &Node) -> FsError {
-    FsError::new(libc::ENOENT, format!("{} does not exist", node.path()))
+    FsError::new(Cause::NotFound, format!("{} does not exist", node.path()))
 }
 
 /// The link target for a descriptor: built from its parsed digest, or, when

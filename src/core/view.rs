@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use futures_util::stream::{self, StreamExt};
 
 use super::names::{self, Family};
-use crate::error::FsResult;
+use super::overlay::Overlay;
+use crate::error::{Cause, FsResult};
 use crate::oci::{self, Manifest, ManifestKind};
 use crate::oci::{Digest, Reference};
 use crate::registry::{Registry, RegistryError};
@@ -51,17 +52,8 @@ pub struct View {
     pub stats: Arc<Stats>,
     /// Repositories confirmed by a tag list during this run.
     seen_repos: Mutex<BTreeSet<String>>,
-    /// Repositories made with `mkdir` during this run (not in the registry until a push).
-    pub(crate) created_repos: Mutex<BTreeSet<String>>,
-    /// Repositories whose `_tags`/`_blobs`/… were made with mkdir (rsync restores).
-    pub(crate) declared_repos: Mutex<BTreeSet<String>>,
-    /// Manifest pushes waiting for their references (see push.rs).
-    pub(crate) held: Mutex<Vec<super::push::Held>>,
-    pub(crate) held_changed: tokio::sync::Notify,
-    /// Manifest directories made with mkdir whose manifest.json is not pushed yet.
-    pub(crate) pending_dirs: Mutex<HashSet<(String, Digest)>>,
-    /// Tags waiting for their manifest to be pushed: (repository, tag, digest).
-    pub(crate) deferred_tags: Mutex<Vec<(String, String, Digest)>>,
+    /// What the user wrote that the registry does not have yet.
+    pub overlay: Overlay,
     /// `None` inside: the registry has no usable catalog. Sorted by string order.
     catalog: TtlCache<(), Option<Arc<Vec<String>>>>,
     /// One path looked up in a few catalog pages (`None`: the pages could not
@@ -74,9 +66,7 @@ pub struct View {
     /// (distribution 2.x): the tag schema is used from then on, without asking.
     no_referrers_api: std::sync::atomic::AtomicBool,
     /// Where digests were seen, kept across mounts (mount sources for pushes).
-    locations: super::locations::Locations,
-    /// The repository the last cross-repository mount came from.
-    pub(crate) last_mount_source: Mutex<Option<String>>,
+    pub(super) locations: super::locations::Locations,
     /// Pairs remembered from earlier mounts: candidates for a mount, not proof.
     remembered: Mutex<Vec<(String, Digest)>>,
     /// (repository, digest) pairs known to exist in that repository.
@@ -86,8 +76,8 @@ pub struct View {
     foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
     pub(crate) oci_content: TtlCache<String, Arc<LayoutContent>>,
-    /// Export tars laid out so far, by (repository, tag, tag digest).
-    pub(crate) exports: Mutex<HashMap<(String, String, Digest), Arc<super::archive::Export>>>,
+    /// Export tars laid out so far.
+    pub(super) exports: super::archive::Exports,
     /// `host[:port]`, for `RepoTags` in exported Docker archives.
     pub registry_host: String,
     /// When each repository's tags were last looked at (see `TAG_INTEREST_WINDOW`).
@@ -108,10 +98,11 @@ impl View {
         configured_repos: Vec<String>,
         ttl: Option<std::time::Duration>,
         cache_dir: &std::path::Path,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let registry_host = client.registry_host();
         let (locations, known) = super::locations::Locations::open(cache_dir, &registry_host);
-        View {
+        Ok(View {
+            overlay: Overlay::new(cache_dir)?,
             contents: super::contents::ContentsState::new(cache_dir, &blobs),
             locations,
             client,
@@ -128,21 +119,14 @@ impl View {
             no_referrers_api: std::sync::atomic::AtomicBool::new(false),
             present: Mutex::new(HashSet::new()),
             remembered: Mutex::new(known),
-            last_mount_source: Mutex::new(None),
-            created_repos: Mutex::new(BTreeSet::new()),
-            declared_repos: Mutex::new(BTreeSet::new()),
-            held: Mutex::new(Vec::new()),
-            held_changed: tokio::sync::Notify::new(),
-            pending_dirs: Mutex::new(HashSet::new()),
-            deferred_tags: Mutex::new(Vec::new()),
             media_types: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
-            exports: Mutex::new(HashMap::new()),
+            exports: super::archive::Exports::default(),
             oci_content: TtlCache::new(ttl),
             registry_host,
             tag_interest: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(1024).unwrap())),
             tag_looks: Mutex::new(HashMap::new()),
-        }
+        })
     }
 
     /// Every repository in `_catalog`, or `None` when the registry offers none
@@ -170,10 +154,9 @@ impl View {
     /// The names this run knows without the catalog: `--repo`, seen in a tag
     /// list, made with mkdir, declared by rsync.
     fn local_family(&self, path: &str) -> Family {
-        let seen = self.seen_repos.lock().unwrap();
-        let created = self.created_repos.lock().unwrap();
-        let declared = self.declared_repos.lock().unwrap();
-        names::family_in_all([&*seen, &*created, &*declared], path)
+        let mut f = names::family_in_set(&self.seen_repos.lock().unwrap(), path);
+        f.add(self.overlay.repo_family(path));
+        f
     }
 
     /// `path` among the names known without asking: local ones and the
@@ -278,7 +261,7 @@ impl View {
                 Ok(self.catalog_family(repo).await?.is_none_or(|f| f.exact))
             }
             Ok(_) => Ok(true),
-            Err(e) if e.errno == libc::ENOENT => Ok(false),
+            Err(e) if e.cause == Cause::NotFound => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -317,17 +300,18 @@ impl View {
             Some(c) => c,
             None => self.catalog().await?,
         };
-        let seen = self.seen_repos.lock().unwrap();
-        let created = self.created_repos.lock().unwrap();
-        let declared = self.declared_repos.lock().unwrap();
         let mut out = BTreeSet::new();
-        for s in [&*seen, &*created, &*declared] {
-            names::children_in_set(s, &prefix, &mut out);
+        {
+            let seen = self.seen_repos.lock().unwrap();
+            let mut found = BTreeSet::new();
+            names::children_in_set(&seen, &prefix, &mut found);
+            if let Some(c) = &catalog {
+                names::children_in_sorted(c, &prefix, &mut found);
+            }
+            out.extend(found.into_iter().map(str::to_string));
         }
-        if let Some(c) = &catalog {
-            names::children_in_sorted(c, &prefix, &mut out);
-        }
-        Ok(out.into_iter().map(str::to_string).collect())
+        self.overlay.repo_children(&prefix, &mut out);
+        Ok(out.into_iter().collect())
     }
 
     pub async fn tags(&self, repo: &str) -> FsResult<Arc<Vec<String>>> {
@@ -350,18 +334,14 @@ impl View {
     /// Made with mkdir and nothing more: no push, no `_tags`/`_blobs`/… made in
     /// it, not seen in the registry.
     pub fn is_only_created(&self, path: &str) -> bool {
-        self.created_repos.lock().unwrap().contains(path)
-            && !self.declared_repos.lock().unwrap().contains(path)
+        self.overlay.is_created(path)
+            && !self.overlay.is_declared(path)
             && !self.seen_repos.lock().unwrap().contains(path)
             && !self
                 .catalog
                 .peek(&())
                 .flatten()
                 .is_some_and(|c| names::family_in_sorted(&c, path).exact)
-    }
-
-    pub fn is_pending_dir(&self, repo: &str, digest: &Digest) -> bool {
-        self.pending_dirs.lock().unwrap().contains(&(repo.to_string(), *digest))
     }
 
     /// Forget cached names after a push or delete changed them.
@@ -532,7 +512,7 @@ impl View {
     /// to hold it, else a HEAD (cached content) or a GET (verified, then cached).
     pub async fn manifest(&self, repo: &str, digest: Digest) -> FsResult<Arc<CachedManifest>> {
         let reference = Reference::Digest(digest);
-        if let Some(m) = self.held_manifest(repo, &digest) {
+        if let Some(m) = self.overlay.held_manifest(repo, &digest) {
             return Ok(m);
         }
         if let Some(m) = self.manifests.get(&digest) {
@@ -602,7 +582,7 @@ impl View {
             .get_or_fetch((repo.to_string(), digest), || async {
                 let tags = match self.tags(repo).await {
                     Ok(t) => t,
-                    Err(e) if e.errno == libc::ENOENT => Arc::new(Vec::new()),
+                    Err(e) if e.cause == Cause::NotFound => Arc::new(Vec::new()),
                     Err(e) => return Err(e),
                 };
                 let fallback_tag = oci::referrers_tag(&digest);
@@ -688,7 +668,7 @@ impl View {
             match self.blobs.probe(repo, digest).await {
                 Ok(size) => size,
                 // The registry says it has no such blob: that is the answer.
-                Err(e) if e.errno == libc::ENOENT => return Err(e),
+                Err(e) if e.cause == Cause::NotFound => return Err(e),
                 // Anything else (an empty blob answers a range with 416): the
                 // HEAD decides, with its own errno.
                 Err(e) => {
@@ -755,7 +735,7 @@ impl View {
                         out.push(m);
                     }
                     // A dangling reference must not hide the rest of the repository.
-                    Err(e) if e.errno == libc::ENOENT => {
+                    Err(e) if e.cause == Cause::NotFound => {
                         tracing::info!(repo, "a referenced manifest is missing: {e}");
                     }
                     Err(e) => return Err(e),

@@ -28,7 +28,7 @@ use bytes::Bytes;
 use super::node::{self, Node};
 use super::push::Pushed;
 use super::Core;
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::reference::is_valid_tag;
 use crate::oci::{Digest, Reference};
 use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
@@ -122,7 +122,7 @@ pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
     );
     if !writable {
         return Err(FsError::new(
-            libc::EPERM,
+            Cause::NotPermitted,
             format!("cannot create {name:?} in {}: files are written only under _uploads, _blobs, _tags and _manifests/<digest>/", parent.path()),
         ));
     }
@@ -138,7 +138,7 @@ pub fn check_create(parent: &Node, name: &str) -> FsResult<()> {
             _ => "manifest.json",
         };
         return Err(FsError::new(
-            libc::EINVAL,
+            Cause::Invalid,
             format!("{}/{name}: the name must be {want}", parent.path()),
         ));
     }
@@ -279,6 +279,19 @@ impl Staging {
             .is_some()
     }
 
+    /// `_uploads/<name>` of `repo` was pushed and became `target`.
+    pub fn record_upload(&self, repo: &str, name: &str, target: UploadTarget) {
+        self.uploads
+            .lock()
+            .unwrap()
+            .insert((repo.to_string(), name.to_string()), target);
+    }
+
+    /// Remember a link rsync made inside a pending manifest directory, to show it back.
+    pub fn add_ghost(&self, node: &Node, target: &str) {
+        self.ghosts.lock().unwrap().insert(node.clone(), target.to_string());
+    }
+
     pub fn ghost_target(&self, node: &Node) -> Option<String> {
         self.ghosts.lock().unwrap().get(node).cloned()
     }
@@ -321,7 +334,7 @@ impl StagedFile {
         let manifest_like = matches!(self.parent, Node::TagsDir(_) | Node::ManifestDir(..));
         if manifest_like && end > MAX_MANIFEST_SIZE {
             return Err(FsError::new(
-                libc::EFBIG,
+                Cause::TooLarge,
                 format!("a manifest may not exceed {MAX_MANIFEST_SIZE} bytes"),
             ));
         }
@@ -360,7 +373,7 @@ impl Core {
     /// Commit staged file `id` if it has a final name and new data; the result
     /// is what the writer's close/fsync/rename returns.
     pub(crate) async fn commit(&self, id: u64) -> FsResult<()> {
-        let Some(staged) = self.staging.get(id) else {
+        let Some(staged) = self.staging().get(id) else {
             return Ok(());
         };
         // One commit at a time per file: a close() that arrives while a push is
@@ -398,11 +411,11 @@ impl Core {
                         .map(|_| UploadTarget::Blob(digest)),
                 };
                 target.map(|t| {
-                    self.staging.uploads.lock().unwrap().insert((repo.clone(), name), t);
+                    self.staging().record_upload(&repo, &name, t);
                 })
             }
             Commit::Blob(repo, name) if name != digest => Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!(
                     "{}/_blobs/{name}: the bytes written hash to {digest}; nothing pushed",
                     repo
@@ -415,7 +428,7 @@ impl Core {
                 .map(|_| ()),
             Commit::Nothing => Ok(()),
             Commit::OciBlob(repo, name) if name != digest => Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!(
                     "{repo}/_oci/blobs/sha256/{}: the bytes written hash to {digest}; nothing pushed",
                     name.hex()
@@ -442,7 +455,7 @@ impl Core {
                     .await
                 {
                     Ok(Pushed::Done(_)) => {
-                        self.view.pending_dirs.lock().unwrap().remove(&(repo, d));
+                        self.view.overlay.remove_pending_dir(&repo, d);
                         Ok(())
                     }
                     Ok(Pushed::Held(_)) => Ok(()),
@@ -462,8 +475,8 @@ impl Core {
     /// One whose push failed is dropped: the writer got the error from close(),
     /// and nothing that did not reach the registry stays listed.
     pub(crate) fn settle_staged(&self, id: u64) {
-        if self.staging.is_settled(id) || self.staging.push_failed(id) {
-            self.staging.forget(id);
+        if self.staging().is_settled(id) || self.staging().push_failed(id) {
+            self.staging().forget(id);
         }
     }
 
@@ -471,23 +484,23 @@ impl Core {
     /// push when the link settles.
     pub(crate) async fn create_tag_link(self: &Arc<Self>, repo: &str, name: &str, target: &str) -> FsResult<()> {
         if !is_valid_tag(name) && !node::is_temp_name(name) {
-            return Err(FsError::new(libc::EINVAL, format!("{name:?} is not a valid tag")));
+            return Err(FsError::new(Cause::Invalid, format!("{name:?} is not a valid tag")));
         }
         let digest = parse_tag_target(target).ok_or_else(|| {
             FsError::new(
-                libc::EINVAL,
+                Cause::Invalid,
                 format!("tag link target {target:?} is not ../_manifests/sha256:<hex>"),
             )
         })?;
-        if !self.view.manifest_arriving(repo, &digest) {
+        if !self.view.overlay.is_arriving(repo, &digest) {
             self.view.manifest_known(repo, digest).await?;
         }
-        let generation = self.staging.add_link(repo, name, digest);
+        let generation = self.staging().add_link(repo, name, digest);
         if !node::is_temp_name(name) {
             let (fs, repo, name) = (self.clone(), repo.to_string(), name.to_string());
             tokio::spawn(async move {
                 tokio::time::sleep(LINK_SETTLE).await;
-                if let Some(d) = fs.staging.take_link(&repo, &name, Some(generation)) {
+                if let Some(d) = fs.staging().take_link(&repo, &name, Some(generation)) {
                     if let Err(e) = fs.view.push_tag_when_ready(&repo, &name, d).await {
                         tracing::warn!(repo, tag = name, "tag push failed: {e}");
                         fs.view.stats.record_error(format!("tag {repo}:{name}: {e}"));
@@ -500,20 +513,20 @@ impl Core {
 
     /// Rename a pending tag link: the tag is pushed now, under its new name.
     pub(crate) async fn rename_tag_link(&self, repo: &str, from: &str, to: &str) -> Option<FsResult<()>> {
-        let digest = self.staging.take_link(repo, from, None)?;
+        let digest = self.staging().take_link(repo, from, None)?;
         if !is_valid_tag(to) {
-            return Some(Err(FsError::new(libc::EINVAL, format!("{to:?} is not a valid tag"))));
+            return Some(Err(FsError::new(Cause::Invalid, format!("{to:?} is not a valid tag"))));
         }
         Some(self.view.push_tag(repo, to, digest).await)
     }
 
     pub(crate) fn drop_tag_link(&self, repo: &str, name: &str) -> bool {
-        self.staging.take_link(repo, name, None).is_some()
+        self.staging().take_link(repo, name, None).is_some()
     }
 }
 
 fn eperm(msg: impl Into<String>) -> FsError {
-    FsError::new(libc::EPERM, msg)
+    FsError::new(Cause::NotPermitted, msg)
 }
 
 impl Core {
@@ -522,7 +535,7 @@ impl Core {
     /// onto an existing tag lands here, through the link).
     pub(crate) fn check_manifest_dir_writable(&self, parent: &Node) -> FsResult<()> {
         match parent {
-            Node::ManifestDir(r, d) if !self.view.is_pending_dir(r, d) => {
+            Node::ManifestDir(r, d) if !self.view.overlay.is_pending_dir(r, d) => {
                 Err(eperm(format!(
                     "{} is an immutable manifest; to point a tag at another manifest use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
                     parent.path()
@@ -538,15 +551,15 @@ impl Core {
         match node {
             Node::Staged(id) => {
                 if truncate {
-                    if let Some(f) = self.staging.get(*id) {
+                    if let Some(f) = self.staging().get(*id) {
                         f.lock().unwrap().truncate(0)?;
                     }
                 }
                 Ok(*id)
             }
-            Node::Blob(r, d) => self.staging.create(&Node::BlobsDir(r.clone()), &d.to_string()),
-            Node::ManifestFile(r, d) if self.view.is_pending_dir(r, d) => self
-                .staging
+            Node::Blob(r, d) => self.staging().create(&Node::BlobsDir(r.clone()), &d.to_string()),
+            Node::ManifestFile(r, d) if self.view.overlay.is_pending_dir(r, d) => self
+                .staging()
                 .create(&Node::ManifestDir(r.clone(), *d), node::MANIFEST_JSON),
             Node::ManifestFile(..) => Err(eperm(format!(
                 "{} is immutable; to point a tag elsewhere use: ln -sfn ../_manifests/sha256:<hex> _tags/<tag>",
@@ -562,7 +575,7 @@ impl Core {
         let parent = self.node(parent)?;
         let child = parent.child(name).ok_or_else(|| {
             FsError::new(
-                libc::EINVAL,
+                Cause::Invalid,
                 format!("{name:?} is not a valid name in {}", parent.path()),
             )
         })?;
@@ -578,9 +591,9 @@ impl Core {
             // until a push makes it real.
             (Node::Root | Node::Dir(_), Node::Dir(path)) => {
                 if v.dir_exists(path).await.unwrap_or(false) && v.dir_known(path).await? {
-                    return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
+                    return Err(FsError::new(Cause::Exists, format!("{} exists", child.path())));
                 }
-                v.created_repos.lock().unwrap().insert(path.clone());
+                v.overlay.create_repo(path);
                 Ok(child)
             }
             (
@@ -589,15 +602,15 @@ impl Core {
             ) => {
                 // A repository's own directories declare it one for good (a
                 // nested mkdir no longer makes it a plain namespace).
-                v.declared_repos.lock().unwrap().insert(repo.clone());
+                v.overlay.declare_repo(repo);
                 Ok(child)
             }
             // The restore path: mkdir _manifests/sha256:<hex>, then write manifest.json.
             (Node::ManifestsDir(r), Node::ManifestDir(_, d)) => {
                 if v.manifest_known(r, *d).await.is_ok() {
-                    return Err(FsError::new(libc::EEXIST, format!("{} exists", child.path())));
+                    return Err(FsError::new(Cause::Exists, format!("{} exists", child.path())));
                 }
-                self.view.pending_dirs.lock().unwrap().insert((r.clone(), *d));
+                v.overlay.add_pending_dir(r, *d);
                 Ok(child)
             }
             // rsync recreating the derived directories of a manifest: nothing to do.
@@ -611,8 +624,8 @@ impl Core {
     /// unlink (`dir` false) and rmdir (`dir` true).
     pub(crate) async fn remove(&self, parent: u64, name: &str, dir: bool) -> FsResult<()> {
         let parent = self.node(parent)?;
-        if let Some(id) = self.staging.find(&parent, name) {
-            self.staging.forget(id);
+        if let Some(id) = self.staging().find(&parent, name) {
+            self.staging().forget(id);
             return Ok(());
         }
         let allow = self.opts.allow_delete;
@@ -629,11 +642,11 @@ impl Core {
                 v.delete(r, Reference::Tag(name.to_string())).await
             }
             Node::UploadsDir(r) if !dir => {
-                if self.staging.remove_upload(r, name) {
+                if self.staging().remove_upload(r, name) {
                     Ok(())
                 } else {
                     Err(FsError::new(
-                        libc::ENOENT,
+                        Cause::NotFound,
                         format!("{}/{name} does not exist", parent.path()),
                     ))
                 }
@@ -641,8 +654,8 @@ impl Core {
             Node::ManifestsDir(r) if dir => {
                 let d: Digest = name
                     .parse()
-                    .map_err(|_| FsError::new(libc::ENOENT, format!("no {name:?}")))?;
-                if self.view.pending_dirs.lock().unwrap().remove(&(r.clone(), d)) {
+                    .map_err(|_| FsError::new(Cause::NotFound, format!("no {name:?}")))?;
+                if v.overlay.remove_pending_dir(r, d) {
                     return Ok(());
                 }
                 if !allow {
@@ -665,9 +678,9 @@ impl Core {
                     _ => name.to_string(),
                 };
                 // Only a directory made here and never pushed to can go.
-                let made_here = v.created_repos.lock().unwrap().contains(&path);
+                let made_here = v.overlay.is_created(&path);
                 if made_here && !v.is_repo(&path).await.unwrap_or(true) {
-                    v.created_repos.lock().unwrap().remove(&path);
+                    v.overlay.uncreate_repo(&path);
                     Ok(())
                 } else {
                     Err(eperm(format!(
@@ -692,11 +705,7 @@ impl Core {
                 if child.kind() == node::Kind::Symlink =>
             {
                 if pending_manifest_dir(&self.view, &child) {
-                    self.staging
-                        .ghosts
-                        .lock()
-                        .unwrap()
-                        .insert(child.clone(), target.to_string());
+                    self.staging().add_ghost(&child, target);
                 }
                 Ok(child)
             }
@@ -706,18 +715,18 @@ impl Core {
 
     pub(crate) async fn rename(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> FsResult<()> {
         if parent != newparent {
-            return Err(FsError::new(libc::EXDEV, "renames only within one directory"));
+            return Err(FsError::new(Cause::CrossDirectory, "renames only within one directory"));
         }
         let parent = self.node(parent)?;
-        if let Some(id) = self.staging.find(&parent, name) {
+        if let Some(id) = self.staging().find(&parent, name) {
             if !node::is_temp_name(newname) && commit_kind(&parent, newname).is_none() {
                 return Err(FsError::new(
-                    libc::EINVAL,
+                    Cause::Invalid,
                     format!("{newname:?} is not a valid name in {}", parent.path()),
                 ));
             }
-            self.staging.rename(id, newname);
-            if let Some(f) = self.staging.get(id) {
+            self.staging().rename(id, newname);
+            if let Some(f) = self.staging().get(id) {
                 f.lock().unwrap().dirty = true;
             }
             self.commit(id).await?;
@@ -747,7 +756,7 @@ impl Core {
         };
         if name != d.to_string() {
             return Err(FsError::new(
-                libc::EINVAL,
+                Cause::Invalid,
                 format!("the link must keep the blob's name {d}"),
             ));
         }
@@ -756,13 +765,13 @@ impl Core {
         let already = v.is_present(to, d) || v.client.has_blob(to, d).await?;
         if !already && !v.client.mount_blob(to, d, from).await? {
             return Err(FsError::new(
-                libc::EIO,
+                Cause::Io,
                 format!("the registry refused to mount {d} from {from} into {to}"),
             ));
         }
         v.note_blob_size(*d, size);
         v.mark_present(to, *d);
-        v.created_repos.lock().unwrap().insert(to.clone());
+        v.overlay.create_repo(to);
         v.retry_held(to).await;
         Ok(Node::Blob(to.clone(), *d))
     }
@@ -774,7 +783,7 @@ impl Core {
     async fn restore_oci_index(&self, repo: &str, bytes: &[u8]) -> FsResult<()> {
         let index = crate::oci::Manifest::parse(bytes, Some(crate::oci::OCI_INDEX));
         if index.kind != crate::oci::ManifestKind::Index {
-            return Err(FsError::new(libc::EINVAL, "index.json is not an OCI index"));
+            return Err(FsError::new(Cause::Invalid, "index.json is not an OCI index"));
         }
         for entry in &index.manifests {
             let Some(digest) = entry.digest() else { continue };
@@ -789,7 +798,7 @@ impl Core {
             let tag = tag.rsplit(':').next().unwrap_or(tag);
             if !is_valid_tag(tag) {
                 return Err(FsError::new(
-                    libc::EINVAL,
+                    Cause::Invalid,
                     format!("index.json: {tag:?} is not a valid tag"),
                 ));
             }
@@ -802,7 +811,7 @@ impl Core {
 /// Is `node` inside a manifest directory that was made with mkdir and whose
 /// manifest is not pushed yet? (Its entries are then ghosts.)
 pub fn pending_manifest_dir(view: &super::view::View, node: &Node) -> bool {
-    node.manifest_dir().is_some_and(|(r, d)| view.manifest_arriving(r, d))
+    node.manifest_dir().is_some_and(|(r, d)| view.overlay.is_arriving(r, d))
 }
 
 /// The names kept under `owner` in a map keyed by (owner, name).
@@ -828,26 +837,26 @@ mod tests {
         assert!(check_create(&Node::BlobsDir(repo.clone()), &d.to_string()).is_ok());
         assert!(check_create(&Node::BlobsDir(repo.clone()), ".sha256:abc.XyZ123").is_ok());
         assert_eq!(
-            check_create(&Node::BlobsDir(repo.clone()), "foo").unwrap_err().errno,
-            libc::EINVAL
+            check_create(&Node::BlobsDir(repo.clone()), "foo").unwrap_err().cause,
+            Cause::Invalid
         );
         assert!(check_create(&Node::TagsDir(repo.clone()), "v1.0").is_ok());
         assert_eq!(
-            check_create(&Node::TagsDir(repo.clone()), "-bad").unwrap_err().errno,
-            libc::EINVAL
+            check_create(&Node::TagsDir(repo.clone()), "-bad").unwrap_err().cause,
+            Cause::Invalid
         );
         assert!(check_create(&Node::ManifestDir(repo.clone(), d), "manifest.json").is_ok());
         assert_eq!(
             check_create(&Node::ManifestDir(repo.clone(), d), "other")
                 .unwrap_err()
-                .errno,
-            libc::EINVAL
+                .cause,
+            Cause::Invalid
         );
         assert_eq!(
-            check_create(&Node::Dir(repo.clone()), "x").unwrap_err().errno,
-            libc::EPERM
+            check_create(&Node::Dir(repo.clone()), "x").unwrap_err().cause,
+            Cause::NotPermitted
         );
-        assert_eq!(check_create(&Node::Root, "x").unwrap_err().errno, libc::EPERM);
+        assert_eq!(check_create(&Node::Root, "x").unwrap_err().cause, Cause::NotPermitted);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use rangemap::RangeMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
-use crate::error::{FsError, FsResult};
+use crate::error::{Cause, FsError, FsResult};
 use crate::oci::Digest;
 use crate::registry::client::{BlobBody, StallClock};
 use crate::registry::Registry;
@@ -405,7 +405,7 @@ impl BlobStore {
             let f = file.try_clone()?;
             let actual = tokio::task::spawn_blocking(move || Digest::of_file_range(&f, 0, None))
                 .await
-                .map_err(|e| FsError::new(libc::EIO, format!("hashing task: {e}")))??;
+                .map_err(|e| FsError::new(Cause::Io, format!("hashing task: {e}")))??;
             if actual != digest {
                 tracing::warn!(%digest, %actual, path = %path.display(), "cached blob failed verification; removing it and fetching again");
                 self.stats
@@ -485,7 +485,7 @@ impl BlobStore {
         let msg = format!("blob {digest}: the registry says {actual} bytes, the descriptor said {shown}");
         tracing::error!("size mismatch: {msg}");
         self.stats.record_error(msg.clone());
-        FsError::new(libc::EIO, format!("size mismatch: {msg}"))
+        FsError::new(Cause::Io, format!("size mismatch: {msg}"))
     }
 
     fn forget_complete(&self, digest: &Digest) {
@@ -576,7 +576,7 @@ impl BlobFile {
     fn store(&self) -> FsResult<Arc<BlobStore>> {
         self.store
             .upgrade()
-            .ok_or_else(|| FsError::new(libc::EIO, "blob store is gone"))
+            .ok_or_else(|| FsError::new(Cause::Io, "blob store is gone"))
     }
 
     /// The cache file, when it holds the whole blob and hashed to its digest
@@ -670,7 +670,7 @@ impl BlobFile {
                 self.read_present(offset, end)
             };
             match cached.await {
-                Err(e) if e.errno == libc::ENOSPC => self.out_of_space(&e),
+                Err(e) if e.cause == Cause::NoSpace => self.out_of_space(&e),
                 result => return result,
             }
         }
@@ -697,7 +697,7 @@ impl BlobFile {
                 self.read_present(offset, end)
             };
             match cached.await {
-                Err(e) if e.errno == libc::ENOSPC => self.out_of_space(&e),
+                Err(e) if e.cause == Cause::NoSpace => self.out_of_space(&e),
                 result => return result,
             }
         }
@@ -777,7 +777,7 @@ impl BlobFile {
         while off < end {
             let Some(bytes) = body.chunk().await? else {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("GET blob {}: body ended at byte {off}", self.digest),
                 ));
             };
@@ -1010,7 +1010,7 @@ impl BlobFile {
                         let room = self.size.saturating_sub(off);
                         if bytes.len() as u64 > room {
                             let e = FsError::new(
-                                libc::EIO,
+                                Cause::Io,
                                 format!("blob {} is longer than its size {}", self.digest, self.size),
                             );
                             self.poison_with(e.clone());
@@ -1036,7 +1036,7 @@ impl BlobFile {
             let why = cut.unwrap_or_else(|| "body ended early".into());
             if resumes > MAX_RESUMES {
                 return Err(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("GET blob {}: {why} (gave up at byte {pos})", self.digest),
                 ));
             }
@@ -1141,7 +1141,7 @@ impl BlobFile {
                     return; // the file was emptied to give the space back
                 }
                 self.poison_with(FsError::new(
-                    libc::EIO,
+                    Cause::Io,
                     format!("blob {}: reading back for verification failed: {e}", self.digest),
                 ));
                 return;
@@ -1187,7 +1187,7 @@ impl BlobFile {
         if let Ok(store) = self.store() {
             store.stats.record_error(format!("digest mismatch: {msg}"));
         }
-        self.poison_with(FsError::new(libc::EIO, format!("digest mismatch: {msg}")));
+        self.poison_with(FsError::new(Cause::Io, format!("digest mismatch: {msg}")));
     }
 
     /// This file's content cannot be right: every read of it fails from now

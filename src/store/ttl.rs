@@ -138,7 +138,7 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::FsError;
+    use crate::error::{Cause, FsError};
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[tokio::test]
@@ -173,9 +173,9 @@ mod tests {
     async fn errors_are_not_cached() {
         let c: TtlCache<u8, u8> = TtlCache::new(None);
         let e = c
-            .get_or_fetch(1, || async { Err(FsError::new(libc::EIO, "down")) })
+            .get_or_fetch(1, || async { Err(FsError::new(Cause::Io, "down")) })
             .await;
-        assert_eq!(e.unwrap_err().errno, libc::EIO);
+        assert_eq!(e.unwrap_err().cause, Cause::Io);
         assert_eq!(c.get_or_fetch(1, || async { Ok(3) }).await.unwrap(), 3);
     }
 }
