@@ -155,6 +155,13 @@ impl Filesystem for RegFs {
         self.spawn(move |fs| async move { reply_entry(reply, fs.lookup(parent.0, name.as_deref()).await) });
     }
 
+    /// The kernel dropped inodes: the table forgets them (bounded memory).
+    /// `batch_forget` is fuser's default, one `forget` per inode (fuser 0.18
+    /// does not export the type its slice holds).
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inner.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.spawn(move |fs| async move { reply_attr(reply, fs.getattr(ino.0).await) });
     }

@@ -174,3 +174,57 @@ fn a_plain_tags_listing_resolves_nothing_until_a_link_is_looked_at(kind) {
     assert!(per_tag.values().all(|&n| n == 1), "a tag asked twice: {per_tag:?}");
 }
 }
+
+/// Memory bounded for the life of a mount: after `find` has looked up every
+/// entry of 40 repositories, dropping the kernel's dentry and inode caches
+/// makes it send `forget`s, and the inode table (`inodes` in `.regfs/stats`)
+/// shrinks back; the mount then answers the same walk and reads the same
+/// bytes as before (the forgotten nodes come back on lookup).
+#[test]
+fn the_inode_table_shrinks_when_the_kernel_forgets() {
+    let reg = Registry::start();
+    let c = reg.client();
+    seed_repos(&c, 40, |i| format!("forget/r{i:02}"));
+    let blob_repo = "forget/data";
+    let img = c.push_random_image(blob_repo, "v1", &[7]);
+    let m = Mount::start(&reg.url());
+    let walk = || {
+        let out = Command::new("find")
+            .arg(m.join("forget"))
+            .args(["-printf", "%y %s %P\n"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "find: {}", String::from_utf8_lossy(&out.stderr));
+        let mut lines: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        lines
+    };
+    let first = walk();
+    assert!(first.len() > 400, "{} entries", first.len());
+    let before = m.stat("inodes");
+    // Fewer than the entries: a digest is one inode in every repository.
+    assert!(before > 300, "{before} inodes for {} entries", first.len());
+    fs::write("/proc/sys/vm/drop_caches", "2").expect("write /proc/sys/vm/drop_caches (needs root)");
+    // Forgets reach the daemon asynchronously: poll (loosely bounded).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut after = m.stat("inodes");
+    while after > before / 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        after = m.stat("inodes");
+    }
+    assert!(
+        after <= before / 4,
+        "inodes {before} after the walk, still {after} after drop_caches"
+    );
+    assert_eq!(walk(), first, "the same walk after the forgets");
+    let layer = &img.layers[0];
+    assert_eq!(
+        fs::read(m.join(format!("{blob_repo}/_blobs/{}", layer.digest))).unwrap(),
+        c.get_blob(blob_repo, &layer.digest),
+        "a forgotten blob node reads its bytes"
+    );
+}

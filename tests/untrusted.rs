@@ -442,6 +442,45 @@ fn a_full_cache_filesystem_still_serves_verified_reads() {
     assert!(!ok, "wrong bytes are EIO even when they cannot be cached");
 }
 
+/// Bytes reach a reader from memory as they arrive and the cache file is
+/// written behind them (issue 13): when that write fails part-way (a 4 MiB
+/// cache filesystem under a 32 MiB blob), the reader still gets the
+/// registry's bytes, every one of them, in 1 MiB reads, nothing is left in
+/// the cache, and the log says why.
+#[test]
+fn a_cache_write_failing_behind_the_reader_still_gives_exact_bytes() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let img = c.push_random_image("full/lag", "big", &[32 << 20]);
+    let layer = &img.layers[0];
+    let fs_ = SmallFs::new(4);
+    let cache = fs_.0.path().join("cache");
+    let m = Mount::builder(&reg.url()).cache_dir(&cache).start();
+    let path = m.join(format!("full/lag/_blobs/{}", layer.digest));
+    let mut f = fs::File::open(&path).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read at {}: {e}\n{}", got.len(), m.log()));
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len(), layer.bytes.len());
+    assert!(got == layer.bytes, "the bytes read differ from the registry's");
+    let log = m.log();
+    assert!(log.contains("cache filesystem full"), "{log}");
+    assert!(log.contains("No space left on device"), "{log}");
+    let cached: Vec<_> = fs::read_dir(cache.join("blobs/sha256")).unwrap().flatten().collect();
+    assert!(
+        cached.iter().all(|e| e.file_name().to_string_lossy() != layer.hex()),
+        "a blob whose cache write failed is not in the cache: {cached:?}"
+    );
+}
+
 #[test]
 fn an_unusable_cache_dir_is_named_in_the_error() {
     let reg = Registry::start();

@@ -215,7 +215,12 @@ impl Core {
 
     pub(crate) fn status_text(&self, f: StatusFile) -> String {
         match f {
-            StatusFile::Stats => self.view.stats.render() + &self.view.blobs.usage(),
+            StatusFile::Stats => format!(
+                "{}{}inodes {}\n",
+                self.view.stats.render(),
+                self.view.blobs.usage(),
+                self.inodes.len()
+            ),
             StatusFile::Version => format!("regfs {}\n", env!("CARGO_PKG_VERSION")),
             StatusFile::Errors => self.view.stats.render_errors(),
             StatusFile::Config => self.opts.description.clone(),

@@ -56,6 +56,18 @@ impl Core {
         }
     }
 
+    /// An entry handed to the kernel: it counts one more reference to the
+    /// inode until it sends `forget` (see inodes.rs).
+    fn given(&self, node: &Node, entry: Entry) -> Entry {
+        self.inodes.looked_up(node, entry.attr.ino);
+        entry
+    }
+
+    /// The kernel dropped `n` references to `ino` (forget, batch_forget).
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
     fn new_fh(&self, handle: Handle) -> u64 {
         self.handles.open_file(handle)
     }
@@ -79,7 +91,7 @@ impl Core {
                 .attr(&child)
                 .await
                 .map_err(|e| self.fail("lookup", Some(&child), &e))?;
-            return Ok(self.entry(&child, attr));
+            return Ok(self.given(&child, self.entry(&child, attr)));
         }
         // A file being written hides whatever the registry has under its name.
         let child = match self.staging().find(&parent, name) {
@@ -94,7 +106,7 @@ impl Core {
             .attr(&child)
             .await
             .map_err(|e| self.fail("lookup", Some(&child), &e))?;
-        Ok(self.entry(&child, attr))
+        Ok(self.given(&child, self.entry(&child, attr)))
     }
 
     pub async fn getattr(&self, ino: u64) -> OpResult<Entry> {
@@ -212,13 +224,17 @@ impl Core {
                 self.staging().create(&parent, name)
             })
             .map_err(|e| self.fail_in("create", parent, name, &e))?;
-        let attr = self.make_attr(&Node::Staged(id), 0);
+        let node = Node::Staged(id);
+        let attr = self.make_attr(&node, 0);
         let fh = self.new_fh(Handle::Staged(id));
         Ok((
-            Entry {
-                attr,
-                ttl: Duration::ZERO,
-            },
+            self.given(
+                &node,
+                Entry {
+                    attr,
+                    ttl: Duration::ZERO,
+                },
+            ),
             fh,
         ))
     }
@@ -290,10 +306,11 @@ impl Core {
             .mkdir(parent, name)
             .await
             .map_err(|e| self.fail_in("mkdir", parent, name, &e))?;
-        Ok(Entry {
+        let entry = Entry {
             attr: self.make_attr(&node, 0),
             ttl: Duration::ZERO,
-        })
+        };
+        Ok(self.given(&node, entry))
     }
 
     /// rmdir (`dir`) or unlink.
@@ -315,10 +332,11 @@ impl Core {
             .symlink(parent, name, target)
             .await
             .map_err(|e| self.fail_in("symlink", parent, name, &e))?;
-        Ok(Entry {
+        let entry = Entry {
             attr: self.make_attr(&node, target.len() as u64),
             ttl: Duration::ZERO,
-        })
+        };
+        Ok(self.given(&node, entry))
     }
 
     pub async fn rename_op(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> OpResult<()> {
@@ -341,7 +359,7 @@ impl Core {
         .await
         .map_err(|e| self.fail_in("link", newparent, newname, &e))?;
         let attr = self.attr(&node).await.map_err(|e| self.fail("link", Some(&node), &e))?;
-        Ok(self.entry(&node, attr))
+        Ok(self.given(&node, self.entry(&node, attr)))
     }
 
     /// Extended attributes of a node, as (name, value) pairs.

@@ -183,6 +183,93 @@ fn lookups_listings_and_links_follow_the_registry() {
     });
 }
 
+/// The `inodes` line of `.regfs/stats`.
+async fn stats_inodes(f: &Fixture) -> usize {
+    let text = String::from_utf8(f.read(".regfs/stats").await.unwrap()).unwrap();
+    let line = text.lines().find(|l| l.starts_with("inodes ")).expect("an inodes line");
+    line["inodes ".len()..].parse().unwrap()
+}
+
+#[test]
+fn forgotten_inodes_leave_the_table_and_come_back_on_lookup() {
+    rt().block_on(async {
+        let reg = Arc::new(FakeRegistry::new());
+        let layer = bytes_of(1 << 20, 3);
+        let img = reg.push_image("team/app", "v1", &[&layer]);
+        reg.push_image("team/other", "v1", &[&layer]);
+        let f = mount(&reg);
+        let base = f.core.inodes.len();
+        let paths = [
+            "team/app/_tags/v1".to_string(),
+            format!("team/app/_blobs/{}", img.layers[0]),
+            format!("team/other/_blobs/{}", img.layers[0]),
+        ];
+        const N: u64 = 5;
+        // Every inode the walks were given, with how many times (the kernel's count).
+        let mut counts: std::collections::HashMap<u64, u64> = Default::default();
+        let mut walk = async |p: &str| {
+            let mut ino = inodes::ROOT;
+            for name in p.split('/') {
+                ino = f.core.lookup(ino, Some(name)).await.unwrap().attr.ino;
+                *counts.entry(ino).or_default() += 1;
+            }
+            ino
+        };
+        for _ in 0..N {
+            for p in &paths {
+                walk(p).await;
+            }
+        }
+        let blob = walk(&paths[1]).await;
+        assert_eq!(
+            walk(&paths[2]).await,
+            blob,
+            "one inode for the digest in both repositories"
+        );
+        let (fh, _) = f.core.open(blob, OpenMode::default()).await.unwrap();
+        let looked_up = f.core.inodes.len();
+        assert!(looked_up >= base + 8, "{base} -> {looked_up}");
+        // The kernel forgets all but one of each count: nothing leaves.
+        for (&ino, &n) in &counts {
+            f.core.forget(ino, n - 1);
+        }
+        assert_eq!(f.core.inodes.len(), looked_up);
+        for &ino in counts.keys() {
+            f.core.forget(ino, 1);
+        }
+        for &ino in counts.keys() {
+            assert!(f.core.inodes.get(ino).is_none(), "inode {ino} forgotten");
+            assert!(matches!(f.core.getattr(ino).await, Err(Failed(libc::ESTALE))));
+        }
+        // (The walk also leaves `.regfs`/`stats` nodes, read below, and
+        // nothing else the kernel was not given.)
+        let after = f.core.inodes.len();
+        assert!(
+            after <= base + 2,
+            "{base} before, {looked_up} looked up, {after} after forget"
+        );
+        let before_stats = stats_inodes(&f).await;
+        assert!(before_stats <= base + 4, "stats says {before_stats}");
+        // The open handle still reads: it does not refer to the inode table.
+        let mut got = Vec::new();
+        while let Ok(b) = f.core.read(blob, fh, got.len() as u64, 1 << 17).await {
+            if b.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&b);
+        }
+        assert_eq!(got, layer);
+        f.core.release(fh);
+        // A later lookup gives a working entry (the same digest inode).
+        assert_eq!(f.ino(&paths[1]).await.unwrap(), blob);
+        assert_eq!(f.read(&paths[2]).await.unwrap(), layer);
+        assert_eq!(
+            f.readlink(&paths[0]).await.unwrap(),
+            format!("../_manifests/{}", img.manifest)
+        );
+    });
+}
+
 #[test]
 fn reads_return_the_registry_bytes_and_the_manifest_exactly() {
     rt().block_on(async {

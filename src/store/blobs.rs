@@ -1,13 +1,16 @@
 //! Blobs on local disk, fetched lazily by HTTP Range.
 //!
 //! A blob being read lives in a sparse file `<cache>/partial/<hex>.<pid>.<n>` with a
-//! map of which 1 MiB chunks are present (a range map: its memory follows what
+//! map of which 64 KiB units are present (a range map: its memory follows what
 //! was fetched, never the size a descriptor claims). A read fetches the chunks it needs
 //! (and, when reads are sequential, a growing window ahead of them in parallel
-//! parts); bodies stream straight to the file, so memory stays bounded. As the
-//! present prefix grows it is hashed; when the whole blob is present and its
-//! sha256 matches, the file is renamed to `<cache>/blobs/sha256/<hex>` (atomic
-//! commit). A complete file from an earlier run is re-hashed once before it is trusted.
+//! parts). A body's bytes are present as soon as they arrive: readers and the
+//! hash take them from memory while a writer thread puts them in the file
+//! behind them (`held.rs`; bounded: fetches wait when the writer lags by
+//! `LAG_LIMIT`). As the present prefix grows it is hashed; when the whole blob
+//! is present, written, and its sha256 matches, the file is renamed to
+//! `<cache>/blobs/sha256/<hex>` (atomic commit). A complete file from an
+//! earlier run is re-hashed once before it is trusted.
 //!
 //! Verified or error: a read that reaches the end of a blob is answered only
 //! once the whole blob hashed to its digest; on a mismatch that read and every
@@ -30,6 +33,7 @@ use rangemap::RangeMap;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::Notify;
 
+use super::held::{Held, Segment, LAG_LIMIT};
 use crate::error::{Cause, FsError, FsResult};
 use crate::oci::Digest;
 use crate::registry::client::{BlobBody, StallClock};
@@ -178,6 +182,12 @@ pub struct BlobFile {
     verified: AtomicBool,
     /// The cache filesystem was full: reads go straight to the registry.
     no_space: AtomicBool,
+    /// Arrived bytes on their way to the file (see `held.rs`).
+    held: Mutex<Held>,
+    /// The writer wrote (fetches waiting for room look again).
+    drained: Notify,
+    /// A writer thread is running (at most one per blob).
+    writing: AtomicBool,
     store: Weak<BlobStore>,
 }
 
@@ -441,6 +451,9 @@ impl BlobStore {
             hashed_upto: AtomicU64::new(chunk_count(size)),
             verified: AtomicBool::new(true),
             no_space: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
+            drained: Notify::new(),
+            writing: AtomicBool::new(false),
             store: Arc::downgrade(self),
         })))
     }
@@ -473,6 +486,9 @@ impl BlobStore {
             hashed_upto: AtomicU64::new(0),
             verified: AtomicBool::new(false),
             no_space: AtomicBool::new(false),
+            held: Mutex::new(Held::default()),
+            drained: Notify::new(),
+            writing: AtomicBool::new(false),
             store: Arc::downgrade(self),
         });
         if size == 0 {
@@ -635,7 +651,11 @@ impl BlobFile {
                 return Ok(None);
             }
         }
-        self.read_present(offset, end).map(Some)
+        match self.read_present(offset, end) {
+            // The cache copy was given up under this read: `wait_and_read` serves it.
+            Err(e) if e.cause == Cause::NoSpace => Ok(None),
+            result => result.map(Some),
+        }
     }
 
     /// Read, waiting for the network when needed.
@@ -719,6 +739,10 @@ impl BlobFile {
             store.make_room();
         }
         let _ = self.file.set_len(0);
+        self.held.lock().unwrap().clear();
+        // Fetches waiting for the writer stop; readers fall back to the registry.
+        self.drained.notify_waiters();
+        self.changed.notify_waiters();
     }
 
     /// A read served from the registry without the cache. A read that reaches
@@ -792,10 +816,132 @@ impl BlobFile {
         Ok(())
     }
 
+    /// Bytes `offset..end`, all present: from memory where they are still
+    /// held, else from the file.
     fn read_present(&self, offset: u64, end: u64) -> FsResult<Vec<u8>> {
+        let plan = self.held.lock().unwrap().plan(offset, end);
         let mut buf = vec![0u8; (end - offset) as usize];
-        self.file.read_exact_at(&mut buf, offset)?;
+        let mut at = 0;
+        for segment in plan {
+            match segment {
+                Segment::Memory(bytes) => {
+                    buf[at..at + bytes.len()].copy_from_slice(&bytes);
+                    at += bytes.len();
+                }
+                Segment::File(range) => {
+                    let len = (range.end - range.start) as usize;
+                    if let Err(e) = self.file.read_exact_at(&mut buf[at..at + len], range.start) {
+                        return Err(self.given_up_or(e.into()));
+                    }
+                    at += len;
+                }
+            }
+        }
+        if self.no_space.load(Ordering::Acquire) {
+            // The file may have been emptied under the read: do not trust it.
+            return Err(self.given_up_or(FsError::new(Cause::Io, "cache file given up")));
+        }
         Ok(buf)
+    }
+
+    /// Hand the present bytes `offset..end` to `sink` in order, in pieces.
+    fn each_present(&self, offset: u64, end: u64, mut sink: impl FnMut(&[u8]) -> FsResult<()>) -> FsResult<()> {
+        let plan = self.held.lock().unwrap().plan(offset, end);
+        let mut buf = Vec::new();
+        for segment in plan {
+            match segment {
+                Segment::Memory(bytes) => sink(&bytes)?,
+                Segment::File(range) => {
+                    buf.resize((range.end - range.start) as usize, 0);
+                    if let Err(e) = self.file.read_exact_at(&mut buf, range.start) {
+                        return Err(self.given_up_or(e.into()));
+                    }
+                    sink(&buf)?;
+                }
+            }
+        }
+        if self.no_space.load(Ordering::Acquire) {
+            // The file may have been emptied under the read: do not trust it.
+            return Err(self.given_up_or(FsError::new(Cause::Io, "cache file given up")));
+        }
+        Ok(())
+    }
+
+    /// ENOSPC (the caller then reads from the registry) when the cache copy
+    /// was given up, else `e`.
+    fn given_up_or(&self, e: FsError) -> FsError {
+        if self.no_space.load(Ordering::Acquire) {
+            FsError::new(Cause::NoSpace, format!("blob {}: cache file given up", self.digest))
+        } else {
+            e
+        }
+    }
+
+    /// Wait while the writer lags `LAG_LIMIT` bytes behind the fetches: memory
+    /// stays bounded, and the reader keeps that much lead over a slow disk.
+    async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.held.lock().unwrap().unwritten_bytes() < LAG_LIMIT || self.no_space.load(Ordering::Acquire) {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// Make sure a writer thread is putting the held bytes in the file. At
+    /// most one runs per blob; like the hasher it looks again after it stops.
+    fn kick_writer(self: &Arc<Self>) {
+        if self.writing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("regfs-write".into())
+            .spawn(move || loop {
+                this.write_held();
+                this.writing.store(false, Ordering::Release);
+                let more = this.held.lock().unwrap().unwritten_bytes() > 0 && !this.no_space.load(Ordering::Acquire);
+                if !more || this.writing.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            });
+        if let Err(e) = spawned {
+            // Without a writer nothing reaches the file: serve from the registry.
+            self.writing.store(false, Ordering::Release);
+            self.out_of_space(&FsError::new(Cause::Io, format!("cannot start the cache writer: {e}")));
+        }
+    }
+
+    /// Write every held unwritten byte to the file, a contiguous batch per
+    /// system call. A failed write (ENOSPC, EIO) gives up the cache copy.
+    fn write_held(self: &Arc<Self>) {
+        loop {
+            if self.no_space.load(Ordering::Acquire) {
+                return;
+            }
+            let batch = self.held.lock().unwrap().next_batch();
+            let Some((start, _)) = batch.first() else {
+                break;
+            };
+            if let Err(e) = pwritev_all(&self.file, *start, &batch) {
+                self.out_of_space(&e.into());
+                return;
+            }
+            let hashed = self.hashed_upto.load(Ordering::Acquire).saturating_mul(UNIT);
+            self.held.lock().unwrap().written(&batch, hashed);
+            self.drained.notify_waiters();
+        }
+        self.commit_if_ready();
+    }
+
+    /// Commit once the whole blob is verified and every byte is in the file.
+    fn commit_if_ready(&self) {
+        if self.is_verified() && self.held.lock().unwrap().unwritten_bytes() == 0 {
+            self.commit();
+        }
     }
 
     fn all_present(&self, start: u64, end: u64) -> bool {
@@ -1016,14 +1162,24 @@ impl BlobFile {
                             self.poison_with(e.clone());
                             return Err(e);
                         }
-                        self.file.write_all_at(&bytes, off)?;
-                        Stats::add(&store.stats.bytes_fetched, bytes.len() as u64);
-                        transfer.add(bytes.len() as u64);
-                        off += bytes.len() as u64;
+                        if self.no_space.load(Ordering::Acquire) {
+                            // The cache copy was given up: reads go to the registry.
+                            return Err(FsError::new(Cause::NoSpace, "the cache file of this blob was given up"));
+                        }
+                        let len = bytes.len() as u64;
+                        Stats::add(&store.stats.bytes_fetched, len);
+                        transfer.add(len);
+                        // In memory first: readers and the hash take the bytes
+                        // from there; the writer thread files them behind.
+                        if self.held.lock().unwrap().arrive(off, bytes) {
+                            self.kick_writer();
+                        }
+                        off += len;
                         if off > pos {
                             pos = off;
                         }
                         self.mark_present(covered_from, off);
+                        self.room().await;
                     }
                     Ok(None) => break None,
                     Err(e) => break Some(e.to_string()),
@@ -1125,17 +1281,20 @@ impl BlobFile {
             return; // out of space: the file is given back, reads verify on their own
         }
         let n = chunk_count(self.size);
-        let mut buf = Vec::new();
         while h.upto < n {
-            // The present run from `upto`, read at most a chunk at a time.
+            // The present run from `upto`, at most a chunk at a time.
             let run_end = match self.chunks.lock().unwrap().states.get_key_value(&h.upto) {
                 Some((r, ChunkState::Present)) => r.end.min(h.upto + CHUNK / UNIT).min(n),
                 _ => return,
             };
             let off = h.upto * UNIT;
-            let len = (run_end * UNIT).min(self.size) - off;
-            buf.resize(len as usize, 0);
-            if let Err(e) = self.file.read_exact_at(&mut buf, off) {
+            let end = (run_end * UNIT).min(self.size);
+            // From memory where the bytes are still held, else read back.
+            let hasher = &mut h.hasher;
+            if let Err(e) = self.each_present(off, end, |bytes| {
+                hasher.update(bytes);
+                Ok(())
+            }) {
                 drop(h);
                 if self.no_space.load(Ordering::Acquire) {
                     return; // the file was emptied to give the space back
@@ -1146,9 +1305,9 @@ impl BlobFile {
                 ));
                 return;
             }
-            h.hasher.update(&buf);
             h.upto = run_end;
             self.hashed_upto.store(run_end, Ordering::Release);
+            self.held.lock().unwrap().hashed(end);
         }
         h.done = true;
         let actual = Digest::from_bytes(h.hasher.finalize_reset().into());
@@ -1158,7 +1317,7 @@ impl BlobFile {
         }
         if actual == self.digest {
             self.verified.store(true, Ordering::Release);
-            self.commit();
+            self.commit_if_ready();
             self.changed.notify_waiters();
         } else {
             self.poison(actual);
@@ -1218,6 +1377,57 @@ impl Drop for BlobFile {
     }
 }
 
+/// Write `pieces` (contiguous, the first at `start`) at `start` of `file`,
+/// with as few `pwritev` calls as the kernel allows.
+fn pwritev_all(file: &File, start: u64, pieces: &[(u64, bytes::Bytes)]) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut slices: Vec<&[u8]> = pieces.iter().map(|(_, b)| &b[..]).collect();
+    let mut pos = start;
+    while !slices.is_empty() {
+        let iov: Vec<libc::iovec> = slices
+            .iter()
+            .map(|s| libc::iovec {
+                iov_base: s.as_ptr() as *mut libc::c_void,
+                iov_len: s.len(),
+            })
+            .collect();
+        // SAFETY: the iovecs point into `slices`, alive for the call; the fd is ours.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                pos as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
+        }
+        let mut n = n as usize;
+        pos += n as u64;
+        while n > 0 {
+            if n >= slices[0].len() {
+                n -= slices[0].len();
+                slices.remove(0);
+            } else {
+                slices[0] = &slices[0][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1232,6 +1442,43 @@ mod tests {
         }
         assert_eq!(rs.window, MAX_WINDOW);
         assert_eq!(rs.advance(900 << 20, (900 << 20) + 4096), 0, "a jump is random");
+    }
+
+    /// The cache file is committed only once every byte is in it (the hash
+    /// may finish from memory before the writer does), it holds exactly the
+    /// blob, and nothing stays held in memory after.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_blob_is_committed_with_every_byte_written_and_nothing_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Arc::new(crate::registry::fake::FakeRegistry::new());
+        // 40 MiB that differ everywhere (a hole or a misplaced piece shows).
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let data: Vec<u8> = (0..40 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let digest = reg.put_blob("r", data.clone());
+        let store = BlobStore::new(dir.path(), 1 << 30, reg, Arc::new(Stats::default())).unwrap();
+        let file = store.open("r", digest, data.len() as u64).await.unwrap();
+        let rs = Mutex::new(ReadState::default());
+        let mut off = 0;
+        while off < data.len() {
+            let got = file.read(off as u64, 1 << 20, &rs).await.unwrap();
+            assert!(got[..] == data[off..off + got.len()], "bytes at {off}");
+            off += got.len();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !store.has_complete(&digest) {
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(std::fs::read(store.complete_path(&digest)).unwrap() == data);
+        assert_eq!(file.held.lock().unwrap().memory_bytes(), 0);
+        assert_eq!(std::fs::read_dir(&store.partial_dir).unwrap().count(), 0);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod blobs;
 pub mod dir;
+mod held;
 pub mod manifests;
 pub mod ttl;
 

@@ -42,10 +42,12 @@ pub const COUNTERS: &[&str] = &[
     "cache_index_bytes",
     "cache_limit",
     "blobs_being_fetched",
+    "inodes",
 ];
 
-/// The last lines of [`COUNTERS`] are the disk cache's (`cache_blobs` on).
-const CACHE_LINES: usize = 5;
+/// The last lines of [`COUNTERS`] come after the rate-limit lines: the disk
+/// cache's (`cache_blobs` on) and the inode table's size (`inodes`).
+const CACHE_LINES: usize = 6;
 
 /// Lines that come before the disk cache's once the registry sent `RateLimit-*`
 /// headers: limit and remaining together, the window when the header has one.
@@ -84,7 +86,7 @@ pub fn try_parse_stats(text: &str) -> Result<BTreeMap<String, u64>, String> {
         order.push(name);
     }
     // The rate-limit lines, when present, stand between the daemon's counters
-    // and the disk cache's lines (`blobs_being_fetched` and the three before it).
+    // and the disk cache's lines (`cache_blobs` … `blobs_being_fetched`, then `inodes`).
     let rate: Vec<&str> = order.iter().copied().filter(|n| RATE_LIMIT.contains(n)).collect();
     let at = COUNTERS.len() - CACHE_LINES;
     let mut want: Vec<&str> = COUNTERS[..at].to_vec();
