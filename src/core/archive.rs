@@ -38,9 +38,17 @@ pub struct Export {
 }
 
 /// Export tars laid out so far, by (repository, tag, tag digest): a tag
-/// moved to another digest gets a new layout.
-#[derive(Default)]
-pub struct Exports(Mutex<HashMap<(String, String, Digest), Arc<Export>>>);
+/// moved to another digest gets a new layout. At most
+/// `super::view::EXPORTS_MAX`, least recently used dropped first: a dropped
+/// one is laid out again from the cached manifests; open files keep theirs.
+pub struct Exports(Mutex<lru::LruCache<(String, String, Digest), Arc<Export>>>);
+
+impl Default for Exports {
+    fn default() -> Self {
+        let max = std::num::NonZeroUsize::new(super::view::EXPORTS_MAX).expect("a capacity");
+        Exports(Mutex::new(lru::LruCache::new(max)))
+    }
+}
 
 impl Exports {
     fn get(&self, repo: &str, tag: &str, digest: Digest) -> Option<Arc<Export>> {
@@ -50,7 +58,7 @@ impl Exports {
 
     fn insert(&self, repo: &str, tag: &str, digest: Digest, export: Arc<Export>) {
         let key = (repo.to_string(), tag.to_string(), digest);
-        self.0.lock().unwrap().insert(key, export);
+        self.0.lock().unwrap().put(key, export);
     }
 }
 

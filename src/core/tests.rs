@@ -270,6 +270,41 @@ fn forgotten_inodes_leave_the_table_and_come_back_on_lookup() {
     });
 }
 
+/// The memory of which repository holds which digest is bounded
+/// (`view::PRESENT_MAX`): filled past the bound, the oldest pairs are lost,
+/// and a lost one costs one request to the registry when next needed, with
+/// the same answer as before.
+#[test]
+fn a_forgotten_presence_costs_one_request_never_a_wrong_answer() {
+    rt().block_on(async {
+        let reg = Arc::new(FakeRegistry::new());
+        let layer = bytes_of(100_000, 5);
+        let img = reg.push_image("team/app", "v1", &[&layer]);
+        let f = mount(&reg);
+        let blob = format!("team/app/_blobs/{}", img.layers[0]);
+        let manifest = format!("team/app/_manifests/{}/manifest.json", img.manifest);
+        assert_eq!(f.read(&manifest).await.unwrap(), img.manifest_bytes.to_vec());
+        assert_eq!(f.size(&blob).await.unwrap(), layer.len() as u64);
+        let v = &f.core.view;
+        assert!(v.is_present("team/app", &img.layers[0]) && v.is_present("team/app", &img.manifest));
+        // Known: asking again costs nothing.
+        let before = f.reg.requests().len();
+        assert_eq!(f.size(&blob).await.unwrap(), layer.len() as u64);
+        assert_eq!(f.read(&manifest).await.unwrap(), img.manifest_bytes.to_vec());
+        assert_eq!(f.reg.requests().len(), before, "{:?}", &f.reg.requests()[before..]);
+        for i in 0..super::view::PRESENT_MAX as u64 {
+            v.mark_present("other/repo", Digest::of(&i.to_le_bytes()));
+        }
+        assert!(!v.is_present("team/app", &img.layers[0]) && !v.is_present("team/app", &img.manifest));
+        // Lost: one request each, the same answers.
+        assert_eq!(f.size(&blob).await.unwrap(), layer.len() as u64);
+        assert_eq!(f.read(&manifest).await.unwrap(), img.manifest_bytes.to_vec());
+        let asked = f.reg.requests()[before..].to_vec();
+        assert_eq!(asked.len(), 2, "one blob and one manifest request: {asked:?}");
+        assert!(v.is_present("team/app", &img.layers[0]) && v.is_present("team/app", &img.manifest));
+    });
+}
+
 #[test]
 fn reads_return_the_registry_bytes_and_the_manifest_exactly() {
     rt().block_on(async {

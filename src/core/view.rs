@@ -40,6 +40,26 @@ const MAX_TAG_PREFETCH: usize = 10_000;
 /// repository's tags (listing, lookup, readlink) for this long.
 const TAG_INTEREST_WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// (repository, digest) pairs known to exist, kept at most (about 150 bytes
+/// each). Losing one costs a HEAD (or the ranged GET that also starts a read)
+/// when it is next needed, never a wrong answer: every reader treats "not
+/// known" as "ask the registry".
+pub const PRESENT_MAX: usize = 65_536;
+/// Media types of blobs from the descriptors seen, kept at most. A lost one
+/// is as if no descriptor naming the blob had been read yet (the `media_type`
+/// xattr of `_blobs/<digest>` is absent until one is read again; never a
+/// wrong type). Foreign layers are kept apart in `foreign`, exactly.
+pub const MEDIA_TYPES_MAX: usize = 65_536;
+/// Export tar layouts kept (each a list of members); a lost one is laid out
+/// again from the cached manifests. Open files keep theirs.
+pub const EXPORTS_MAX: usize = 64;
+
+fn lru<K: std::hash::Hash + Eq, V>(max: usize) -> Mutex<lru::LruCache<K, V>> {
+    Mutex::new(lru::LruCache::new(
+        std::num::NonZeroUsize::new(max).expect("a capacity"),
+    ))
+}
+
 /// Names in a directory and the digests they point at.
 pub type NamedDigests = Vec<(String, Digest)>;
 /// Every digest of a layout: its size, and whether it is a manifest.
@@ -69,9 +89,10 @@ pub struct View {
     pub(super) locations: super::locations::Locations,
     /// Pairs remembered from earlier mounts: candidates for a mount, not proof.
     remembered: Mutex<Vec<(String, Digest)>>,
-    /// (repository, digest) pairs known to exist in that repository.
-    present: Mutex<HashSet<(String, Digest)>>,
-    media_types: Mutex<HashMap<Digest, String>>,
+    /// (repository, digest) pairs known to exist in that repository (`PRESENT_MAX`).
+    present: Mutex<lru::LruCache<(String, Digest), ()>>,
+    /// Descriptors' media types (`MEDIA_TYPES_MAX`).
+    media_types: Mutex<lru::LruCache<Digest, String>>,
     /// Foreign layers seen in manifests, with their download URLs.
     foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
@@ -117,9 +138,9 @@ impl View {
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
             no_referrers_api: std::sync::atomic::AtomicBool::new(false),
-            present: Mutex::new(HashSet::new()),
+            present: lru(PRESENT_MAX),
             remembered: Mutex::new(known),
-            media_types: Mutex::new(HashMap::new()),
+            media_types: lru(MEDIA_TYPES_MAX),
             foreign: Mutex::new(HashMap::new()),
             exports: super::archive::Exports::default(),
             oci_content: TtlCache::new(ttl),
@@ -367,8 +388,8 @@ impl View {
             .lock()
             .unwrap()
             .iter()
-            .filter(|(_, d)| d == digest)
-            .map(|(r, _)| r.clone())
+            .filter(|((_, d), ())| d == digest)
+            .map(|((r, _), ())| r.clone())
             .collect();
         for (r, d) in self.remembered.lock().unwrap().iter() {
             if d == digest && !repos.contains(r) {
@@ -499,13 +520,13 @@ impl View {
     }
 
     pub(crate) fn mark_present(&self, repo: &str, d: Digest) {
-        if self.present.lock().unwrap().insert((repo.to_string(), d)) {
+        if self.present.lock().unwrap().put((repo.to_string(), d), ()).is_none() {
             self.locations.record(repo, &d);
         }
     }
 
     pub(crate) fn is_present(&self, repo: &str, d: &Digest) -> bool {
-        self.present.lock().unwrap().contains(&(repo.to_string(), *d))
+        self.present.lock().unwrap().get(&(repo.to_string(), *d)).is_some()
     }
 
     /// A manifest of `repo` by digest: cached bytes when the repository is known
@@ -558,15 +579,15 @@ impl View {
                         e.insert(urls);
                     }
                     self.blobs.note_claimed_size(d, desc.size);
-                    types.insert(d, desc.media_type.clone());
+                    types.put(d, desc.media_type.clone());
                     continue;
                 }
                 self.blobs.note_claimed_size(d, desc.size);
-                if present.insert((repo.to_string(), d)) {
+                if present.put((repo.to_string(), d), ()).is_none() {
                     self.locations.record(repo, &d);
                 }
                 if !desc.media_type.is_empty() {
-                    types.insert(d, desc.media_type.clone());
+                    types.put(d, desc.media_type.clone());
                 }
             }
         }

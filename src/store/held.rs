@@ -27,11 +27,16 @@ use bytes::Bytes;
 use rangemap::RangeSet;
 
 /// Unwritten bytes a blob may hold before its fetches wait for the writer.
-pub const LAG_LIMIT: u64 = 64 << 20;
+/// Small: a writer far behind copies cold bytes, and a lead over a disk
+/// slowed by dirty pages bought nothing measurable (docs/performance.md).
+pub const LAG_LIMIT: u64 = 8 << 20;
 /// How far past the hash's position written bytes stay in memory for it.
 pub const KEEP_AHEAD: u64 = 32 << 20;
-/// The most a writer puts in the file with one system call.
-const WRITE_BATCH: u64 = 4 << 20;
+/// The most a writer puts in the file with one system call. Small on
+/// purpose: 4 MiB `pwritev`s made ext4 fill large folios, and with 2 GiB of
+/// dirty pages on the machine the writer then spent twice the CPU in
+/// `copy_folio_from_iter_atomic` (perf, issue 13).
+const WRITE_BATCH: u64 = 128 << 10;
 /// The most pieces in one `pwritev` (well below IOV_MAX).
 const WRITE_BATCH_PIECES: usize = 256;
 
@@ -227,9 +232,9 @@ mod tests {
     #[test]
     fn a_batch_is_bounded() {
         let mut h = Held::default();
-        let piece = Bytes::from(vec![0u8; 1 << 20]);
+        let piece = Bytes::from(vec![0u8; 64 << 10]);
         for i in 0..10u64 {
-            h.arrive(i << 20, piece.clone());
+            h.arrive(i * (64 << 10), piece.clone());
         }
         let batch = h.next_batch();
         assert_eq!(batch.iter().map(|(_, p)| p.len() as u64).sum::<u64>(), WRITE_BATCH);
