@@ -294,7 +294,7 @@ impl Core {
             } else {
                 Node::Blob(r, d)
             }),
-            n @ Node::Rootfs(..) => self.contents_resolve(n).await,
+            n @ (Node::Rootfs(..) | Node::LayerTree(..)) => self.contents_resolve(n).await,
             n => Ok(n),
         }
     }
