@@ -1456,10 +1456,14 @@ fi
 WORK="$(mktemp -d "${BENCH_TMPDIR:-${TMPDIR:-/tmp}}/regfs-bench.XXXXXX")"
 REGFS_REGISTRY_ACCESSLOG_DISABLED=true start_registry "$WORK/registry"
 
+LOADS=()
 for s in "${RUN_SECTIONS[@]}"; do
+    LOADS+=("$s $(cut -d' ' -f1 /proc/loadavg)")
     "bench_$s"
 done
+LOADS+=("end $(cut -d' ' -f1 /proc/loadavg)")
 
 section "Summary ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) CPUs, $("$REGFS_BIN" --version 2>/dev/null || echo regfs), blob $SIZE_LABEL, best of $BENCH_REPEAT)"
 printf '%s\n' "${RESULTS[@]}"
+echo "load average (1 min) at the start of each section: ${LOADS[*]}"
 print_figures

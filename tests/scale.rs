@@ -175,6 +175,34 @@ fn a_plain_tags_listing_resolves_nothing_until_a_link_is_looked_at(kind) {
 }
 }
 
+on_both_registries! {
+/// The catalog page that told a namespace exists also names the repositories
+/// under it: reading a blob by its path below a namespace asks no tag list of
+/// that repository (a round trip less before the first byte from far away).
+fn a_namespace_scan_makes_the_repositories_it_saw_known(kind) {
+    let reg = Registry::start_kind(kind);
+    let c = reg.client();
+    let img = c.push_random_image("ns/app", "v1", &[3000]);
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let layer = &img.layers[0];
+    let got = fs::read(m.join(format!("ns/app/_blobs/{}", layer.digest))).unwrap();
+    assert_eq!(sha256_digest(&got), layer.digest);
+    assert_eq!(got, layer.bytes);
+    let tag_lists: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/tags/list"))
+        .map(|r| r.target)
+        .collect();
+    assert!(
+        tag_lists.iter().all(|t| !t.starts_with("/v2/ns/app/")),
+        "the repository the catalog page named was asked again: {tag_lists:?}"
+    );
+    assert!(!catalog_requests(&proxy).is_empty(), "the namespace was told without the catalog?");
+}
+}
+
 /// Memory bounded for the life of a mount: after `find` has looked up every
 /// entry of 40 repositories, dropping the kernel's dentry and inode caches
 /// makes it send `forget`s, and the inode table (`inodes` in `.regfs/stats`)

@@ -34,6 +34,8 @@ pub const TAG_CONCURRENCY: usize = 64;
 const SCAN_PAGE: usize = 100;
 /// Pages of a scan for one path before reading the whole catalog instead.
 const SCAN_PAGES: usize = 3;
+/// Catalog pages read by scans kept to answer later lookups (the newest).
+const MAX_SCANNED_PAGES: usize = 32;
 /// Tags of one listing resolved in the background, at most.
 const MAX_TAG_PREFETCH: usize = 10_000;
 /// The background resolution of a listing stops once nobody has looked at the
@@ -79,6 +81,11 @@ pub struct View {
     /// One path looked up in a few catalog pages (`None`: the pages could not
     /// tell; see `names::scan_page`). Misses are asked again after `NAME_MISS_RECHECK`.
     catalog_scans: TtlCache<String, Option<super::names::Family>>,
+    /// The names of the catalog pages those scans read (each sorted), kept for
+    /// the catalog's TTL: they are repositories as surely as a cached catalog's,
+    /// so entering one a scan saw (`ls ns/repo/…` after the scan for `ns`)
+    /// asks nothing more.
+    scanned_pages: Mutex<Vec<(std::time::Instant, Arc<Vec<String>>)>>,
     tags: TtlCache<String, Arc<Vec<String>>>,
     tag_digests: TtlCache<(String, String), Digest>,
     referrers: TtlCache<(String, Digest), Arc<NamedDigests>>,
@@ -134,6 +141,7 @@ impl View {
             seen_repos: Mutex::new(configured_repos.into_iter().collect()),
             catalog: TtlCache::new(ttl),
             catalog_scans: TtlCache::new(ttl),
+            scanned_pages: Mutex::new(Vec::new()),
             tags: TtlCache::new(ttl),
             tag_digests: TtlCache::new(ttl),
             referrers: TtlCache::new(ttl),
@@ -189,6 +197,18 @@ impl View {
                 f = names::family_in_sorted(&c, path);
             }
         }
+        if !f.exact {
+            // A page is a window of the catalog: what it shows is there, what
+            // it lacks may lie outside it (so it only ever adds).
+            let ttl = self.catalog.ttl();
+            let mut pages = self.scanned_pages.lock().unwrap();
+            pages.retain(|(at, _)| ttl.is_none_or(|t| at.elapsed() < t));
+            for (_, page) in pages.iter() {
+                let p = names::family_in_sorted(page, path);
+                f.exact |= p.exact;
+                f.below |= p.below;
+            }
+        }
         f
     }
 
@@ -233,6 +253,15 @@ impl View {
                     return Ok(None);
                 }
             };
+            let mut sorted = page.clone();
+            sorted.sort();
+            {
+                let mut pages = self.scanned_pages.lock().unwrap();
+                if pages.len() >= MAX_SCANNED_PAGES {
+                    pages.remove(0);
+                }
+                pages.push((std::time::Instant::now(), Arc::new(sorted)));
+            }
             match names::scan_page(path, &page, seen) {
                 names::Scan::Done(f) => return Ok(Some(f)),
                 names::Scan::CannotTell => return Ok(None),
@@ -373,6 +402,7 @@ impl View {
         }
         self.catalog.invalidate(&());
         self.catalog_scans.clear();
+        self.scanned_pages.lock().unwrap().clear();
         self.oci_content.invalidate(&repo.to_string());
     }
 
