@@ -166,7 +166,7 @@ EOF
     REGISTRY_PID=$!
     REGISTRY_DIR="$dir"
     for ((i = 0; i < 150; i++)); do
-        port="$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$dir/registry.log" | head -n1)"
+        port="$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9][0-9]*\).*/\1/p' "$dir/registry.log" 2>/dev/null | head -n1 || true)"
         [[ -n $port ]] && break
         if ! kill -0 "$REGISTRY_PID" 2>/dev/null; then
             cat "$dir/registry.log" >&2

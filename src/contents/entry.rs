@@ -26,9 +26,9 @@ pub enum Data {
     Contiguous { offset: u64 },
     /// A GNU sparse file: the stored chunks follow each other from `offset`;
     /// `map` holds (logical offset, length) of each chunk, holes read as zeros.
-    Sparse { offset: u64, map: Vec<(u64, u64)> },
+    Sparse { offset: u64, map: Box<[(u64, u64)]> },
     /// eStargz: each chunk is its own gzip member, verified by its own digest.
-    Chunks(Vec<Chunk>),
+    Chunks(Box<[Chunk]>),
     /// The bytes cannot be served (truncated layer, unsupported encoding, a
     /// hard link whose target is missing): reads fail with EIO.
     Broken,
@@ -47,6 +47,9 @@ pub struct Chunk {
     /// sha256 of the chunk's uncompressed bytes.
     pub sha256: [u8; 32],
 }
+
+/// One extended attribute: name, value.
+pub type Xattr = (Box<str>, Box<[u8]>);
 
 /// One table-of-contents entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +71,7 @@ pub struct Entry {
     /// Symlink target as written, or the normalized path of a hard link's target.
     pub link: Option<Box<str>>,
     /// Extended attributes from PAX `SCHILY.xattr.*` records, in header order.
-    pub xattrs: Vec<(Box<str>, Box<[u8]>)>,
+    pub xattrs: Box<[Xattr]>,
     pub data: Data,
 }
 

@@ -229,7 +229,11 @@ fn entries_from_toc(digest: &str, blob_size: u64, toc_at: u64, toc: Toc, limits:
                 Some(last) if *last.path == *path && last.kind == Kind::File => {
                     let size = last.size;
                     match (chunk(size), &mut last.data) {
-                        (Some(c), Data::Chunks(list)) => list.push(c),
+                        (Some(c), Data::Chunks(list)) => {
+                            let mut v = std::mem::take(list).into_vec();
+                            v.push(c);
+                            *list = v.into_boxed_slice();
+                        }
                         _ => {
                             problems.push(format!("{path}: chunk without a digest; reads fail"));
                             last.data = Data::Broken;
@@ -255,7 +259,7 @@ fn entries_from_toc(digest: &str, blob_size: u64, toc_at: u64, toc: Toc, limits:
         };
         let data = match kind {
             Kind::File if t.size > 0 => match chunk(t.size) {
-                Some(c) => Data::Chunks(vec![c]),
+                Some(c) => Data::Chunks(Box::new([c])),
                 None => {
                     problems.push(format!("{path}: no chunk digest in the TOC; reads fail"));
                     Data::Broken
@@ -290,7 +294,7 @@ fn entries_from_toc(digest: &str, blob_size: u64, toc_at: u64, toc: Toc, limits:
             dev_major: t.dev_major,
             dev_minor: t.dev_minor,
             link,
-            xattrs,
+            xattrs: xattrs.into_boxed_slice(),
             data,
         });
     }

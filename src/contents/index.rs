@@ -2,7 +2,7 @@
 //! verified streaming pass over the blob, used to read any file's bytes by
 //! decoding only the span(s) around them, saved to and loaded from disk.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, Write};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +44,7 @@ pub struct LayerIndex {
     /// Size of the decoded tar stream (0 for eStargz, which has none as a whole).
     pub uncompressed_size: u64,
     /// Entries in tar order. Their position is their stable identity.
+    #[serde(deserialize_with = "exact_vec")]
     pub entries: Vec<Entry>,
     pub(crate) spans: Vec<Span>,
     /// What was wrong with the layer (logged once when it was built).
@@ -184,6 +185,9 @@ impl LayerIndex {
                 e.data = Data::Broken;
             }
         }
+        // Kept for the life of the tree: no spare capacity (a quarter of the
+        // entries' memory on average after the pushes' doublings).
+        entries.shrink_to_fit();
         Ok(LayerIndex {
             digest: digest.to_string(),
             compression,
@@ -202,9 +206,10 @@ impl LayerIndex {
         digest: &str,
         compression: Compression,
         blob_size: u64,
-        entries: Vec<Entry>,
+        mut entries: Vec<Entry>,
         problems: Problems,
     ) -> LayerIndex {
+        entries.shrink_to_fit();
         LayerIndex {
             digest: digest.to_string(),
             compression,
@@ -222,6 +227,10 @@ impl LayerIndex {
     /// links to it (each resolved to the last entry of its target path before it).
     pub fn nlink(&self, idx: u32) -> u32 {
         let links = self.links.get_or_init(|| {
+            // Most layers have no hard link: no map of every path for them.
+            if !self.entries.iter().any(|e| e.kind == Kind::HardLink) {
+                return Default::default();
+            }
             let mut by_path: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
             let mut counts = std::collections::HashMap::new();
             for (i, e) in self.entries.iter().enumerate() {
@@ -360,18 +369,34 @@ impl LayerIndex {
     /// than a wrong answer.
     /// Returns the size of the file.
     pub fn save(&self, path: &Path) -> io::Result<u64> {
-        let plain = postcard::to_stdvec(self).map_err(io::Error::other)?;
-        let payload = zstd::bulk::compress(&plain, 3)?;
+        // Streamed (postcard into zstd into the file, hashed on the way): no
+        // copy of the encoding in memory, which for a 1M-entry layer would be
+        // as large as the index itself. The plain size is counted first and
+        // written in the zstd frame, so `load` allocates exactly once.
+        let plain_len = postcard::to_io(self, Counter(0)).map_err(io::Error::other)?.0;
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(INDEX_MAGIC)?;
         f.write_all(&INDEX_VERSION.to_le_bytes())?;
-        f.write_all(&Sha256::digest(&payload))?;
-        f.write_all(&payload)?;
+        f.write_all(&[0; 32])?; // the payload's sha256, written once known
+        let hashing = HashingWriter {
+            inner: io::BufWriter::with_capacity(1 << 16, f),
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        let mut enc = zstd::stream::write::Encoder::new(hashing, 3)?;
+        enc.include_contentsize(true)?;
+        enc.set_pledged_src_size(Some(plain_len))?;
+        postcard::to_io(self, &mut enc).map_err(io::Error::other)?;
+        let hashing = enc.finish()?;
+        let (payload_len, hash) = (hashing.count, hashing.hasher.finalize());
+        let mut f = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+        f.seek(io::SeekFrom::Start((INDEX_MAGIC.len() + 4) as u64))?;
+        f.write_all(&hash)?;
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, path)?;
-        Ok((INDEX_MAGIC.len() + 4 + 32 + payload.len()) as u64)
+        Ok((INDEX_MAGIC.len() + 4 + 32) as u64 + payload_len)
     }
 
     /// Loads an index saved by [`save`](Self::save), checking that it is whole
@@ -393,16 +418,78 @@ impl LayerIndex {
         if Sha256::digest(payload).as_slice() != &bytes[header - 32..header] {
             return Err(bad("checksum mismatch (damaged file)"));
         }
-        let mut plain = Vec::new();
+        // The frame says its plain size (files written before it did: grown as read).
+        let size = zstd::zstd_safe::get_frame_content_size(payload).ok().flatten();
+        let mut plain = Vec::with_capacity(size.filter(|&n| n <= MAX_INDEX_BYTES).unwrap_or(0) as usize);
         zstd::stream::read::Decoder::new(payload)?
             .take(MAX_INDEX_BYTES)
             .read_to_end(&mut plain)
             .map_err(|e| bad(&e.to_string()))?;
-        let index: LayerIndex = postcard::from_bytes(&plain).map_err(|e| bad(&e.to_string()))?;
+        let mut index: LayerIndex = postcard::from_bytes(&plain).map_err(|e| bad(&e.to_string()))?;
+        drop(plain);
+        index.entries.shrink_to_fit();
         if index.digest != digest {
             return Err(bad(&format!("describes {}, not {digest}", index.digest)));
         }
         Ok(index)
+    }
+}
+
+/// A sequence loaded into a vector of exactly its length (serde's default
+/// grows it by doubling from a cautious start: up to twice the memory, and a
+/// copy, for the largest thing an index holds). The length comes from the
+/// file, so it is capped: a lying length costs at most the cap.
+fn exact_vec<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct Exact<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Exact<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 21));
+            while let Some(x) = seq.next_element()? {
+                v.push(x);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(Exact(std::marker::PhantomData))
+}
+
+/// Counts what is written to it (the size of an encoding without keeping it).
+struct Counter(u64);
+
+impl Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0 += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hashes and counts what it passes on.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

@@ -84,7 +84,8 @@ const MAX_SYMLINKS: u32 = 40;
 pub struct Rootfs {
     layers: Vec<Arc<LayerIndex>>,
     nodes: Vec<Node>,
-    /// Names per target, for targets with more than one (hard links).
+    /// Names per target, for targets with more than one (hard links). While
+    /// building: the targets hard links resolved to.
     nlinks: HashMap<Target, u32>,
     problems: Problems,
 }
@@ -125,6 +126,7 @@ impl Rootfs {
             }
         }
         fs.count_links();
+        fs.nodes.shrink_to_fit();
         fs
     }
 
@@ -158,7 +160,11 @@ impl Rootfs {
         if e.kind == Kind::HardLink {
             let to = e.link.as_deref().unwrap_or("");
             match self.resolve(to, false).map(|n| &self.nodes[n as usize]) {
-                Some(n) if n.children.is_none() && n.target != Target::Implicit => target = n.target,
+                Some(n) if n.children.is_none() && n.target != Target::Implicit => {
+                    target = n.target;
+                    // Marks the target as linked (counted in `count_links`).
+                    self.nlinks.insert(target, 0);
+                }
                 _ => self.problems.push(format!(
                     "{}: hard link {} -> {to}: target missing; reads fail",
                     short(&index.digest),
@@ -280,6 +286,12 @@ impl Rootfs {
     }
 
     fn count_links(&mut self) {
+        // Only targets some hard link resolved to can have more than one name:
+        // most trees have none, and need no map of every entry.
+        if self.nlinks.is_empty() {
+            return;
+        }
+        let linked = std::mem::take(&mut self.nlinks);
         let mut counts: HashMap<Target, u32> = HashMap::new();
         let mut stack = vec![ROOT];
         while let Some(n) = stack.pop() {
@@ -287,7 +299,7 @@ impl Rootfs {
                 let node = &self.nodes[c as usize];
                 if node.children.is_some() {
                     stack.push(c);
-                } else {
+                } else if linked.contains_key(&node.target) {
                     *counts.entry(node.target).or_default() += 1;
                 }
             }
@@ -414,6 +426,15 @@ impl Rootfs {
             nlink,
             link,
             xattrs: &e.xattrs,
+        }
+    }
+
+    /// The layer entry a node shows as (position of its layer in the tree,
+    /// bottom first; entry number), `None` for an implied directory.
+    pub fn entry_ref(&self, node: NodeId) -> Option<(usize, u32)> {
+        match self.nodes[node.0 as usize].target {
+            Target::Entry { layer, entry } => Some((layer as usize, entry)),
+            Target::Implicit => None,
         }
     }
 

@@ -415,7 +415,7 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
                     real,
                     Data::Sparse {
                         offset: data_offset,
-                        map: map.clone(),
+                        map: map.clone().into_boxed_slice(),
                     },
                 )
             }
@@ -460,7 +460,7 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
                     0
                 },
                 link,
-                xattrs: p.xattrs,
+                xattrs: p.xattrs.into_boxed_slice(),
                 data,
             }),
         }

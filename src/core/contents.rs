@@ -2,11 +2,15 @@
 //! `<repo>/_layers/sha256:<hex>/`, their attributes, listings, links and
 //! reads (docs/contents.md; README, "Image contents"). Everything here is read-only.
 //!
-//! Nodes: a directory inside a tree is `ContentsDir(repo, tree, node)` (its
-//! children depend on the tree); every other entry is `ContentsEntry(repo,
-//! layer, entry, kind)`, named by the layer entry itself, so the same entry of
+//! Nodes: a directory inside a tree is `ContentsDir(tree slot, node)` (its
+//! children depend on the tree); every other entry is `ContentsEntry(layer
+//! slot, entry, kind)`, named by the layer entry itself, so the same entry of
 //! the same layer is one inode in every image of the repository (`diff -r`
 //! between two tags sharing base layers skips the shared files unread).
+//! A slot is a small number standing for (repository, tree) — see [`Slots`] —
+//! so a contents node is three integers and its inode number is computed from
+//! them ([`packed_ino`]): an image of a million files adds nothing to the
+//! inode table.
 //!
 //! Indexes are built on first need (an image's layers in parallel) by the
 //! [`IndexStore`] in `<cache>/contents/`, from the blob cache; reads go
@@ -41,12 +45,107 @@ pub enum TreeKey {
 /// Trees kept built, at most (each holds its layers' indexes).
 const KEPT_TREES: usize = 32;
 
+/// Contents inode numbers: bit 63 clear (digest-derived numbers set it), bit
+/// 62 set (sequential numbers never reach it), then 3 bits of kind (0 for a
+/// directory of a tree, 1 + `Kind` for an entry), a 27-bit slot and a 32-bit
+/// node or entry number.
+const CONTENTS_BIT: u64 = 1 << 62;
+const CODE_SHIFT: u32 = 59;
+const SLOT_SHIFT: u32 = 32;
+const SLOT_LIMIT: u32 = 1 << (CODE_SHIFT - SLOT_SHIFT);
+const KINDS: [contents::Kind; 7] = [
+    contents::Kind::File,
+    contents::Kind::Dir,
+    contents::Kind::Symlink,
+    contents::Kind::HardLink,
+    contents::Kind::Char,
+    contents::Kind::Block,
+    contents::Kind::Fifo,
+];
+
+/// The inode number of a contents node, computed (`None` for other nodes).
+pub(crate) fn packed_ino(node: &Node) -> Option<u64> {
+    let (code, slot, n) = match node {
+        Node::ContentsDir(slot, n) => (0, *slot, *n),
+        Node::ContentsEntry(slot, e, kind) => (1 + KINDS.iter().position(|k| k == kind)? as u64, *slot, *e),
+        _ => return None,
+    };
+    debug_assert!(slot < SLOT_LIMIT);
+    Some(CONTENTS_BIT | (code << CODE_SHIFT) | (u64::from(slot) << SLOT_SHIFT) | u64::from(n))
+}
+
+/// The contents node an inode number stands for (`None` if it is not one).
+pub(crate) fn unpack_ino(ino: u64) -> Option<Node> {
+    if ino >> (CODE_SHIFT + 3) != CONTENTS_BIT >> (CODE_SHIFT + 3) {
+        return None;
+    }
+    let code = (ino >> CODE_SHIFT) & 7;
+    let slot = ((ino >> SLOT_SHIFT) & u64::from(SLOT_LIMIT - 1)) as u32;
+    let n = ino as u32;
+    Some(match code {
+        0 => Node::ContentsDir(slot, n),
+        c => Node::ContentsEntry(slot, n, KINDS[c as usize - 1]),
+    })
+}
+
+/// Slots: the (repository, tree) pairs contents nodes name by number. A slot
+/// is never reused (the kernel may hold inode numbers made from it for the
+/// life of the mount); there is one per tree or layer ever opened, so the
+/// table stays small.
+#[derive(Default)]
+struct Slots {
+    keys: Vec<(Arc<str>, TreeKey)>,
+    by_key: HashMap<TreeKey, Vec<(Arc<str>, u32)>>,
+}
+
+impl Slots {
+    fn slot(&mut self, repo: &str, key: TreeKey) -> FsResult<u32> {
+        let repos = self.by_key.entry(key).or_default();
+        if let Some((_, s)) = repos.iter().find(|(r, _)| &**r == repo) {
+            return Ok(*s);
+        }
+        let s = u32::try_from(self.keys.len())
+            .ok()
+            .filter(|&s| s < SLOT_LIMIT)
+            .ok_or_else(|| eio("too many image trees opened in this mount"))?;
+        let repo: Arc<str> = repo.into();
+        repos.push((repo.clone(), s));
+        self.keys.push((repo, key));
+        Ok(s)
+    }
+}
+
+/// A tree as this mount keeps it: the tree and the slots of its layers (for
+/// the `ContentsEntry` nodes of its entries).
+pub(crate) struct Tree {
+    fs: Rootfs,
+    layer_slots: Vec<u32>,
+}
+
 /// The contents state of a mount: the index store and the trees built so far.
 pub struct ContentsState {
     store: Option<Arc<IndexStore>>,
-    trees: Mutex<lru::LruCache<(String, TreeKey), Arc<Rootfs>>>,
+    slots: Mutex<Slots>,
+    trees: Mutex<lru::LruCache<u32, Arc<Tree>>>,
     /// Indexes of layers by digest, for `ContentsEntry` nodes (alive while a kept tree holds them).
     layers: Mutex<HashMap<Digest, Weak<LayerIndex>>>,
+}
+
+impl ContentsState {
+    fn slot(&self, repo: &str, key: TreeKey) -> FsResult<u32> {
+        self.slots.lock().unwrap().slot(repo, key)
+    }
+
+    /// The (repository, tree) of `slot`.
+    fn key(&self, slot: u32) -> FsResult<(Arc<str>, TreeKey)> {
+        self.slots
+            .lock()
+            .unwrap()
+            .keys
+            .get(slot as usize)
+            .cloned()
+            .ok_or_else(|| FsError::new(Cause::Stale, format!("no image contents tree #{slot} in this mount")))
+    }
 }
 
 /// Layer indexes count in `--cache-size` with the blobs.
@@ -77,6 +176,7 @@ impl ContentsState {
         };
         ContentsState {
             store,
+            slots: Mutex::default(),
             trees: Mutex::new(lru::LruCache::new(std::num::NonZeroUsize::new(KEPT_TREES).unwrap())),
             layers: Mutex::default(),
         }
@@ -178,12 +278,13 @@ impl Core {
             .ok_or_else(|| eio("image contents are unavailable (see the log)"))
     }
 
-    /// The tree `key` of `repo`, built (indexes included) on first need.
-    pub(crate) async fn tree(&self, repo: &str, key: TreeKey) -> FsResult<Arc<Rootfs>> {
-        let k = (repo.to_string(), key);
-        if let Some(t) = self.view.contents.trees.lock().unwrap().get(&k) {
+    /// The tree of `slot`, built (indexes included) on first need.
+    pub(crate) async fn tree(&self, slot: u32) -> FsResult<Arc<Tree>> {
+        if let Some(t) = self.view.contents.trees.lock().unwrap().get(&slot) {
             return Ok(t.clone());
         }
+        let (repo, key) = self.view.contents.key(slot)?;
+        let repo = &*repo;
         let store = self.store()?;
         let layers: Vec<LayerRef> = match key {
             TreeKey::Image(d) => {
@@ -245,70 +346,87 @@ impl Core {
         if !tree.problems().is_empty() {
             tracing::warn!(repo, ?key, "contents: {}", tree.problems().summary());
         }
-        let tree = Arc::new(tree);
+        let mut layer_slots = Vec::with_capacity(tree.layer_count());
         {
             let mut layers = self.view.contents.layers.lock().unwrap();
             layers.retain(|_, w| w.strong_count() > 0);
             for i in 0..tree.layer_count() {
-                if let Some(index) = tree.layer_index(i) {
-                    if let Ok(d) = index.digest.parse::<Digest>() {
-                        layers.insert(d, Arc::downgrade(&index));
-                    }
-                }
+                let index = tree.layer_index(i).expect("i < layer_count");
+                let d: Digest = index
+                    .digest
+                    .parse()
+                    .map_err(|_| eio(format!("layer digest {} is not sha256", index.digest)))?;
+                layers.insert(d, Arc::downgrade(&index));
+                layer_slots.push(self.view.contents.slot(repo, TreeKey::Layer(d))?);
             }
         }
-        self.view.contents.trees.lock().unwrap().put(k, tree.clone());
+        let tree = Arc::new(Tree { fs: tree, layer_slots });
+        self.view.contents.trees.lock().unwrap().put(slot, tree.clone());
         Ok(tree)
     }
 
-    /// The node for `node` of `tree`: a directory stays in the tree, anything
+    /// The node for `n` of `tree`: a directory stays in the tree, anything
     /// else is named by its layer entry.
-    fn contents_node(repo: &str, key: TreeKey, tree: &Rootfs, n: contents::NodeId) -> Option<Node> {
-        if tree.is_dir(n) {
-            return Some(Node::ContentsDir(repo.to_string(), key, n.index()));
+    fn contents_node(slot: u32, tree: &Tree, n: contents::NodeId) -> Option<Node> {
+        if tree.fs.is_dir(n) {
+            return Some(Node::ContentsDir(slot, n.index()));
         }
-        let id = tree.identity(n)?;
-        let layer: Digest = id.layer_digest.parse().ok()?;
+        let (layer, entry) = tree.fs.entry_ref(n)?;
         Some(Node::ContentsEntry(
-            repo.to_string(),
-            layer,
-            id.entry,
-            tree.metadata(n).kind,
+            tree.layer_slots[layer],
+            entry,
+            tree.fs.metadata(n).kind,
         ))
+    }
+
+    /// The tree of a `ContentsDir` and its node `n`.
+    async fn tree_node(&self, slot: u32, n: u32) -> FsResult<(Arc<Tree>, contents::NodeId)> {
+        let tree = self.tree(slot).await?;
+        let n = tree
+            .fs
+            .node(n)
+            .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
+        Ok((tree, n))
     }
 
     /// `lookup` inside a tree directory.
     pub(crate) async fn contents_lookup(&self, parent: &Node, name: &str) -> FsResult<Node> {
-        let Node::ContentsDir(repo, key, dir) = parent else {
+        let Node::ContentsDir(slot, dir) = parent else {
             return Err(FsError::new(Cause::NotADirectory, "not a contents directory"));
         };
-        let tree = self.tree(repo, *key).await?;
-        let dir = tree
-            .node(*dir)
-            .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
+        let (tree, dir) = self.tree_node(*slot, *dir).await?;
         let child = tree
+            .fs
             .lookup(dir, name)
             .ok_or_else(|| FsError::new(Cause::NotFound, format!("{}/{name} does not exist", parent.path())))?;
-        Self::contents_node(repo, *key, &tree, child).ok_or_else(|| eio("entry without identity"))
+        Self::contents_node(*slot, &tree, child).ok_or_else(|| eio("entry without identity"))
     }
 
     /// Entries of a tree directory.
     pub(crate) async fn contents_list(&self, node: &Node) -> FsResult<Vec<(String, Node)>> {
-        let Node::ContentsDir(repo, key, dir) = node else {
+        let Node::ContentsDir(slot, dir) = node else {
             return Ok(Vec::new()); // `_layers/` itself lists nothing
         };
-        let tree = self.tree(repo, *key).await?;
-        let dir = tree
-            .node(*dir)
-            .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
+        let (tree, dir) = self.tree_node(*slot, *dir).await?;
         Ok(tree
+            .fs
             .list(dir)
-            .filter_map(|(name, n)| Some((name.to_string(), Self::contents_node(repo, *key, &tree, n)?)))
+            .filter_map(|(name, n)| Some((name.to_string(), Self::contents_node(*slot, &tree, n)?)))
             .collect())
     }
 
+    /// The repository and layer of a `ContentsEntry`'s slot.
+    fn entry_layer(&self, slot: u32) -> FsResult<(Arc<str>, Digest)> {
+        match self.view.contents.key(slot)? {
+            (repo, TreeKey::Layer(d)) => Ok((repo, d)),
+            (_, TreeKey::Image(_)) => Err(FsError::new(Cause::Stale, "not a layer slot")),
+        }
+    }
+
     /// The layer index behind a `ContentsEntry` (from a kept tree, or loaded from the store).
-    async fn layer_index(&self, layer: &Digest) -> FsResult<Arc<LayerIndex>> {
+    async fn layer_index(&self, slot: u32) -> FsResult<Arc<LayerIndex>> {
+        let (_, layer) = self.entry_layer(slot)?;
+        let layer = &layer;
         if let Some(i) = self
             .view
             .contents
@@ -342,7 +460,7 @@ impl Core {
         let node = self.inodes.get(ino).filter(Node::is_contents)?;
         let copy = |x: &[(Box<str>, Box<[u8]>)]| x.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect();
         Some(match &node {
-            Node::ContentsEntry(_, layer, entry, _) => match self.layer_index(layer).await {
+            Node::ContentsEntry(slot, entry, _) => match self.layer_index(*slot).await {
                 Ok(index) => Ok(index
                     .entries
                     .get(*entry as usize)
@@ -350,11 +468,8 @@ impl Core {
                     .unwrap_or_default()),
                 Err(e) => Err(e),
             },
-            Node::ContentsDir(r, key, n) => match self.tree(r, *key).await {
-                Ok(tree) => match tree.node(*n) {
-                    Some(n) => Ok(copy(tree.metadata(n).xattrs)),
-                    None => Err(FsError::new(Cause::Stale, "tree changed; look it up again")),
-                },
+            Node::ContentsDir(slot, n) => match self.tree_node(*slot, *n).await {
+                Ok((tree, n)) => Ok(copy(tree.fs.metadata(n).xattrs)),
                 Err(e) => Err(e),
             },
             _ => Ok(Vec::new()),
@@ -380,15 +495,12 @@ impl Core {
                 }
                 return Ok(Some(self.synthetic_attr(node, FileKind::Directory, 0o555, 0)));
             }
-            Node::ContentsDir(r, key, n) => {
-                let tree = self.tree(r, *key).await?;
-                let n = tree
-                    .node(*n)
-                    .ok_or_else(|| FsError::new(Cause::Stale, "tree changed; look it up again"))?;
-                (owned(tree.metadata(n)), self.inodes.ino(node))
+            Node::ContentsDir(slot, n) => {
+                let (tree, n) = self.tree_node(*slot, *n).await?;
+                (owned(tree.fs.metadata(n)), self.inodes.ino(node))
             }
-            Node::ContentsEntry(_, layer, entry, _) => {
-                let index = self.layer_index(layer).await?;
+            Node::ContentsEntry(slot, entry, _) => {
+                let index = self.layer_index(*slot).await?;
                 let e = index
                     .entries
                     .get(*entry as usize)
@@ -454,8 +566,8 @@ impl Core {
     /// `readlink` of a symlink inside a tree, or of an index's `rootfs`.
     pub(crate) async fn contents_link(&self, node: &Node) -> FsResult<String> {
         match node {
-            Node::ContentsEntry(_, layer, entry, _) => {
-                let index = self.layer_index(layer).await?;
+            Node::ContentsEntry(slot, entry, _) => {
+                let index = self.layer_index(*slot).await?;
                 index
                     .entries
                     .get(*entry as usize)
@@ -490,12 +602,14 @@ impl Core {
     }
 
     /// An image's `rootfs` is its tree's root; an index's stays a link.
+    /// `_layers/sha256:<hex>` is its layer tree's root.
     pub(crate) async fn contents_resolve(&self, node: Node) -> FsResult<Node> {
         match node {
+            Node::LayerTree(r, d) => Ok(Node::ContentsDir(self.view.contents.slot(&r, TreeKey::Layer(d))?, 0)),
             Node::Rootfs(r, d) => {
                 let m = self.view.manifest(&r, d).await?;
                 match m.parsed.kind {
-                    ManifestKind::Image => Ok(Node::ContentsDir(r, TreeKey::Image(d), 0)),
+                    ManifestKind::Image => Ok(Node::ContentsDir(self.view.contents.slot(&r, TreeKey::Image(d))?, 0)),
                     ManifestKind::Index => Ok(Node::Rootfs(r, d)),
                     _ => Err(FsError::new(
                         Cause::NotFound,
@@ -509,7 +623,7 @@ impl Core {
 
     /// Opens a regular file of a tree.
     pub(crate) async fn contents_open(&self, node: &Node) -> FsResult<ContentsFile> {
-        let Node::ContentsEntry(r, layer, entry, kind) = node else {
+        let Node::ContentsEntry(slot, entry, kind) = node else {
             return Err(FsError::new(Cause::Invalid, "not a contents file"));
         };
         if *kind != contents::Kind::File {
@@ -518,7 +632,8 @@ impl Core {
                 format!("{} cannot be opened", node.path()),
             ));
         }
-        let index = self.layer_index(layer).await?;
+        let (repo, layer) = self.entry_layer(*slot)?;
+        let index = self.layer_index(*slot).await?;
         // A hard link whose target the layer lacks shows as an empty file: with
         // size 0 the kernel never asks for a read, so the open says EIO.
         if index
@@ -528,7 +643,7 @@ impl Core {
         {
             return Err(eio(format!("{}: hard link to a missing target", node.path())));
         }
-        let source = blob_reader(&self.view.blobs, r, *layer, index.blob_size).await?;
+        let source = blob_reader(&self.view.blobs, &repo, layer, index.blob_size).await?;
         Ok(ContentsFile {
             index,
             entry: *entry,
@@ -610,5 +725,63 @@ fn entry_metadata(e: &contents::Entry) -> Meta {
         dev_major: e.dev_major,
         dev_minor: e.dev_minor,
         nlink: 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Contents inode numbers go to and from their node, and never meet the
+    /// table's numbers (sequential from 2, or digest-derived with bit 63).
+    #[test]
+    fn contents_inode_numbers_round_trip() {
+        let nodes = [
+            Node::ContentsDir(0, 0),
+            Node::ContentsDir(SLOT_LIMIT - 1, u32::MAX),
+            Node::ContentsEntry(7, 123_456, contents::Kind::File),
+            Node::ContentsEntry(SLOT_LIMIT - 1, u32::MAX, contents::Kind::Fifo),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for n in nodes
+            .iter()
+            .cloned()
+            .chain(KINDS.iter().map(|&k| Node::ContentsEntry(3, 9, k)))
+        {
+            let ino = packed_ino(&n).unwrap();
+            assert!(seen.insert(ino), "{n:?} shares inode {ino:#x}");
+            assert_eq!(ino & (1 << 63), 0);
+            assert_ne!(ino & CONTENTS_BIT, 0);
+            assert_eq!(unpack_ino(ino), Some(n));
+        }
+        for ino in [1, 2, 1 << 40, CONTENTS_BIT - 1, 1 << 63, u64::MAX] {
+            assert_eq!(unpack_ino(ino), None, "{ino:#x}");
+        }
+        assert_eq!(packed_ino(&Node::Root), None);
+    }
+
+    #[test]
+    fn a_slot_is_one_per_repository_and_tree() {
+        let mut s = Slots::default();
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let x = s.slot("r", TreeKey::Layer(a)).unwrap();
+        assert_eq!(s.slot("r", TreeKey::Layer(a)).unwrap(), x);
+        let others = [
+            s.slot("q", TreeKey::Layer(a)).unwrap(),
+            s.slot("r", TreeKey::Image(a)).unwrap(),
+            s.slot("r", TreeKey::Layer(b)).unwrap(),
+        ];
+        assert!(!others.contains(&x));
+        assert_eq!(&*s.keys[x as usize].0, "r");
+    }
+
+    /// Entries are the bulk of a big layer's memory (one per tar entry).
+    #[test]
+    fn a_layer_entry_stays_small() {
+        assert!(
+            std::mem::size_of::<contents::Entry>() <= 120,
+            "{}",
+            std::mem::size_of::<contents::Entry>()
+        );
     }
 }

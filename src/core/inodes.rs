@@ -128,6 +128,9 @@ impl Inodes {
     }
 
     pub fn get(&self, ino: u64) -> Option<Node> {
+        if let Some(node) = super::contents::unpack_ino(ino) {
+            return Some(node);
+        }
         self.inner.read().unwrap().by_ino.get(&ino).map(|s| (*s.node).clone())
     }
 
@@ -164,6 +167,10 @@ impl Inodes {
     /// The inode number for `node`, registering it on first sight (with no
     /// kernel count: see `looked_up`).
     pub fn ino(&self, node: &Node) -> u64 {
+        // Image contents (possibly millions of files) are never stored here.
+        if let Some(ino) = super::contents::packed_ino(node) {
+            return ino;
+        }
         if let Some(&i) = self.inner.read().unwrap().by_node.get(node) {
             return i;
         }
@@ -194,6 +201,9 @@ impl Inodes {
     /// create, mkdir, symlink or link): one more reference until `forget`. A
     /// node dropped between numbering and this reply comes back under `ino`.
     pub fn looked_up(&self, node: &Node, ino: u64) {
+        if super::contents::packed_ino(node).is_some() {
+            return; // computed numbers: nothing to count or keep
+        }
         let mut t = self.inner.write().unwrap();
         let slot = t.attach(node, ino);
         slot.lookups += 1;

@@ -133,10 +133,16 @@ pub enum Node {
     Rootfs(String, Digest),
     /// `<repo>/_layers/`: lists nothing; `sha256:<hex>` names a layer's tree.
     LayerTreesDir(String),
-    /// A directory inside a tree (see contents.rs): the tree and the node number.
-    ContentsDir(String, super::contents::TreeKey, u32),
-    /// Any other entry of a tree, named by its layer entry (same entry, same inode).
-    ContentsEntry(String, Digest, u32, crate::contents::Kind),
+    /// `<repo>/_layers/sha256:<hex>` by name: resolved to its tree's root `ContentsDir`.
+    LayerTree(String, Digest),
+    /// A directory inside a tree (see contents.rs): the tree's slot and the node
+    /// number. Slots are small numbers standing for (repository, tree), so a
+    /// contents node is a few integers and its inode number is computed from
+    /// them (`contents::packed_ino`): no inode table entry per file.
+    ContentsDir(u32, u32),
+    /// Any other entry of a tree, named by its layer entry (same entry, same
+    /// inode): the slot of (repository, layer), the entry number, its kind.
+    ContentsEntry(u32, u32, crate::contents::Kind),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,10 +204,7 @@ impl Node {
                 .map(|t| Node::ExportTar(repo.clone(), t.to_string())),
             Node::ReferrersDir(repo, d) => Some(Node::Referrer(repo.clone(), *d, name.to_string())),
             Node::BlobsDir(repo) => name.parse().ok().map(|d| Node::Blob(repo.clone(), d)),
-            Node::LayerTreesDir(repo) => name
-                .parse()
-                .ok()
-                .map(|d| Node::ContentsDir(repo.clone(), super::contents::TreeKey::Layer(d), 0)),
+            Node::LayerTreesDir(repo) => name.parse().ok().map(|d| Node::LayerTree(repo.clone(), d)),
             _ => None,
         }
     }
@@ -264,8 +267,9 @@ impl Node {
             Node::Blob(r, d) => format!("/{r}/{BLOBS}/{d}"),
             Node::Rootfs(r, d) => format!("/{r}/{MANIFESTS}/{d}/{ROOTFS}"),
             Node::LayerTreesDir(r) => format!("/{r}/{LAYER_TREES}"),
-            Node::ContentsDir(r, key, n) => format!("/{r}/({key:?} directory #{n})"),
-            Node::ContentsEntry(r, d, e, _) => format!("/{r}/({d} entry #{e})"),
+            Node::LayerTree(r, d) => format!("/{r}/{LAYER_TREES}/{d}"),
+            Node::ContentsDir(slot, n) => format!("(image contents: tree #{slot}, directory #{n})"),
+            Node::ContentsEntry(slot, e, _) => format!("(image contents: layer #{slot}, entry #{e})"),
         }
     }
 
@@ -298,7 +302,11 @@ impl Node {
     pub fn is_contents(&self) -> bool {
         matches!(
             self,
-            Node::Rootfs(..) | Node::LayerTreesDir(..) | Node::ContentsDir(..) | Node::ContentsEntry(..)
+            Node::Rootfs(..)
+                | Node::LayerTreesDir(..)
+                | Node::LayerTree(..)
+                | Node::ContentsDir(..)
+                | Node::ContentsEntry(..)
         )
     }
 
@@ -318,6 +326,7 @@ impl Node {
                 | Node::Blob(..)
                 | Node::Rootfs(..)
                 | Node::LayerTreesDir(..)
+                | Node::LayerTree(..)
                 | Node::ContentsDir(..)
                 | Node::ContentsEntry(..)
         )

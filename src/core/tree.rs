@@ -91,7 +91,11 @@ impl Core {
             | Node::Referrer(..)
             | Node::Upload(..) => self.link_target(node).await?.len() as u64,
             // Answered by contents_attr above.
-            Node::Rootfs(..) | Node::LayerTreesDir(..) | Node::ContentsDir(..) | Node::ContentsEntry(..) => {
+            Node::Rootfs(..)
+            | Node::LayerTreesDir(..)
+            | Node::LayerTree(..)
+            | Node::ContentsDir(..)
+            | Node::ContentsEntry(..) => {
                 unreachable!("contents nodes have their own attributes")
             }
         };
@@ -301,7 +305,7 @@ impl Core {
             } else {
                 Node::Blob(r, d)
             }),
-            n @ Node::Rootfs(..) => self.contents_resolve(n).await,
+            n @ (Node::Rootfs(..) | Node::LayerTree(..)) => self.contents_resolve(n).await,
             n => Ok(n),
         }
     }
