@@ -222,6 +222,13 @@ fn rootfs_is_the_layers_applied_in_order_as_umoci_unpacks_them() {
         err(fs::OpenOptions::new().write(true).open(rootfs.join("etc/os-release"))),
         libc::EROFS
     );
+    // Each refusal is reported like any failure: counted, and named in `.regfs/errors`.
+    let errors = fs::read_to_string(m.join(".regfs/errors")).unwrap();
+    let refused = errors
+        .lines()
+        .filter(|l| l.contains("image contents are read-only"))
+        .count();
+    assert_eq!(refused, 4, "{errors}");
     // The index was kept in the cache dir, small next to the layers.
     let kept: u64 = fs::read_dir(m.cache_dir().join("contents"))
         .unwrap()

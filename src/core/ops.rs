@@ -30,10 +30,6 @@ impl OpenMode {
     }
 }
 
-const EROFS: Failed = Failed(Cause::ReadOnly.errno());
-const EBADF: Failed = Failed(Cause::BadHandle.errno());
-const ENOENT: Failed = Failed(Cause::NotFound.errno());
-
 fn kind_of(k: FileType) -> FileKind {
     match k {
         FileType::Directory => FileKind::Directory,
@@ -68,6 +64,20 @@ impl Core {
         self.inodes.forget(ino, n);
     }
 
+    /// A change asked inside image contents (`rootfs/`, `_layers/`): EROFS,
+    /// logged and counted like every other failure.
+    fn read_only_contents(&self, op: &str, ino: u64) -> Failed {
+        let e = FsError::new(Cause::ReadOnly, "image contents are read-only");
+        self.fail_ino(op, ino, &e)
+    }
+
+    /// A file handle the kernel gave that this mount does not know (a bug
+    /// somewhere): EBADF, logged and counted.
+    fn bad_handle(&self, op: &str, ino: u64, fh: u64) -> Failed {
+        let e = FsError::new(Cause::BadHandle, format!("no open file handle {fh}"));
+        self.fail_ino(op, ino, &e)
+    }
+
     fn new_fh(&self, handle: Handle) -> u64 {
         self.handles.open_file(handle)
     }
@@ -81,7 +91,10 @@ impl Core {
 
     pub async fn lookup(&self, parent_ino: u64, name: Option<&str>) -> OpResult<Entry> {
         let parent = self.node(parent_ino).map_err(|e| self.fail("lookup", None, &e))?;
-        let Some(name) = name else { return Err(ENOENT) };
+        let Some(name) = name else {
+            let e = FsError::new(Cause::NotFound, "a name that is not UTF-8 (no registry name is)");
+            return Err(self.fail("lookup", Some(&parent), &e));
+        };
         if matches!(parent, Node::ContentsDir(..)) {
             let child = self
                 .contents_lookup(&parent, name)
@@ -96,7 +109,14 @@ impl Core {
         // A file being written hides whatever the registry has under its name.
         let child = match self.staging().find(&parent, name) {
             Some(id) if !self.staging().is_settled(id) => Node::Staged(id),
-            _ => parent.child(name).ok_or(ENOENT)?,
+            _ => parent.child(name).ok_or_else(|| {
+                self.fail_in(
+                    "lookup",
+                    parent_ino,
+                    name,
+                    &FsError::new(Cause::NotFound, "no such name"),
+                )
+            })?,
         };
         let child = self
             .resolve(child)
@@ -128,7 +148,7 @@ impl Core {
     /// Open a file; the file handle and how the kernel may cache it.
     pub async fn open(&self, ino: u64, mode: OpenMode) -> OpResult<(u64, Caching)> {
         if mode.write && self.in_contents(&[ino]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents("open", ino));
         }
         let node = self.node(ino).map_err(|e| self.fail("open", None, &e))?;
         let opened = if mode.write {
@@ -145,7 +165,7 @@ impl Core {
     /// disk. `None` when the read must wait (call `read`).
     pub fn read_now(&self, ino: u64, fh: u64, offset: u64, size: u32) -> Option<OpResult<Bytes>> {
         let Some(handle) = self.handles.file(fh) else {
-            return Some(Err(EBADF));
+            return Some(Err(self.bad_handle("read", ino, fh)));
         };
         let fail = |e: &FsError| self.fail_ino("read", ino, e);
         match &*handle {
@@ -161,7 +181,7 @@ impl Core {
                     .read(offset, u64::from(size))
                     .map(Bytes::from)
                     .map_err(|e| fail(&e)),
-                None => Err(EBADF),
+                None => Err(self.bad_handle("read", ino, fh)),
             }),
             Handle::Blob { file, state } => match file.try_read(offset, u64::from(size), state) {
                 Ok(Some(data)) => Some(Ok(Bytes::from(data))),
@@ -183,7 +203,7 @@ impl Core {
     /// The rest of a read `read_now` could not answer.
     pub async fn read_wait(&self, ino: u64, fh: u64, offset: u64, size: u32) -> OpResult<Bytes> {
         let Some(handle) = self.handles.file(fh) else {
-            return Err(EBADF);
+            return Err(self.bad_handle("read", ino, fh));
         };
         let result = match &*handle {
             Handle::Contents(file) => file.clone().read(offset, u64::from(size)).await.map(Bytes::from),
@@ -203,8 +223,11 @@ impl Core {
 
     /// Write into a file being written; the count written.
     pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
-        let id = self.staged_id(fh).ok_or(EBADF)?;
-        let f = self.staging().get(id).ok_or(EBADF)?;
+        let id = self.staged_id(fh).ok_or_else(|| self.bad_handle("write", ino, fh))?;
+        let f = self
+            .staging()
+            .get(id)
+            .ok_or_else(|| self.bad_handle("write", ino, fh))?;
         let result = f.lock().unwrap().write(offset, data);
         result
             .map(|()| data.len() as u32)
@@ -214,7 +237,7 @@ impl Core {
     /// A new file being written at (parent, name), opened: its entry and file handle.
     pub fn create(&self, parent: u64, name: &str) -> OpResult<(Entry, u64)> {
         if self.in_contents(&[parent]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents("create", parent));
         }
         let id = self
             .node(parent)
@@ -270,7 +293,7 @@ impl Core {
     /// mtime it already has is fine). `mtime` is `Some(None)` for "now".
     pub async fn setattr(&self, ino: u64, size: Option<u64>, mtime: Option<Option<SystemTime>>) -> OpResult<Entry> {
         if self.in_contents(&[ino]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents("setattr", ino));
         }
         let node = self.node(ino).map_err(|e| self.fail("setattr", None, &e))?;
         let new_mtime = match mtime {
@@ -300,7 +323,7 @@ impl Core {
 
     pub async fn mkdir_op(&self, parent: u64, name: &str) -> OpResult<Entry> {
         if self.in_contents(&[parent]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents("mkdir", parent));
         }
         let node = self
             .mkdir(parent, name)
@@ -316,7 +339,7 @@ impl Core {
     /// rmdir (`dir`) or unlink.
     pub async fn remove_op(&self, parent: u64, name: &str, dir: bool) -> OpResult<()> {
         if self.in_contents(&[parent]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents(if dir { "rmdir" } else { "unlink" }, parent));
         }
         let op = if dir { "rmdir" } else { "unlink" };
         self.remove(parent, name, dir)
@@ -326,7 +349,7 @@ impl Core {
 
     pub async fn symlink_op(self: &Arc<Self>, parent: u64, name: &str, target: &str) -> OpResult<Entry> {
         if self.in_contents(&[parent]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents("symlink", parent));
         }
         let node = self
             .symlink(parent, name, target)
@@ -341,7 +364,7 @@ impl Core {
 
     pub async fn rename_op(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> OpResult<()> {
         if self.in_contents(&[parent, newparent]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents("rename", parent));
         }
         self.rename(parent, name, newparent, newname)
             .await
@@ -350,7 +373,7 @@ impl Core {
 
     pub async fn link_op(&self, ino: u64, newparent: u64, newname: &str) -> OpResult<Entry> {
         if self.in_contents(&[ino, newparent]) {
-            return Err(EROFS);
+            return Err(self.read_only_contents("link", ino));
         }
         let node = async {
             let (src, dst) = (self.node(ino)?, self.node(newparent)?);
@@ -423,7 +446,10 @@ impl Core {
 
     /// The listing kept by `opendir`.
     pub fn listing(&self, fh: u64) -> OpResult<Arc<Vec<Listed>>> {
-        self.handles.dir(fh).ok_or(EBADF)
+        self.handles.dir(fh).ok_or_else(|| {
+            let e = FsError::new(Cause::BadHandle, format!("no open directory handle {fh}"));
+            self.fail_at("readdir", "", &e)
+        })
     }
 
     pub fn releasedir(&self, fh: u64) {
