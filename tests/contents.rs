@@ -17,6 +17,7 @@ use std::process::Command;
 
 use common::backup::{host_arch, run_ok, RealLayer};
 use common::client::OCI_CONFIG;
+use common::files::find_printf;
 use common::*;
 
 const MTIME: &str = "@1700000000";
@@ -91,24 +92,6 @@ fn err<T>(r: std::io::Result<T>) -> i32 {
     }
 }
 
-/// `find DIR -mindepth 1 -printf FORMAT`, sorted.
-fn find(dir: &Path, args: &[&str], format: &str) -> Vec<String> {
-    let out = run_ok(
-        Command::new("find")
-            .arg(dir)
-            .args(["-mindepth", "1"])
-            .args(args)
-            .args(["-printf", format]),
-    );
-    let mut lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect();
-    lines.sort();
-    lines
-}
-
 #[test]
 fn rootfs_is_the_layers_applied_in_order_as_umoci_unpacks_them() {
     let reg = Registry::start();
@@ -161,16 +144,16 @@ fn rootfs_is_the_layers_applied_in_order_as_umoci_unpacks_them() {
             .collect()
     };
     assert_eq!(
-        strip(find(&rootfs, &["!", "-type", "d"], non_dirs), &rootfs),
-        strip(find(&expected, &["!", "-type", "d"], non_dirs), &expected)
+        strip(find_printf(&rootfs, &["!", "-type", "d"], non_dirs), &rootfs),
+        strip(find_printf(&expected, &["!", "-type", "d"], non_dirs), &expected)
     );
     let dirs = "%y %m %U %G %p\n";
     assert_eq!(
-        strip(find(&rootfs, &["-type", "d"], dirs), &rootfs),
-        strip(find(&expected, &["-type", "d"], dirs), &expected)
+        strip(find_printf(&rootfs, &["-type", "d"], dirs), &rootfs),
+        strip(find_printf(&expected, &["-type", "d"], dirs), &expected)
     );
     // Directory entries carry the type too (find -type reads it from readdir).
-    assert_eq!(find(&rootfs, &["-type", "p"], "%P\n"), ["run/fifo"]);
+    assert_eq!(find_printf(&rootfs, &["-type", "p"], "%P\n"), ["run/fifo"]);
     // mtimes from the tar headers.
     assert_eq!(
         fs::symlink_metadata(rootfs.join("bin/tool")).unwrap().mtime(),
@@ -520,13 +503,13 @@ fn assert_same_tree(expected: &Path, actual: &Path, exclude: &[&str]) {
     };
     let non_dirs = "%y %m %U %G %s %T@ %l %p\n";
     assert_eq!(
-        strip(find(actual, &["!", "-type", "d"], non_dirs), actual),
-        strip(find(expected, &["!", "-type", "d"], non_dirs), expected)
+        strip(find_printf(actual, &["!", "-type", "d"], non_dirs), actual),
+        strip(find_printf(expected, &["!", "-type", "d"], non_dirs), expected)
     );
     let dirs = "%y %m %U %G %p\n";
     assert_eq!(
-        strip(find(actual, &["-type", "d"], dirs), actual),
-        strip(find(expected, &["-type", "d"], dirs), expected)
+        strip(find_printf(actual, &["-type", "d"], dirs), actual),
+        strip(find_printf(expected, &["-type", "d"], dirs), expected)
     );
 }
 
@@ -665,7 +648,7 @@ fn zstd_and_uncompressed_layers_read_as_umoci_unpacks_them_and_a_plain_layer_rea
                 .arg("-C")
                 .arg(&expected),
         );
-        for wh in find(&expected, &["-name", ".wh.*"], "%p\n") {
+        for wh in find_printf(&expected, &["-name", ".wh.*"], "%p\n") {
             let wh = Path::new(&wh);
             let name = wh.file_name().unwrap().to_str().unwrap().trim_start_matches(".wh.");
             let _ = fs::remove_dir_all(wh.with_file_name(name));
@@ -891,7 +874,7 @@ fn an_estargz_layer_is_listed_from_its_toc_by_range_and_a_damaged_chunk_is_eio()
     let m = Mount::start(&proxy.url());
     let rootfs = m.join("lazy/stargz/_tags/v1/rootfs");
     // Listing and stat of every entry: only the footer and the TOC are read, by Range.
-    let listed = find(&rootfs, &[], "%y %m %U %G %s %T@ %l %P\n");
+    let listed = find_printf(&rootfs, &[], "%y %m %U %G %s %T@ %l %P\n");
     assert!(listed.iter().any(|l| l.ends_with(" usr/bin/big")), "{listed:?}");
     let (full, ranged) = blob_gets(&proxy, &layer.hex(), 0);
     eprintln!(
@@ -1090,7 +1073,7 @@ fn indexes_are_kept_across_remounts_and_count_in_the_cache_size() {
         v.sort();
         v
     };
-    let tree = |m: &Mount| find(&m.join("keep/app/_tags/v1/rootfs"), &[], "%y %s %P\n");
+    let tree = |m: &Mount| find_printf(&m.join("keep/app/_tags/v1/rootfs"), &[], "%y %s %P\n");
     let want = {
         let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
         tree(&m)

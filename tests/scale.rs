@@ -216,21 +216,7 @@ fn the_inode_table_shrinks_when_the_kernel_forgets() {
     let blob_repo = "forget/data";
     let img = c.push_random_image(blob_repo, "v1", &[7]);
     let m = Mount::start(&reg.url());
-    let walk = || {
-        let out = Command::new("find")
-            .arg(m.join("forget"))
-            .args(["-printf", "%y %s %P\n"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "find: {}", String::from_utf8_lossy(&out.stderr));
-        let mut lines: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        lines.sort();
-        lines
-    };
+    let walk = || files::find_printf(&m.join("forget"), &[], "%y %s %P\n");
     let first = walk();
     assert!(first.len() > 400, "{} entries", first.len());
     let before = m.stat("inodes");

@@ -275,25 +275,32 @@ pub enum ChildTarget {
     Blob(Digest),
 }
 
-/// The index entries of `index` that lead to blobs (buildx cache indexes list layers).
-pub fn child_blobs(index: &Manifest) -> Vec<Digest> {
-    let children = child_names(index).into_iter();
-    children
-        .filter_map(|(_, t)| match t {
+impl ChildTarget {
+    pub fn blob(self) -> Option<Digest> {
+        match self {
             ChildTarget::Blob(d) => Some(d),
             ChildTarget::Manifest(_) => None,
-        })
-        .collect()
+        }
+    }
+
+    pub fn manifest(self) -> Option<Digest> {
+        match self {
+            ChildTarget::Manifest(d) => Some(d),
+            ChildTarget::Blob(_) => None,
+        }
+    }
+}
+
+/// The index entries of `index` that lead to blobs (buildx cache indexes list layers).
+pub fn child_blobs(index: &Manifest) -> Vec<Digest> {
+    child_names(index).into_iter().filter_map(|(_, t)| t.blob()).collect()
 }
 
 /// The index entries of `index` that lead to manifests.
 pub fn child_manifests(index: &Manifest) -> Vec<Digest> {
-    let children = child_names(index).into_iter();
-    children
-        .filter_map(|(_, t)| match t {
-            ChildTarget::Manifest(d) => Some(d),
-            ChildTarget::Blob(_) => None,
-        })
+    child_names(index)
+        .into_iter()
+        .filter_map(|(_, t)| t.manifest())
         .collect()
 }
 

@@ -91,3 +91,21 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 pub fn tar_member(tar: &Path, member: &str) -> Vec<u8> {
     run_ok(Command::new("tar").arg("-xOf").arg(tar).arg(member)).stdout
 }
+
+/// `find DIR -mindepth 1 -printf FORMAT`, sorted.
+pub fn find_printf(dir: &Path, args: &[&str], format: &str) -> Vec<String> {
+    let out = run_ok(
+        Command::new("find")
+            .arg(dir)
+            .args(["-mindepth", "1"])
+            .args(args)
+            .args(["-printf", format]),
+    );
+    let mut lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
