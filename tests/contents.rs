@@ -955,7 +955,7 @@ fn an_estargz_layer_without_the_annotation_is_opened_from_its_footer_through_lay
 
     let proxy = FaultProxy::start(&reg.host_port());
     let m = Mount::start(&proxy.url());
-    let tree = m.join(&format!("lazy/bare/_layers/sha256:{}", layer.hex()));
+    let tree = m.join(format!("lazy/bare/_layers/sha256:{}", layer.hex()));
     let listed = find_printf(&tree, &[], "%y %m %U %G %s %l %P\n");
     assert!(
         listed.contains(&"f 644 321 654 300000  usr/lib/mid".to_string()),

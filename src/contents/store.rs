@@ -214,7 +214,7 @@ impl IndexStore {
         }
         let started = std::time::Instant::now();
         let blob = open()?;
-        let index = match self.from_toc(layer, &blob) {
+        let index = match self.toc_index(layer, &blob) {
             Some(index) => index,
             None => LayerIndex::build(&layer.digest, Some(&layer.media_type), blob, &self.limits)?,
         };
@@ -240,7 +240,7 @@ impl IndexStore {
     /// or a TOC that is unusable or does not match the descriptor's
     /// annotation. The pass checks the blob against the layer digest, so
     /// whatever was wrong with the TOC, what the pass lists is the truth.
-    fn from_toc(&self, layer: &LayerRef, blob: &impl SpanSource) -> Option<LayerIndex> {
+    fn toc_index(&self, layer: &LayerRef, blob: &impl SpanSource) -> Option<LayerIndex> {
         let open = |toc: Option<&str>| super::estargz::open(&layer.digest, layer.size, blob, toc, &self.limits);
         if let Some(toc) = &layer.toc_digest {
             return open(Some(toc))
