@@ -577,6 +577,114 @@ fn a_corrupted_span_is_an_error_never_wrong_bytes() {
     same(&fs.read(node, 0, u64::MAX, &blob).unwrap(), data, path);
 }
 
+/// A source that keeps what it serves, as the blob cache does: the copy it
+/// fetched (damaged at `at` the first `bad_fetches` times) stays until discarded.
+struct KeepsCopies<'a> {
+    blob: &'a [u8],
+    at: u64,
+    bad_fetches: Cell<u32>,
+    /// The kept copy of the byte at `at` is damaged.
+    holds_damage: Cell<bool>,
+    fetches: Cell<u32>,
+    discards: Cell<u32>,
+}
+
+impl<'a> KeepsCopies<'a> {
+    fn new(blob: &'a [u8], at: u64, bad_fetches: u32) -> Self {
+        KeepsCopies {
+            blob,
+            at,
+            bad_fetches: Cell::new(bad_fetches),
+            holds_damage: Cell::new(false),
+            fetches: Cell::new(0),
+            discards: Cell::new(0),
+        }
+    }
+}
+
+impl SpanSource for KeepsCopies<'_> {
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut v = self.blob.read_at(offset, len)?;
+        if (offset..offset + len).contains(&self.at) {
+            if !self.holds_damage.get() && self.bad_fetches.get() > 0 {
+                // Not kept yet: fetched now, damaged this time.
+                self.bad_fetches.set(self.bad_fetches.get() - 1);
+                self.holds_damage.set(true);
+                self.fetches.set(self.fetches.get() + 1);
+            }
+            if self.holds_damage.get() {
+                v[(self.at - offset) as usize] ^= 0x55;
+            }
+        }
+        Ok(v)
+    }
+
+    fn discard(&self, offset: u64, len: u64) {
+        if (offset..offset + len).contains(&self.at) {
+            self.holds_damage.set(false);
+        }
+        self.discards.set(self.discards.get() + 1);
+    }
+}
+
+#[test]
+fn a_damaged_span_is_dropped_and_fetched_once_more() {
+    let (blob, files) = big_layer();
+    let idx = Arc::new(index(&blob));
+    let fs = Rootfs::layer(idx.clone());
+    let (path, data) = &files[10];
+    let at = idx.spans[1].comp_start + 100;
+    // Damaged once: the span is dropped, fetched again, and the read is exact.
+    let once = KeepsCopies::new(&blob, at, 1);
+    let mut served = 0;
+    for (p, d) in &files {
+        let n = fs.lookup_path(p).unwrap();
+        same(&fs.read(n, 0, u64::MAX, &once).unwrap(), d, p);
+        served += 1;
+    }
+    assert_eq!(served, files.len());
+    assert_eq!(
+        (once.fetches.get(), once.discards.get()),
+        (1, 1),
+        "one damaged copy, dropped once"
+    );
+    // Damaged every time: an error naming the span and both digests, never
+    // wrong bytes; the second copy is dropped too, so a later read tries again.
+    let always = KeepsCopies::new(&blob, at, u32::MAX);
+    let fs = Rootfs::layer(Arc::new(index(&blob))); // no decoded span kept from above
+    let span_of_file = |p: &str| {
+        let n = fs.lookup_path(p).unwrap();
+        fs.read(n, 0, u64::MAX, &always)
+    };
+    let e = files
+        .iter()
+        .find_map(|(p, _)| span_of_file(p).err())
+        .expect("some file lies in the damaged span");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    let msg = e.to_string();
+    let bad_sha = {
+        let s = &idx.spans[1];
+        let mut copy = blob[s.comp_start as usize..s.comp_end as usize].to_vec();
+        copy[(at - s.comp_start) as usize] ^= 0x55;
+        hex::encode(Sha256::digest(&copy))
+    };
+    assert!(msg.contains("span 1 ("), "{msg}");
+    assert!(msg.contains(&format!("hashes to sha256:{bad_sha}")), "{msg}");
+    assert!(
+        msg.contains(&format!("recorded sha256:{}", hex::encode(idx.spans[1].sha256))),
+        "{msg}"
+    );
+    assert!(msg.contains("fetched twice"), "{msg}");
+    assert_eq!((always.fetches.get(), always.discards.get()), (2, 2));
+    assert!(!always.holds_damage.get(), "nothing damaged is kept after the error");
+    // The same node read from an honest source after that: exact.
+    same(
+        &fs.read(fs.lookup_path(path).unwrap(), 0, u64::MAX, &blob).unwrap(),
+        data,
+        path,
+    );
+}
+
 #[test]
 fn zstd_single_and_multi_frame_layers() {
     let (tar_bytes, files) = {
@@ -1027,4 +1135,114 @@ fn the_store_builds_once_keeps_indexes_on_disk_and_rebuilds_damaged_ones() {
     assert!(store.disk_usage() > 0);
     store.remove(&layers[1].digest).unwrap();
     assert!(!path.exists());
+}
+
+/// A layer blob handed to the store, counting what the pass streams and
+/// what is read by Range.
+struct Watched {
+    blob: io::Cursor<Vec<u8>>,
+    streamed: Arc<std::sync::atomic::AtomicU64>,
+    ranged: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl io::Read for Watched {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.blob.read(buf)?;
+        self.streamed.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+impl SpanSource for Watched {
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.ranged.fetch_add(len, std::sync::atomic::Ordering::SeqCst);
+        self.blob.read_at(offset, len)
+    }
+}
+
+/// Without the TOC digest annotation (e.g. a layer reached through
+/// `_layers/`, whose descriptor is not known) the footer tells an eStargz
+/// layer, opened from its TOC by Range, from one that needs the pass; a
+/// footer whose TOC is unusable falls back to the pass.
+#[test]
+fn an_estargz_layer_without_the_annotation_is_found_by_its_footer() {
+    let files = vec![("etc/a", noise(5, 300_000)), ("etc/b", b"small".to_vec())];
+    let (stargz, _json) = estargz_layer(&files, 100_000);
+    let plain = gzip(&Layer::new().file("etc/a", b"plain").finish());
+    // The footer points at bytes that are not a gzip member: not a usable TOC.
+    let mut broken = gzip(&Layer::new().file("etc/c", b"broken").finish());
+    let mut footer = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0];
+    footer.extend(format!("{:016x}STARGZ", 3).as_bytes());
+    footer.extend([1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+    broken.extend(footer);
+    const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZST: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let cases: [(&[u8], &str, bool, &[&str]); 5] = [
+        (&stargz, GZ, false, &["etc", "etc/a", "etc/b", "etc/link"]),
+        (&stargz, "", false, &["etc", "etc/a", "etc/b", "etc/link"]),
+        (&plain, GZ, true, &["etc", "etc/a"]),
+        (&broken, GZ, true, &["etc", "etc/c"]),
+        (&plain, ZST, true, &["etc", "etc/a"]), // said not gzip: no footer read (the pass sniffs the bytes)
+    ];
+    for (blob, media_type, pass, names) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(dir.path(), Limits::default()).unwrap();
+        let streamed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ranged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let layer = LayerRef {
+            digest: digest_of(blob),
+            media_type: media_type.into(),
+            size: blob.len() as u64,
+            toc_digest: None,
+        };
+        let fs = store.image(std::slice::from_ref(&layer), |_| {
+            Ok(Watched {
+                blob: io::Cursor::new(blob.to_vec()),
+                streamed: streamed.clone(),
+                ranged: ranged.clone(),
+            })
+        });
+        let (streamed, ranged) = (
+            streamed.load(std::sync::atomic::Ordering::SeqCst),
+            ranged.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        let what = format!("{media_type:?} layer of {} bytes", blob.len());
+        assert_eq!(
+            listing(&fs).keys().map(String::as_str).collect::<Vec<_>>(),
+            names,
+            "{what}"
+        );
+        if pass {
+            assert!(streamed > 0, "{what}: the pass read it");
+        } else {
+            assert_eq!(streamed, 0, "{what}: no pass");
+            assert!(
+                ranged > 0 && ranged < 4096,
+                "{what}: footer and TOC only, {ranged} bytes"
+            );
+            same(&read_all(&fs, "etc/a", &stargz), &files[0].1, "etc/a");
+        }
+        if media_type == ZST {
+            assert_eq!(ranged, 0, "{what}: no footer read");
+        }
+        if blob == plain.as_slice() && media_type == GZ {
+            assert_eq!(ranged, estargz::FOOTER_SIZE, "{what}: one footer read");
+        }
+    }
+}
+
+/// A node's path (for log lines) is the path that looks it up, at any depth.
+#[test]
+fn a_node_knows_its_path() {
+    let blob = gzip(&metadata_layer());
+    let fs = Rootfs::layer(Arc::new(index(&blob)));
+    let paths = listing(&fs);
+    assert!(
+        paths.len() > 5 && paths.keys().any(|p| p.matches('/').count() >= 2),
+        "{paths:?}"
+    );
+    for p in paths.keys() {
+        assert_eq!(&fs.path(fs.lookup_path(p).unwrap()), p);
+    }
+    assert_eq!(fs.path(fs.root()), "");
 }
