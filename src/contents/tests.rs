@@ -1028,3 +1028,97 @@ fn the_store_builds_once_keeps_indexes_on_disk_and_rebuilds_damaged_ones() {
     store.remove(&layers[1].digest).unwrap();
     assert!(!path.exists());
 }
+
+/// A layer blob handed to the store, counting what the pass streams and
+/// what is read by Range.
+struct Watched {
+    blob: io::Cursor<Vec<u8>>,
+    streamed: Arc<std::sync::atomic::AtomicU64>,
+    ranged: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl io::Read for Watched {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.blob.read(buf)?;
+        self.streamed.fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+        Ok(n)
+    }
+}
+
+impl SpanSource for Watched {
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        self.ranged.fetch_add(len, std::sync::atomic::Ordering::SeqCst);
+        self.blob.read_at(offset, len)
+    }
+}
+
+/// Without the TOC digest annotation (e.g. a layer reached through
+/// `_layers/`, whose descriptor is not known) the footer tells an eStargz
+/// layer, opened from its TOC by Range, from one that needs the pass; a
+/// footer whose TOC is unusable falls back to the pass.
+#[test]
+fn an_estargz_layer_without_the_annotation_is_found_by_its_footer() {
+    let files = vec![("etc/a", noise(5, 300_000)), ("etc/b", b"small".to_vec())];
+    let (stargz, _json) = estargz_layer(&files, 100_000);
+    let plain = gzip(&Layer::new().file("etc/a", b"plain").finish());
+    // The footer points at bytes that are not a gzip member: not a usable TOC.
+    let mut broken = gzip(&Layer::new().file("etc/c", b"broken").finish());
+    let mut footer = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0];
+    footer.extend(format!("{:016x}STARGZ", 3).as_bytes());
+    footer.extend([1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+    broken.extend(footer);
+    const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const ZST: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+    let cases: [(&[u8], &str, bool, &[&str]); 5] = [
+        (&stargz, GZ, false, &["etc", "etc/a", "etc/b", "etc/link"]),
+        (&stargz, "", false, &["etc", "etc/a", "etc/b", "etc/link"]),
+        (&plain, GZ, true, &["etc", "etc/a"]),
+        (&broken, GZ, true, &["etc", "etc/c"]),
+        (&plain, ZST, true, &["etc", "etc/a"]), // said not gzip: no footer read (the pass sniffs the bytes)
+    ];
+    for (blob, media_type, pass, names) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(dir.path(), Limits::default()).unwrap();
+        let streamed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ranged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let layer = LayerRef {
+            digest: digest_of(blob),
+            media_type: media_type.into(),
+            size: blob.len() as u64,
+            toc_digest: None,
+        };
+        let fs = store.image(std::slice::from_ref(&layer), |_| {
+            Ok(Watched {
+                blob: io::Cursor::new(blob.to_vec()),
+                streamed: streamed.clone(),
+                ranged: ranged.clone(),
+            })
+        });
+        let (streamed, ranged) = (
+            streamed.load(std::sync::atomic::Ordering::SeqCst),
+            ranged.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        let what = format!("{media_type:?} layer of {} bytes", blob.len());
+        assert_eq!(
+            listing(&fs).keys().map(String::as_str).collect::<Vec<_>>(),
+            names,
+            "{what}"
+        );
+        if pass {
+            assert!(streamed > 0, "{what}: the pass read it");
+        } else {
+            assert_eq!(streamed, 0, "{what}: no pass");
+            assert!(
+                ranged > 0 && ranged < 4096,
+                "{what}: footer and TOC only, {ranged} bytes"
+            );
+            same(&read_all(&fs, "etc/a", &stargz), &files[0].1, "etc/a");
+        }
+        if media_type == ZST {
+            assert_eq!(ranged, 0, "{what}: no footer read");
+        }
+        if blob == plain.as_slice() && media_type == GZ {
+            assert_eq!(ranged, estargz::FOOTER_SIZE, "{what}: one footer read");
+        }
+    }
+}

@@ -310,8 +310,9 @@ impl Core {
             TreeKey::Layer(d) => {
                 let size = self.view.blob_size(repo, d).await?;
                 let media_type = self.view.blob_media_type(&d).unwrap_or_default();
-                // The descriptor's annotations are not known here: an eStargz
-                // layer first seen through `_layers/` gets the verified pass.
+                // The descriptor's annotations are not known here: the store
+                // reads the footer to tell an eStargz layer (opened from its TOC
+                // by Range) from one that needs the pass.
                 vec![LayerRef {
                     digest: d.to_string(),
                     media_type,
