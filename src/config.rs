@@ -36,7 +36,8 @@ pub struct Config {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub credentials: Option<Credentials>,
-    /// `n=` for catalog and tag-list pages; `None` lets the registry choose.
+    /// `n=` for catalog and tag-list pages; `None`: 1000 for the catalog
+    /// (`registry::client::CATALOG_PAGE`), the registry's choice for tag lists.
     pub page_size: Option<u32>,
     /// Mount over a directory that has files (they are hidden while mounted).
     pub allow_non_empty: bool,

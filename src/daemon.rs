@@ -13,6 +13,9 @@ use crate::config::Config;
 use crate::core::view::View;
 use crate::core::Options;
 use crate::fuse::RegFs;
+
+/// How long the mount waits for the first catalog page after the ping (see `run`).
+const FIRST_PAGE_WAIT: Duration = Duration::from_secs(2);
 use crate::registry::client::ClientOptions;
 use crate::registry::Client;
 use crate::stats::Stats;
@@ -56,7 +59,17 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let _guard = rt.enter();
         crate::metrics::install(cfg.metrics_addr)?;
     }
-    if let Err(e) = rt.block_on(client.ping()) {
+    // The first catalog page goes out with the ping (two requests, one round
+    // trip): the names on it are known before the first lookup, so entering
+    // a namespace among them costs no tag list and no catalog scan. Waited
+    // for at most FIRST_PAGE_WAIT (a slow catalog must not hold the mount).
+    let (pinged, first_page) = rt.block_on(async {
+        tokio::join!(
+            client.ping(),
+            tokio::time::timeout(FIRST_PAGE_WAIT, client.catalog_first_page())
+        )
+    });
+    if let Err(e) = pinged {
         bail!(
             "cannot use registry {}: {e}{}",
             cfg.registry,
@@ -85,6 +98,13 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         &cfg.cache_dir,
     )
     .with_context(|| in_cache("staging"))?;
+    match first_page {
+        Ok(page) => view.learn_first_catalog_page(page),
+        Err(_) => tracing::info!(
+            "the first catalog page took over {} s; names are asked when looked up",
+            FIRST_PAGE_WAIT.as_secs()
+        ),
+    }
     let fs = RegFs::new(
         rt.handle().clone(),
         view,

@@ -38,9 +38,15 @@ fn seed_repos(c: &RegistryClient, count: usize, name: impl Fn(usize) -> String) 
 }
 
 fn catalog_requests(proxy: &FaultProxy) -> Vec<String> {
+    catalog_requests_from(proxy, 0)
+}
+
+/// The `_catalog` requests the proxy saw from its `from`-th request on.
+fn catalog_requests_from(proxy: &FaultProxy, from: usize) -> Vec<String> {
     proxy
         .requests()
         .into_iter()
+        .skip(from)
         .filter(|r| r.target.starts_with("/v2/_catalog"))
         .map(|r| r.target)
         .collect()
@@ -48,21 +54,36 @@ fn catalog_requests(proxy: &FaultProxy) -> Vec<String> {
 
 on_both_registries! {
 /// 150 repositories (more than one 100-name catalog page) plus a namespace:
-/// `ls MOUNT/<repo>/_tags` sends no `_catalog` request at all; a namespace
-/// and a missing name are told by a few pages after the name (`?last=`),
-/// never by reading the whole catalog.
+/// after the mount (whose first catalog page, here of 100 names, goes out
+/// with its ping), `ls MOUNT/<repo>/_tags` sends no `_catalog` request at
+/// all; a namespace and a missing name are told by a few pages after the
+/// name (`?last=`), never by reading the whole catalog.
 fn entering_a_repository_does_not_read_the_catalog(kind) {
     let reg = Registry::start_kind(kind);
     let c = reg.client();
     seed_repos(&c, 150, |i| format!("repo-{i:03}"));
     seed_repos(&c, 3, |i| format!("zns/sub-{i}"));
     let proxy = FaultProxy::start(&reg.host_port());
-    let m = Mount::start(&proxy.url());
+    let m = Mount::builder(&proxy.url()).args(["--page-size", "100"]).start();
+    let at_mount = proxy.requests().len();
+    assert_eq!(
+        catalog_requests(&proxy),
+        ["/v2/_catalog?n=100"],
+        "the mount reads the first catalog page, once"
+    );
     assert_eq!(ls(&m.join("repo-123/_tags")), ["latest"]);
     assert!(fs::symlink_metadata(m.join("repo-045/_tags/latest")).unwrap().file_type().is_symlink());
-    assert_eq!(catalog_requests(&proxy), Vec::<String>::new(), "entering repositories read the catalog");
-    let tag_lists = proxy.requests().iter().filter(|r| r.target.contains("/tags/list")).count();
-    assert_eq!(tag_lists, 2, "one tag list per repository entered: {:?}", proxy.requests());
+    assert_eq!(catalog_requests_from(&proxy, at_mount), Vec::<String>::new(), "entering repositories read the catalog");
+    // `repo-123` is not on the mount's page: its tag list tells it exists
+    // (and lists it); `repo-045` is on it: entered without a request, its
+    // link resolved by one manifest request.
+    let tag_lists: Vec<String> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.target.contains("/tags/list"))
+        .map(|r| r.target)
+        .collect();
+    assert_eq!(tag_lists, ["/v2/repo-123/tags/list?n=100"], "{:?}", proxy.requests());
 
     // A namespace: its tag list is 404, a scan after the name finds `zns/…`.
     assert_eq!(ls(&m.join("zns/sub-1/_tags")), ["latest"]);
@@ -71,7 +92,7 @@ fn entering_a_repository_does_not_read_the_catalog(kind) {
     assert_eq!(errno_of(&err), libc::ENOENT);
     let err = fs::symlink_metadata(m.join("zns/nosuch")).unwrap_err();
     assert_eq!(errno_of(&err), libc::ENOENT);
-    let scans = catalog_requests(&proxy);
+    let scans = catalog_requests_from(&proxy, at_mount);
     assert!(!scans.is_empty(), "the namespace was told without the catalog?");
     match kind {
         // distribution honours `last`: every request is a scan after a name,
@@ -86,6 +107,89 @@ fn entering_a_repository_does_not_read_the_catalog(kind) {
     // A repository's listing names what is nested below it: that one reads the catalog.
     assert_eq!(ls(&m.join("repo-007")), ["_blobs", "_manifests", "_tags", "_uploads"]);
 }
+}
+
+on_both_registries! {
+/// The first catalog page goes out with the mount's ping: every name on it
+/// is known before the first lookup. Reading a blob by its path below a
+/// namespace then asks no tag list and no catalog page, only the blob (one
+/// round trip before the first byte from far away, as `curl -r` pays);
+/// names missing from the page are still ENOENT.
+fn a_mount_knows_the_names_on_the_first_catalog_page(kind) {
+    let reg = Registry::start_kind(kind);
+    let c = reg.client();
+    let img = c.push_random_image("ns/app", "v1", &[3000]);
+    seed_repos(&c, 20, |i| format!("other-{i:02}"));
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    assert_eq!(
+        catalog_requests(&proxy),
+        ["/v2/_catalog?n=1000"],
+        "the mount reads one catalog page of 1000 names"
+    );
+    let at_mount = proxy.requests().len();
+    let layer = &img.layers[0];
+    let got = fs::read(m.join(format!("ns/app/_blobs/{}", layer.digest))).unwrap();
+    assert_eq!(sha256_digest(&got), layer.digest);
+    assert_eq!(got, layer.bytes);
+    let after: Vec<String> = proxy.requests().into_iter().skip(at_mount).map(|r| r.target).collect();
+    assert!(
+        after.iter().all(|t| t == &format!("/v2/ns/app/blobs/{}", layer.digest)),
+        "a read by path asked more than the blob: {after:?}"
+    );
+    assert!(!after.is_empty());
+
+    // Not on the page: still ENOENT (asked of the registry, not assumed).
+    for missing in ["nosuch", "ns/nosuch", "ns/app/nosuch", "other-00/nosuch"] {
+        let err = fs::symlink_metadata(m.join(missing)).unwrap_err();
+        assert_eq!(errno_of(&err), libc::ENOENT, "{missing}");
+    }
+}
+}
+
+on_both_registries! {
+/// `ls /` asks 1000 names per catalog page (distribution walks its whole
+/// repository tree up to the page for every page: fewer pages, fewer walks).
+/// 1,030 names: two pages, each with `n=1000`, plus the mount's first page.
+fn the_root_listing_asks_1000_names_per_catalog_page(kind) {
+    let reg = Registry::start_kind(kind);
+    let c = reg.client();
+    seed_repos(&c, 1030, |i| format!("r{i:04}"));
+    let proxy = FaultProxy::start(&reg.host_port());
+    let m = Mount::start(&proxy.url());
+    let at_mount = proxy.requests().len();
+    assert_eq!(ls(m.path()).len(), 1030);
+    let pages = catalog_requests_from(&proxy, at_mount);
+    assert_eq!(pages.len(), 2, "catalog requests: {pages:?}");
+    assert!(pages.iter().all(|t| t.contains("n=1000")), "catalog requests: {pages:?}");
+}
+}
+
+/// A registry that refuses `n=1000` (400, as distribution does above its
+/// `catalog.maxentries`) is asked with its own page size from then on.
+#[test]
+fn a_registry_refusing_1000_names_per_page_is_asked_with_its_own_page_size() {
+    let reg = Registry::start();
+    let c = reg.client();
+    seed_repos(&c, 130, |i| format!("r{i:03}"));
+    let proxy = FaultProxy::start(&reg.host_port());
+    proxy.fail_next(1, 400, Match::path("/_catalog"));
+    let m = Mount::start(&proxy.url());
+    assert_eq!(ls(m.path()).len(), 130);
+    let pages = catalog_requests(&proxy);
+    assert_eq!(pages[0], "/v2/_catalog?n=1000", "catalog requests: {pages:?}");
+    // The mount's page again without `n`, then the listing's two pages of
+    // 100 (the second by distribution's `Link`, which names its own `n=100`).
+    assert_eq!(
+        pages,
+        [
+            "/v2/_catalog?n=1000",
+            "/v2/_catalog",
+            "/v2/_catalog",
+            "/v2/_catalog?last=r099&n=100"
+        ]
+    );
+    assert!(m.log().contains("refused 1000 catalog names per page"), "{}", m.log());
 }
 
 on_both_registries! {
@@ -179,12 +283,16 @@ on_both_registries! {
 /// The catalog page that told a namespace exists also names the repositories
 /// under it: reading a blob by its path below a namespace asks no tag list of
 /// that repository (a round trip less before the first byte from far away).
+/// 110 names sort before it, so the mount's first page (100 names) does not
+/// show it.
 fn a_namespace_scan_makes_the_repositories_it_saw_known(kind) {
     let reg = Registry::start_kind(kind);
     let c = reg.client();
     let img = c.push_random_image("ns/app", "v1", &[3000]);
+    seed_repos(&c, 110, |i| format!("aa-{i:03}"));
     let proxy = FaultProxy::start(&reg.host_port());
-    let m = Mount::start(&proxy.url());
+    let m = Mount::builder(&proxy.url()).args(["--page-size", "100"]).start();
+    let at_mount = proxy.requests().len();
     let layer = &img.layers[0];
     let got = fs::read(m.join(format!("ns/app/_blobs/{}", layer.digest))).unwrap();
     assert_eq!(sha256_digest(&got), layer.digest);
@@ -199,7 +307,10 @@ fn a_namespace_scan_makes_the_repositories_it_saw_known(kind) {
         tag_lists.iter().all(|t| !t.starts_with("/v2/ns/app/")),
         "the repository the catalog page named was asked again: {tag_lists:?}"
     );
-    assert!(!catalog_requests(&proxy).is_empty(), "the namespace was told without the catalog?");
+    assert!(
+        !catalog_requests_from(&proxy, at_mount).is_empty(),
+        "the namespace was told without the catalog?"
+    );
 }
 }
 

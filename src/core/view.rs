@@ -251,15 +251,7 @@ impl View {
                     return Ok(None);
                 }
             };
-            let mut sorted = page.clone();
-            sorted.sort();
-            {
-                let mut pages = self.scanned_pages.lock().unwrap();
-                if pages.len() >= MAX_SCANNED_PAGES {
-                    pages.remove(0);
-                }
-                pages.push((std::time::Instant::now(), Arc::new(sorted)));
-            }
+            self.remember_page(page.clone());
             match names::scan_page(path, &page, seen) {
                 names::Scan::Done(f) => return Ok(Some(f)),
                 names::Scan::CannotTell => return Ok(None),
@@ -269,6 +261,34 @@ impl View {
             next = link;
         }
         Ok(None)
+    }
+
+    /// Keep the names of a catalog page for the catalog's TTL (see `scanned_pages`).
+    fn remember_page(&self, mut names: Vec<String>) {
+        names.sort();
+        let mut pages = self.scanned_pages.lock().unwrap();
+        if pages.len() >= MAX_SCANNED_PAGES {
+            pages.remove(0);
+        }
+        pages.push((std::time::Instant::now(), Arc::new(names)));
+    }
+
+    /// The first catalog page, read while the mount pinged the registry (in
+    /// the same round trip): the names on it are known from the start, so
+    /// looking up a namespace or repository among them asks nothing (every
+    /// name of a registry that fits one page: 1000 on distribution). They are
+    /// kept as a scanned page, never as the catalog: a listing still reads
+    /// the catalog fresh, and a name missing from the page is asked as before.
+    pub fn learn_first_catalog_page(&self, page: Result<(Vec<String>, Option<url::Url>), RegistryError>) {
+        match page {
+            Ok((names, _)) => self.remember_page(names),
+            Err(e @ (RegistryError::NotFound(_) | RegistryError::Denied(_) | RegistryError::Unsupported(_))) => {
+                tracing::info!("no usable catalog ({e}); listing --repo names and names looked up");
+                self.catalog.insert((), None);
+            }
+            // Asked again when a lookup or a listing needs it.
+            Err(e) => tracing::debug!("first catalog page: {e}"),
+        }
     }
 
     /// Does `path` exist as a directory (a repository or a namespace above one)?

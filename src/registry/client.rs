@@ -44,6 +44,14 @@ const MAX_PAGE_SIZE: u64 = 64 << 20;
 pub const MAX_LISTING_PAGES: usize = 10_000;
 pub const MAX_LISTING_NAMES: usize = 1_000_000;
 pub const MAX_LISTING_BYTES: usize = 64 << 20;
+/// Names asked per `_catalog` page when `--page-size` is not given.
+/// distribution serves every page by walking its repository tree from the
+/// first name (the names before `last` are walked and skipped), so reading
+/// the whole catalog costs one walk per page: at its default of 100 names,
+/// `ls /` of 10,000 repositories is 101 walks, at 1000 it is 11. 1000 is
+/// distribution's own maximum (`catalog.maxentries`); a registry refusing it
+/// (400, PAGINATION_NUMBER_INVALID) is asked without `n` from then on.
+pub const CATALOG_PAGE: u32 = 1000;
 
 /// How long a request may take in all (see `send_body`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,6 +97,9 @@ pub struct Client {
     auth: Auth,
     stats: Arc<Stats>,
     page_size: Option<u32>,
+    /// `n=` of catalog requests: `page_size`, else `CATALOG_PAGE` until the
+    /// registry refuses it, then `None` (the registry's own page).
+    catalog_n: std::sync::Mutex<Option<u32>>,
     /// Identical requests in flight share one HTTP request.
     manifest_gets: SingleFlight<(String, String), Result<FetchedManifest>>,
     manifest_heads: SingleFlight<(String, String), Result<Digest>>,
@@ -220,6 +231,7 @@ impl Client {
             base: opts.registry,
             stats,
             page_size: opts.page_size,
+            catalog_n: std::sync::Mutex::new(Some(opts.page_size.unwrap_or(CATALOG_PAGE))),
             manifest_gets: SingleFlight::default(),
             manifest_heads: SingleFlight::default(),
             blob_heads: SingleFlight::default(),
@@ -259,29 +271,70 @@ impl Client {
 
     /// Every repository from `_catalog`, following `Link` until there is none.
     pub async fn catalog(&self) -> Result<Vec<String>> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            #[serde(default)]
-            repositories: Option<Vec<String>>,
+        loop {
+            let n = self.catalog_n();
+            let listed = self
+                .paginate(
+                    self.catalog_url(n),
+                    "registry:catalog:*",
+                    RequestKind::Catalog,
+                    parse_catalog_page,
+                )
+                .await;
+            match listed {
+                Err(RegistryError::Rejected(why)) if self.refused_catalog_n(n, &why) => continue,
+                other => return other,
+            }
         }
-        let first = self.paged_url("/v2/_catalog");
-        self.paginate(first, "registry:catalog:*", RequestKind::Catalog, |body| {
-            let p: Page =
-                serde_json::from_slice(body).map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
-            Ok(p.repositories.unwrap_or_default())
-        })
-        .await
+    }
+
+    /// The first page of `_catalog` (as many names as `catalog` asks per
+    /// page) and the next page's URL: read while the mount pings the
+    /// registry, so the first names are known before the first lookup.
+    pub async fn catalog_first_page(&self) -> Result<(Vec<String>, Option<Url>)> {
+        loop {
+            let n = self.catalog_n();
+            match self.catalog_page_at(self.catalog_url(n)).await {
+                Err(RegistryError::Rejected(why)) if self.refused_catalog_n(n, &why) => continue,
+                other => return other,
+            }
+        }
+    }
+
+    fn catalog_n(&self) -> Option<u32> {
+        *self.catalog_n.lock().unwrap()
+    }
+
+    fn catalog_url(&self, n: Option<u32>) -> Url {
+        let mut url = self.url("/v2/_catalog");
+        if let Some(n) = n {
+            url.query_pairs_mut().append_pair("n", &n.to_string());
+        }
+        url
+    }
+
+    /// The registry refused a catalog request asked with `n`: when that was
+    /// our own `CATALOG_PAGE` (not the user's `--page-size`), ask without `n`
+    /// from now on and say so (`true`: ask again).
+    fn refused_catalog_n(&self, n: Option<u32>, why: &str) -> bool {
+        if self.page_size.is_some() || n.is_none() {
+            return false;
+        }
+        let mut current = self.catalog_n.lock().unwrap();
+        if *current == n {
+            tracing::info!(
+                "the registry refused {} catalog names per page ({why}); using its own page size",
+                CATALOG_PAGE
+            );
+            *current = None;
+        }
+        true
     }
 
     /// One page of `_catalog`: the `n` names after `last` in the registry's
     /// order (or the page at `next`, a `Link` from an earlier page), and the
     /// next page's URL. For looking up one name without reading every page.
     pub async fn catalog_page(&self, last: &str, n: usize, next: Option<Url>) -> Result<(Vec<String>, Option<Url>)> {
-        #[derive(serde::Deserialize)]
-        struct Page {
-            #[serde(default)]
-            repositories: Option<Vec<String>>,
-        }
         let url = match next {
             Some(u) if u.origin() == self.base.origin() => u,
             Some(u) => return Err(RegistryError::Invalid(format!("Link leads to another host ({u})"))),
@@ -293,6 +346,10 @@ impl Client {
                 u
             }
         };
+        self.catalog_page_at(url).await
+    }
+
+    async fn catalog_page_at(&self, url: Url) -> Result<(Vec<String>, Option<Url>)> {
         let (headers, body) = self
             .fetch(
                 Method::GET,
@@ -303,9 +360,7 @@ impl Client {
                 MAX_PAGE_SIZE,
             )
             .await?;
-        let p: Page =
-            serde_json::from_slice(&body).map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
-        Ok((p.repositories.unwrap_or_default(), next_link(&url, &headers)))
+        Ok((parse_catalog_page(&body)?, next_link(&url, &headers)))
     }
 
     /// Every tag of `repo`, following `Link` (never stopping at a short page).
@@ -1300,6 +1355,17 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 
 /// The `rel="next"` target of a `Link` header, resolved against the current URL
 /// (registries send opaque, usually relative, URLs).
+/// The names of one `_catalog` page (`{"repositories": [...]}`; absent or null: none).
+fn parse_catalog_page(body: &[u8]) -> Result<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        #[serde(default)]
+        repositories: Option<Vec<String>>,
+    }
+    let p: Page = serde_json::from_slice(body).map_err(|e| RegistryError::Invalid(format!("catalog JSON: {e}")))?;
+    Ok(p.repositories.unwrap_or_default())
+}
+
 pub fn next_link(current: &Url, h: &HeaderMap) -> Option<Url> {
     for value in h.get_all(header::LINK) {
         let Ok(value) = value.to_str() else { continue };
