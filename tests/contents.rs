@@ -207,11 +207,32 @@ fn rootfs_is_the_layers_applied_in_order_as_umoci_unpacks_them() {
     );
     // Each refusal is reported like any failure: counted, and named in `.regfs/errors`.
     let errors = fs::read_to_string(m.join(".regfs/errors")).unwrap();
-    let refused = errors
+    let refused: Vec<&str> = errors
         .lines()
         .filter(|l| l.contains("image contents are read-only"))
-        .count();
-    assert_eq!(refused, 4, "{errors}");
+        .collect();
+    assert_eq!(refused.len(), 4, "{errors}");
+    // Each names the repository, the image (or the layer a file comes from)
+    // and the path inside it: a path of this mount that reaches that entry.
+    let image = format!("/shop/app/_manifests/{}/rootfs", img.digest);
+    let layer2 = format!("/shop/app/_layers/{}", img.layers[1].digest);
+    for (i, want) in [
+        format!("create {image}/etc/new: "),
+        format!("mkdir {image}/newdir: "),
+        format!("unlink {image}/etc/os-release: "),
+        format!("open {layer2}/etc/os-release: "),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(refused[i].contains(want.as_str()), "{want:?} in {:?}", refused[i]);
+    }
+    assert!(m.log().contains(&format!("path=\"{image}/etc/new\"")), "{}", m.log());
+    assert!(
+        !m.log().contains("image contents: "),
+        "no log line names a node by number: {}",
+        m.log()
+    );
     // The index was kept in the cache dir, small next to the layers.
     let kept: u64 = fs::read_dir(m.cache_dir().join("contents"))
         .unwrap()
@@ -916,7 +937,19 @@ fn an_estargz_layer_is_listed_from_its_toc_by_range_and_a_damaged_chunk_is_eio()
         proxy.requests().iter().any(|r| r.fault.is_some()),
         "the flipped response was served"
     );
-    assert!(m.log().contains("read of layer contents failed"), "{}", m.log());
+    // A log line per failed FUSE read (the kernel may retry one read(2)),
+    // naming the file by its repository, layer and path.
+    let failed: Vec<String> = m
+        .log()
+        .lines()
+        .filter(|l| l.contains("read of layer contents failed"))
+        .map(str::to_string)
+        .collect();
+    let want = format!("path=\"/lazy/stargz/_layers/{}/usr/bin/big\"", layer.digest());
+    assert!(
+        !failed.is_empty() && failed.iter().all(|l| l.contains(&want)),
+        "{failed:?}"
+    );
     assert!(m.is_mounted());
     assert_eq!(fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=estargz\n");
 }
