@@ -160,7 +160,7 @@ impl CacheTenant for IndexStore {
 
 impl ContentsState {
     pub fn new(cache_dir: &Path, blobs: &BlobStore) -> Self {
-        let store = match IndexStore::new(crate::store::dir::contents(cache_dir), Limits::default()) {
+        let store = match IndexStore::new(crate::store::dir::contents(cache_dir), limits()) {
             Ok(s) => {
                 let s = Arc::new(s);
                 blobs.set_tenant(s.clone());
@@ -181,6 +181,26 @@ impl ContentsState {
             layers: Mutex::default(),
         }
     }
+}
+
+/// Entries listed per layer can be capped lower than the default (1,000,000)
+/// with `REGFS_CONTENTS_MAX_ENTRIES`, undocumented in `--help`: the tests prove
+/// the tar-bomb cap through a real mount with a layer of a few hundred
+/// thousand entries instead of over a million.
+const MAX_ENTRIES_ENV: &str = "REGFS_CONTENTS_MAX_ENTRIES";
+
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    if let Some(v) = std::env::var_os(MAX_ENTRIES_ENV) {
+        match v.to_str().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0) {
+            Some(n) => {
+                tracing::info!("{MAX_ENTRIES_ENV}={n}: at most {n} entries listed per layer");
+                limits.max_entries = n;
+            }
+            None => tracing::warn!("{MAX_ENTRIES_ENV}={v:?} is not a positive number: ignored"),
+        }
+    }
+    limits
 }
 
 fn eio(msg: impl Into<String>) -> FsError {
