@@ -207,11 +207,32 @@ fn rootfs_is_the_layers_applied_in_order_as_umoci_unpacks_them() {
     );
     // Each refusal is reported like any failure: counted, and named in `.regfs/errors`.
     let errors = fs::read_to_string(m.join(".regfs/errors")).unwrap();
-    let refused = errors
+    let refused: Vec<&str> = errors
         .lines()
         .filter(|l| l.contains("image contents are read-only"))
-        .count();
-    assert_eq!(refused, 4, "{errors}");
+        .collect();
+    assert_eq!(refused.len(), 4, "{errors}");
+    // Each names the repository, the image (or the layer a file comes from)
+    // and the path inside it: a path of this mount that reaches that entry.
+    let image = format!("/shop/app/_manifests/{}/rootfs", img.digest);
+    let layer2 = format!("/shop/app/_layers/{}", img.layers[1].digest);
+    for (i, want) in [
+        format!("create {image}/etc/new: "),
+        format!("mkdir {image}/newdir: "),
+        format!("unlink {image}/etc/os-release: "),
+        format!("open {layer2}/etc/os-release: "),
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert!(refused[i].contains(want.as_str()), "{want:?} in {:?}", refused[i]);
+    }
+    assert!(m.log().contains(&format!("path=\"{image}/etc/new\"")), "{}", m.log());
+    assert!(
+        !m.log().contains("image contents: "),
+        "no log line names a node by number: {}",
+        m.log()
+    );
     // The index was kept in the cache dir, small next to the layers.
     let kept: u64 = fs::read_dir(m.cache_dir().join("contents"))
         .unwrap()
@@ -916,7 +937,19 @@ fn an_estargz_layer_is_listed_from_its_toc_by_range_and_a_damaged_chunk_is_eio()
         proxy.requests().iter().any(|r| r.fault.is_some()),
         "the flipped response was served"
     );
-    assert!(m.log().contains("read of layer contents failed"), "{}", m.log());
+    // A log line per failed FUSE read (the kernel may retry one read(2)),
+    // naming the file by its repository, layer and path.
+    let failed: Vec<String> = m
+        .log()
+        .lines()
+        .filter(|l| l.contains("read of layer contents failed"))
+        .map(str::to_string)
+        .collect();
+    let want = format!("path=\"/lazy/stargz/_layers/{}/usr/bin/big\"", layer.digest());
+    assert!(
+        !failed.is_empty() && failed.iter().all(|l| l.contains(&want)),
+        "{failed:?}"
+    );
     assert!(m.is_mounted());
     assert_eq!(fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=estargz\n");
 }
@@ -1317,4 +1350,80 @@ fn malformed_layers_show_what_can_be_shown_with_eio_and_a_log_line() {
         "a line names the truncated layer:\n{log}"
     );
     assert!(m.is_mounted());
+}
+
+/// A tar bomb of many entries through a real mount, over a cap lowered with
+/// `REGFS_CONTENTS_MAX_ENTRIES` (the default, 1,000,000, would need a layer of
+/// over half a GiB of tar): the entries up to the cap are listed and read, the
+/// rest of the layer is not listed (ENOENT, as the contract says: "at most N
+/// entries per layer are listed"), one log line says so, the mount stays
+/// healthy and the daemon's memory is bounded by the cap, not by the layer.
+#[test]
+fn a_tar_bomb_over_the_entry_cap_lists_up_to_the_cap_with_one_log_line_and_bounded_memory() {
+    const CAP: usize = 20_000;
+    const ENTRIES: usize = 600_000;
+    let reg = Registry::start();
+    let c = reg.client();
+    let mut tar = Vec::with_capacity((ENTRIES + 8) * 512 + 1024);
+    tar.extend_from_slice(raw_header("etc/", tar::EntryType::Directory, 0).as_bytes());
+    let release = b"ID=bomb\n";
+    tar.extend_from_slice(raw_header("etc/os-release", tar::EntryType::Regular, release.len() as u64).as_bytes());
+    let mut block = [0u8; 512];
+    block[..release.len()].copy_from_slice(release);
+    tar.extend_from_slice(&block);
+    tar.extend_from_slice(raw_header("bomb/", tar::EntryType::Directory, 0).as_bytes());
+    for i in 0..ENTRIES {
+        tar.extend_from_slice(raw_header(&format!("bomb/{i:06}"), tar::EntryType::Regular, 0).as_bytes());
+    }
+    tar.extend_from_slice(raw_header("late/", tar::EntryType::Directory, 0).as_bytes());
+    tar.extend_from_slice(&[0u8; 1024]);
+    let layer = gzip_blob(tar);
+    let small = gzip_blob(tar_of(&{
+        let d = tempfile::tempdir().unwrap().keep();
+        write(&d, "usr/share/ok", b"a healthy layer\n");
+        d
+    }));
+    push_layers(&c, "bomb/app", "v1", &[&small, &layer]);
+
+    let m = Mount::builder(&reg.url())
+        .env("REGFS_CONTENTS_MAX_ENTRIES", &CAP.to_string())
+        .start();
+    let rootfs = m.join("bomb/app/_tags/v1/rootfs");
+    let listed = list_dir(&rootfs.join("bomb")).unwrap();
+    // The cap counts entries in tar order: etc/, etc/os-release, bomb/, then bomb/000000…
+    assert_eq!(listed.len(), CAP - 3);
+    assert_eq!(
+        listed.last().map(String::as_str),
+        Some(format!("{:06}", CAP - 4).as_str())
+    );
+    assert_eq!(
+        err(fs::symlink_metadata(rootfs.join(format!("bomb/{:06}", CAP - 3)))),
+        libc::ENOENT
+    );
+    assert_eq!(err(fs::symlink_metadata(rootfs.join("late"))), libc::ENOENT);
+    assert_eq!(fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=bomb\n");
+    assert_eq!(fs::read(rootfs.join("bomb/000042")).unwrap(), b"");
+    assert_eq!(fs::read(rootfs.join("usr/share/ok")).unwrap(), b"a healthy layer\n");
+    // The layer's own tree is capped the same way (the same index).
+    let own = m.join(format!("bomb/app/_layers/{}", layer.digest()));
+    assert_eq!(list_dir(&own.join("bomb")).unwrap().len(), CAP - 3);
+    // One log line names the layer and the cap.
+    let log = m.log();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("more than {CAP} entries")))
+        .collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].contains(&layer.digest()), "{}", lines[0]);
+    // Healthy: the rest of the mount answers.
+    assert!(m.is_mounted());
+    assert!(list_dir(&m.join("bomb/app/_tags")).unwrap().contains(&"v1".to_string()));
+    // Memory follows the cap, not the layer's 600,000 entries: 39 MiB here,
+    // against 282 MiB with the same layer listed whole (cap 1,000,000).
+    let rss = peak_rss(m.pid().unwrap());
+    eprintln!(
+        "daemon peak RSS after a {ENTRIES}-entry layer capped at {CAP}: {} MiB",
+        rss >> 20
+    );
+    assert!(rss < 100 << 20, "peak RSS {} MiB", rss >> 20);
 }

@@ -334,6 +334,27 @@ impl Rootfs {
         NodeId(self.nodes[node.0 as usize].parent)
     }
 
+    /// The `/`-separated path of `node` from the root (empty for the root),
+    /// for log lines: names live in their parent's map, so each level is a
+    /// scan of its parent's entries.
+    pub fn path(&self, node: NodeId) -> String {
+        let mut names = Vec::new();
+        let mut cur = node.0;
+        while cur != ROOT && names.len() <= self.nodes.len() {
+            let parent = self.nodes[cur as usize].parent;
+            let name = self.nodes[parent as usize]
+                .children
+                .iter()
+                .flat_map(|c| c.iter())
+                .find(|(_, &id)| id == cur)
+                .map_or("?", |(name, _)| &**name);
+            names.push(name);
+            cur = parent;
+        }
+        names.reverse();
+        names.join("/")
+    }
+
     /// The entry `name` of directory `dir`.
     pub fn lookup(&self, dir: NodeId, name: &str) -> Option<NodeId> {
         self.nodes[dir.0 as usize]

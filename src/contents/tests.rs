@@ -1122,3 +1122,19 @@ fn an_estargz_layer_without_the_annotation_is_found_by_its_footer() {
         }
     }
 }
+
+/// A node's path (for log lines) is the path that looks it up, at any depth.
+#[test]
+fn a_node_knows_its_path() {
+    let blob = gzip(&metadata_layer());
+    let fs = Rootfs::layer(Arc::new(index(&blob)));
+    let paths = listing(&fs);
+    assert!(
+        paths.len() > 5 && paths.keys().any(|p| p.matches('/').count() >= 2),
+        "{paths:?}"
+    );
+    for p in paths.keys() {
+        assert_eq!(&fs.path(fs.lookup_path(p).unwrap()), p);
+    }
+    assert_eq!(fs.path(fs.root()), "");
+}

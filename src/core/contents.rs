@@ -160,7 +160,7 @@ impl CacheTenant for IndexStore {
 
 impl ContentsState {
     pub fn new(cache_dir: &Path, blobs: &BlobStore) -> Self {
-        let store = match IndexStore::new(crate::store::dir::contents(cache_dir), Limits::default()) {
+        let store = match IndexStore::new(crate::store::dir::contents(cache_dir), limits()) {
             Ok(s) => {
                 let s = Arc::new(s);
                 blobs.set_tenant(s.clone());
@@ -181,6 +181,26 @@ impl ContentsState {
             layers: Mutex::default(),
         }
     }
+}
+
+/// Entries listed per layer can be capped lower than the default (1,000,000)
+/// with `REGFS_CONTENTS_MAX_ENTRIES`, undocumented in `--help`: the tests prove
+/// the tar-bomb cap through a real mount with a layer of a few hundred
+/// thousand entries instead of over a million.
+const MAX_ENTRIES_ENV: &str = "REGFS_CONTENTS_MAX_ENTRIES";
+
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    if let Some(v) = std::env::var_os(MAX_ENTRIES_ENV) {
+        match v.to_str().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0) {
+            Some(n) => {
+                tracing::info!("{MAX_ENTRIES_ENV}={n}: at most {n} entries listed per layer");
+                limits.max_entries = n;
+            }
+            None => tracing::warn!("{MAX_ENTRIES_ENV}={v:?} is not a positive number: ignored"),
+        }
+    }
+    limits
 }
 
 fn eio(msg: impl Into<String>) -> FsError {
@@ -390,16 +410,63 @@ impl Core {
         Ok((tree, n))
     }
 
+    /// Where a node is, below the mount point, for log lines and messages:
+    /// a contents directory by its repository, image or layer and path in the
+    /// tree (`/app/_manifests/sha256:…/rootfs/etc`), a contents entry by the
+    /// layer it comes from (`/app/_layers/sha256:…/etc/os-release`: the same
+    /// entry is one node in every image sharing the layer, and that path
+    /// reaches it). Nothing is loaded for it: a tree or layer no longer kept
+    /// is named by its number in it.
+    pub(crate) fn log_path(&self, node: &Node) -> String {
+        let (slot, inner) = match node {
+            Node::ContentsDir(slot, n) => (*slot, *n),
+            Node::ContentsEntry(slot, e, _) => (*slot, *e),
+            n => return n.path(),
+        };
+        let Ok((repo, key)) = self.view.contents.key(slot) else {
+            return node.path();
+        };
+        let (top, inside) = match key {
+            TreeKey::Image(d) => (Node::Rootfs(repo.to_string(), d).path(), None),
+            TreeKey::Layer(d) => (Node::LayerTree(repo.to_string(), d).path(), Some(d)),
+        };
+        let rel = match node {
+            Node::ContentsDir(..) => {
+                let tree = self.view.contents.trees.lock().unwrap().peek(&slot).cloned();
+                tree.and_then(|t| Some(t.fs.path(t.fs.node(inner)?)))
+            }
+            _ => inside.and_then(|d| {
+                let index = self
+                    .view
+                    .contents
+                    .layers
+                    .lock()
+                    .unwrap()
+                    .get(&d)
+                    .and_then(Weak::upgrade)?;
+                Some(index.entries.get(inner as usize)?.path.to_string())
+            }),
+        };
+        match rel {
+            Some(rel) if rel.is_empty() => top,
+            Some(rel) => format!("{top}/{rel}"),
+            None if matches!(node, Node::ContentsDir(..)) => format!("{top}/(directory #{inner})"),
+            None => format!("{top}/(entry #{inner})"),
+        }
+    }
+
     /// `lookup` inside a tree directory.
     pub(crate) async fn contents_lookup(&self, parent: &Node, name: &str) -> FsResult<Node> {
         let Node::ContentsDir(slot, dir) = parent else {
             return Err(FsError::new(Cause::NotADirectory, "not a contents directory"));
         };
         let (tree, dir) = self.tree_node(*slot, *dir).await?;
-        let child = tree
-            .fs
-            .lookup(dir, name)
-            .ok_or_else(|| FsError::new(Cause::NotFound, format!("{}/{name} does not exist", parent.path())))?;
+        let child = tree.fs.lookup(dir, name).ok_or_else(|| {
+            FsError::new(
+                Cause::NotFound,
+                format!("{}/{name} does not exist", self.log_path(parent)),
+            )
+        })?;
         Self::contents_node(*slot, &tree, child).ok_or_else(|| eio("entry without identity"))
     }
 
@@ -598,7 +665,10 @@ impl Core {
                 name.map(|n| format!("{}/{n}/{}", node::CHILDREN, node::ROOTFS))
                     .ok_or_else(|| FsError::new(Cause::NotFound, format!("{}: no child for {os}/{arch}", node.path())))
             }
-            n => Err(FsError::new(Cause::Invalid, format!("{} is not a symlink", n.path()))),
+            n => Err(FsError::new(
+                Cause::Invalid,
+                format!("{} is not a symlink", self.log_path(n)),
+            )),
         }
     }
 
@@ -630,7 +700,7 @@ impl Core {
         if *kind != contents::Kind::File {
             return Err(FsError::new(
                 Cause::Invalid,
-                format!("{} cannot be opened", node.path()),
+                format!("{} cannot be opened", self.log_path(node)),
             ));
         }
         let (repo, layer) = self.entry_layer(*slot)?;
@@ -642,7 +712,7 @@ impl Core {
             .get(*entry as usize)
             .is_none_or(|e| e.kind == contents::Kind::HardLink)
         {
-            return Err(eio(format!("{}: hard link to a missing target", node.path())));
+            return Err(eio(format!("{}: hard link to a missing target", self.log_path(node))));
         }
         let source = blob_reader(&self.view.blobs, &repo, layer, index.blob_size).await?;
         Ok(ContentsFile {
@@ -657,10 +727,10 @@ impl ContentsFile {
     /// Reads on a blocking thread (decoding is CPU work; the source may wait on the network).
     pub(crate) async fn read(self: Arc<Self>, offset: u64, len: u64) -> FsResult<Vec<u8>> {
         tokio::task::spawn_blocking(move || {
-            self.index.read(self.entry as usize, offset, len, &self.source).map_err(|e| {
-                tracing::warn!(layer = %self.index.digest, entry = self.entry, "read of layer contents failed: {e}");
-                eio(format!("layer {} entry {}: {e}", self.index.digest, self.entry))
-            })
+            // Logged once, by the caller's report, with the entry's path.
+            self.index
+                .read(self.entry as usize, offset, len, &self.source)
+                .map_err(|e| eio(format!("read of layer contents failed: {e}")))
         })
         .await
         .map_err(|e| eio(format!("read task failed: {e}")))?

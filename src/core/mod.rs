@@ -146,7 +146,7 @@ impl Core {
     /// Log a failed operation once, with the registry's message; ENOENT is
     /// a normal answer and only logged at debug.
     pub(crate) fn fail(&self, op: &str, node: Option<&Node>, e: &FsError) -> Failed {
-        self.fail_at(op, &node.map(Node::path).unwrap_or_default(), e)
+        self.fail_at(op, &node.map(|n| self.log_path(n)).unwrap_or_default(), e)
     }
 
     /// `fail` for an inode number the kernel gave (the node may be gone).
@@ -158,7 +158,7 @@ impl Core {
     /// `fail` for operations on a name in a directory (create, mkdir, unlink,
     /// rename …): the path logged is `<parent>/<name>`.
     pub(crate) fn fail_in(&self, op: &str, parent: u64, name: &str, e: &FsError) -> Failed {
-        let path = match self.inodes.get(parent).map(|p| p.path()) {
+        let path = match self.inodes.get(parent).map(|p| self.log_path(&p)) {
             Some(p) if p.ends_with('/') => format!("{p}{name}"),
             Some(p) => format!("{p}/{name}"),
             None => name.to_string(),

@@ -66,9 +66,13 @@ impl Core {
 
     /// A change asked inside image contents (`rootfs/`, `_layers/`): EROFS,
     /// logged and counted like every other failure.
-    fn read_only_contents(&self, op: &str, ino: u64) -> Failed {
+    /// The path logged is the node's, or `<parent>/<name>` for a change of a name.
+    fn read_only_contents(&self, op: &str, ino: u64, name: Option<&str>) -> Failed {
         let e = FsError::new(Cause::ReadOnly, "image contents are read-only");
-        self.fail_ino(op, ino, &e)
+        match name {
+            Some(name) => self.fail_in(op, ino, name, &e),
+            None => self.fail_ino(op, ino, &e),
+        }
     }
 
     /// A file handle the kernel gave that this mount does not know (a bug
@@ -148,7 +152,7 @@ impl Core {
     /// Open a file; the file handle and how the kernel may cache it.
     pub async fn open(&self, ino: u64, mode: OpenMode) -> OpResult<(u64, Caching)> {
         if mode.write && self.in_contents(&[ino]) {
-            return Err(self.read_only_contents("open", ino));
+            return Err(self.read_only_contents("open", ino, None));
         }
         let node = self.node(ino).map_err(|e| self.fail("open", None, &e))?;
         let opened = if mode.write {
@@ -237,7 +241,7 @@ impl Core {
     /// A new file being written at (parent, name), opened: its entry and file handle.
     pub fn create(&self, parent: u64, name: &str) -> OpResult<(Entry, u64)> {
         if self.in_contents(&[parent]) {
-            return Err(self.read_only_contents("create", parent));
+            return Err(self.read_only_contents("create", parent, Some(name)));
         }
         let id = self
             .node(parent)
@@ -293,7 +297,7 @@ impl Core {
     /// mtime it already has is fine). `mtime` is `Some(None)` for "now".
     pub async fn setattr(&self, ino: u64, size: Option<u64>, mtime: Option<Option<SystemTime>>) -> OpResult<Entry> {
         if self.in_contents(&[ino]) {
-            return Err(self.read_only_contents("setattr", ino));
+            return Err(self.read_only_contents("setattr", ino, None));
         }
         let node = self.node(ino).map_err(|e| self.fail("setattr", None, &e))?;
         let new_mtime = match mtime {
@@ -323,7 +327,7 @@ impl Core {
 
     pub async fn mkdir_op(&self, parent: u64, name: &str) -> OpResult<Entry> {
         if self.in_contents(&[parent]) {
-            return Err(self.read_only_contents("mkdir", parent));
+            return Err(self.read_only_contents("mkdir", parent, Some(name)));
         }
         let node = self
             .mkdir(parent, name)
@@ -339,7 +343,7 @@ impl Core {
     /// rmdir (`dir`) or unlink.
     pub async fn remove_op(&self, parent: u64, name: &str, dir: bool) -> OpResult<()> {
         if self.in_contents(&[parent]) {
-            return Err(self.read_only_contents(if dir { "rmdir" } else { "unlink" }, parent));
+            return Err(self.read_only_contents(if dir { "rmdir" } else { "unlink" }, parent, Some(name)));
         }
         let op = if dir { "rmdir" } else { "unlink" };
         self.remove(parent, name, dir)
@@ -349,7 +353,7 @@ impl Core {
 
     pub async fn symlink_op(self: &Arc<Self>, parent: u64, name: &str, target: &str) -> OpResult<Entry> {
         if self.in_contents(&[parent]) {
-            return Err(self.read_only_contents("symlink", parent));
+            return Err(self.read_only_contents("symlink", parent, Some(name)));
         }
         let node = self
             .symlink(parent, name, target)
@@ -364,7 +368,12 @@ impl Core {
 
     pub async fn rename_op(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> OpResult<()> {
         if self.in_contents(&[parent, newparent]) {
-            return Err(self.read_only_contents("rename", parent));
+            let (dir, name) = if self.in_contents(&[parent]) {
+                (parent, name)
+            } else {
+                (newparent, newname)
+            };
+            return Err(self.read_only_contents("rename", dir, Some(name)));
         }
         self.rename(parent, name, newparent, newname)
             .await
@@ -373,7 +382,12 @@ impl Core {
 
     pub async fn link_op(&self, ino: u64, newparent: u64, newname: &str) -> OpResult<Entry> {
         if self.in_contents(&[ino, newparent]) {
-            return Err(self.read_only_contents("link", ino));
+            let failed = if self.in_contents(&[ino]) {
+                self.read_only_contents("link", ino, None)
+            } else {
+                self.read_only_contents("link", newparent, Some(newname))
+            };
+            return Err(failed);
         }
         let node = async {
             let (src, dst) = (self.node(ino)?, self.node(newparent)?);
