@@ -1127,11 +1127,14 @@ fn a_300_mib_gzip_layer_is_indexed_once_then_one_file_costs_two_spans_and_a_flip
     assert!(ranged > 0 && ranged <= bound, "{ranged} bytes fetched, bound {bound}");
     assert!(ranged <= 8 << 20);
 
-    // A registry that flips one byte of the next span it serves: EIO, never wrong bytes.
-    // (Ranges start at a 1 MiB boundary before the span; a span is longer than
-    // 1 MiB compressed, so the byte just before the next boundary is in it.)
-    proxy.flip_next_body(1, (1 << 20) - 1000, Match::method_path("GET", &layer.hex()));
+    // A registry that flips one byte of every span it serves: EIO, never wrong
+    // bytes (one damaged response is mended by a refetch: see
+    // `a_damaged_span_is_dropped_and_fetched_once_more…`).
+    // (Ranges start at a 1 MiB boundary before the span, a refetch at a 64 KiB
+    // one; a span is longer than 1 MiB compressed, so the byte just before 1 MiB is in it.)
+    proxy.flip_next_body(1000, (1 << 20) - 1000, Match::method_path("GET", &layer.hex()));
     assert_eq!(err(fs::read(rootfs.join("data/290/f"))), libc::EIO);
+    proxy.clear_faults();
     assert!(
         proxy.requests().iter().any(|r| r.fault.is_some()),
         "the damaged span was served"
@@ -1140,6 +1143,214 @@ fn a_300_mib_gzip_layer_is_indexed_once_then_one_file_costs_two_spans_and_a_flip
     // The rest of the layer still reads right.
     assert!(fs::read(rootfs.join("data/010/f")).unwrap() == compressible(10, 1 << 20));
     assert!(m.is_mounted());
+}
+
+/// `(A, B)` of the first "span N (compressed bytes A-B)" in `text`.
+fn span_range_in(text: &str, span: usize) -> (u64, u64) {
+    let key = format!("span {span} (compressed bytes ");
+    let at = text.find(&key).unwrap_or_else(|| panic!("no {key:?} in:\n{text}")) + key.len();
+    let (a, rest) = text[at..].split_once('-').unwrap();
+    let b = rest.split_once(')').unwrap().0;
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+/// Ranged GETs of the blob `hex` from request `from` on that overlap `a..b`,
+/// and how many times each byte of `a..b` was asked for: (fewest, most).
+fn span_requests(proxy: &FaultProxy, hex: &str, from: usize, a: u64, b: u64) -> (Vec<ProxiedRequest>, u64, u64) {
+    let ranges: Vec<(ProxiedRequest, u64, u64)> = proxy
+        .requests()
+        .into_iter()
+        .skip(from)
+        .filter(|r| r.is_blob_get() && r.target.contains(hex))
+        .map(|r| {
+            let (first, last) = r.byte_range().expect("a ranged GET");
+            let end = last.expect("a closed range") + 1;
+            (r, first, end)
+        })
+        .filter(|(_, first, end)| *first < b && *end > a)
+        .collect();
+    let mut points: Vec<u64> = vec![a];
+    points.extend(
+        ranges
+            .iter()
+            .flat_map(|(_, f, e)| [*f, *e])
+            .filter(|p| (a..b).contains(p)),
+    );
+    let counts: Vec<u64> = points
+        .iter()
+        .map(|&p| ranges.iter().filter(|(_, f, e)| (*f..*e).contains(&p)).count() as u64)
+        .collect();
+    let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+    (ranges.into_iter().map(|(r, ..)| r).collect(), min, max)
+}
+
+#[test]
+fn a_damaged_span_is_dropped_and_fetched_once_more_and_damaged_twice_is_eio_until_the_registry_mends() {
+    let reg = Registry::start();
+    let c = reg.client();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let base = w.join("base");
+    write(&base, "etc/os-release", b"ID=base\n");
+    // Incompressible 1 MiB files (so compressed and decoded offsets are about
+    // equal, and spans are about 4 MiB compressed), with a small file well
+    // inside span 1 (about 5 MiB) and one well inside span 2 (about 9 MiB).
+    let dir = w.join("big");
+    for i in 0..5 {
+        write(&dir, &format!("data/f{i:02}"), &random_bytes(1 << 20));
+    }
+    write(&dir, "data/f05-small", &random_bytes(20_000));
+    for i in 6..10 {
+        write(&dir, &format!("data/f{i:02}"), &random_bytes(1 << 20));
+    }
+    write(&dir, "data/f10-small", &random_bytes(20_000));
+    for i in 11..13 {
+        write(&dir, &format!("data/f{i:02}"), &random_bytes(1 << 20));
+    }
+    let big = layer_of(&dir);
+    let img = c.push_real_image(
+        "shop/mend",
+        Some("v1"),
+        OCI_MANIFEST,
+        host_arch(),
+        None,
+        &[&layer_of(&base), &big],
+    );
+    let hex = img.layers[1].digest.trim_start_matches("sha256:").to_string();
+    // The witness: GNU tar's extraction of the layer, and sha256sum.
+    let x = w.join("x");
+    fs::create_dir_all(&x).unwrap();
+    fs::write(w.join("big.tar.gz"), &big.gz).unwrap();
+    run_ok(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(w.join("big.tar.gz"))
+            .arg("-C")
+            .arg(&x),
+    );
+    let sha256sum = |p: &Path| {
+        let out = run_ok(Command::new("sha256sum").arg(p)).stdout;
+        String::from_utf8(out)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+
+    let proxy = FaultProxy::start(&reg.host_port());
+    let cache = w.join("cache");
+    fs::create_dir_all(&cache).unwrap();
+    {
+        let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+        assert_eq!(list_dir(&m.join("shop/mend/_tags/v1/rootfs/data")).unwrap().len(), 13);
+    }
+    // The layer leaves the cache (its index stays): reads fetch spans by Range.
+    fs::remove_file(cache.join("blobs/sha256").join(&hex)).unwrap();
+    let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+    let data = m.join("shop/mend/_tags/v1/rootfs/data");
+    assert_eq!(list_dir(&data).unwrap().len(), 13);
+    let blob_get = Match::method_path("GET", &hex);
+    // A flip 1.1 MiB into a body: the first GET for a span starts at the 1 MiB
+    // boundary before it (or later), a refetch at the 64 KiB boundary before
+    // it, and a span is about 4 MiB: the flipped byte is inside the span.
+    const FLIP_AT: u64 = (1 << 20) + (100 << 10);
+
+    // 1. The first response for the span is damaged: dropped, fetched once
+    // more, and the read gives exactly GNU tar's bytes.
+    let from = proxy.requests().len();
+    proxy.flip_next_body(1, FLIP_AT, blob_get.clone());
+    let got = fs::read(data.join("f05-small")).unwrap();
+    assert_eq!(proxy.pending_faults(), 0, "the damaged body was served");
+    assert_eq!(sha256_hex(&got), sha256sum(&x.join("data/f05-small")));
+    let log = m.log();
+    let retry_line = log
+        .lines()
+        .find(|l| l.contains("fetching the span once more"))
+        .unwrap_or_else(|| panic!("no line about the refetch:\n{log}"));
+    let (a, b) = span_range_in(retry_line, 1);
+    let (asked, fewest, most) = span_requests(&proxy, &hex, from, a, b);
+    assert_eq!(
+        (fewest, most),
+        (2, 2),
+        "every byte of span 1 asked for exactly twice: {asked:?}"
+    );
+    assert!(
+        asked[0].fault.is_some() && asked[1..].iter().all(|r| r.fault.is_none()),
+        "{asked:?}"
+    );
+
+    drop(m);
+    assert!(
+        !cache.join("blobs/sha256").join(&hex).exists(),
+        "only spans were fetched: the layer is not in the cache"
+    );
+
+    // 2. Every response is damaged: EIO, one log line naming the repository,
+    // the layer, the span and both digests, counted in .regfs/errors. (A new
+    // mount: nothing of the layer is held, so both copies of the span come
+    // from the registry.)
+    let m = Mount::builder(&proxy.url()).cache_dir(&cache).start();
+    let data = m.join("shop/mend/_tags/v1/rootfs/data");
+    assert_eq!(list_dir(&data).unwrap().len(), 13);
+    // Read with O_DIRECT: one read(2) is one FUSE read. (Through the page
+    // cache the kernel asks again after a failed readahead, and that read
+    // fetches twice too: see the `cat` below.)
+    let from = proxy.requests().len();
+    proxy.flip_next_body(1000, FLIP_AT, blob_get.clone());
+    let direct_read = |p: &Path| -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(p)?;
+        let mut buf = vec![0u8; 1 << 16];
+        let n = f.read(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
+    };
+    assert_eq!(err(direct_read(&data.join("f10-small"))), libc::EIO);
+    let log = m.log();
+    let fail_lines: Vec<&str> = log.lines().filter(|l| l.contains("fetched twice")).collect();
+    assert_eq!(fail_lines.len(), 1, "one line for the failed read:\n{log}");
+    let line = fail_lines[0];
+    let (a, b) = span_range_in(line, 2);
+    let (asked, fewest, most) = span_requests(&proxy, &hex, from, a, b);
+    assert_eq!((fewest, most), (2, 2), "span 2 fetched twice, no more: {asked:?}");
+    assert!(asked.iter().all(|r| r.fault.is_some()), "{asked:?}");
+    let recorded = sha256_hex(&big.gz[a as usize..b as usize]);
+    let second = {
+        // The copy of the second fetch: the flipped byte sits FLIP_AT into its body.
+        let (start, _) = asked.last().unwrap().byte_range().unwrap();
+        let mut copy = big.gz[a as usize..b as usize].to_vec();
+        copy[(start + FLIP_AT - a) as usize] ^= 0x55;
+        sha256_hex(&copy)
+    };
+    for part in [
+        "repository shop/mend".to_string(),
+        format!("layer {}", img.layers[1].digest),
+        format!("the index recorded sha256:{recorded}"),
+        format!("hashes to sha256:{second}"),
+    ] {
+        assert!(line.contains(&part), "{part:?} not in {line}");
+    }
+    let errors = fs::read_to_string(m.join(".regfs/errors")).unwrap();
+    assert!(errors.contains(&format!("hashes to sha256:{second}")), "{errors}");
+    // Through the page cache too: EIO, never the damaged bytes.
+    assert_eq!(err(fs::read(data.join("f10-small"))), libc::EIO);
+    // The mount stays healthy: another layer's file reads right.
+    assert_eq!(
+        fs::read(m.join("shop/mend/_tags/v1/rootfs/etc/os-release")).unwrap(),
+        b"ID=base\n"
+    );
+    assert!(m.is_mounted());
+
+    // 3. The registry mends: the same file now reads exactly (nothing damaged
+    // stayed in the partial cache, nothing is poisoned).
+    proxy.clear_faults();
+    let from = proxy.requests().len();
+    let got = fs::read(data.join("f10-small")).unwrap();
+    assert_eq!(sha256_hex(&got), sha256sum(&x.join("data/f10-small")));
+    let (asked, fewest, most) = span_requests(&proxy, &hex, from, a, b);
+    assert_eq!((fewest, most), (1, 1), "fetched afresh, once: {asked:?}");
 }
 
 #[test]

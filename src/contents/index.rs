@@ -343,10 +343,36 @@ impl LayerIndex {
     }
 
     /// Fetches span `i`, decodes it, keeps `take` bytes after the first `skip`,
-    /// and returns them once the whole span's sha256 matched.
+    /// and returns them once the whole span's sha256 matched. A span that
+    /// fails its digest is dropped from the source (the blob cache would
+    /// otherwise serve the same damaged copy to every later read) and fetched
+    /// once more; a second failure is the caller's error, and that copy is
+    /// dropped too, so a later read tries afresh.
     fn decode_span(&self, i: usize, src: &dyn SpanSource, skip: u64, take: u64) -> io::Result<Vec<u8>> {
         let span = &self.spans[i];
-        let mut fetch = VerifiedSpan::new(src, span);
+        let drop_span = || src.discard(span.comp_start, span.comp_end - span.comp_start);
+        match self.decode_span_once(i, src, skip, take) {
+            Err(e) if is_span_mismatch(&e) => {
+                tracing::warn!(layer = %self.digest, "{e}; dropping that copy and fetching the span once more");
+                drop_span();
+                self.decode_span_once(i, src, skip, take).map_err(|again| {
+                    if !is_span_mismatch(&again) {
+                        return again;
+                    }
+                    drop_span();
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{again} (fetched twice, damaged both times: first {e})"),
+                    )
+                })
+            }
+            result => result,
+        }
+    }
+
+    fn decode_span_once(&self, i: usize, src: &dyn SpanSource, skip: u64, take: u64) -> io::Result<Vec<u8>> {
+        let span = &self.spans[i];
+        let mut fetch = VerifiedSpan::new(src, span, i);
         let mut out = vec![0u8; take as usize];
         let decoded = (|| -> io::Result<()> {
             let mut dec: Box<dyn Read + '_> = match self.compression {
@@ -498,30 +524,55 @@ const INDEX_VERSION: u32 = 1;
 /// A decoded index larger than this is refused (a 1M-entry layer is ~150 MB).
 const MAX_INDEX_BYTES: u64 = 1 << 30;
 
+/// A span's bytes did not hash to the digest the verified pass recorded.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "span digest mismatch: span {span} (compressed bytes {start}-{end}) hashes to sha256:{}, the index recorded sha256:{}",
+    hex::encode(actual),
+    hex::encode(expected)
+)]
+struct SpanMismatch {
+    span: usize,
+    start: u64,
+    end: u64,
+    expected: [u8; 32],
+    actual: [u8; 32],
+}
+
+fn is_span_mismatch(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SpanMismatch>())
+}
+
 /// A span read through a [`SpanSource`] in pieces, hashed as it is read; the
 /// end of the span is reported only if the digest matched.
 struct VerifiedSpan<'a> {
     src: &'a dyn SpanSource,
+    index: usize,
+    start: u64,
     pos: u64,
     end: u64,
     expected: [u8; 32],
     hasher: Sha256,
     buf: Vec<u8>,
     buf_pos: usize,
-    checked: bool,
+    /// The span's sha256, once all of it was read (a decoder that saw the
+    /// error may read again: the verdict stays the same).
+    actual: Option<[u8; 32]>,
 }
 
 impl<'a> VerifiedSpan<'a> {
-    fn new(src: &'a dyn SpanSource, span: &Span) -> Self {
+    fn new(src: &'a dyn SpanSource, span: &Span, index: usize) -> Self {
         VerifiedSpan {
             src,
+            index,
+            start: span.comp_start,
             pos: span.comp_start,
             end: span.comp_end,
             expected: span.sha256,
             hasher: Sha256::new(),
             buf: Vec::new(),
             buf_pos: 0,
-            checked: false,
+            actual: None,
         }
     }
 
@@ -536,15 +587,21 @@ impl Read for VerifiedSpan<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.buf_pos == self.buf.len() {
             if self.pos == self.end {
-                if !self.checked {
-                    let actual: [u8; 32] = std::mem::take(&mut self.hasher).finalize().into();
-                    if actual != self.expected {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "span digest mismatch: refusing the data",
-                        ));
-                    }
-                    self.checked = true;
+                let hasher = &mut self.hasher;
+                let actual = *self
+                    .actual
+                    .get_or_insert_with(|| std::mem::take(hasher).finalize().into());
+                if actual != self.expected {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        SpanMismatch {
+                            span: self.index,
+                            start: self.start,
+                            end: self.end,
+                            expected: self.expected,
+                            actual,
+                        },
+                    ));
                 }
                 return Ok(0);
             }

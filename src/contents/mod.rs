@@ -46,6 +46,11 @@ pub use tarscan::{Limits, Problems};
 pub trait SpanSource {
     /// Exactly `len` bytes at `offset` of the blob (fewer is an error).
     fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
+
+    /// The bytes `offset..offset + len` it served failed their digest: a
+    /// source that keeps what it fetched (the blob cache) drops them, so the
+    /// next `read_at` fetches them again. Sources that keep nothing ignore it.
+    fn discard(&self, _offset: u64, _len: u64) {}
 }
 
 /// A whole blob in memory (tests, small layers).

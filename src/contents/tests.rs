@@ -577,6 +577,114 @@ fn a_corrupted_span_is_an_error_never_wrong_bytes() {
     same(&fs.read(node, 0, u64::MAX, &blob).unwrap(), data, path);
 }
 
+/// A source that keeps what it serves, as the blob cache does: the copy it
+/// fetched (damaged at `at` the first `bad_fetches` times) stays until discarded.
+struct KeepsCopies<'a> {
+    blob: &'a [u8],
+    at: u64,
+    bad_fetches: Cell<u32>,
+    /// The kept copy of the byte at `at` is damaged.
+    holds_damage: Cell<bool>,
+    fetches: Cell<u32>,
+    discards: Cell<u32>,
+}
+
+impl<'a> KeepsCopies<'a> {
+    fn new(blob: &'a [u8], at: u64, bad_fetches: u32) -> Self {
+        KeepsCopies {
+            blob,
+            at,
+            bad_fetches: Cell::new(bad_fetches),
+            holds_damage: Cell::new(false),
+            fetches: Cell::new(0),
+            discards: Cell::new(0),
+        }
+    }
+}
+
+impl SpanSource for KeepsCopies<'_> {
+    fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut v = self.blob.read_at(offset, len)?;
+        if (offset..offset + len).contains(&self.at) {
+            if !self.holds_damage.get() && self.bad_fetches.get() > 0 {
+                // Not kept yet: fetched now, damaged this time.
+                self.bad_fetches.set(self.bad_fetches.get() - 1);
+                self.holds_damage.set(true);
+                self.fetches.set(self.fetches.get() + 1);
+            }
+            if self.holds_damage.get() {
+                v[(self.at - offset) as usize] ^= 0x55;
+            }
+        }
+        Ok(v)
+    }
+
+    fn discard(&self, offset: u64, len: u64) {
+        if (offset..offset + len).contains(&self.at) {
+            self.holds_damage.set(false);
+        }
+        self.discards.set(self.discards.get() + 1);
+    }
+}
+
+#[test]
+fn a_damaged_span_is_dropped_and_fetched_once_more() {
+    let (blob, files) = big_layer();
+    let idx = Arc::new(index(&blob));
+    let fs = Rootfs::layer(idx.clone());
+    let (path, data) = &files[10];
+    let at = idx.spans[1].comp_start + 100;
+    // Damaged once: the span is dropped, fetched again, and the read is exact.
+    let once = KeepsCopies::new(&blob, at, 1);
+    let mut served = 0;
+    for (p, d) in &files {
+        let n = fs.lookup_path(p).unwrap();
+        same(&fs.read(n, 0, u64::MAX, &once).unwrap(), d, p);
+        served += 1;
+    }
+    assert_eq!(served, files.len());
+    assert_eq!(
+        (once.fetches.get(), once.discards.get()),
+        (1, 1),
+        "one damaged copy, dropped once"
+    );
+    // Damaged every time: an error naming the span and both digests, never
+    // wrong bytes; the second copy is dropped too, so a later read tries again.
+    let always = KeepsCopies::new(&blob, at, u32::MAX);
+    let fs = Rootfs::layer(Arc::new(index(&blob))); // no decoded span kept from above
+    let span_of_file = |p: &str| {
+        let n = fs.lookup_path(p).unwrap();
+        fs.read(n, 0, u64::MAX, &always)
+    };
+    let e = files
+        .iter()
+        .find_map(|(p, _)| span_of_file(p).err())
+        .expect("some file lies in the damaged span");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+    let msg = e.to_string();
+    let bad_sha = {
+        let s = &idx.spans[1];
+        let mut copy = blob[s.comp_start as usize..s.comp_end as usize].to_vec();
+        copy[(at - s.comp_start) as usize] ^= 0x55;
+        hex::encode(Sha256::digest(&copy))
+    };
+    assert!(msg.contains("span 1 ("), "{msg}");
+    assert!(msg.contains(&format!("hashes to sha256:{bad_sha}")), "{msg}");
+    assert!(
+        msg.contains(&format!("recorded sha256:{}", hex::encode(idx.spans[1].sha256))),
+        "{msg}"
+    );
+    assert!(msg.contains("fetched twice"), "{msg}");
+    assert_eq!((always.fetches.get(), always.discards.get()), (2, 2));
+    assert!(!always.holds_damage.get(), "nothing damaged is kept after the error");
+    // The same node read from an honest source after that: exact.
+    same(
+        &fs.read(fs.lookup_path(path).unwrap(), 0, u64::MAX, &blob).unwrap(),
+        data,
+        path,
+    );
+}
+
 #[test]
 fn zstd_single_and_multi_frame_layers() {
     let (tar_bytes, files) = {

@@ -257,6 +257,12 @@ impl SpanSource for BlobReader {
         }
         Ok(data)
     }
+
+    /// A span that failed its digest leaves the partial cache file, so the
+    /// retry (and any later read) fetches it from the registry again.
+    fn discard(&self, offset: u64, len: u64) {
+        self.file.forget_range(offset, offset.saturating_add(len));
+    }
 }
 
 async fn blob_reader(blobs: &Arc<BlobStore>, repo: &str, digest: Digest, size: u64) -> FsResult<BlobReader> {
@@ -272,6 +278,8 @@ async fn blob_reader(blobs: &Arc<BlobStore>, repo: &str, digest: Digest, size: u
 
 /// An open file inside a tree.
 pub(crate) struct ContentsFile {
+    /// Named in the error of a failed read.
+    repo: Arc<str>,
     index: Arc<LayerIndex>,
     entry: u32,
     source: BlobReader,
@@ -716,6 +724,7 @@ impl Core {
         }
         let source = blob_reader(&self.view.blobs, &repo, layer, index.blob_size).await?;
         Ok(ContentsFile {
+            repo,
             index,
             entry: *entry,
             source,
@@ -727,10 +736,17 @@ impl ContentsFile {
     /// Reads on a blocking thread (decoding is CPU work; the source may wait on the network).
     pub(crate) async fn read(self: Arc<Self>, offset: u64, len: u64) -> FsResult<Vec<u8>> {
         tokio::task::spawn_blocking(move || {
-            // Logged once, by the caller's report, with the entry's path.
+            // Logged once, by the caller's report, with the entry's path and
+            // this message: the repository, the layer and (for a damaged
+            // span) the span and both digests.
             self.index
                 .read(self.entry as usize, offset, len, &self.source)
-                .map_err(|e| eio(format!("read of layer contents failed: {e}")))
+                .map_err(|e| {
+                    eio(format!(
+                        "read of layer contents failed: repository {}, layer {}: {e}",
+                        self.repo, self.index.digest
+                    ))
+                })
         })
         .await
         .map_err(|e| eio(format!("read task failed: {e}")))?

@@ -138,6 +138,11 @@ impl FakeRegistry {
         self.state.lock().unwrap().lies.insert(digest, lie);
     }
 
+    /// From now on, tell the truth about this blob again.
+    pub fn stop_lying(&self, digest: &Digest) {
+        self.state.lock().unwrap().lies.remove(digest);
+    }
+
     /// Every call so far, as `METHOD what` lines.
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().log.clone()

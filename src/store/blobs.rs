@@ -705,6 +705,55 @@ impl BlobFile {
         Ok(out)
     }
 
+    /// The bytes `start..end` failed a check of the caller's own (a span's
+    /// sha256, see `read_self_checked`): drop them so the next read fetches
+    /// them again, instead of serving the same damaged copy from the cache
+    /// until the whole blob is fetched anew. The 64 KiB units holding them
+    /// leave the chunk map and memory (`Held::forget`), and a whole-blob hash
+    /// that already took them in starts over, so a later verdict on the blob
+    /// is not spoiled by bytes no longer in it. A blob already verified whole
+    /// is left alone: its bytes are proven, the fault is the caller's.
+    /// Returns whether anything was dropped.
+    pub fn forget_range(&self, start: u64, end: u64) -> bool {
+        let end = end.min(self.size);
+        if start >= end || self.is_verified() || self.is_complete() || self.no_space.load(Ordering::Acquire) {
+            return false;
+        }
+        let units = self.chunk_range(start, end);
+        let bytes = units.start * UNIT..(units.end * UNIT).min(self.size);
+        // Lock order as in `advance_hash` (hash, then chunks, then held): a
+        // hashing pass in progress finishes before the bytes leave.
+        let mut h = self.hash.lock().unwrap();
+        if h.done {
+            return false; // verified (see above) or poisoned: nothing to mend
+        }
+        {
+            let mut c = self.chunks.lock().unwrap();
+            if c.poisoned.is_some() {
+                return false;
+            }
+            // Only present units leave; a fetch in flight or a failed one stays as it is.
+            let present: Vec<std::ops::Range<u64>> = c
+                .states
+                .overlapping(units.clone())
+                .filter(|(_, s)| **s == ChunkState::Present)
+                .map(|(r, _)| r.start.max(units.start)..r.end.min(units.end))
+                .collect();
+            for r in present {
+                c.states.remove(r);
+            }
+            self.held.lock().unwrap().forget(bytes.clone());
+        }
+        if h.upto > units.start {
+            h.hasher = Sha256::new();
+            h.upto = 0;
+            self.hashed_upto.store(0, Ordering::Release);
+        }
+        drop(h);
+        tracing::debug!(digest = %self.digest, start = bytes.start, end = bytes.end, "dropped damaged bytes from the partial cache");
+        true
+    }
+
     /// After `try_read` returned `None`: wait for the bytes (and, at the end
     /// of the blob, for the verdict on the whole content), then read them.
     pub async fn wait_and_read(self: &Arc<Self>, offset: u64, end: u64, _rs: &Mutex<ReadState>) -> FsResult<Vec<u8>> {
@@ -1481,6 +1530,74 @@ mod tests {
         assert!(std::fs::read(store.complete_path(&digest)).unwrap() == data);
         assert_eq!(file.held.lock().unwrap().memory_bytes(), 0);
         assert_eq!(std::fs::read_dir(&store.partial_dir).unwrap().count(), 0);
+    }
+
+    /// A damaged copy of some bytes, found out by a caller's own digest, is
+    /// dropped and fetched again; the whole-blob hash, which had taken the
+    /// damaged bytes in, starts over, so the blob still verifies and commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_bytes_are_fetched_again_and_the_blob_still_verifies() {
+        use crate::registry::fake::{FakeRegistry, Lie};
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Arc::new(FakeRegistry::new());
+        let data: Vec<u8> = (0..3u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let digest = reg.put_blob("r", data.clone());
+        let bad_at = (3 << 19) + 7; // 1.5 MiB + 7
+        let mut damaged = data.clone();
+        damaged[bad_at] ^= 0x55;
+        reg.lie(digest, Lie::Bytes(damaged.into()));
+        let store = BlobStore::new(dir.path(), 1 << 30, reg.clone(), Arc::new(Stats::default())).unwrap();
+        let file = store.open("r", digest, data.len() as u64).await.unwrap();
+        // The first 2 MiB arrive (the damaged byte among them) and are hashed.
+        let got = file.read_self_checked(0, 2 << 20).await.unwrap();
+        assert_ne!(got[bad_at], data[bad_at], "the registry's damaged copy");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while file.hashed_upto.load(Ordering::Acquire) * UNIT < 2 << 20 {
+            assert!(std::time::Instant::now() < deadline, "never hashed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        reg.stop_lying(&digest);
+        let gets = || reg.requests().iter().filter(|r| r.starts_with("GET blob")).count();
+        let before = gets();
+        let again = file.read_self_checked(bad_at as u64, 1).await.unwrap();
+        assert_ne!(
+            again[0], data[bad_at],
+            "kept in the cache: served again without a fetch"
+        );
+        assert_eq!(gets(), before);
+
+        assert!(file.forget_range(bad_at as u64 - 10, bad_at as u64 + 10));
+        assert_eq!(file.hashed_upto.load(Ordering::Acquire), 0, "the hash starts over");
+        let fresh = file.read_self_checked(bad_at as u64 - 10, 20).await.unwrap();
+        assert!(fresh[..] == data[bad_at - 10..bad_at + 10], "the fresh copy");
+        let refetch: Vec<String> = reg.requests().into_iter().skip(before).collect();
+        // One GET of the 64 KiB units that were dropped (the range crosses a
+        // unit boundary: two), nothing else.
+        let (first, end) = (
+            (bad_at as u64 - 10) / UNIT * UNIT,
+            (bad_at as u64 + 10).div_ceil(UNIT) * UNIT,
+        );
+        assert_eq!(end - first, 2 * UNIT);
+        assert_eq!(
+            refetch,
+            [format!("GET blob r@{digest} bytes={first}-{}", end - 1)],
+            "{refetch:?}"
+        );
+        // Reading to the end verifies the whole blob, the fresh bytes included.
+        let rs = Mutex::new(ReadState::default());
+        let tail = file.read(data.len() as u64 - 100, 100, &rs).await.unwrap();
+        assert!(tail[..] == data[data.len() - 100..]);
+        while !store.has_complete(&digest) {
+            assert!(std::time::Instant::now() < deadline, "never committed");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(std::fs::read(store.complete_path(&digest)).unwrap() == data);
+        assert!(
+            !file.forget_range(0, 10),
+            "a verified blob's bytes are proven: nothing to drop"
+        );
     }
 
     #[test]

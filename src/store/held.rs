@@ -102,15 +102,34 @@ impl Held {
     /// The pieces of `batch` are in the file now: keep those the hash has not
     /// reached yet if they are near it (`hashed` is its position), drop the rest.
     pub fn written(&mut self, batch: &[(u64, Bytes)], hashed: u64) {
-        for (off, _) in batch {
-            if let Some(piece) = self.unwritten.remove(off) {
-                self.unwritten_bytes -= piece.len() as u64;
-                let end = off + piece.len() as u64;
-                if end > hashed && *off < hashed + KEEP_AHEAD {
-                    self.kept.insert(*off, piece);
-                }
+        for (off, sent) in batch {
+            // Only the very piece that was written leaves: one `forget` may have
+            // dropped while the batch was being written, and the fresh copy
+            // that arrived in its place is still to be written.
+            if !self.unwritten.get(off).is_some_and(|p| same_piece(p, sent)) {
+                continue;
+            }
+            let piece = self.unwritten.remove(off).expect("just seen");
+            self.unwritten_bytes -= piece.len() as u64;
+            let end = off + piece.len() as u64;
+            if end > hashed && *off < hashed + KEEP_AHEAD {
+                self.kept.insert(*off, piece);
             }
         }
+    }
+
+    /// The bytes of `range` turned out wrong (a caller's digest did not
+    /// match): they leave memory and no longer count as arrived, so the next
+    /// copy fetched for the range stands. What the file holds there is
+    /// overwritten when that copy is written; until then nobody reads it
+    /// (the units are missing in the chunk map).
+    pub fn forget(&mut self, range: Range<u64>) {
+        if range.is_empty() {
+            return;
+        }
+        self.arrived.remove(range.clone());
+        self.unwritten_bytes -= cut(&mut self.unwritten, &range);
+        cut(&mut self.kept, &range);
     }
 
     /// The hash reached `hashed`: written bytes before it are not needed any more.
@@ -174,6 +193,37 @@ impl Held {
     }
 }
 
+/// Two handles on the same bytes (not merely equal bytes).
+fn same_piece(a: &Bytes, b: &Bytes) -> bool {
+    a.as_ptr() == b.as_ptr() && a.len() == b.len()
+}
+
+/// Removes `range` from the pieces of `map` (a piece across its edge keeps
+/// the part outside); returns the bytes removed.
+fn cut(map: &mut BTreeMap<u64, Bytes>, range: &Range<u64>) -> u64 {
+    // Pieces never overlap: walking back from the end, they overlap the range
+    // until the first that ends at or before its start.
+    let hit: Vec<u64> = map
+        .range(..range.end)
+        .rev()
+        .take_while(|(o, p)| *o + p.len() as u64 > range.start)
+        .map(|(o, _)| *o)
+        .collect();
+    let mut removed = 0;
+    for off in hit {
+        let piece = map.remove(&off).expect("just seen");
+        let end = off + piece.len() as u64;
+        if off < range.start {
+            map.insert(off, piece.slice(..(range.start - off) as usize));
+        }
+        if end > range.end {
+            map.insert(range.end, piece.slice((range.end - off) as usize..));
+        }
+        removed += end.min(range.end) - off.max(range.start);
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +277,36 @@ mod tests {
         let batch = h.next_batch();
         h.written(&batch, 0);
         assert_eq!(h.memory_bytes(), 0);
+    }
+
+    #[test]
+    fn forgotten_bytes_leave_and_the_next_copy_stands() {
+        let mut h = Held::default();
+        h.arrive(0, Bytes::from_static(b"aaaaBADBADcccc"));
+        let batch = h.next_batch(); // the writer takes the damaged piece...
+        h.forget(4..10); // ...while a reader finds the damage
+        assert_eq!(h.unwritten_bytes(), 8, "the bytes outside the range stay");
+        assert!(
+            h.arrive(4, Bytes::from_static(b"goodgo")),
+            "the range is open for a new copy"
+        );
+        h.written(&batch, 0); // the damaged piece reached the file
+                              // The fresh copy is still to be written (the writer's batch was the old one).
+        let file = b"aaaaBADBADcccc".to_vec();
+        assert_eq!(bytes_of(&h, &file, 0, 14), b"aaaagoodgocccc");
+        let mut file = file;
+        while h.unwritten_bytes() > 0 {
+            let batch = h.next_batch();
+            for (off, p) in &batch {
+                file[*off as usize..*off as usize + p.len()].copy_from_slice(p);
+            }
+            h.written(&batch, 0);
+        }
+        assert_eq!(&file[..], b"aaaagoodgocccc", "the file ends with the fresh copy");
+        // Kept pieces are cut too.
+        h.forget(0..2);
+        assert_eq!(bytes_of(&h, &file, 2, 14), b"aagoodgocccc");
+        assert!(h.arrive(0, Bytes::from_static(b"zz")));
     }
 
     #[test]
