@@ -261,7 +261,11 @@ impl Filesystem for RegFs {
         _lock_owner: Option<LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        match self.inner.write(ino.0, fh.0, offset, data) {
+        let written = {
+            let _runtime = self.rt.enter();
+            self.inner.write(ino.0, fh.0, offset, data)
+        };
+        match written {
             Ok(n) => reply.written(n),
             Err(f) => reply.error(errno(f)),
         }

@@ -916,3 +916,289 @@ fn importing_into_a_repository_that_has_the_blobs_uploads_no_blob_bytes() {
         ctx(&m)
     );
 }
+
+// ---------------------------------------------------------------- layers pushed while the archive is written (issue 13)
+
+/// A `docker save` archive made by GNU tar: `manifest.json`, `config.json`,
+/// then `<diff_id hex>/layer.tar` per layer (each a real tar of one file of
+/// random bytes, `sizes[i]` long). Returns the archive and the layers' digests.
+fn layered_docker_archive(src: &Source, name: &str, tag: &str, sizes: &[usize]) -> (PathBuf, Vec<String>, Vec<u8>) {
+    let tree = src.path(&format!("{name}-tree"));
+    fs::create_dir_all(&tree).unwrap();
+    let mut diff_ids = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let root = src.path(&format!("{name}-layer{i}"));
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join(format!("data{i}.bin")), random_bytes(*size)).unwrap();
+        let layer = src.path(&format!("{name}-layer{i}.tar"));
+        tar_of(&root, &layer, &[&format!("data{i}.bin")]);
+        let bytes = fs::read(&layer).unwrap();
+        let d = sha256_digest(&bytes);
+        fs::create_dir_all(tree.join(&d[7..])).unwrap();
+        fs::write(tree.join(&d[7..]).join("layer.tar"), &bytes).unwrap();
+        diff_ids.push(d);
+    }
+    let config = serde_json::to_vec(&json!({
+        "architecture": host_arch(), "os": "linux",
+        "config": {"Labels": {"made-by": "regfs-early-test"}},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }))
+    .unwrap();
+    fs::write(tree.join("config.json"), &config).unwrap();
+    let layers: Vec<String> = diff_ids.iter().map(|d| format!("{}/layer.tar", &d[7..])).collect();
+    let manifest = json!([{"Config": "config.json", "RepoTags": [format!("team/app:{tag}")], "Layers": layers}]);
+    fs::write(tree.join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let out = src.path(&format!("{name}.tar"));
+    let mut members = vec!["manifest.json".to_string(), "config.json".to_string()];
+    members.extend(diff_ids.iter().map(|d| d[7..].to_string()));
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    tar_of(&tree, &out, &members);
+    (out, diff_ids, config)
+}
+
+/// Where member `name`'s bytes start in `tar` (read with the tar crate).
+fn member_offset(tar: &Path, name: &str) -> u64 {
+    let mut a = tar::Archive::new(fs::File::open(tar).unwrap());
+    for e in a.entries().unwrap() {
+        let e = e.unwrap();
+        if e.path().unwrap().to_string_lossy() == name {
+            return e.raw_file_position();
+        }
+    }
+    panic!("{} has no member {name}", tar.display())
+}
+
+/// A python3 child that writes `src` to `dst` as told by `how`: `pause:N`
+/// writes bytes [0, N), prints `paused`, waits for a line on stdin, then
+/// writes the rest; `backwards:N` writes [N, end) first, then [0, N). Then it
+/// closes and prints `ok`, or the failing step and its errno.
+fn start_writer(src: &Path, dst: &Path, how: &str) -> std::process::Child {
+    const SCRIPT: &str = r#"
+import os, sys
+data = open(sys.argv[1], 'rb').read()
+mode, n = sys.argv[3].split(':'); n = int(n)
+def write_at(fd, off, view):
+    while view:
+        k = os.pwrite(fd, view, off)
+        view = view[k:]; off += k
+step = 'open'
+try:
+    fd = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    step = 'write'
+    if mode == 'pause':
+        write_at(fd, 0, memoryview(data)[:n])
+        print('paused', flush=True)
+        sys.stdin.readline()
+        write_at(fd, n, memoryview(data)[n:])
+    else:
+        write_at(fd, n, memoryview(data)[n:])
+        write_at(fd, 0, memoryview(data)[:n])
+    step = 'close'
+    os.close(fd)
+except OSError as e:
+    print(step, e.errno, flush=True)
+    sys.exit(0)
+print('ok', flush=True)
+"#;
+    Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg(src)
+        .arg(dst)
+        .arg(how)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3")
+}
+
+fn read_line(child: &mut std::process::Child) -> String {
+    use std::io::BufRead;
+    let out = child.stdout.as_mut().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).unwrap();
+    line.trim().to_string()
+}
+
+fn blob_status(c: &RegistryClient, repo: &str, digest: &str) -> u16 {
+    c.send(
+        reqwest::Method::HEAD,
+        &format!("/v2/{repo}/blobs/{digest}"),
+        reqwest::header::HeaderMap::new(),
+        None,
+    )
+    .status()
+    .as_u16()
+}
+
+/// The image an archive from `layered_docker_archive` became in `repo:tag`:
+/// its layers are the archive's, byte for byte (skopeo pulls and checks them).
+fn assert_layered_image(m: &Mount, src: &Source, repo: &str, tag: &str, diff_ids: &[String], config: &[u8]) {
+    let c = &src.c;
+    let got = tags(c, repo);
+    let digest = got
+        .get(tag)
+        .unwrap_or_else(|| panic!("no {repo}:{tag}; tags {got:?}\n{}", ctx(m)))
+        .clone();
+    let (bytes, _, _) = c.get_manifest(repo, tag);
+    let manifest: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(manifest["config"]["digest"], sha256_digest(config), "config digest");
+    let layers: Vec<&str> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(layers, diff_ids, "layer digests of {repo}:{tag}");
+    let inspect = skopeo_inspect(&src.docker_ref(&format!("{repo}:{tag}")), Some(log_path(m)));
+    assert_eq!(inspect["Digest"], digest, "skopeo inspect Digest");
+    assert_eq!(inspect["Labels"]["made-by"], "regfs-early-test");
+    let dir = src.path(&format!("pulled-{}-{tag}", repo.replace('/', "-")));
+    skopeo(
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &src.docker_ref(&format!("{repo}:{tag}")),
+            &format!("dir:{}", s(&dir)),
+        ],
+        Some(log_path(m)),
+    );
+    for d in diff_ids {
+        let layer = fs::read(dir.join(&d[7..])).unwrap_or_else(|e| panic!("pulled layer {d}: {e}"));
+        assert_eq!(sha256_digest(&layer), *d, "pulled layer");
+    }
+}
+
+#[test]
+fn docker_archive_layers_are_pushed_while_the_archive_is_still_being_written() {
+    let src = Source::new();
+    let c = &src.c;
+    let sizes = [3 << 20, 2 << 20, 1 << 20];
+    let (archive, diff_ids, config) = layered_docker_archive(&src, "early", "early", &sizes);
+    // Pause a megabyte into the second layer: the first is whole, the third unseen.
+    let split = member_offset(&archive, &format!("{}/layer.tar", &diff_ids[1][7..])) + (1 << 20);
+    let m = Mount::start(&src.reg.url());
+    fs::create_dir_all(m.join("early")).unwrap();
+    let dst = m.join("early/_uploads/image.tar");
+    let mut writer = start_writer(&archive, &dst, &format!("pause:{split}"));
+    assert_eq!(read_line(&mut writer), "paused");
+
+    // While the writer holds the file open, mid-archive: the first layer
+    // reaches the registry (a loose bound: the push takes well under a second here).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while blob_status(c, "early", &diff_ids[0]) != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first layer is not in the registry 60 s after it was written, the archive still open\n{}",
+            ctx(&m)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        blob_status(c, "early", &diff_ids[2]),
+        404,
+        "the third layer, not written yet, is not in the registry"
+    );
+    assert_eq!(tags(c, "early"), BTreeMap::new(), "nothing is tagged before the close");
+
+    use std::io::Write;
+    writer.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(read_line(&mut writer), "ok", "the writer's close\n{}", ctx(&m));
+    writer.wait().unwrap();
+    assert_layered_image(&m, &src, "early", "early", &diff_ids, &config);
+    let layer_bytes: u64 = diff_ids
+        .iter()
+        .map(|d| {
+            fs::metadata(src.path("early-tree").join(&d[7..]).join("layer.tar"))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        m.stat("bytes_pushed"),
+        layer_bytes + config.len() as u64,
+        "every layer and the config uploaded once\n{}",
+        ctx(&m)
+    );
+    let log = fs::read_to_string(log_path(&m)).unwrap();
+    assert_eq!(
+        log.matches("archive member pushed while the archive is written")
+            .count(),
+        3,
+        "each layer pushed early, once\n{}",
+        ctx(&m)
+    );
+}
+
+#[test]
+fn an_archive_written_out_of_order_is_imported_on_close_as_before() {
+    let src = Source::new();
+    let (archive, diff_ids, config) = layered_docker_archive(&src, "backwards", "back", &[2 << 20, 1 << 20]);
+    let split = member_offset(&archive, &format!("{}/layer.tar", &diff_ids[1][7..])) + 4096;
+    let m = Mount::start(&src.reg.url());
+    fs::create_dir_all(m.join("back")).unwrap();
+    let mut writer = start_writer(
+        &archive,
+        &m.join("back/_uploads/image.tar"),
+        &format!("backwards:{split}"),
+    );
+    assert_eq!(read_line(&mut writer), "ok", "the writer's close\n{}", ctx(&m));
+    writer.wait().unwrap();
+    assert_layered_image(&m, &src, "back", "back", &diff_ids, &config);
+    let log = fs::read_to_string(log_path(&m)).unwrap();
+    assert_eq!(
+        log.matches("archive member pushed while the archive is written")
+            .count(),
+        0,
+        "nothing pushed early from a file written out of order\n{}",
+        ctx(&m)
+    );
+}
+
+#[test]
+fn an_oci_archive_whose_layer_does_not_hash_to_its_name_fails_close_with_eio_and_tags_nothing() {
+    let src = Source::new();
+    // A layer large enough to be pushed while the archive is written.
+    let layer = random_bytes(5 << 20);
+    let config = serde_json::to_vec(&json!({"architecture": host_arch(), "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [sha256_digest(&layer)]}}))
+    .unwrap();
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256_digest(&config), "size": config.len()},
+        "layers": [{"mediaType": OCI_LAYER_TAR, "digest": sha256_digest(&layer), "size": layer.len()}],
+    }))
+    .unwrap();
+    let desc = json!({"mediaType": OCI_MANIFEST, "digest": sha256_digest(&manifest), "size": manifest.len()});
+    let layout = src.path("corrupt");
+    write_layout(&layout, &[manifest, config, layer.clone()], vec![named(desc, "v1")]);
+    // One byte of the layer changed under its name.
+    let path = layout.join("blobs/sha256").join(sha256_hex(&layer));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[1 << 20] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+    let tar = src.path("corrupt.tar");
+    tar_of(&layout, &tar, &["oci-layout", "index.json", "blobs"]);
+    let m = Mount::start(&src.reg.url());
+    expect_import_error(&m, &src.c, &tar, "corrupt", "corrupt.tar", libc::EIO);
+    assert_eq!(
+        blob_status(&src.c, "corrupt", &sha256_digest(&layer)),
+        404,
+        "the layer is not in the registry"
+    );
+    assert_eq!(
+        blob_status(&src.c, "corrupt", &sha256_digest(&bytes)),
+        404,
+        "nor are the corrupt bytes"
+    );
+    let log = fs::read_to_string(log_path(&m)).unwrap();
+    assert!(
+        log.contains(&format!(
+            "blobs/sha256/{} hashes to {}",
+            sha256_hex(&layer),
+            sha256_digest(&bytes)
+        )),
+        "the log names the member and what it hashes to\n{}",
+        ctx(&m)
+    );
+}

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use futures_util::stream::{self, TryStreamExt};
 use serde::Deserialize;
 
+use super::early::Prepushed;
 use super::view::View;
 use crate::error::{Cause, FsError, FsResult};
 use crate::oci::reference::is_valid_tag;
@@ -23,7 +24,7 @@ use crate::registry::client::{FileRange, MAX_MANIFEST_SIZE};
 
 /// Blobs of one archive uploaded at once: a far registry serves each upload
 /// at one connection's rate, so an image's layers go up side by side.
-const UPLOAD_CONCURRENCY: usize = 4;
+pub(crate) const UPLOAD_CONCURRENCY: usize = 4;
 
 /// Configs and manifests are read into memory; nothing this size is one.
 const MAX_JSON_MEMBER: u64 = 16 << 20;
@@ -70,7 +71,10 @@ impl Archive {
         let file = std::fs::File::open(path)?;
         let mut tar = tar::Archive::new(file);
         let mut members = HashMap::new();
-        let Ok(entries) = tar.entries() else { return Ok(None) };
+        // Seeking over members' data: only the headers are read.
+        let Ok(entries) = tar.entries_with_seek() else {
+            return Ok(None);
+        };
         for (i, entry) in entries.enumerate() {
             let entry = match entry {
                 Ok(e) => e,
@@ -174,14 +178,39 @@ impl View {
             .await
     }
 
-    pub async fn import(&self, repo: &str, archive: &Archive, file_name: &str) -> FsResult<Imported> {
+    /// Import `archive`; members pushed while it was written (`pre`) are
+    /// taken as they are (their digests were checked), once those pushes succeed.
+    pub async fn import(&self, repo: &str, archive: &Archive, file_name: &str, pre: &Prepushed) -> FsResult<Imported> {
+        if !pre.is_empty() {
+            tracing::info!(
+                repo,
+                file = file_name,
+                "layers were pushed while the archive was written"
+            );
+        }
         match archive.format {
-            Format::Oci => self.import_oci(repo, archive, file_name).await,
-            Format::Docker => self.import_docker(repo, archive, file_name).await,
+            Format::Oci => self.import_oci(repo, archive, file_name, pre).await,
+            Format::Docker => self.import_docker(repo, archive, file_name, pre).await,
         }
     }
 
-    async fn import_oci(&self, repo: &str, a: &Archive, file_name: &str) -> FsResult<Imported> {
+    /// Upload `uploads` while the early pushes `waits` finish; the digests of
+    /// the latter, in their order.
+    async fn push_blobs_and_wait(
+        &self,
+        repo: &str,
+        uploads: Vec<(Digest, FileRange)>,
+        waits: Vec<super::early::Pushing>,
+    ) -> FsResult<Vec<Digest>> {
+        let (digests, ()) = futures_util::future::try_join(
+            futures_util::future::try_join_all(waits),
+            self.push_blobs(repo, uploads),
+        )
+        .await?;
+        Ok(digests)
+    }
+
+    async fn import_oci(&self, repo: &str, a: &Archive, file_name: &str, pre: &Prepushed) -> FsResult<Imported> {
         let index = Manifest::parse(&a.read(a.member("index.json")?)?, Some(oci::OCI_INDEX));
         if index.kind != ManifestKind::Index {
             return Err(FsError::new(Cause::Invalid, "index.json is not an OCI index"));
@@ -209,10 +238,16 @@ impl View {
             .collect();
         blobs.sort_by(|x, y| x.0.cmp(y.0));
         let mut uploads = Vec::new();
+        let mut waits = Vec::new();
         for (name, m) in blobs {
             let Some(digest) = Digest::from_hex(&name["blobs/sha256/".len()..]) else {
                 continue;
             };
+            if let Some(pushing) = pre.get(m.offset, m.size) {
+                // Checked against its name before it was pushed.
+                waits.push(pushing);
+                continue;
+            }
             if m.size <= MAX_MANIFEST_SIZE {
                 let bytes = a.read(m)?;
                 if Digest::of(&bytes) != digest {
@@ -236,7 +271,7 @@ impl View {
             }
             uploads.push((digest, a.range(m)));
         }
-        self.push_blobs(repo, uploads).await?;
+        self.push_blobs_and_wait(repo, uploads, waits).await?;
         for (digest, bytes) in &manifests {
             self.push_manifest(repo, Reference::Digest(*digest), bytes.clone())
                 .await?;
@@ -274,7 +309,7 @@ impl View {
         Ok(Imported { first, tags })
     }
 
-    async fn import_docker(&self, repo: &str, a: &Archive, file_name: &str) -> FsResult<Imported> {
+    async fn import_docker(&self, repo: &str, a: &Archive, file_name: &str, pre: &Prepushed) -> FsResult<Imported> {
         let images: Vec<DockerImage> = serde_json::from_slice(&a.read(a.member("manifest.json")?)?)
             .map_err(|e| FsError::new(Cause::Invalid, format!("manifest.json of a docker archive: {e}")))?;
         let mut first = None;
@@ -284,11 +319,27 @@ impl View {
             let config_bytes = a.read(config_member)?;
             let config_digest = Digest::of(&config_bytes);
             let mut uploads = vec![(config_digest, a.range(config_member))];
-            let mut layers = Vec::new();
+            // Each layer's digest: known now, or when its early push is done.
+            let mut digests = Vec::new();
+            let mut waits = Vec::new();
             for path in &image.layers {
                 let m = a.member(path)?;
-                let digest = a.hash(m)?;
-                uploads.push((digest, a.range(m)));
+                if let Some(pushing) = pre.get(m.offset, m.size) {
+                    digests.push(None);
+                    waits.push(pushing);
+                } else {
+                    let digest = a.hash(m)?;
+                    uploads.push((digest, a.range(m)));
+                    digests.push(Some(digest));
+                }
+            }
+            let mut waited = self.push_blobs_and_wait(repo, uploads, waits).await?.into_iter();
+            let mut layers = Vec::new();
+            for (path, digest) in image.layers.iter().zip(digests) {
+                let m = a.member(path)?;
+                let digest = digest
+                    .or_else(|| waited.next())
+                    .expect("one early push per layer without a digest");
                 let media_type = match a.magic(m)? {
                     [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
                     [0x28, 0xb5, 0x2f, 0xfd] => "application/vnd.oci.image.layer.v1.tar+zstd",
@@ -303,7 +354,6 @@ impl View {
                 "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest.to_string(), "size": config_bytes.len() },
                 "layers": layers,
             });
-            self.push_blobs(repo, uploads).await?;
             let bytes = Bytes::from(serde_json::to_vec(&manifest).expect("JSON"));
             let digest = Digest::of(&bytes);
             first.get_or_insert(digest);

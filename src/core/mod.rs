@@ -5,6 +5,7 @@
 pub(crate) mod archive;
 pub mod attr;
 pub(crate) mod contents;
+pub(crate) mod early;
 pub(crate) mod import;
 pub mod inodes;
 pub(crate) mod locations;

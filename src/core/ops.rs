@@ -226,13 +226,19 @@ impl Core {
     }
 
     /// Write into a file being written; the count written.
-    pub fn write(&self, ino: u64, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
+    /// (On the runtime: a write may start pushing an archive's layers.)
+    pub fn write(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, data: &[u8]) -> OpResult<u32> {
         let id = self.staged_id(fh).ok_or_else(|| self.bad_handle("write", ino, fh))?;
         let f = self
             .staging()
             .get(id)
             .ok_or_else(|| self.bad_handle("write", ino, fh))?;
-        let result = f.lock().unwrap().write(offset, data);
+        let result = {
+            let mut f = f.lock().unwrap();
+            let result = f.write(offset, data);
+            self.start_early_pushes(&mut f);
+            result
+        };
         result
             .map(|()| data.len() as u32)
             .map_err(|e| self.fail_ino("write", ino, &e))

@@ -47,6 +47,8 @@ pub struct StagedFile {
     /// Outcome of the last commit, returned to later flushes of the same data.
     last: Option<FsResult<()>>,
     commit_gate: Arc<tokio::sync::Mutex<()>>,
+    /// `_uploads/<name>`: layers of an image archive pushed as they are written.
+    pub(crate) early: Option<super::early::Early>,
 }
 
 /// What a file written to `_uploads/` became.
@@ -182,6 +184,8 @@ impl Staging {
             dirty: true,
             last: None,
             commit_gate: Arc::new(tokio::sync::Mutex::new(())),
+            early: (matches!(parent, Node::UploadsDir(_)) && !node::is_temp_name(name))
+                .then(super::early::Early::default),
         };
         if let Some(old) = self
             .names
@@ -341,10 +345,16 @@ impl StagedFile {
         self.file.write_all_at(data, offset)?;
         self.size = self.size.max(end);
         self.dirty = true;
+        if let Some(early) = &mut self.early {
+            early.wrote(offset, data);
+        }
         Ok(())
     }
 
     pub fn truncate(&mut self, size: u64) -> FsResult<()> {
+        if let Some(early) = &mut self.early {
+            early.truncated(size);
+        }
         self.file.set_len(size)?;
         self.size = size;
         self.dirty = true;
@@ -370,6 +380,51 @@ impl StagedFile {
 }
 
 impl Core {
+    /// Start pushing the archive members whose headers `f`'s last write
+    /// completed (see early.rs): hashed as they are written, pushed once whole.
+    pub(crate) fn start_early_pushes(self: &Arc<Self>, f: &mut StagedFile) {
+        let (Some(early), Node::UploadsDir(repo)) = (&mut f.early, &f.parent) else {
+            return;
+        };
+        for m in early.take_found() {
+            let file = match f.file.try_clone() {
+                Ok(file) => file,
+                Err(e) => {
+                    tracing::debug!(member = m.name, "not pushed early: {e}");
+                    continue;
+                }
+            };
+            let (core, repo, path) = (self.clone(), repo.clone(), f.path.clone());
+            let (progress, limit, member) = (early.progress(), early.limit(), m.clone());
+            let pushing = super::early::share(async move {
+                let hashed = {
+                    let member = member.clone();
+                    tokio::task::spawn_blocking(move || progress.hash_as_written(&file, &member)).await
+                };
+                let digest = hashed.map_err(|e| FsError::new(Cause::Io, format!("hashing {}: {e}", member.name)))??;
+                if let Some(named) = member.named.filter(|n| *n != digest) {
+                    return Err(FsError::new(
+                        Cause::Io,
+                        format!(
+                            "archive member {} hashes to {digest}, not to its name {named}",
+                            member.name
+                        ),
+                    ));
+                }
+                let _turn = limit.acquire().await;
+                let range = FileRange {
+                    path,
+                    offset: member.offset,
+                    len: member.size,
+                };
+                core.view.push_blob(&repo, digest, &range).await?;
+                tracing::info!(repo, member = member.name, %digest, "archive member pushed while the archive is written");
+                Ok(digest)
+            });
+            early.started(&m, pushing);
+        }
+    }
+
     /// Commit staged file `id` if it has a final name and new data; the result
     /// is what the writer's close/fsync/rename returns.
     pub(crate) async fn commit(&self, id: u64) -> FsResult<()> {
@@ -380,7 +435,7 @@ impl Core {
         // under way (a dup'd descriptor) waits for it and returns its result.
         let gate = staged.lock().unwrap().commit_gate.clone();
         let _one_at_a_time = gate.lock().await;
-        let (kind, path, size, digest, bytes) = {
+        let (kind, path, size, digest, bytes, prepushed) = {
             let mut f = staged.lock().unwrap();
             let Some(kind) = commit_kind(&f.parent, &f.name) else {
                 return Ok(());
@@ -392,7 +447,13 @@ impl Core {
             let small = matches!(kind, Commit::Tag(..) | Commit::Manifest(..) | Commit::OciIndex(_))
                 || (matches!(kind, Commit::OciBlob(..)) && f.size <= MAX_MANIFEST_SIZE);
             let bytes = if small { Some(f.bytes()?) } else { None };
-            (kind, f.path.clone(), f.size, f.hash()?, bytes)
+            let prepushed = f.early.as_mut().and_then(|e| e.finish()).unwrap_or_default();
+            // An upload is hashed whole only when it turns out to be one blob.
+            let digest = match kind {
+                Commit::UploadBlob(_) => None,
+                _ => Some(f.hash()?),
+            };
+            (kind, f.path.clone(), f.size, digest, bytes, prepushed)
         };
         let v = &self.view;
         let result = match kind {
@@ -401,40 +462,45 @@ impl Core {
                 // An image archive is imported; anything else is one blob.
                 let target = match super::import::Archive::open(&path) {
                     Err(e) => Err(e),
-                    Ok(Some(archive)) => v.import(&repo, &archive, &name).await.map(|i| {
+                    Ok(Some(archive)) => v.import(&repo, &archive, &name, &prepushed).await.map(|i| {
                         tracing::info!(repo, file = name, tags = ?i.tags, "image archive imported");
                         UploadTarget::Manifest(i.first)
                     }),
-                    Ok(None) => v
-                        .push_blob(&repo, digest, &FileRange::whole(&path, size))
-                        .await
-                        .map(|_| UploadTarget::Blob(digest)),
+                    Ok(None) => match Digest::of_file_range(&File::open(&path)?, 0, Some(size)) {
+                        Err(e) => Err(e.into()),
+                        Ok(digest) => v
+                            .push_blob(&repo, digest, &FileRange::whole(&path, size))
+                            .await
+                            .map(|_| UploadTarget::Blob(digest)),
+                    },
                 };
                 target.map(|t| {
                     self.staging().record_upload(&repo, &name, t);
                 })
             }
-            Commit::Blob(repo, name) if name != digest => Err(FsError::new(
+            Commit::Blob(repo, name) if Some(name) != digest => Err(FsError::new(
                 Cause::Io,
                 format!(
-                    "{}/_blobs/{name}: the bytes written hash to {digest}; nothing pushed",
+                    "{}/_blobs/{name}: the bytes written hash to {}; nothing pushed",
+                    digest.map(|d| d.to_string()).unwrap_or_default(),
                     repo
                 ),
             )),
-            Commit::Blob(repo, _) => v.push_blob(&repo, digest, &FileRange::whole(&path, size)).await,
+            Commit::Blob(repo, name) => v.push_blob(&repo, name, &FileRange::whole(&path, size)).await,
             Commit::Tag(repo, tag) => v
                 .push_manifest(&repo, Reference::Tag(tag), bytes.unwrap_or_default())
                 .await
                 .map(|_| ()),
             Commit::Nothing => Ok(()),
-            Commit::OciBlob(repo, name) if name != digest => Err(FsError::new(
+            Commit::OciBlob(repo, name) if Some(name) != digest => Err(FsError::new(
                 Cause::Io,
                 format!(
-                    "{repo}/_oci/blobs/sha256/{}: the bytes written hash to {digest}; nothing pushed",
-                    name.hex()
+                    "{repo}/_oci/blobs/sha256/{}: the bytes written hash to {}; nothing pushed",
+                    name.hex(),
+                    digest.map(|d| d.to_string()).unwrap_or_default(),
                 ),
             )),
-            Commit::OciBlob(repo, _) => {
+            Commit::OciBlob(repo, digest) => {
                 // A layout's blobs/ holds manifests and blobs alike: what parses
                 // as an image manifest or index is pushed as one (by digest).
                 let is_manifest = bytes.as_ref().is_some_and(|b| {
