@@ -283,10 +283,20 @@ impl Core {
     /// serves it. Returns whether a commit is left to `finish_release`.
     pub fn release(&self, fh: u64) -> Option<u64> {
         let handle = self.handles.close_file(fh);
-        match handle.as_deref() {
+        let staged = match handle.as_deref() {
             Some(Handle::Staged(id)) => Some(*id),
             _ => None,
+        };
+        let blob = matches!(handle.as_deref(), Some(Handle::Blob { .. }));
+        drop(handle);
+        if blob {
+            // Eviction skips blobs open at the time; the kernel sends this
+            // release after close() returned, often after the next blob was
+            // committed. Without a look now, a cache over its limit would stay
+            // so until the next commit.
+            self.view.blobs.fit();
         }
+        staged
     }
 
     /// The commit `release` left.

@@ -294,6 +294,11 @@ impl BlobStore {
         self.evict();
     }
 
+    fn over_limit(&self, incoming: u64) -> bool {
+        let tenant = self.tenant_bytes();
+        self.index.lock().unwrap().1 + tenant + incoming > self.limit
+    }
+
     /// `name value` lines about the disk cache, for `.regfs/stats`.
     pub fn usage(&self) -> String {
         let (count, bytes, _) = self.cache_use();
@@ -521,8 +526,18 @@ impl BlobStore {
     /// then, if that was not enough, the tenant's least recently used files.
     /// Blobs open right now are skipped.
     fn evict(&self) {
+        self.evict_for(0);
+    }
+
+    /// `evict`, leaving room for `incoming` more bytes: a blob about to be
+    /// committed makes room before it appears in `blobs/`, so a committed
+    /// blob is never seen beside the blobs it displaced.
+    fn evict_for(&self, incoming: u64) {
+        if !self.over_limit(incoming) {
+            return;
+        }
         let in_use = self.in_use();
-        let mut tenant = self.tenant_bytes();
+        let mut tenant = self.tenant_bytes().saturating_add(incoming);
         let mut idx = self.index.lock().unwrap();
         let mut skipped = Vec::new();
         while idx.1 + tenant > self.limit {
@@ -949,16 +964,17 @@ impl BlobFile {
             return;
         }
         let this = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("regfs-write".into())
-            .spawn(move || loop {
+        let spawned = std::thread::Builder::new().name("regfs-write".into()).spawn(move || {
+            loop {
                 this.write_held();
                 this.writing.store(false, Ordering::Release);
                 let more = this.held.lock().unwrap().unwritten_bytes() > 0 && !this.no_space.load(Ordering::Acquire);
                 if !more || this.writing.swap(true, Ordering::AcqRel) {
                     break;
                 }
-            });
+            }
+            this.worker_done();
+        });
         if let Err(e) = spawned {
             // Without a writer nothing reaches the file: serve from the registry.
             self.writing.store(false, Ordering::Release);
@@ -986,6 +1002,22 @@ impl BlobFile {
             self.drained.notify_waiters();
         }
         self.commit_if_ready();
+    }
+
+    /// A fetch task, the writer or the hash thread lets go of this blob.
+    /// Eviction skips blobs held by anyone (`BlobStore::in_use`), so a blob
+    /// committed by its own worker after its reader closed it counted as in
+    /// use then: the last worker out looks again, so the cache fits its limit
+    /// whatever order the release, the commit and the workers' exits came in.
+    fn worker_done(self: Arc<Self>) {
+        if !self.is_complete() {
+            return;
+        }
+        let store = self.store.upgrade();
+        drop(self);
+        if let Some(store) = store {
+            store.fit();
+        }
     }
 
     /// Commit once the whole blob is verified and every byte is in the file.
@@ -1020,7 +1052,10 @@ impl BlobFile {
             id
         };
         let this = self.clone();
-        tokio::spawn(async move { this.fetch_part(0, units, id, Some(body)).await });
+        tokio::spawn(async move {
+            this.clone().fetch_part(0, units, id, Some(body)).await;
+            this.worker_done();
+        });
     }
 
     /// Start fetches for every chunk of `start..end` nobody is fetching yet,
@@ -1068,7 +1103,10 @@ impl BlobFile {
         }
         for (first, last, id) in parts {
             let this = self.clone();
-            tokio::spawn(async move { this.fetch_part(first, last, id, None).await });
+            tokio::spawn(async move {
+                this.clone().fetch_part(first, last, id, None).await;
+                this.worker_done();
+            });
         }
     }
 
@@ -1313,6 +1351,7 @@ impl BlobFile {
                     break;
                 }
             }
+            this.worker_done();
         });
         if let Err(e) = spawned {
             self.hashing.store(false, Ordering::Release);
@@ -1379,6 +1418,7 @@ impl BlobFile {
         let Ok(store) = self.store() else { return };
         let mut partial = self.partial_path.lock().unwrap();
         let Some(path) = partial.as_ref() else { return };
+        store.evict_for(self.size);
         match std::fs::rename(path, store.complete_path(&self.digest)) {
             Ok(()) => {
                 *partial = None;
