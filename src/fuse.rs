@@ -1,6 +1,7 @@
 //! Links fuser's method calls to the core (`crate::core::ops`): each request
-//! becomes one core call on a tokio task (no FUSE thread ever waits on the
-//! network; bytes already in memory or on local disk are answered inline),
+//! becomes one core call, polled once on the FUSE thread and moved to a tokio
+//! task only if it has to wait (no FUSE thread ever waits on the network;
+//! what is already known, in memory or on local disk is answered inline),
 //! and its answer becomes one reply. The core has already logged and counted
 //! any failure (`crate::error::report`); here it only becomes an errno.
 
@@ -36,13 +37,29 @@ impl RegFs {
         }
     }
 
-    /// Run `f` on the runtime with the core.
+    /// Run `f` with the core: polled once right here on the FUSE thread, and
+    /// only if it waits (a registry request, a fetch, a lock) handed to the
+    /// runtime, which polls it again with a real waker and finishes it. Most
+    /// requests of a walk (`find`, `ls -l`) are answered from what is known
+    /// and never wait: answering them here saves the hand-off to a runtime
+    /// thread and back (two context switches per request; on 2 busy cores
+    /// those switches were most of the daemon's share of `find`).
     fn spawn<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Core>) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(f(self.inner.clone()));
+        // Timers, spawns and I/O created by the first poll belong to the runtime.
+        let _in_runtime = self.rt.enter();
+        let mut fut = Box::pin(f(self.inner.clone()));
+        let waker = futures_util::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        if fut.as_mut().poll(&mut cx).is_pending() {
+            // Whatever it waits for is asked again on the runtime's first
+            // poll, which registers the runtime's waker (the noop one is never
+            // the only one told).
+            self.rt.spawn(fut);
+        }
     }
 }
 
