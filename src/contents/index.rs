@@ -294,6 +294,48 @@ impl LayerIndex {
         }
     }
 
+    /// [`read`](Self::read) answered from the decoded spans kept in memory
+    /// only, or `None` when it needs anything else (a span not kept, a sparse
+    /// or eStargz file, a broken entry): the caller then reads with a source,
+    /// off the FUSE thread. Never fetches or decodes, so it may run on the
+    /// thread that received the request: reading many small files in tar order
+    /// costs no thread hop per read. The kept spans were verified when decoded.
+    pub fn read_kept(&self, idx: usize, offset: u64, len: u64) -> Option<Vec<u8>> {
+        let e = self.entries.get(idx).filter(|e| e.kind == Kind::File)?;
+        if offset >= e.size {
+            return Some(Vec::new());
+        }
+        let end = offset.saturating_add(len).min(e.size);
+        match &e.data {
+            Data::None => Some(vec![0; (end - offset) as usize]),
+            Data::Contiguous { offset: base } => self.stream_kept(base + offset, end - offset),
+            _ => None,
+        }
+    }
+
+    /// `[start, start + len)` of the decoded tar stream if every span it
+    /// touches is kept decoded (their recency is left as it is).
+    fn stream_kept(&self, start: u64, len: u64) -> Option<Vec<u8>> {
+        let end = start.checked_add(len).filter(|&e| e <= self.uncompressed_size)?;
+        if self.spans.is_empty() {
+            return None;
+        }
+        let cache = self.cache.lock().unwrap();
+        let mut out = Vec::with_capacity(len as usize);
+        let mut pos = start;
+        while pos < end {
+            let i = self.spans.partition_point(|s| s.uncomp_start <= pos) - 1;
+            let span_start = self.spans[i].uncomp_start;
+            let span_end = self.spans.get(i + 1).map_or(self.uncompressed_size, |n| n.uncomp_start);
+            let (_, block) = cache.iter().find(|(k, _)| *k == i)?;
+            let take = end.min(span_end) - pos;
+            let from = (pos - span_start) as usize;
+            out.extend_from_slice(block.get(from..from + take as usize)?);
+            pos += take;
+        }
+        Some(out)
+    }
+
     /// Reads `[start, start + len)` of the decoded tar stream.
     fn read_stream(&self, start: u64, len: u64, src: &dyn SpanSource) -> io::Result<Vec<u8>> {
         let end = start + len;

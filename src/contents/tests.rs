@@ -1246,3 +1246,33 @@ fn a_node_knows_its_path() {
     }
     assert_eq!(fs.path(fs.root()), "");
 }
+
+/// Reads answered from the decoded spans kept in memory (on the FUSE thread)
+/// are the same bytes as reads through the source, and nothing else is
+/// answered that way.
+#[test]
+fn reads_from_kept_spans_match_and_never_fetch() {
+    let (blob, files) = big_layer();
+    let idx = Arc::new(index(&blob));
+    let fs = Rootfs::layer(idx.clone());
+    let entry = |path: &str| fs.entry_ref(fs.lookup_path(path).unwrap()).unwrap().1 as usize;
+    let (first, data) = &files[0];
+    assert_eq!(idx.read_kept(entry(first), 0, 4096), None, "nothing decoded yet");
+    same(&read_all(&fs, first, &blob), data, first);
+    // The first span is kept: the file and its neighbours in it read from memory, exact.
+    let mut kept = 0;
+    for (path, data) in &files {
+        let e = entry(path);
+        let Some(got) = idx.read_kept(e, 100, 5000) else {
+            continue;
+        };
+        kept += 1;
+        let want = &data[100.min(data.len())..5100.min(data.len())];
+        same(&got, want, path);
+        assert_eq!(idx.read_kept(e, data.len() as u64, 10), Some(Vec::new()), "{path}: EOF");
+    }
+    assert!(kept >= 1 && kept < files.len(), "{kept} of {} files kept", files.len());
+    // A file whose span was never decoded is not answered from memory.
+    let (last, _) = files.last().unwrap();
+    assert_eq!(idx.read_kept(entry(last), 3 << 20, 4096), None);
+}

@@ -733,6 +733,12 @@ impl Core {
 }
 
 impl ContentsFile {
+    /// A read answered from the layer's decoded spans kept in memory, on the
+    /// calling thread; `None` when it must go through [`read`](Self::read).
+    pub(crate) fn read_kept(&self, offset: u64, len: u64) -> Option<Vec<u8>> {
+        self.index.read_kept(self.entry as usize, offset, len)
+    }
+
     /// Reads on a blocking thread (decoding is CPU work; the source may wait on the network).
     pub(crate) async fn read(self: Arc<Self>, offset: u64, len: u64) -> FsResult<Vec<u8>> {
         tokio::task::spawn_blocking(move || {

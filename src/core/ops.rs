@@ -192,7 +192,9 @@ impl Core {
                 Ok(None) => None,
                 Err(e) => Some(Err(fail(&e))),
             },
-            Handle::Export(_) | Handle::Contents(_) => None,
+            // Image contents: from decoded spans kept in memory, else off this thread.
+            Handle::Contents(file) => file.read_kept(offset, u64::from(size)).map(|d| Ok(Bytes::from(d))),
+            Handle::Export(_) => None,
         }
     }
 
