@@ -106,10 +106,17 @@ impl View {
             .take(MOUNT_PROBES)
             .cloned()
             .collect::<Vec<_>>();
-        for from in candidates {
-            if matches!(self.client.has_blob(&from, &digest).await, Ok(true))
-                && self.try_mount(repo, digest, &from).await
-            {
+        // Asked side by side: one round trip to a far registry, not one per
+        // candidate (a fresh layer is in none of them; this is on the path
+        // of every push). Mounts are then tried in the candidates' order.
+        let holds = futures_util::future::join_all(
+            candidates
+                .iter()
+                .map(|from| async move { matches!(self.client.has_blob(from, &digest).await, Ok(true)) }),
+        )
+        .await;
+        for (from, _) in candidates.iter().zip(holds).filter(|(_, has)| *has) {
+            if self.try_mount(repo, digest, from).await {
                 return Ok(true);
             }
         }
