@@ -26,6 +26,8 @@ pub struct RegFs {
     rt: tokio::runtime::Handle,
     inner: Arc<Core>,
     passthrough: Arc<Passthrough>,
+    /// The kernel lets direct-I/O files be mmapped (`Caching::Stream`).
+    direct_io_mmap: bool,
 }
 
 impl RegFs {
@@ -34,6 +36,7 @@ impl RegFs {
             rt,
             inner: Arc::new(Core::new(view, opts)),
             passthrough: Arc::default(),
+            direct_io_mmap: false,
         }
     }
 
@@ -98,9 +101,11 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-fn open_flags(c: Caching) -> FopenFlags {
+fn open_flags(c: Caching, direct_io_mmap: bool) -> FopenFlags {
     match c {
         Caching::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+        Caching::Stream if direct_io_mmap => FopenFlags::FOPEN_DIRECT_IO,
+        Caching::Stream => FopenFlags::FOPEN_KEEP_CACHE,
         Caching::Direct => FopenFlags::FOPEN_DIRECT_IO,
         Caching::Default => FopenFlags::empty(),
     }
@@ -153,6 +158,11 @@ fn name_of(name: &OsStr) -> String {
 impl Filesystem for RegFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_readahead(MAX_READAHEAD);
+        // Without it an mmap of a direct-I/O file fails (ENODEV): cold blobs
+        // then keep the page cache (`Caching::Stream`).
+        self.direct_io_mmap = config
+            .add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok();
         if Passthrough::wanted() {
             match config.add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH) {
                 // Depth 1: backing files live on a plain filesystem, and this
@@ -190,6 +200,7 @@ impl Filesystem for RegFs {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let mode = OpenMode::from_flags(flags.0);
         let passthrough = self.passthrough.clone();
+        let dio_mmap = self.direct_io_mmap;
         self.spawn(move |fs| async move {
             match fs.open(ino.0, mode).await {
                 Ok((fh, caching)) => {
@@ -203,10 +214,10 @@ impl Filesystem for RegFs {
                         // outside its mask (FOPEN_KEEP_CACHE among them): EIO.
                         Some(b) => reply.opened_passthrough(
                             FileHandle(fh),
-                            open_flags(caching) - FopenFlags::FOPEN_KEEP_CACHE,
+                            open_flags(caching, dio_mmap) - FopenFlags::FOPEN_KEEP_CACHE,
                             &b,
                         ),
-                        None => reply.opened(FileHandle(fh), open_flags(caching)),
+                        None => reply.opened(FileHandle(fh), open_flags(caching, dio_mmap)),
                     }
                 }
                 Err(f) => reply.error(errno(f)),

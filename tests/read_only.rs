@@ -1067,6 +1067,78 @@ fn background_mode_returns_once_mounted() {
     assert_eq!(bg.daemon_pids().len(), 1, "daemon processes: {:?}", bg.daemon_pids());
 }
 
+/// Resident pages of `path` in the page cache (`fincore`, util-linux).
+fn resident_bytes(path: &std::path::Path) -> u64 {
+    let out = Command::new("fincore")
+        .args(["--bytes", "--noheadings", "--output", "RES"])
+        .arg(path)
+        .output()
+        .expect("fincore (util-linux) is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// A blob not cached yet is opened with direct I/O (issue 13, cold reads):
+/// its bytes go from the daemon straight to the reader, not also into the
+/// kernel's page cache of the mount (a second copy beside the cache file,
+/// and a copy more per byte). The bytes are exact, the mount's page cache
+/// holds none of them after the read, and the same cold blob can still be
+/// mmapped (FUSE_DIRECT_IO_ALLOW_MMAP) with the same bytes.
+#[test]
+fn a_cold_blob_is_read_without_a_page_cache_copy_and_can_be_mmapped() {
+    let reg = Registry::start();
+    let img = reg.client().push_random_image("cold/read", "v1", &[6 * MIB + 1234]);
+    let layer = &img.layers[0];
+    let m = Mount::start(&reg.url());
+    let path = m.join(format!("cold/read/_blobs/{}", layer.digest));
+    let mut f = File::open(&path).unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; MIB];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_bytes_eq(&got, &layer.bytes, "cold read");
+    assert_eq!(
+        resident_bytes(&path),
+        0,
+        "a cold read leaves no pages in the mount's page cache"
+    );
+    drop(f);
+
+    // A fresh mount and cache: mmap the blob before any byte of it is cached.
+    let m2 = Mount::start(&reg.url());
+    let path2 = m2.join(format!("cold/read/_blobs/{}", layer.digest));
+    let f2 = File::open(&path2).unwrap();
+    let len = layer.bytes.len();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a private read-only mapping of an open file, unmapped below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            f2.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(
+        ptr,
+        libc::MAP_FAILED,
+        "mmap of a cold blob: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: the mapping is `len` readable bytes until munmap.
+    let mapped = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }.to_vec();
+    // SAFETY: unmapping what was mapped above.
+    unsafe { libc::munmap(ptr, len) };
+    assert_bytes_eq(&mapped, &layer.bytes, "mmap of a cold blob");
+}
+
 /// A blob whose cache file is complete and verified is opened with FUSE
 /// passthrough: the kernel reads the cache file itself, so the bytes are
 /// right (sha256) and no read request reaches the daemon; the stats count

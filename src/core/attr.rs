@@ -43,6 +43,12 @@ pub enum Caching {
     Direct,
     /// The kernel's default (pages dropped at open).
     Default,
+    /// A blob not cached yet, read as it arrives: no page cache when the
+    /// kernel allows mmap of such files (FUSE_DIRECT_IO_ALLOW_MMAP), so a cold
+    /// read costs one copy less (the pages would be a second in-memory copy
+    /// beside the cache file's); else `Keep`. Later opens of the verified
+    /// blob use `Keep` (or passthrough).
+    Stream,
 }
 
 /// An answer to lookup/getattr: the attributes and how long the kernel may trust them.

@@ -243,12 +243,17 @@ impl Core {
                 }
                 let size = v.blob_size(r, *d).await?;
                 let file = v.blobs.open(r, *d, size).await?;
+                let caching = if file.is_complete() {
+                    Caching::Keep
+                } else {
+                    Caching::Stream
+                };
                 (
                     Handle::Blob {
                         file,
                         state: Mutex::new(ReadState::default()),
                     },
-                    Caching::Keep,
+                    caching,
                 )
             }
             Node::ManifestFile(r, d) => (Handle::Bytes(v.manifest(r, *d).await?.bytes.clone()), Caching::Keep),
