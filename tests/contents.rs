@@ -954,72 +954,86 @@ fn an_estargz_layer_is_listed_from_its_toc_by_range_and_a_damaged_chunk_is_eio()
     assert_eq!(fs::read(rootfs.join("etc/os-release")).unwrap(), b"ID=estargz\n");
 }
 
-/// An eStargz layer pushed without the TOC digest annotation and opened
-/// through `_layers/` (where no descriptor is known anyway): its footer is read
-/// by Range, then its TOC; no GET of the whole layer, and every file reads as
-/// `tar x` of the same blob writes it.
+/// `_layers/` opens an eStargz layer from its TOC by Range only when a
+/// manifest read before listed the layer with the TOC digest annotation; a
+/// layer with no known annotation gets the verified pass (its footer and TOC
+/// are not tied to the layer digest), and then shows as its tar holds it,
+/// `stargz.index.json` included. Every file reads as `tar x` writes it.
 #[test]
-fn an_estargz_layer_without_the_annotation_is_opened_from_its_footer_through_layers() {
+fn layers_opens_an_estargz_layer_from_its_toc_only_with_a_known_annotation() {
     let reg = Registry::start();
     let c = reg.client();
     let work = tempfile::tempdir().unwrap();
     let w = work.path();
-    let dir = w.join("l");
-    write(&dir, "etc/os-release", b"ID=bare-estargz\n");
-    write(&dir, "usr/bin/big", &random_bytes(9 << 20));
-    write(&dir, "usr/lib/mid", &random_bytes(300_000));
-    std::os::unix::fs::chown(dir.join("usr/lib/mid"), Some(321), Some(654)).unwrap();
-    std::os::unix::fs::symlink("usr/bin/big", dir.join("link")).unwrap();
-    let (mut layer, _json, _) = estargz_of(&dir, 4 << 20);
-    layer.annotations = None;
-    push_layers(&c, "lazy/bare", "v1", &[&layer]);
-    // The witness: GNU tar extracting the very blob the registry holds.
-    let expected = w.join("tar-x");
-    fs::create_dir(&expected).unwrap();
-    let blob_file = w.join("layer.tgz");
-    fs::write(&blob_file, &layer.bytes).unwrap();
-    run_ok(
-        Command::new("tar")
-            .args(["--numeric-owner", "--same-owner", "-xpzf"])
-            .arg(&blob_file)
-            .arg("-C")
-            .arg(&expected),
-    );
+    let mut layers = Vec::new();
+    for (name, annotated) in [("ann", true), ("bare", false)] {
+        let dir = w.join(name);
+        write(&dir, "etc/os-release", format!("ID={name}\n").as_bytes());
+        write(&dir, "usr/bin/big", &random_bytes(9 << 20));
+        write(&dir, "usr/lib/mid", &random_bytes(300_000));
+        std::os::unix::fs::chown(dir.join("usr/lib/mid"), Some(321), Some(654)).unwrap();
+        std::os::unix::fs::symlink("usr/bin/big", dir.join("link")).unwrap();
+        let (mut layer, _json, _) = estargz_of(&dir, 4 << 20);
+        if !annotated {
+            layer.annotations = None;
+        }
+        push_layers(&c, &format!("lazy/{name}"), "v1", &[&layer]);
+        // The witness: GNU tar extracting the very blob the registry holds.
+        let expected = w.join(format!("{name}-tar-x"));
+        fs::create_dir(&expected).unwrap();
+        let blob_file = w.join(format!("{name}.tgz"));
+        fs::write(&blob_file, &layer.bytes).unwrap();
+        run_ok(
+            Command::new("tar")
+                .args(["--numeric-owner", "--same-owner", "-xpzf"])
+                .arg(&blob_file)
+                .arg("-C")
+                .arg(&expected),
+        );
+        assert!(expected.join("stargz.index.json").exists());
+        layers.push((name, layer, expected));
+    }
 
     let proxy = FaultProxy::start(&reg.host_port());
     let m = Mount::start(&proxy.url());
-    let tree = m.join(format!("lazy/bare/_layers/sha256:{}", layer.hex()));
-    let listed = find_printf(&tree, &[], "%y %m %U %G %s %l %P\n");
-    assert!(
-        listed.contains(&"f 644 321 654 300000  usr/lib/mid".to_string()),
-        "{listed:?}"
-    );
-    let (full, ranged) = blob_gets(&proxy, &layer.hex(), 0);
-    eprintln!(
-        "unannotated eStargz listing through _layers/ fetched {ranged} bytes of a {} byte layer",
-        layer.bytes.len()
-    );
-    assert_eq!(full, 0, "no GET of the whole eStargz layer");
-    // The first 1 MiB chunk (its size) and the last one (footer and TOC): the blob cache fetches 1 MiB chunks.
-    assert!(
-        ranged > 0 && ranged <= 2 << 20,
-        "{ranged} bytes fetched to list the layer; log:\n{}",
-        m.log()
-    );
-    assert!(
-        m.log().contains("eStargz layer without the TOC digest annotation"),
-        "the TOC was used, and the log says what it is trusted for: {}",
-        m.log()
-    );
-    assert!(!m.log().contains("full pass"), "{}", m.log());
-    // Every byte and every attribute as `tar x` wrote them (stargz.index.json is not part of the layer).
-    assert!(expected.join("stargz.index.json").exists());
-    assert_eq!(err(fs::symlink_metadata(tree.join("stargz.index.json"))), libc::ENOENT);
-    assert_same_tree(&expected, &tree, &["stargz.index.json"]);
-    assert_eq!(fs::read(tree.join("etc/os-release")).unwrap(), b"ID=bare-estargz\n");
-    // Reading all of it still never asked for the whole layer in one GET.
-    let (full, _) = blob_gets(&proxy, &layer.hex(), 0);
-    assert_eq!(full, 0, "chunks are read by Range");
+    for (name, layer, expected) in &layers {
+        let size = layer.bytes.len() as u64;
+        if *name == "ann" {
+            // Reading the manifest makes its layer descriptors (and annotations) known.
+            assert!(fs::read(m.join("lazy/ann/_tags/v1/manifest.json")).unwrap().len() > 100);
+        }
+        let tree = m.join(format!("lazy/{name}/_layers/sha256:{}", layer.hex()));
+        let listed = find_printf(&tree, &[], "%y %m %U %G %s %l %P\n");
+        assert!(
+            listed.contains(&"f 644 321 654 300000  usr/lib/mid".to_string()),
+            "{listed:?}"
+        );
+        let (full, ranged) = blob_gets(&proxy, &layer.hex(), 0);
+        let fetched = full as u64 * size + ranged;
+        eprintln!("{name}: listing through _layers/ fetched {fetched} bytes of a {size} byte layer");
+        if *name == "ann" {
+            assert_eq!(full, 0, "no GET of the whole eStargz layer");
+            // Its first 1 MiB chunk (for its size) and the last (footer and TOC).
+            assert!(
+                fetched <= 2 << 20,
+                "{fetched} bytes fetched to list it; log:\n{}",
+                m.log()
+            );
+            assert_eq!(err(fs::symlink_metadata(tree.join("stargz.index.json"))), libc::ENOENT);
+            assert_same_tree(expected, &tree, &["stargz.index.json"]);
+        } else {
+            assert!(
+                fetched >= size,
+                "the verified pass read the whole layer: {fetched} of {size} bytes"
+            );
+            assert_same_tree(expected, &tree, &[]);
+        }
+        assert_eq!(
+            fs::read(tree.join("etc/os-release")).unwrap(),
+            format!("ID={name}\n").as_bytes()
+        );
+    }
+    assert!(!m.log().contains("eStargz TOC not usable"), "{}", m.log());
     assert!(m.is_mounted());
 }
 

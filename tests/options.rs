@@ -45,18 +45,24 @@ fn wait_gone(cache_dir: &Path, digest: &str) -> bool {
     false
 }
 
-#[test]
-fn cache_size_evicts_the_least_recently_used_blob() {
+/// A registry holding an image of two 2 MiB layers, mounted with a 3 MiB
+/// cache: room for one of them at a time.
+fn two_blobs_over_a_3m_cache() -> (Registry, ImageInfo, tempfile::TempDir, Mount) {
     let reg = Registry::start();
-    let c = reg.client();
-    let img = c.push_random_image("team/app", "v1", &[2 * MIB, 2 * MIB]);
-    let (a, b) = (&img.layers[0], &img.layers[1]);
+    let img = reg.client().push_random_image("team/app", "v1", &[2 * MIB, 2 * MIB]);
     let cache = tempfile::tempdir().unwrap();
     let m = Mount::builder(&reg.url())
         .arg("--cache-size")
         .arg("3M")
         .cache_dir(cache.path())
         .start();
+    (reg, img, cache, m)
+}
+
+#[test]
+fn cache_size_evicts_the_least_recently_used_blob() {
+    let (reg, img, cache, m) = two_blobs_over_a_3m_cache();
+    let (a, b) = (&img.layers[0], &img.layers[1]);
 
     let read = |digest: &str| fs::read(m.join(format!("team/app/_blobs/{digest}"))).unwrap();
     assert_eq!(read(&a.digest), a.bytes);
@@ -103,16 +109,8 @@ fn cache_size_evicts_the_least_recently_used_blob() {
 /// sends the release after close() returned): not only at the next commit.
 #[test]
 fn a_cache_over_its_limit_evicts_at_the_release_of_a_blob() {
-    let reg = Registry::start();
-    let c = reg.client();
-    let img = c.push_random_image("team/app", "v1", &[2 * MIB, 2 * MIB]);
+    let (_reg, img, _cache, m) = two_blobs_over_a_3m_cache();
     let (a, b) = (&img.layers[0], &img.layers[1]);
-    let cache = tempfile::tempdir().unwrap();
-    let m = Mount::builder(&reg.url())
-        .arg("--cache-size")
-        .arg("3M")
-        .cache_dir(cache.path())
-        .start();
     let path = |digest: &str| m.join(format!("team/app/_blobs/{digest}"));
     let mut held = fs::File::open(path(&a.digest)).unwrap();
     let mut got = Vec::new();

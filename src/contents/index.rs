@@ -313,6 +313,14 @@ impl LayerIndex {
         }
     }
 
+    /// The span holding decoded offset `pos` (below the uncompressed size,
+    /// spans not empty): its number and its decoded start and end.
+    fn span_at(&self, pos: u64) -> (usize, u64, u64) {
+        let i = self.spans.partition_point(|s| s.uncomp_start <= pos) - 1;
+        let end = self.spans.get(i + 1).map_or(self.uncompressed_size, |n| n.uncomp_start);
+        (i, self.spans[i].uncomp_start, end)
+    }
+
     /// `[start, start + len)` of the decoded tar stream if every span it
     /// touches is kept decoded (their recency is left as it is).
     fn stream_kept(&self, start: u64, len: u64) -> Option<Vec<u8>> {
@@ -324,9 +332,7 @@ impl LayerIndex {
         let mut out = Vec::with_capacity(len as usize);
         let mut pos = start;
         while pos < end {
-            let i = self.spans.partition_point(|s| s.uncomp_start <= pos) - 1;
-            let span_start = self.spans[i].uncomp_start;
-            let span_end = self.spans.get(i + 1).map_or(self.uncompressed_size, |n| n.uncomp_start);
+            let (i, span_start, span_end) = self.span_at(pos);
             let (_, block) = cache.iter().find(|(k, _)| *k == i)?;
             let take = end.min(span_end) - pos;
             let from = (pos - span_start) as usize;
@@ -348,9 +354,7 @@ impl LayerIndex {
         let mut out = Vec::with_capacity(len as usize);
         let mut pos = start;
         while pos < end {
-            let i = self.spans.partition_point(|s| s.uncomp_start <= pos) - 1;
-            let span_start = self.spans[i].uncomp_start;
-            let span_end = self.spans.get(i + 1).map_or(self.uncompressed_size, |n| n.uncomp_start);
+            let (i, span_start, span_end) = self.span_at(pos);
             let take = end.min(span_end) - pos;
             if span_end - span_start <= CACHED_SPAN_MAX {
                 let block = self.decoded_span(i, span_end - span_start, src)?;

@@ -9,13 +9,12 @@
 //!   parallel and merges them; a layer that cannot be indexed (foreign,
 //!   unknown media type, digest mismatch, fetch error) shows as empty, with one
 //!   log line, instead of failing the whole root filesystem.
-//! - An eStargz layer is opened from its footer and TOC by Range, with no pass
-//!   over the blob. With the descriptor's TOC digest annotation the TOC is
-//!   checked against it; without it (a layer reached through `_layers/`, or
-//!   pushed without the annotation) a gzip layer's footer is read first, and
-//!   the TOC is trusted as far as eStargz allows: every chunk served matches
-//!   the TOC's digest, and the blob cache checks the layer digest whenever the
-//!   whole blob has been read (docs/contents.md, "Trust").
+//! - An eStargz layer whose descriptor carries the TOC digest annotation is
+//!   opened from its footer and TOC by Range, with no pass over the blob; the
+//!   TOC is checked against the annotation, itself part of a verified
+//!   manifest. Without it the footer proves nothing (the TOC is not tied to
+//!   the layer digest), so such a layer gets the ordinary verified pass
+//!   (docs/contents.md, "Trust").
 //! - The files on disk are tracked least recently used first with their sizes,
 //!   so the blob cache can count them in `--cache-size` and evict them
 //!   ([`IndexStore::evict_one`]) when removing blobs is not enough.
@@ -236,45 +235,17 @@ impl IndexStore {
     }
 
     /// The index of an eStargz layer read from its footer and TOC by Range, or
-    /// `None` when the layer needs the full pass: not gzip, no stargz footer,
-    /// or a TOC that is unusable or does not match the descriptor's
-    /// annotation. The pass checks the blob against the layer digest, so
-    /// whatever was wrong with the TOC, what the pass lists is the truth.
+    /// `None` when the layer needs the full pass: no TOC digest annotation, or
+    /// a TOC that is unusable or does not match it. A footer and TOC with no
+    /// annotation are not trusted: nothing ties them to the layer digest
+    /// until the whole blob is read, so a lying registry could show files the
+    /// layer does not hold. The pass checks the blob against the layer digest,
+    /// so whatever was wrong with the TOC, what the pass lists is the truth.
     fn toc_index(&self, layer: &LayerRef, blob: &impl SpanSource) -> Option<LayerIndex> {
-        let open = |toc: Option<&str>| super::estargz::open(&layer.digest, layer.size, blob, toc, &self.limits);
-        if let Some(toc) = &layer.toc_digest {
-            return open(Some(toc))
-                .inspect_err(|e| tracing::warn!(digest = %layer.digest, "eStargz TOC not usable ({e}): indexing the layer with a full pass"))
-                .ok();
-        }
-        // eStargz is gzip; a layer first seen through `_layers/` may have no known media type.
-        if !(layer.media_type.is_empty() || layer.media_type.contains("gzip")) {
-            return None;
-        }
-        // No annotation (or the descriptor is not known): the footer says
-        // whether this is eStargz. Reading it costs one ranged request, and the
-        // bytes it brings are part of what a pass would read anyway.
-        match super::estargz::probe(blob, layer.size) {
-            Ok(Some(_)) => {}
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::debug!(digest = %layer.digest, "reading the layer's tail for a stargz footer failed ({e}): full pass");
-                return None;
-            }
-        }
-        match open(None) {
-            Ok(index) => {
-                tracing::info!(
-                    digest = %layer.digest,
-                    "eStargz layer without the TOC digest annotation: listed from its TOC read by Range; each chunk is checked against the TOC's digest, the TOC itself is tied to the layer digest only when the whole blob is read"
-                );
-                Some(index)
-            }
-            Err(e) => {
-                tracing::warn!(digest = %layer.digest, "stargz footer found but the TOC is not usable ({e}): indexing the layer with a full pass");
-                None
-            }
-        }
+        let toc = layer.toc_digest.as_deref()?;
+        super::estargz::open(&layer.digest, layer.size, blob, Some(toc), &self.limits)
+            .inspect_err(|e| tracing::warn!(digest = %layer.digest, "eStargz TOC not usable ({e}): indexing the layer with a full pass"))
+            .ok()
     }
 
     /// The merged root filesystem of an image (`layers` bottom first). Missing

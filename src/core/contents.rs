@@ -327,25 +327,22 @@ impl Core {
                         digest: l.digest.clone(),
                         media_type: l.media_type.clone(),
                         size: l.size,
-                        toc_digest: l
-                            .annotations
-                            .as_ref()
-                            .and_then(|a| a.get(contents::estargz::TOC_DIGEST_ANNOTATION))
-                            .cloned(),
+                        toc_digest: oci::annotation(l, contents::estargz::TOC_DIGEST_ANNOTATION).map(str::to_string),
                     })
                     .collect()
             }
             TreeKey::Layer(d) => {
                 let size = self.view.blob_size(repo, d).await?;
                 let media_type = self.view.blob_media_type(&d).unwrap_or_default();
-                // The descriptor's annotations are not known here: the store
-                // reads the footer to tell an eStargz layer (opened from its TOC
-                // by Range) from one that needs the pass.
+                // The layer is named by digest only: an eStargz TOC digest is
+                // known if a manifest read so far lists this layer with it.
+                // Without one the layer gets the verified pass (a footer and
+                // TOC nothing ties to the layer digest are not trusted).
                 vec![LayerRef {
                     digest: d.to_string(),
                     media_type,
                     size,
-                    toc_digest: None,
+                    toc_digest: self.view.blob_estargz_toc(&d),
                 }]
             }
         };

@@ -98,6 +98,10 @@ pub struct View {
     present: Mutex<lru::LruCache<(String, Digest), ()>>,
     /// Descriptors' media types (`MEDIA_TYPES_MAX`).
     media_types: Mutex<lru::LruCache<Digest, String>>,
+    /// eStargz TOC digests from layer descriptors' annotations
+    /// (`MEDIA_TYPES_MAX`): what lets `_layers/` open such a layer from its
+    /// TOC, tied to a manifest, instead of the full pass.
+    estargz_tocs: Mutex<lru::LruCache<Digest, String>>,
     /// Foreign layers seen in manifests, with their download URLs.
     foreign: Mutex<HashMap<Digest, Vec<String>>>,
     /// Everything reachable from a repository's tags (for `_oci/`).
@@ -147,6 +151,7 @@ impl View {
             present: lru(PRESENT_MAX),
             remembered: Mutex::new(known),
             media_types: lru(MEDIA_TYPES_MAX),
+            estargz_tocs: lru(MEDIA_TYPES_MAX),
             foreign: Mutex::new(HashMap::new()),
             exports: super::archive::Exports::default(),
             oci_content: TtlCache::new(ttl),
@@ -633,6 +638,9 @@ impl View {
                 if !desc.media_type.is_empty() {
                     types.put(d, desc.media_type.clone());
                 }
+                if let Some(toc) = oci::annotation(desc, crate::contents::estargz::TOC_DIGEST_ANNOTATION) {
+                    self.estargz_tocs.lock().unwrap().put(d, toc.to_string());
+                }
             }
         }
     }
@@ -703,6 +711,11 @@ impl View {
     /// from the descriptors seen so far.
     pub fn blob_media_type(&self, digest: &Digest) -> Option<String> {
         self.media_types.lock().unwrap().get(digest).cloned()
+    }
+
+    /// The eStargz TOC digest a layer descriptor seen so far carries.
+    pub fn blob_estargz_toc(&self, digest: &Digest) -> Option<String> {
+        self.estargz_tocs.lock().unwrap().get(digest).cloned()
     }
 
     /// The download URLs of a foreign layer (`None`: not a foreign layer).

@@ -406,7 +406,8 @@ pub fn child_names(index: &Manifest) -> Vec<(String, ChildTarget)> {
     out
 }
 
-fn annotation<'a>(d: &'a Descriptor, key: &str) -> Option<&'a str> {
+/// The value of annotation `key` on a descriptor.
+pub fn annotation<'a>(d: &'a Descriptor, key: &str) -> Option<&'a str> {
     d.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
