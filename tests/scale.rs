@@ -109,6 +109,15 @@ fn entering_a_repository_does_not_read_the_catalog(kind) {
 }
 }
 
+/// Reads an image's first layer by its path below `repo` and checks every byte.
+fn read_first_layer_by_path<'a>(m: &Mount, repo: &str, img: &'a ImageInfo) -> &'a BlobInfo {
+    let layer = &img.layers[0];
+    let got = fs::read(m.join(format!("{repo}/_blobs/{}", layer.digest))).unwrap();
+    assert_eq!(sha256_digest(&got), layer.digest);
+    assert_eq!(got, layer.bytes);
+    layer
+}
+
 on_both_registries! {
 /// The first catalog page goes out with the mount's ping: every name on it
 /// is known before the first lookup. Reading a blob by its path below a
@@ -128,10 +137,7 @@ fn a_mount_knows_the_names_on_the_first_catalog_page(kind) {
         "the mount reads one catalog page of 1000 names"
     );
     let at_mount = proxy.requests().len();
-    let layer = &img.layers[0];
-    let got = fs::read(m.join(format!("ns/app/_blobs/{}", layer.digest))).unwrap();
-    assert_eq!(sha256_digest(&got), layer.digest);
-    assert_eq!(got, layer.bytes);
+    let layer = read_first_layer_by_path(&m, "ns/app", &img);
     let after: Vec<String> = proxy.requests().into_iter().skip(at_mount).map(|r| r.target).collect();
     assert!(
         after.iter().all(|t| t == &format!("/v2/ns/app/blobs/{}", layer.digest)),
@@ -293,10 +299,7 @@ fn a_namespace_scan_makes_the_repositories_it_saw_known(kind) {
     let proxy = FaultProxy::start(&reg.host_port());
     let m = Mount::builder(&proxy.url()).args(["--page-size", "100"]).start();
     let at_mount = proxy.requests().len();
-    let layer = &img.layers[0];
-    let got = fs::read(m.join(format!("ns/app/_blobs/{}", layer.digest))).unwrap();
-    assert_eq!(sha256_digest(&got), layer.digest);
-    assert_eq!(got, layer.bytes);
+    read_first_layer_by_path(&m, "ns/app", &img);
     let tag_lists: Vec<String> = proxy
         .requests()
         .into_iter()
