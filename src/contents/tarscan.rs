@@ -13,6 +13,7 @@ use std::io::{self, Read};
 use tar::{EntryType, Header};
 
 use super::entry::{normalize_path, Data, Entry, Kind};
+use crate::oci::tarheader::{checksum_matches, pax_records};
 
 const BLOCK: u64 = 512;
 
@@ -155,23 +156,8 @@ struct Pending {
 
 /// Parses PAX records (`"<len> <key>=<value>\n"`) into `pending`.
 fn parse_pax(data: &[u8], pending: &mut Pending, limits: &Limits) -> Result<(), String> {
-    let mut rest = data;
-    while !rest.is_empty() {
-        let sp = rest
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or("PAX record without a length")?;
-        let len: usize = std::str::from_utf8(&rest[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("PAX record with a bad length")?;
-        if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err("PAX record with a bad length".into());
-        }
-        let record = &rest[sp + 1..len - 1];
-        rest = &rest[len..];
-        let eq = record.iter().position(|&b| b == b'=').ok_or("PAX record without '='")?;
-        let (key, value) = (&record[..eq], &record[eq + 1..]);
+    for record in pax_records(data) {
+        let (key, value) = record?;
         let text = || std::str::from_utf8(value).ok();
         let number = || text().and_then(|s| s.parse::<u64>().ok());
         match key {
@@ -283,13 +269,7 @@ pub fn scan<R: Read>(r: &mut R, limits: &Limits, entries: &mut Vec<Entry>, probl
             return Ok(()); // end of archive (the second zero block and the rest are drained by the caller)
         }
         let header = Header::from_byte_slice(&block);
-        let stored: u32 = block[..148]
-            .iter()
-            .chain(&[b' '; 8])
-            .chain(&block[156..])
-            .map(|&b| b as u32)
-            .sum();
-        if header.cksum().ok() != Some(stored) {
+        if !checksum_matches(&block) {
             if at == 0 {
                 problems.push("not a tar archive (first header's checksum does not match)");
             } else {

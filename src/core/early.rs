@@ -24,6 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 
 use crate::error::{Cause, FsError, FsResult};
+use crate::oci::tarheader::{checksum_matches, pax_records};
 use crate::oci::Digest;
 use crate::registry::client::MAX_MANIFEST_SIZE;
 
@@ -75,20 +76,12 @@ impl Meta {
             let n = self.bytes.split(|b| *b == 0).next().unwrap_or_default();
             return std::str::from_utf8(n).ok().map(str::to_string);
         }
-        // Records are "<len> <key>=<value>\n".
-        let mut rest = self.bytes.as_slice();
         let mut path = None;
-        while let Some(sp) = rest.iter().position(|b| *b == b' ') {
-            let len: usize = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
-            if len <= sp || len > rest.len() {
-                return None;
+        for record in pax_records(&self.bytes) {
+            let (key, value) = record.ok()?;
+            if key == b"path" {
+                path = std::str::from_utf8(value).ok().map(str::to_string);
             }
-            let record = &rest[sp + 1..len];
-            let record = record.strip_suffix(b"\n").unwrap_or(record);
-            if let Some(v) = record.strip_prefix(b"path=") {
-                path = std::str::from_utf8(v).ok().map(str::to_string);
-            }
-            rest = &rest[len..];
         }
         path
     }
@@ -147,32 +140,14 @@ impl TarScan {
             self.done = true;
             return;
         }
-        let stored = std::str::from_utf8(&block[148..156])
-            .ok()
-            .and_then(|s| u32::from_str_radix(s.trim_matches(|c: char| c == ' ' || c == '\0'), 8).ok());
-        let sum: u32 = block
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                if (148..156).contains(&i) {
-                    u32::from(b' ')
-                } else {
-                    u32::from(*b)
-                }
-            })
-            .sum();
         let mut bytes = [0u8; 512];
         bytes.copy_from_slice(block);
         let header = tar::Header::from_byte_slice(&bytes);
         let size = header.entry_size();
-        let (Some(stored), Ok(size)) = (stored, size) else {
+        let (true, Ok(size)) = (checksum_matches(&bytes), size) else {
             self.done = true;
             return;
         };
-        if stored != sum {
-            self.done = true;
-            return;
-        }
         self.next = data_start + size.div_ceil(512) * 512;
         let kind = header.entry_type();
         let long_name = self.long_name.take();
