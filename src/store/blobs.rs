@@ -886,20 +886,18 @@ impl BlobFile {
     /// held, else from the file.
     fn read_present(&self, offset: u64, end: u64) -> FsResult<Vec<u8>> {
         let plan = self.held.lock().unwrap().plan(offset, end);
-        let mut buf = vec![0u8; (end - offset) as usize];
-        let mut at = 0;
+        // Filled in order; only the room a file read writes into is zeroed
+        // first (a cold read is mostly memory segments: no memset for them).
+        let mut buf = Vec::with_capacity((end - offset) as usize);
         for segment in plan {
             match segment {
-                Segment::Memory(bytes) => {
-                    buf[at..at + bytes.len()].copy_from_slice(&bytes);
-                    at += bytes.len();
-                }
+                Segment::Memory(bytes) => buf.extend_from_slice(&bytes),
                 Segment::File(range) => {
-                    let len = (range.end - range.start) as usize;
-                    if let Err(e) = self.file.read_exact_at(&mut buf[at..at + len], range.start) {
+                    let at = buf.len();
+                    buf.resize(at + (range.end - range.start) as usize, 0);
+                    if let Err(e) = self.file.read_exact_at(&mut buf[at..], range.start) {
                         return Err(self.given_up_or(e.into()));
                     }
-                    at += len;
                 }
             }
         }
