@@ -1,8 +1,8 @@
 //! The bottom floor: what OCI content *is*, with no I/O and nothing from the
 //! rest of the crate. Digests (`digest.rs`), the name grammar (`reference.rs`),
-//! the tar layout of an export (`tarstream.rs`), the
-//! tar rules its readers share (`tarheader.rs`), and here media types,
-//! manifest/index/descriptor parsing and media-type detection.
+//! the tar layout of an export (`tarstream.rs`), the tar rules every reader
+//! shares (`tarheader.rs`), and here media types, manifest/index/descriptor
+//! parsing and media-type detection.
 //! Parsing never fails a directory: anything unrecognised is `ManifestKind::Unknown`.
 
 pub mod digest;
